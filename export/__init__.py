@@ -1,0 +1,1 @@
+"""Checkpoint -> verified ONNX -> Triton model repository. Needs the `export` extra (torch)."""

@@ -1,0 +1,104 @@
+"""A small, randomly initialised Qwen3 embedding checkpoint with the real tokenizer, built offline.
+
+It is a normal Hugging Face + sentence-transformers directory with the same meaning as the official
+checkpoints, so every code path (export, serving, reference comparison) is the one real checkpoints take.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from export.prompts import OFFICIAL_PROMPTS
+from export.qwen_tokenizer_offline import TOTAL_IDS, save_tokenizer
+
+
+@dataclass(frozen=True)
+class DevModelShape:
+    hidden_size: int = 64
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    # Deliberately != hidden_size / heads, as in the real 0.6B and 4B configs.
+    head_dim: int = 32
+    intermediate_size: int = 128
+    vocab_size: int = TOTAL_IDS
+    max_position_embeddings: int = 32768
+    seed: int = 0
+
+
+# Real Qwen3-Embedding configs (shared doc), for random-init models at real scale.
+REAL_SHAPES: dict[str, DevModelShape] = {
+    "0.6B": DevModelShape(1024, 28, 16, 8, 128, 3072, 151669, 32768),
+    "4B": DevModelShape(2560, 36, 32, 8, 128, 9728, 151665, 40960),
+    "8B": DevModelShape(4096, 36, 32, 8, 128, 12288, 151665, 40960),
+}
+
+
+def write_sentence_transformers_files(directory: Path, hidden_size: int, max_seq_length: int = 8192) -> None:
+    """Transformer -> last-token Pooling (include_prompt) -> Normalize, prompts as in the official repo."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (directory / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    (directory / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2) + "\n"
+    )
+    (directory / "config_sentence_transformers.json").write_text(
+        json.dumps(
+            {"prompts": OFFICIAL_PROMPTS, "default_prompt_name": None, "similarity_fn_name": "cosine"},
+            indent=2,
+        )
+        + "\n"
+    )
+    pooling = directory / "1_Pooling"
+    pooling.mkdir(exist_ok=True)
+    pooling_config = {
+        "word_embedding_dimension": hidden_size,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": False,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": True,
+        "include_prompt": True,
+    }
+    (pooling / "config.json").write_text(json.dumps(pooling_config, indent=2) + "\n")
+    (directory / "2_Normalize").mkdir(exist_ok=True)
+
+
+def build_dev_model(output: Path, shape: DevModelShape = DevModelShape(), dtype: str = "float32") -> Path:
+    """Writes config, weights (safetensors), tokenizer and sentence-transformers files to `output`."""
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    output.mkdir(parents=True, exist_ok=True)
+    config = Qwen3Config(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
+        max_position_embeddings=shape.max_position_embeddings,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=151643,
+        eos_token_id=151643,
+        torch_dtype=dtype,
+    )
+    torch.manual_seed(shape.seed)
+    with torch.no_grad():
+        model = Qwen3Model(config).to(getattr(torch, dtype)).eval()
+        # Random init with std 0.02 makes every token's output nearly identical after RMSNorm; a wider
+        # embedding spread keeps vectors for different texts distinguishable, so tests can fail.
+        model.embed_tokens.weight.normal_(0.0, 1.0)
+    model.save_pretrained(output, safe_serialization=True)
+    save_tokenizer(output)
+    write_sentence_transformers_files(output, shape.hidden_size)
+    return output

@@ -1,0 +1,53 @@
+"""Writes a Triton model repository entry: config.pbtxt, version 1 with the graph, tokenizer files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from export.triton_config import ModelFacts, RepoSettings, build_config, to_pbtxt, warmup_file
+
+TOKENIZER_DIR = "tokenizer"
+REPORT_FILE = "export_report.json"
+
+
+def write_model_dir(
+    staging: Path,
+    settings: RepoSettings,
+    facts: ModelFacts,
+    tokenizer_files: list[Path],
+    report: dict[str, object],
+) -> None:
+    """Fills `staging` (the future <repo>/<name>) with everything but the graph in 1/."""
+    (staging / "1").mkdir(parents=True, exist_ok=True)
+    (staging / "config.pbtxt").write_text(to_pbtxt(build_config(settings, facts)))
+    if settings.backend == "python":
+        template = resources.files("export") / "templates" / "model.py"
+        (staging / "1" / "model.py").write_text(template.read_text())
+    if settings.warmup_lengths:
+        (staging / "warmup").mkdir(exist_ok=True)
+        for length in settings.warmup_lengths:
+            np.ones(length, dtype="<i8").tofile(staging / "warmup" / warmup_file(length))
+    tok_dir = staging / TOKENIZER_DIR
+    tok_dir.mkdir(exist_ok=True)
+    for src in tokenizer_files:
+        shutil.copy2(src, tok_dir / src.name)
+    (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Replaces <repo>/<name> by the verified staging directory (same filesystem: a rename)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        backup = final.with_name(f".{final.name}.old")
+        if backup.exists():
+            shutil.rmtree(backup)
+        final.rename(backup)
+        staging.rename(final)
+        shutil.rmtree(backup)
+    else:
+        staging.rename(final)
