@@ -26,13 +26,18 @@ class DevModelShape:
     vocab_size: int = TOTAL_IDS
     max_position_embeddings: int = 32768
     seed: int = 0
+    # With the usual init (std 0.02) a tiny model returns nearly the same vector (cosine > 0.999) for
+    # every text, since the pooled token is always EOS; wider weights keep different texts apart
+    # (cosine ~0.4-0.9), so a mixed-up or mis-pooled vector makes a test fail.
+    init_std: float = 0.1
+    embed_std: float = 1.0
 
 
 # Real Qwen3-Embedding configs (shared doc), for random-init models at real scale.
 REAL_SHAPES: dict[str, DevModelShape] = {
-    "0.6B": DevModelShape(1024, 28, 16, 8, 128, 3072, 151669, 32768),
-    "4B": DevModelShape(2560, 36, 32, 8, 128, 9728, 151665, 40960),
-    "8B": DevModelShape(4096, 36, 32, 8, 128, 12288, 151665, 40960),
+    "0.6B": DevModelShape(1024, 28, 16, 8, 128, 3072, 151669, 32768, init_std=0.02, embed_std=0.02),
+    "4B": DevModelShape(2560, 36, 32, 8, 128, 9728, 151665, 40960, init_std=0.02, embed_std=0.02),
+    "8B": DevModelShape(4096, 36, 32, 8, 128, 12288, 151665, 40960, init_std=0.02, embed_std=0.02),
 }
 
 
@@ -87,17 +92,22 @@ def build_dev_model(output: Path, shape: DevModelShape = DevModelShape(), dtype:
         max_position_embeddings=shape.max_position_embeddings,
         rope_theta=1_000_000.0,
         rms_norm_eps=1e-6,
+        initializer_range=shape.init_std,
         tie_word_embeddings=True,
         bos_token_id=151643,
         eos_token_id=151643,
-        torch_dtype=dtype,
+        dtype=dtype,
     )
     torch.manual_seed(shape.seed)
-    with torch.no_grad():
-        model = Qwen3Model(config).to(getattr(torch, dtype)).eval()
-        # Random init with std 0.02 makes every token's output nearly identical after RMSNorm; a wider
-        # embedding spread keeps vectors for different texts distinguishable, so tests can fail.
-        model.embed_tokens.weight.normal_(0.0, 1.0)
+    previous = torch.get_default_dtype()
+    # Build directly in the target dtype: a 4B/8B model built in fp32 first would need twice the RAM.
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        with torch.no_grad():
+            model = Qwen3Model(config).eval()
+            model.embed_tokens.weight.normal_(0.0, shape.embed_std)
+    finally:
+        torch.set_default_dtype(previous)
     model.save_pretrained(output, safe_serialization=True)
     save_tokenizer(output)
     write_sentence_transformers_files(output, shape.hidden_size)

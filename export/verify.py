@@ -90,15 +90,15 @@ def ort_session(onnx_path: Path, precision: str) -> tuple[object, str]:
 
 def verify(
     onnx_path: Path,
-    backbone: nn.Module,
+    reference: list[np.ndarray],
     samples: dict[str, list[int]],
     precision: str,
     pad_id: int,
 ) -> Verification:
+    """`reference` comes from reference_vectors(), computed before the PyTorch model was freed."""
     session, provider = ort_session(onnx_path, precision)
     names = list(samples)
     sequences = [samples[n] for n in names]
-    reference = reference_vectors(backbone, sequences)
 
     def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return np.asarray(session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0])  # type: ignore[attr-defined]

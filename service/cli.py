@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -70,7 +73,8 @@ def export(
     from rich.console import Console
 
     from export.errors import ExportError
-    from export.exporter import ExportOptions, default_buckets, run_export
+    from export.exporter import ExportOptions, run_export
+    from service.pipeline.batching import default_buckets
     from export.triton_config import RepoSettings
 
     console = Console(stderr=True)
@@ -104,6 +108,133 @@ def export(
     except ExportError as exc:
         console.print(f"[bold red]export failed:[/] {exc}")
         raise typer.Exit(code=2) from exc
+
+
+def _export_if_missing(model: str, repository: Path, name: str, backend: str, precision: str) -> None:
+    """`make serve`: export MODEL when the repository lacks it. MODEL=dev builds the offline dev model."""
+    if (repository / name / "config.pbtxt").exists():
+        typer.echo(f"using the existing export in {repository / name}")
+        return
+    from rich.console import Console
+
+    from export.errors import ExportError
+    from export.exporter import ExportOptions, run_export
+    from export.triton_config import RepoSettings
+    from service.pipeline.batching import default_buckets
+
+    if model == "dev":
+        from export.dev_model import build_dev_model
+
+        dev_dir = Path(".cache/dev-model")
+        if not (dev_dir / "config.json").exists():
+            build_dev_model(dev_dir)
+        model = str(dev_dir)
+    repo = RepoSettings(name=name, backend=backend, precision=precision, warmup_lengths=tuple(default_buckets(8192)))
+    try:
+        run_export(ExportOptions(model=model, output=repository, repo=repo), Console(stderr=True))
+    except ExportError as exc:
+        typer.echo(f"export failed: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+
+
+def _settings(**overrides: object) -> Settings:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        typer.echo(f"invalid settings: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str | None, typer.Option(help="Export this model first if the repository lacks it (hub id, dir or 'dev')")
+    ] = None,
+    model_repository: Annotated[Path | None, typer.Option(help="Triton model repository")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model name in the repository")] = None,
+    backend: Annotated[str, typer.Option(help="Backend for an export done here")] = "python",
+    precision: Annotated[str, typer.Option(help="Precision for an export done here")] = "fp32",
+    triton_url: Annotated[str | None, typer.Option(help="Use this Triton (host:port gRPC) instead of starting one")] = None,
+    host: str | None = None,
+    grpc_port: int | None = None,
+    http_port: Annotated[int | None, typer.Option(help="OpenAI HTTP API and /metrics; 0 disables")] = None,
+    served_model_name: str | None = None,
+    max_in_flight: int | None = None,
+    api_keys_file: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    tls_client_ca: Path | None = None,
+    log_level: str | None = None,
+) -> None:
+    """Runs the service: (export if needed) + Triton + the gRPC and HTTP facade. Flags override
+    QWEN3_EMBED_* environment variables."""
+    import asyncio
+    import logging
+
+    settings = _settings(
+        model_repository=model_repository, model_name=name, triton_url=triton_url, host=host,
+        grpc_port=grpc_port, http_port=http_port, served_model_name=served_model_name,
+        max_in_flight=max_in_flight, api_keys_file=api_keys_file, tls_cert=tls_cert, tls_key=tls_key,
+        tls_client_ca=tls_client_ca, log_level=log_level,
+    )
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if model and not settings.triton_url:
+        _export_if_missing(model, settings.model_repository, settings.model_name, backend, precision)
+    from service.server import serve_forever
+
+    asyncio.run(serve_forever(settings))
+
+
+@app.command()
+def triton(
+    model_repository: Annotated[Path, typer.Option(help="Triton model repository")] = Path("model_repository"),
+    grpc_port: int = 8001,
+    http_port: int = 8000,
+    metrics_port: int = 8002,
+    log_file: Path = Path(".cache/triton.log"),
+) -> None:
+    """Runs Triton Inference Server (from the nvidia-pytriton wheel) in the foreground until Ctrl-C."""
+    import signal
+    import threading
+
+    from service.triton.runtime import TritonStartError, start_triton
+
+    try:
+        proc = start_triton(model_repository, log_file, grpc_port, http_port, metrics_port)
+    except TritonStartError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from exc
+    typer.echo(f"Triton ready: gRPC :{grpc_port}, HTTP :{http_port}, metrics :{metrics_port}; log {log_file}")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.is_set() and proc.process.poll() is None:
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proc.stop()
+    typer.echo("Triton stopped")
+
+
+@app.command()
+def embed(
+    texts: Annotated[list[str], typer.Argument(help="Texts to embed")],
+    instruction: str = "",
+    prompt_name: str = "",
+    dimensions: int = 0,
+    target: str = "localhost:50051",
+    api_key: Annotated[str | None, typer.Option(envvar="QWEN3_EMBED_API_KEY")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full response as JSON")] = False,
+) -> None:
+    """Embeds texts through the gRPC API and prints what a person wants to see."""
+    from service.client import embed_cli
+
+    embed_cli(texts, instruction, prompt_name, dimensions, target, api_key, as_json)
 
 
 def main() -> None:

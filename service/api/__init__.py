@@ -1,0 +1,1 @@
+"""The two public APIs (gRPC and OpenAI-compatible HTTP) over one pipeline."""

@@ -1,0 +1,68 @@
+"""Assembles the grpc.aio server: the service, health, reflection, auth, limits and TLS."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.api.auth import AuthInterceptor, KeyChecker
+from service.api.grpc_service import EmbeddingService
+from service.gen.embedding.v1 import embedding_pb2 as pb
+from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
+from service.settings import Settings
+from service.state import ServiceState
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    pair = [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+    if settings.tls_client_ca is not None:
+        return grpc.ssl_server_credentials(
+            pair, root_certificates=settings.tls_client_ca.read_bytes(), require_client_auth=True
+        )
+    return grpc.ssl_server_credentials(pair)
+
+
+def build_grpc_server(
+    state: ServiceState, settings: Settings
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """Returns the (not yet started) server, its health servicer and the bound port."""
+    checker = KeyChecker(settings.all_api_keys(), settings.auth_exempt)
+    interceptors = []
+    if checker.enabled:
+        interceptors.append(
+            AuthInterceptor(
+                checker,
+                on_denied=lambda method: state.metrics.requests.labels(
+                    "grpc", method.rsplit("/", 1)[-1], "UNAUTHENTICATED"
+                ).inc(),
+            )
+        )
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 1),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
+    pb_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingService(state), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{settings.host}:{settings.grpc_port}"
+    creds = server_credentials(settings)
+    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    return server, health_servicer, port
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, status)

@@ -1,0 +1,37 @@
+"""A small gRPC client for people: `qwen3-embed embed`."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import numpy as np
+from google.protobuf.json_format import MessageToDict
+
+from service.gen.embedding.v1 import embedding_pb2 as pb
+from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
+
+
+def embed_cli(
+    texts: list[str], instruction: str, prompt_name: str, dimensions: int, target: str,
+    api_key: str | None, as_json: bool,
+) -> None:
+    metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        request = pb.EmbedRequest(inputs=texts, instruction=instruction, prompt_name=prompt_name, dimensions=dimensions)
+        start = time.perf_counter()
+        try:
+            response = stub.Embed(request, metadata=metadata, timeout=60)
+        except grpc.RpcError as exc:
+            raise SystemExit(f"{exc.code().name}: {exc.details()}") from None
+        latency_ms = (time.perf_counter() - start) * 1000
+    if as_json:
+        print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
+        return
+    print(f"model {response.model}, {response.usage.prompt_tokens} tokens, {latency_ms:.1f} ms")
+    for text, emb in zip(texts, response.embeddings, strict=True):
+        values = np.asarray(emb.values, dtype=np.float32)
+        head = ", ".join(f"{v:+.4f}" for v in values[:4])
+        print(f"[{emb.index}] dim {values.size}, norm {np.linalg.norm(values):.4f}, [{head}, ...]  {text[:60]!r}")

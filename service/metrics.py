@@ -1,0 +1,48 @@
+"""Prometheus metrics shared by the gRPC and HTTP APIs (one registry per facade process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "qwen3_embed_requests", "Requests by API, method and status code", ["api", "method", "code"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "qwen3_embed_request_duration_seconds", "Total request latency", ["api", "method"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.tokenize_seconds = Histogram(
+            "qwen3_embed_tokenize_duration_seconds", "Templating + tokenization + truncation per request",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.triton_seconds = Histogram(
+            "qwen3_embed_triton_duration_seconds", "One Triton call (queue + inference), by padded length",
+            ["bucket"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.inputs = Histogram(
+            "qwen3_embed_inputs_per_request", "Inputs per request", buckets=COUNT_BUCKETS, registry=r
+        )
+        self.tokens = Histogram(
+            "qwen3_embed_tokens_per_request", "Real tokens per request", buckets=TOKEN_BUCKETS, registry=r
+        )
+        self.real_tokens = Counter("qwen3_embed_real_tokens", "Tokens sent to the model, without padding", registry=r)
+        self.padded_tokens = Counter(
+            "qwen3_embed_padded_tokens", "Tokens sent to the model, padding included", registry=r
+        )
+        self.triton_requests = Counter(
+            "qwen3_embed_triton_requests", "Triton calls by padded length", ["bucket"], registry=r
+        )
+        self.in_flight = Gauge("qwen3_embed_in_flight_requests", "Requests being served", registry=r)
+        self.triton_up = Gauge("qwen3_embed_triton_up", "1 when Triton and the model are ready", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

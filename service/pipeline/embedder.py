@@ -1,0 +1,176 @@
+"""The request path: validate -> template -> tokenize -> truncate -> bucket -> Triton -> MRL -> normalise."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.metrics import Metrics
+from service.model_info import ModelInfo
+from service.pipeline.batching import Chunk, bucket_for, default_buckets, left_pad, plan_chunks
+from service.pipeline.errors import ErrorKind, ServiceError, invalid
+from service.pipeline.params import EmbedParams
+from service.pipeline.postprocess import check_dimensions, finalize
+from service.pipeline.templating import apply_prefix, resolve_prefix
+from service.pipeline.tokenization import TextTokenizer
+from service.pipeline.truncation import fit
+from service.triton.client import TritonBackend
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    ids: list[list[int]]  # what the model sees, each ending in EOS
+    truncated: list[bool]
+
+    @property
+    def token_count(self) -> int:
+        return sum(len(i) for i in self.ids)
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: np.ndarray  # [n, dimensions] float32, in input order
+    dimensions: int
+    prompt_tokens: int
+    tokenize_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+def resolve_buckets(configured: Sequence[int], max_tokens: int) -> list[int]:
+    edges = sorted({b for b in configured if b < max_tokens}) if configured else default_buckets(max_tokens)
+    if not edges or edges[-1] != max_tokens:
+        edges = [*edges, max_tokens]
+    return edges
+
+
+class Embedder:
+    def __init__(
+        self,
+        info: ModelInfo,
+        tokenizer: TextTokenizer,
+        backend: TritonBackend,
+        metrics: Metrics,
+        *,
+        max_batch_inputs: int,
+        buckets: Sequence[int] = (),
+        token_budget: int = 16384,
+        max_triton_batch: int = 0,
+        tokenizer_threads: int = 2,
+    ) -> None:
+        self.info = info
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.metrics = metrics
+        self.max_batch_inputs = max_batch_inputs
+        self.buckets = resolve_buckets(buckets, info.max_input_tokens)
+        self.token_budget = max(token_budget, self.buckets[0])
+        self.max_rows = min(max_triton_batch or info.max_batch_size, info.max_batch_size)
+        self.executor = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tokenize")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- validation and tokenization (pure CPU work; run in the executor) --
+
+    def _check_count(self, n: int) -> None:
+        if n == 0:
+            raise invalid(f"no inputs: send 1 to {self.max_batch_inputs} inputs", "input")
+        if n > self.max_batch_inputs:
+            raise invalid(
+                f"{n} inputs is more than the limit of {self.max_batch_inputs} per request; split the batch",
+                "input",
+            )
+
+    def _tokenize_sync(self, params: EmbedParams) -> Tokenized:
+        info = self.info
+        self._check_count(params.count)
+        if params.token_ids:
+            if params.instruction or params.prompt_name:
+                raise invalid("instruction and prompt_name apply to text, not to token-id input", "input")
+            contents: list[list[int]] = []
+            for i, ids in enumerate(params.token_ids):
+                if not ids:
+                    raise invalid(f"input {i} is an empty token list", "input")
+                bad = [t for t in ids if not 0 <= t < info.embedding_rows]
+                if bad:
+                    raise invalid(
+                        f"input {i} has token id {bad[0]} outside [0, {info.embedding_rows})", "input"
+                    )
+                # The model pools its EOS: strip one given at the end, fit() puts it back after truncation.
+                contents.append(list(ids[:-1] if ids[-1] == info.eos_id else ids))
+            keep_prefix = 0
+        else:
+            for i, text in enumerate(params.texts):
+                if not text:
+                    raise invalid(f"input {i} is an empty string", "input")
+            prefix = resolve_prefix(params.instruction, params.prompt_name, info.prompts)
+            contents = self.tokenizer.content_ids(apply_prefix(prefix, params.texts))
+            keep_prefix = self.tokenizer.prefix_length(prefix)
+        fitted = [
+            fit(c, info.max_input_tokens, params.truncate, info.eos_id, keep_prefix, index=i)
+            for i, c in enumerate(contents)
+        ]
+        return Tokenized([f[0] for f in fitted], [f[1] for f in fitted])
+
+    async def tokenize(self, params: EmbedParams) -> Tokenized:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._tokenize_sync, params)
+
+    # -- inference --
+
+    async def _run_chunk(
+        self, chunk: Chunk, ids: list[list[int]], out: np.ndarray, deadline: float
+    ) -> None:
+        batch_ids, mask = left_pad([ids[i] for i in chunk.indices], chunk.width, self.info.pad_id)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ServiceError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded before the model was called")
+        start = time.perf_counter()
+        vectors = await self.backend.infer(batch_ids, mask, self.info.hidden_size, remaining)
+        label = str(chunk.width)
+        self.metrics.triton_seconds.labels(label).observe(time.perf_counter() - start)
+        self.metrics.triton_requests.labels(label).inc()
+        out[list(chunk.indices)] = vectors
+
+    async def embed(self, params: EmbedParams, timeout_s: float) -> EmbedResult:
+        started = time.perf_counter()
+        deadline = time.monotonic() + timeout_s
+        dims = check_dimensions(params.dimensions, self.info.min_dimensions, self.info.hidden_size)
+        tokenized = await self.tokenize(params)
+        tokenized_at = time.perf_counter()
+        ids = tokenized.ids
+        chunks = plan_chunks([len(i) for i in ids], self.buckets, self.token_budget, self.max_rows)
+        out = np.empty((len(ids), self.info.hidden_size), dtype=np.float32)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for chunk in chunks:
+                    group.create_task(self._run_chunk(chunk, ids, out, deadline))
+        except* ServiceError as errors:
+            # Report the most actionable error: the first one that is not a side-effect cancellation.
+            first = next((e for e in errors.exceptions if isinstance(e, ServiceError)), None)
+            raise first if first is not None else ServiceError(ErrorKind.INTERNAL, "inference failed") from None
+        inferred_at = time.perf_counter()
+        vectors = finalize(out, dims, params.normalize)
+        m = self.metrics
+        m.tokenize_seconds.observe(tokenized_at - started)
+        m.inputs.observe(len(ids))
+        m.tokens.observe(tokenized.token_count)
+        m.real_tokens.inc(tokenized.token_count)
+        m.padded_tokens.inc(sum(c.padded_tokens for c in chunks))
+        return EmbedResult(
+            vectors=vectors,
+            dimensions=dims,
+            prompt_tokens=tokenized.token_count,
+            tokenize_ms=(tokenized_at - started) * 1000,
+            inference_ms=(inferred_at - tokenized_at) * 1000,
+            total_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    def bucket_of(self, length: int) -> int:
+        return bucket_for(length, self.buckets)

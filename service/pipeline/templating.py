@@ -1,0 +1,34 @@
+"""Instruction templates: `Instruct: {instruction}\\nQuery:{text}` for queries, nothing for documents."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from service.pipeline.errors import invalid
+
+
+def instruction_prefix(instruction: str) -> str:
+    # The official template, exactly: one newline, no space after "Query:".
+    return f"Instruct: {instruction}\nQuery:"
+
+
+def resolve_prefix(instruction: str, prompt_name: str, prompts: Mapping[str, str]) -> str:
+    """The text put before every input. Errors name the valid choices."""
+    if instruction and prompt_name:
+        raise invalid("set either instruction or prompt_name, not both", "prompt_name")
+    if instruction:
+        if not instruction.strip():
+            raise invalid("instruction is blank", "instruction")
+        return instruction_prefix(instruction)
+    if prompt_name:
+        if prompt_name not in prompts:
+            raise invalid(
+                f"unknown prompt_name {prompt_name!r}; this model has: {', '.join(sorted(prompts)) or 'none'}",
+                "prompt_name",
+            )
+        return prompts[prompt_name]
+    return ""
+
+
+def apply_prefix(prefix: str, texts: Sequence[str]) -> list[str]:
+    return [prefix + t for t in texts]

@@ -1,0 +1,68 @@
+"""Session fixtures: the offline dev model, its verified export, a real Triton, the reference model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from export.dev_model import build_dev_model  # noqa: E402
+from export.exporter import ExportOptions, run_export  # noqa: E402
+from export.triton_config import RepoSettings  # noqa: E402
+from service.pipeline.batching import default_buckets  # noqa: E402
+from service.triton.runtime import TritonProcess, start_triton  # noqa: E402
+
+# Small limits keep the suite fast on 2 cores while still spanning several buckets.
+TEST_MAX_TOKENS = 512
+TEST_MAX_BATCH = 16
+
+
+@pytest.fixture(scope="session")
+def dev_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_dev_model(tmp_path_factory.mktemp("dev-model"))
+
+
+def export_dev(model_dir: Path, output: Path, **repo: object) -> Path:
+    from rich.console import Console
+
+    settings = RepoSettings(
+        max_input_tokens=TEST_MAX_TOKENS,
+        max_batch_size=TEST_MAX_BATCH,
+        warmup_lengths=tuple(default_buckets(TEST_MAX_TOKENS)),
+        ort_intra_op_threads=1,
+        **repo,  # type: ignore[arg-type]
+    )
+    opts = ExportOptions(model=str(model_dir), output=output, repo=settings, verify_long_tokens=TEST_MAX_TOKENS)
+    run_export(opts, Console(quiet=True))
+    return output
+
+
+@pytest.fixture(scope="session")
+def model_repository(dev_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_dev(dev_model_dir, tmp_path_factory.mktemp("repo") / "model_repository")
+
+
+@pytest.fixture(scope="session")
+def triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+    proc = start_triton(model_repository, tmp_path_factory.mktemp("logs") / "triton.log")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(dev_model_dir: Path) -> object:
+    """sentence-transformers with the checkpoint's own configuration: the reference implementation."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(dev_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("facade-logs")

@@ -1,0 +1,176 @@
+"""Export: verified ONNX, Triton configs for each backend, parity with the reference, failure modes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from typer.testing import CliRunner
+
+from export.dev_model import DevModelShape, build_dev_model
+from export.errors import ExportError
+from export.exporter import ExportOptions, run_export
+from export.triton_config import ModelFacts, RepoSettings, build_config, parse_pbtxt, to_pbtxt
+from export.verify import left_pad
+from service.cli import app
+from tests.conftest import TEST_MAX_TOKENS, export_dev
+from tests.helpers import cosine
+
+QUERIES = ["What is the capital of China?", "Explain gravity", "如何学习编程？"]
+DOCS = [
+    "The capital of China is Beijing.",
+    "Gravity is a force that attracts two bodies towards each other. " * 20,
+    "def add(a, b):\n    return a + b",
+]
+QUERY_PREFIX = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+
+
+def onnx_embed(session: ort.InferenceSession, tokenizer_dir: Path, texts: list[str]) -> np.ndarray:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    ids, mask = left_pad([tok.encode(t).ids for t in texts], pad_id=151643)
+    out = session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_python_backend_repository_layout(model_repository: Path) -> None:
+    model_dir = model_repository / "qwen3_embedding"
+    for rel in ("config.pbtxt", "1/model.onnx", "1/model.py", "tokenizer/tokenizer.json", "export_report.json"):
+        assert (model_dir / rel).exists(), rel
+    cfg = parse_pbtxt((model_dir / "config.pbtxt").read_text())
+    assert cfg.backend == "python" and cfg.max_batch_size == 16
+    assert [i.name for i in cfg.input] == ["input_ids", "attention_mask"]
+    assert cfg.output[0].name == "embedding" and list(cfg.output[0].dims) == [64]
+    policy = cfg.dynamic_batching.default_queue_policy
+    assert policy.max_queue_size > 0 and policy.timeout_action == policy.REJECT
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params["hidden_size"] == "64" and params["min_dimensions"] == "32"
+    assert params["max_input_tokens"] == str(TEST_MAX_TOKENS) and params["embedding_rows"] == "151669"
+    assert "query" in params["prompts"] and params["precision"] == "fp32"
+    assert len(cfg.model_warmup) == 6  # one per bucket 16..512
+
+
+def test_onnx_graph_contract(model_repository: Path) -> None:
+    import onnx
+
+    graph = onnx.load(str(model_repository / "qwen3_embedding" / "1" / "model.onnx"), load_external_data=False).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]  # no position_ids, no KV cache
+    assert [o.name for o in graph.output] == ["embedding"]
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[1].dim_param  # dynamic batch and sequence
+
+
+def test_onnx_matches_sentence_transformers(model_repository: Path, reference: SentenceTransformer) -> None:
+    model_dir = model_repository / "qwen3_embedding"
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    ours_q = onnx_embed(session, model_dir / "tokenizer", [QUERY_PREFIX + q for q in QUERIES])
+    ref_q = reference.encode(QUERIES, prompt_name="query")
+    ours_d = onnx_embed(session, model_dir / "tokenizer", DOCS)
+    ref_d = reference.encode(DOCS)
+    for a, b in [*zip(ours_q, ref_q, strict=True), *zip(ours_d, ref_d, strict=True)]:
+        assert cosine(a, b) >= 0.99999
+
+
+def test_left_padding_invariance(model_repository: Path) -> None:
+    model_dir = model_repository / "qwen3_embedding"
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    short = "Beijing"
+    alone = onnx_embed(session, model_dir / "tokenizer", [short])[0]
+    batched = onnx_embed(session, model_dir / "tokenizer", [short, "long text " * 200, DOCS[1]])[0]
+    assert cosine(alone, batched) >= 0.99999
+    other = onnx_embed(session, model_dir / "tokenizer", [DOCS[0]])[0]
+    assert cosine(alone, other) < 0.99  # a wrong row would be caught
+
+
+def test_cli_export_prints_table_and_onnxruntime_config(dev_model_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["export", "--model", str(dev_model_dir), "--output", str(tmp_path / "repo"), "--backend", "onnxruntime",
+         "--precision", "fp32", "--max-tokens", "256", "--accelerator", "tensorrt", "--no-warmup"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "cos batched" in result.output and "english query" in result.output
+    assert "verified export written" in result.output
+    cfg = parse_pbtxt((tmp_path / "repo" / "qwen3_embedding" / "config.pbtxt").read_text())
+    assert cfg.platform == "onnxruntime_onnx"
+    assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_GPU
+    accel = cfg.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accel.name == "tensorrt" and accel.parameters["trt_engine_cache_enable"] == "1"
+    assert not (tmp_path / "repo" / "qwen3_embedding" / "1" / "model.py").exists()
+
+
+def test_fp16_export_verifies(dev_model_dir: Path, tmp_path: Path) -> None:
+    export_dev(dev_model_dir, tmp_path / "repo", precision="fp16", backend="onnxruntime")
+    cfg = parse_pbtxt((tmp_path / "repo" / "qwen3_embedding" / "config.pbtxt").read_text())
+    assert cfg.parameters["precision"].string_value == "fp16"
+
+
+def test_tensorrt_backend_config_and_missing_trtexec(dev_model_dir: Path, tmp_path: Path) -> None:
+    facts = ModelFacts("m", 64, 32, 512, 151669, "fp16", {"query": "q"})
+    cfg = parse_pbtxt(to_pbtxt(build_config(RepoSettings(backend="tensorrt", precision="fp16"), facts)))
+    assert cfg.platform == "tensorrt_plan"
+    result = CliRunner().invoke(
+        app, ["export", "--model", str(dev_model_dir), "--output", str(tmp_path / "r"), "--backend", "tensorrt",
+              "--max-tokens", "64", "--no-warmup"],
+    )
+    assert result.exit_code != 0
+    assert "trtexec" in result.output
+    assert not (tmp_path / "r" / "qwen3_embedding").exists()  # nothing final written
+
+
+def test_broken_pooling_fails_verification(dev_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import export.graph
+
+    # Mean pooling by mistake, a bug seen in the wild: the exporter must refuse it.
+    def first_token(mask: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(mask.shape[0], dtype=torch.int64)
+
+    monkeypatch.setattr(export.graph, "last_token_index", first_token)
+    result = CliRunner().invoke(
+        app, ["export", "--model", str(dev_model_dir), "--output", str(tmp_path / "r"), "--max-tokens", "64",
+              "--no-warmup"],
+    )
+    assert result.exit_code == 2, result.output
+    assert "verification failed" in result.output
+    assert not (tmp_path / "r" / "qwen3_embedding").exists()
+
+
+def test_other_shape_exports(tmp_path: Path) -> None:
+    shape = DevModelShape(hidden_size=96, layers=3, heads=6, kv_heads=2, head_dim=16, intermediate_size=192, seed=3)
+    model_dir = build_dev_model(tmp_path / "m96", shape)
+    export_dev(model_dir, tmp_path / "repo")
+    cfg = parse_pbtxt((tmp_path / "repo" / "qwen3_embedding" / "config.pbtxt").read_text())
+    assert list(cfg.output[0].dims) == [96]
+    reference = SentenceTransformer(str(model_dir), device="cpu")
+    session = ort.InferenceSession(str(tmp_path / "repo" / "qwen3_embedding" / "1" / "model.onnx"))
+    ours = onnx_embed(session, model_dir, DOCS)
+    for a, b in zip(ours, reference.encode(DOCS), strict=True):
+        assert cosine(a, b) >= 0.99999
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--backend", "tflite"], "--backend must be one of"),
+        (["--precision", "int3"], "--precision must be one of"),
+        (["--max-batch-size", "0"], "--max-batch-size must be >= 1"),
+    ],
+)
+def test_bad_flags(dev_model_dir: Path, tmp_path: Path, args: list[str], needle: str) -> None:
+    result = CliRunner().invoke(app, ["export", "--model", str(dev_model_dir), "--output", str(tmp_path), *args])
+    assert result.exit_code == 2 and needle in result.output
+
+
+def test_unknown_model_and_unsupported_architecture(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="not in the local cache|unknown model"):
+        run_export(ExportOptions(model="nobody/no-such-model-xyz", output=tmp_path, repo=RepoSettings()))
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}')
+    with pytest.raises(ExportError, match="unsupported architecture 'bert'"):
+        run_export(ExportOptions(model=str(bert), output=tmp_path / "o", repo=RepoSettings()))

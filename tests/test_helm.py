@@ -1,0 +1,739 @@
+"""The Helm chart, offline: lint, render under every feature switch, validate each manifest against the
+Kubernetes OpenAPI schemas (kubernetes-validate, strict), and check that values reach the manifests."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART_DIR = ROOT / "helm" / "qwen3-embedding"
+RELEASE = "emb"
+NAMESPACE = "ml"
+FULLNAME = f"{RELEASE}-qwen3-embedding"
+
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest kubernetes-validate ships.
+KUBE_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
+# Custom resources have no schema in kubernetes-validate (it ships only the built-in API): these kinds are
+# not schema-validated; test_service_monitor asserts their fields instead.
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+EXTERNAL_URL = "triton.inference.svc.cluster.local:8001"
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "gpu": {
+        "nodeSelector": {"nvidia.com/gpu.present": "true"},
+        "triton": {"resources": {"limits": {"nvidia.com/gpu": 2, "memory": "40Gi"}}},
+    },
+    "cpu-only": {"triton": {"resources": {"limits": {"nvidia.com/gpu": None}}}, "tolerations": []},
+    "autoscaling-cpu": {"autoscaling": {"enabled": True, "metric": "cpu", "maxReplicas": 6}},
+    "autoscaling-pods": {
+        "autoscaling": {
+            "enabled": True,
+            "metric": "pods",
+            "pods": {"metricName": "triton_queue_us_per_request", "targetAverageValue": "20000"},
+        }
+    },
+    "external-triton": {"triton": {"external": {"enabled": True, "url": EXTERNAL_URL}}},
+    "auth-keys": {"auth": {"enabled": True, "keys": ["key-one", "key-two"]}},
+    "auth-existing-secret": {"auth": {"enabled": True, "existingSecret": "my-keys", "secretKey": "keys.txt"}},
+    "servicemonitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}}},
+    "export-job": {
+        "exportJob": {
+            "enabled": True,
+            "model": "Qwen/Qwen3-Embedding-4B",
+            "hfTokenSecret": {"name": "hf-token", "key": "token"},
+        }
+    },
+    "existing-claim": {"modelRepository": {"existingClaim": "qwen3-models", "subPath": ""}},
+    "everything": {
+        "autoscaling": {"enabled": True, "metric": "pods"},
+        "auth": {"enabled": True, "keys": ["k"]},
+        "metrics": {"serviceMonitor": {"enabled": True}},
+        "exportJob": {"enabled": True},
+        "facade": {"settings": {"token_budget": 32768, "buckets": [64, 256, 1024]}},
+        "podDisruptionBudget": {"maxUnavailable": None, "minAvailable": 1},
+        "service": {"headless": {"enabled": False}},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    template: str
+    doc: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.doc["kind"])
+
+    @property
+    def name(self) -> str:
+        return str(self.doc["metadata"]["name"])
+
+
+@cache
+def _chart() -> helm_python.Chart:
+    return helm_python.Chart.load(CHART_DIR)
+
+
+def render_raw(values: dict[str, Any]) -> dict[str, str]:
+    return _chart().render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+
+
+def render(values: dict[str, Any]) -> list[Manifest]:
+    out: list[Manifest] = []
+    for template, text in render_raw(values).items():
+        if not template.endswith(".yaml"):
+            continue
+        out.extend(Manifest(template, doc) for doc in yaml.safe_load_all(text) if doc)
+    return out
+
+
+def only(manifests: list[Manifest], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [m.doc for m in manifests if m.kind == kind and (name is None or m.name == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def kinds(manifests: list[Manifest]) -> set[tuple[str, str]]:
+    return {(m.kind, m.name) for m in manifests}
+
+
+def pod_spec(manifests: list[Manifest]) -> dict[str, Any]:
+    spec: dict[str, Any] = only(manifests, "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def container(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    matches = [c for c in spec["containers"] if c["name"] == name]
+    assert len(matches) == 1, f"no container {name}: {[c['name'] for c in spec['containers']]}"
+    return matches[0]
+
+
+def env_of(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def all_containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield from spec.get("initContainers", [])
+    yield from spec["containers"]
+
+
+def pod_specs(manifests: list[Manifest]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for m in manifests:
+        if m.kind == "Pod":
+            yield m.name, m.doc["spec"]
+        elif m.kind in {"Deployment", "Job"}:
+            yield m.name, m.doc["spec"]["template"]["spec"]
+
+
+def merged(*layers: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merged(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- lint, schema
+
+
+def test_chart_metadata() -> None:
+    meta = _chart().metadata
+    assert meta["apiVersion"] == "v2"
+    assert meta["name"] == "qwen3-embedding"
+    assert (CHART_DIR / "values.schema.json").is_file()
+    assert _chart().schema is not None
+
+
+@pytest.mark.parametrize("scenario", ["default", "export-job", "external-triton", "everything"])
+def test_lint_has_no_errors(scenario: str) -> None:
+    report = helm_python.lint(CHART_DIR, copy.deepcopy(SCENARIOS[scenario]), namespace=NAMESPACE)
+    assert report["total_charts_linted"] == 1
+    assert report["errors"] == []
+    problems = [m for m in report["messages"] if m["severity"] >= 2]  # 2 = warning, 3 = error
+    assert problems == []
+
+
+def test_lint_fails_on_a_broken_values_file() -> None:
+    report = helm_python.lint(CHART_DIR, {"exportJob": {"backend": "pytorch"}})
+    assert report["errors"] or any(m["severity"] == 3 for m in report["messages"])
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"exportJob": {"backend": "pytorch"}},
+        {"exportJob": {"precision": "int8"}},
+        {"autoscaling": {"metric": "memory"}},
+        {"triton": {"external": {"enabled": True}}},
+        {"triton": {"external": {"enabled": True, "url": "http://triton:8001"}}},
+        {"facade": {"grpcPort": 70000}},
+        {"facade": {"settings": {"Token-Budget": 1}}},
+        {"triton": {"image": {"tag": 25.01}}},
+        {"auth": {"keys": ["two words"]}},
+        {"unknownTopLevelKey": True},
+    ],
+    ids=lambda v: str(v)[:60],
+)
+def test_values_schema_rejects(values: dict[str, Any]) -> None:
+    with pytest.raises(helm_python.HelmError):
+        render_raw(values)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"auth": {"enabled": True}}, "auth.existingSecret or auth.keys"),
+        ({"exportJob": {"enabled": True}, "modelRepository": {"subPath": ""}}, "subPath"),
+        ({"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}, "not both"),
+        (
+            {"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
+            "metrics.service",
+        ),
+    ],
+)
+def test_inconsistent_values_fail_with_a_message(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm_python.HelmError, match=re.escape(message)):
+        render_raw(values)
+
+
+# ------------------------------------------------------------------------------------- Kubernetes schemas
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_every_manifest_validates_strictly(scenario: str) -> None:
+    manifests = render(SCENARIOS[scenario])
+    assert manifests
+    validated = 0
+    for m in manifests:
+        assert m.doc["metadata"].get("namespace") == NAMESPACE, m.name
+        if (m.doc["apiVersion"], m.kind) in CRD_KINDS:
+            continue  # no schema shipped for CRDs; see test_service_monitor
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(m.doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                path = ".".join(str(p) for p in exc.path)
+                pytest.fail(f"{m.template}: {m.kind}/{m.name} invalid for {version} at {path}: {exc.message}")
+            except kubernetes_validate.SchemaNotFoundError as exc:
+                pytest.fail(f"{m.template}: {exc.message}")
+        validated += 1
+    assert validated >= 6
+
+
+def test_validation_catches_a_broken_manifest() -> None:
+    """The validator really is strict: an unknown field in a rendered Deployment is rejected."""
+    deployment = copy.deepcopy(only(render({}), "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_default_objects() -> None:
+    got = kinds(render({}))
+    assert got == {
+        ("Deployment", FULLNAME),
+        ("Service", FULLNAME),
+        ("Service", f"{FULLNAME}-headless"),
+        ("Service", f"{FULLNAME}-metrics"),
+        ("ServiceAccount", FULLNAME),
+        ("PersistentVolumeClaim", f"{FULLNAME}-models"),
+        ("PodDisruptionBudget", FULLNAME),
+        ("Pod", f"{FULLNAME}-test-grpc"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ the pod
+
+
+def test_default_pod_runs_triton_and_the_facade() -> None:
+    spec = pod_spec(render({}))
+    assert [c["name"] for c in spec["containers"]] == ["triton", "facade"]
+    triton = container(spec, "triton")
+    assert triton["image"] == "nvcr.io/nvidia/tritonserver:25.01-py3"
+    assert triton["args"][0] == "tritonserver"
+    assert "--model-repository=/models" in triton["args"]
+    assert "--load-model=qwen3_embedding" in triton["args"]
+    assert {p["containerPort"] for p in triton["ports"]} == {8000, 8001, 8002}
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+
+    facade = container(spec, "facade")
+    env = env_of(facade)
+    assert env["QWEN3_EMBED_TRITON_URL"] == "localhost:8001"
+    assert env["QWEN3_EMBED_MODEL_REPOSITORY"] == "/models"
+    assert env["QWEN3_EMBED_MODEL_NAME"] == "qwen3_embedding"
+    assert env["QWEN3_EMBED_GRPC_PORT"] == "50051"
+    assert env["QWEN3_EMBED_HTTP_PORT"] == "8080"
+    assert {p["name"]: p["containerPort"] for p in facade["ports"]} == {"grpc": 50051, "http": 8080}
+
+
+def test_both_containers_mount_the_model_repository_read_only() -> None:
+    spec = pod_spec(render({}))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["model-repository"]["persistentVolumeClaim"]["claimName"] == f"{FULLNAME}-models"
+    for name in ("triton", "facade"):
+        mounts = {m["name"]: m for m in container(spec, name)["volumeMounts"]}
+        assert mounts["model-repository"]["mountPath"] == "/models"
+        assert mounts["model-repository"]["readOnly"] is True
+        assert mounts["model-repository"]["subPath"] == "models"
+
+
+def test_probes() -> None:
+    spec = pod_spec(render({}))
+    triton = container(spec, "triton")
+    ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
+    for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
+        http = triton[probe]["httpGet"]
+        assert http["path"] == path
+        assert ports[http["port"]] == 8000
+    startup = triton["startupProbe"]
+    assert startup["httpGet"]["path"] == "/v2/health/ready"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # model load budget
+
+    facade = container(spec, "facade")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert facade[probe]["grpc"] == {"port": 50051}
+
+
+def test_startup_probe_budget_is_configurable() -> None:
+    spec = pod_spec(render({"triton": {"startupProbe": {"failureThreshold": 360}}}))
+    startup = container(spec, "triton")["startupProbe"]
+    assert startup["failureThreshold"] == 360
+    assert startup["httpGet"]["path"] == "/v2/health/ready"  # the rest of the probe is kept
+
+
+@pytest.mark.parametrize("drain", [0, 7.5, 10, 45, 120])
+def test_grace_period_covers_the_drain(drain: float) -> None:
+    spec = pod_spec(render({"facade": {"drainSeconds": drain}}))
+    grace = spec["terminationGracePeriodSeconds"]
+    assert grace > drain
+    assert grace >= drain + 10
+    assert env_of(container(spec, "facade"))["QWEN3_EMBED_DRAIN_SECONDS"] == str(drain)
+    # Triton keeps serving the draining facade and still has time to finish its own work.
+    sleep = int(container(spec, "triton")["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert drain <= sleep < grace
+
+
+def test_security_contexts() -> None:
+    manifests = render(SCENARIOS["everything"])
+    specs = dict(pod_specs(manifests))
+    assert len(specs) == 3  # Deployment, export Job, helm test Pod
+    for name, spec in specs.items():
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["runAsUser"] != 0, name
+        assert spec["automountServiceAccountToken"] is False, name
+        tmp_volumes = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+        for c in all_containers(spec):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, (name, c["name"])
+            assert sc["capabilities"]["drop"] == ["ALL"], (name, c["name"])
+            assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            if c["name"] in {"triton", "facade", "export"}:
+                assert mounts.get("/tmp") in tmp_volumes, (name, c["name"])
+
+
+def test_per_container_security_context_override_merges() -> None:
+    spec = pod_spec(render({"triton": {"securityContext": {"readOnlyRootFilesystem": False}}}))
+    triton = container(spec, "triton")["securityContext"]
+    assert triton["readOnlyRootFilesystem"] is False
+    assert triton["capabilities"]["drop"] == ["ALL"]
+    assert container(spec, "facade")["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_facade_env_names_are_settings_fields() -> None:
+    spec = pod_spec(render(SCENARIOS["everything"]))
+    names = [n for n in env_of(container(spec, "facade")) if n.startswith("QWEN3_EMBED_")]
+    assert len(names) >= 8
+    fields = set(Settings.model_fields)
+    unknown = [n for n in names if n.removeprefix("QWEN3_EMBED_").lower() not in fields]
+    assert unknown == []
+
+
+def test_facade_settings_map_becomes_env() -> None:
+    values = {"facade": {"settings": {"token_budget": 67108864, "buckets": [64, 256], "log_inputs": False}}}
+    env = env_of(container(pod_spec(render(values)), "facade"))
+    assert env["QWEN3_EMBED_TOKEN_BUDGET"] == "67108864"
+    assert env["QWEN3_EMBED_BUCKETS"] == "64,256"
+    assert env["QWEN3_EMBED_LOG_INPUTS"] == "false"
+    # What the facade makes of them.
+    settings = Settings(**{k.removeprefix("QWEN3_EMBED_").lower(): v for k, v in env.items() if "BUCK" in k})
+    assert settings.buckets == [64, 256]
+
+
+# --------------------------------------------------------------------------------------------- wiring
+
+
+def test_values_reach_the_manifests() -> None:
+    values = {
+        "replicaCount": 3,
+        "facade": {
+            "image": {"repository": "registry.example.com/ml/facade", "tag": "1.2.3"},
+            "grpcPort": 50099,
+            "httpPort": 8099,
+            "maxInFlight": 200,
+            "resources": {"requests": {"cpu": "3", "memory": "3Gi"}, "limits": {"cpu": "6", "memory": "5Gi"}},
+        },
+        "triton": {
+            "image": {"repository": "registry.example.com/nvidia/tritonserver", "tag": "24.12"},
+            "grpcPort": 9001,
+            "httpPort": 9000,
+            "metricsPort": 9002,
+            "resources": {"requests": {"cpu": "6"}, "limits": {"memory": "48Gi", "nvidia.com/gpu": 4}},
+        },
+        "service": {"grpcPort": 443, "httpPort": 80},
+        "model": {"name": "qwen3_embedding_8b"},
+        "modelRepository": {"mountPath": "/srv/models"},
+    }
+    manifests = render(values)
+    deployment = only(manifests, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    spec = deployment["spec"]["template"]["spec"]
+
+    facade = container(spec, "facade")
+    assert facade["image"] == "registry.example.com/ml/facade:1.2.3"
+    assert {p["name"]: p["containerPort"] for p in facade["ports"]} == {"grpc": 50099, "http": 8099}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert facade[probe]["grpc"]["port"] == 50099
+    assert facade["resources"] == {
+        "requests": {"cpu": "3", "memory": "3Gi"},
+        "limits": {"cpu": "6", "memory": "5Gi"},
+    }
+    env = env_of(facade)
+    assert env["QWEN3_EMBED_GRPC_PORT"] == "50099"
+    assert env["QWEN3_EMBED_HTTP_PORT"] == "8099"
+    assert env["QWEN3_EMBED_MAX_IN_FLIGHT"] == "200"
+    assert env["QWEN3_EMBED_TRITON_URL"] == "localhost:9001"
+    assert env["QWEN3_EMBED_MODEL_REPOSITORY"] == "/srv/models"
+    assert env["QWEN3_EMBED_MODEL_NAME"] == "qwen3_embedding_8b"
+
+    triton = container(spec, "triton")
+    assert triton["image"] == "registry.example.com/nvidia/tritonserver:24.12-py3"
+    for arg in (
+        "--grpc-port=9001",
+        "--http-port=9000",
+        "--metrics-port=9002",
+        "--model-repository=/srv/models",
+        "--load-model=qwen3_embedding_8b",
+    ):
+        assert arg in triton["args"]
+    assert {p["containerPort"] for p in triton["ports"]} == {9000, 9001, 9002}
+    assert triton["resources"]["requests"]["cpu"] == "6"
+    assert triton["resources"]["limits"] == {"memory": "48Gi", "nvidia.com/gpu": 4}
+
+    service = only(manifests, "Service", FULLNAME)
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        "grpc": (443, "grpc"),
+        "http": (80, "http"),
+    }
+    metrics = only(manifests, "Service", f"{FULLNAME}-metrics")
+    assert {p["name"]: p["port"] for p in metrics["spec"]["ports"]} == {
+        "http-metrics": 8099,
+        "triton-metrics": 9002,
+    }
+    notes = render_raw(values)["qwen3-embedding/templates/NOTES.txt"]
+    assert "localhost:443 list" in notes
+
+
+def test_services_select_the_pod_and_target_its_named_ports() -> None:
+    manifests = render(SCENARIOS["everything"])
+    deployment = only(manifests, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    port_names = {p["name"] for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+    for m in manifests:
+        if m.kind == "Service":
+            assert m.doc["spec"]["selector"].items() <= pod_labels.items(), m.name
+            for port in m.doc["spec"]["ports"]:
+                assert port["targetPort"] in port_names, (m.name, port)
+    pdb = only(manifests, "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["minAvailable"] == 1
+    assert "maxUnavailable" not in pdb["spec"]
+    # The export Job's pod must not become a Service endpoint or count for the PDB.
+    job_labels = only(manifests, "Job")["spec"]["template"]["metadata"]["labels"]
+    assert not pdb["spec"]["selector"]["matchLabels"].items() <= job_labels.items()
+
+
+def test_gpu_values() -> None:
+    spec = pod_spec(render(SCENARIOS["gpu"]))
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert container(spec, "triton")["resources"]["limits"] == {"nvidia.com/gpu": 2, "memory": "40Gi"}
+    assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+    assert "nvidia.com/gpu" not in container(spec, "facade")["resources"].get("limits", {})
+
+
+def test_cpu_only_values_drop_the_gpu() -> None:
+    spec = pod_spec(render(SCENARIOS["cpu-only"]))
+    assert "nvidia.com/gpu" not in container(spec, "triton")["resources"]["limits"]
+    assert "tolerations" not in spec
+
+
+@pytest.mark.parametrize("mode", ["autoscaling-cpu", "autoscaling-pods"])
+def test_autoscaling_adds_an_hpa_and_removes_only_replicas(mode: str) -> None:
+    base = render({})
+    scaled = render(SCENARIOS[mode])
+    assert kinds(scaled) == kinds(base) | {("HorizontalPodAutoscaler", FULLNAME)}
+    deployment, base_deployment = only(scaled, "Deployment"), only(base, "Deployment")
+    assert "replicas" not in deployment["spec"]
+    assert deployment["spec"]["template"] == base_deployment["spec"]["template"]
+
+    hpa = only(scaled, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": FULLNAME}
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    [metric] = hpa["spec"]["metrics"]
+    if mode == "autoscaling-cpu":
+        assert hpa["spec"]["maxReplicas"] == 6
+        assert metric["type"] == "Resource"
+        assert metric["resource"]["name"] == "cpu"
+        assert metric["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
+        # Utilisation is relative to requests: every container must request CPU.
+        for c in deployment["spec"]["template"]["spec"]["containers"]:
+            assert c["resources"]["requests"]["cpu"], c["name"]
+    else:
+        assert metric["type"] == "Pods"
+        assert metric["pods"]["metric"]["name"] == "triton_queue_us_per_request"
+        assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "20000"}
+
+
+def test_autoscaling_pods_default_metric_is_in_flight_requests() -> None:
+    hpa = only(render({"autoscaling": {"enabled": True, "metric": "pods"}}), "HorizontalPodAutoscaler")
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "qwen3_embed_in_flight_requests"
+
+
+def test_external_triton() -> None:
+    manifests = render(SCENARIOS["external-triton"])
+    spec = pod_spec(manifests)
+    assert [c["name"] for c in spec["containers"]] == ["facade"]
+    facade = container(spec, "facade")
+    assert env_of(facade)["QWEN3_EMBED_TRITON_URL"] == EXTERNAL_URL
+    assert not any("nvidia.com/gpu" in str(c.get("resources")) for c in spec["containers"])
+    volume_names = {v["name"] for v in spec["volumes"]}
+    assert "dshm" not in volume_names
+    assert "model-repository" in volume_names  # the facade still reads the tokenizer
+    metrics = only(manifests, "Service", f"{FULLNAME}-metrics")
+    assert [p["name"] for p in metrics["spec"]["ports"]] == ["http-metrics"]
+    monitor_values = merged(SCENARIOS["external-triton"], SCENARIOS["servicemonitor"])
+    monitor = only(render(monitor_values), "ServiceMonitor")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["http-metrics"]
+
+
+def test_existing_claim() -> None:
+    manifests = render(SCENARIOS["existing-claim"])
+    assert not any(m.kind == "PersistentVolumeClaim" for m in manifests)
+    spec = pod_spec(manifests)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["model-repository"]["persistentVolumeClaim"]["claimName"] == "qwen3-models"
+    mount = {m["name"]: m for m in container(spec, "facade")["volumeMounts"]}["model-repository"]
+    assert "subPath" not in mount
+
+
+def test_chart_pvc_is_kept_and_sized_from_values() -> None:
+    values = {
+        "modelRepository": {
+            "persistence": {"size": "80Gi", "storageClass": "fast", "accessModes": ["ReadWriteMany"]}
+        }
+    }
+    pvc = only(render(values), "PersistentVolumeClaim")
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "80Gi"
+    assert pvc["spec"]["storageClassName"] == "fast"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+@cache
+def _export_help() -> str:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "service.cli", "export", "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_export_job() -> None:
+    manifests = render(SCENARIOS["export-job"])
+    job = only(manifests, "Job")
+    assert job["metadata"]["name"].startswith(f"{FULLNAME}-export-")
+    assert len(job["metadata"]["name"]) <= 63
+    job_spec = job["spec"]["template"]["spec"]
+    assert job_spec["restartPolicy"] == "Never"
+    [export] = job_spec["containers"]
+    assert export["image"] == "ghcr.io/qwen3-embedding-service/export:0.1.0"
+    args = export["args"]
+    pairs = dict(zip(args[::2], args[1::2], strict=True))
+    assert pairs == {
+        "--model": "Qwen/Qwen3-Embedding-4B",
+        "--output": "/workspace/models",
+        "--name": "qwen3_embedding",
+        "--backend": "onnxruntime",
+        "--precision": "fp16",
+        "--max-batch-size": "32",
+        "--max-tokens": "8192",
+        "--accelerator": "none",
+    }
+    help_text = _export_help()
+    for flag in pairs:
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text), f"export has no {flag}"
+    env = env_of(export)
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
+    assert env["HF_HOME"].startswith("/workspace/")
+
+    # The Job writes the whole volume; the server reads its `models` directory at /models.
+    claim = f"{FULLNAME}-models"
+    job_volumes = {v["name"]: v for v in job_spec["volumes"]}
+    assert job_volumes["workspace"]["persistentVolumeClaim"] == {"claimName": claim}
+    job_mount = {m["name"]: m for m in export["volumeMounts"]}["workspace"]
+    assert job_mount["mountPath"] == "/workspace"
+    assert not job_mount.get("readOnly", False)
+    spec = pod_spec(manifests)
+    server_volumes = {v["name"]: v for v in spec["volumes"]}
+    assert server_volumes["model-repository"]["persistentVolumeClaim"]["claimName"] == claim
+    [wait] = spec["initContainers"]
+    assert "/models/qwen3_embedding/config.pbtxt" in " ".join(wait["command"])
+    # RWO volume: the export pod is placed next to a server pod.
+    affinity = job_spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    server_labels = only(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert affinity["labelSelector"]["matchLabels"].items() <= server_labels.items()
+    assert affinity["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_export_job_name_follows_its_configuration() -> None:
+    def job_name(values: dict[str, Any]) -> str:
+        return str(only(render(values), "Job")["metadata"]["name"])
+
+    base = {"exportJob": {"enabled": True}}
+    assert job_name(base) == job_name(copy.deepcopy(base))
+    assert job_name(base) != job_name(merged(base, {"exportJob": {"precision": "bf16"}}))
+    assert job_name(base) != job_name(merged(base, {"exportJob": {"model": "Qwen/Qwen3-Embedding-8B"}}))
+
+
+def test_no_export_job_by_default_and_no_token_without_a_secret() -> None:
+    assert not any(m.kind == "Job" for m in render({}))
+    assert "initContainers" not in pod_spec(render({}))
+    job = only(render({"exportJob": {"enabled": True}}), "Job")
+    assert "HF_TOKEN" not in env_of(job["spec"]["template"]["spec"]["containers"][0])
+
+
+def test_auth_with_keys_in_values(tmp_path: Path) -> None:
+    manifests = render(SCENARIOS["auth-keys"])
+    secret = only(manifests, "Secret")
+    keys = [ln for ln in secret["stringData"]["api-keys"].splitlines() if ln.strip()]
+    assert keys == ["key-one", "key-two"]
+    spec = pod_spec(manifests)
+    facade = container(spec, "facade")
+    mounts = {m["name"]: m for m in facade["volumeMounts"]}
+    path = env_of(facade)["QWEN3_EMBED_API_KEYS_FILE"]
+    assert path == f"{mounts['api-keys']['mountPath']}/api-keys"
+    assert mounts["api-keys"]["readOnly"] is True
+    volume = {v["name"]: v for v in spec["volumes"]}["api-keys"]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert "checksum/api-keys" in only(manifests, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    # The facade reads the file the way the chart writes it.
+    keys_file = tmp_path / "api-keys"
+    keys_file.write_text(secret["stringData"]["api-keys"])
+    assert Settings(api_keys_file=keys_file).all_api_keys() == ["key-one", "key-two"]
+    notes = render_raw(SCENARIOS["auth-keys"])["qwen3-embedding/templates/NOTES.txt"]
+    assert "authorization: Bearer" in notes
+
+
+def test_auth_with_an_existing_secret() -> None:
+    manifests = render(SCENARIOS["auth-existing-secret"])
+    assert not any(m.kind == "Secret" for m in manifests)
+    spec = pod_spec(manifests)
+    volume = {v["name"]: v for v in spec["volumes"]}["api-keys"]
+    assert volume["secret"]["secretName"] == "my-keys"
+    assert volume["secret"]["items"] == [{"key": "keys.txt", "path": "keys.txt"}]
+    assert env_of(container(spec, "facade"))["QWEN3_EMBED_API_KEYS_FILE"].endswith("/keys.txt")
+
+
+def test_no_auth_by_default() -> None:
+    manifests = render({})
+    assert not any(m.kind == "Secret" for m in manifests)
+    assert "QWEN3_EMBED_API_KEYS_FILE" not in env_of(container(pod_spec(manifests), "facade"))
+
+
+def test_service_monitor() -> None:
+    # A CRD: not schema-validated above, so its shape is asserted here.
+    manifests = render(SCENARIOS["servicemonitor"])
+    monitor = only(manifests, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    metrics_service = only(manifests, "Service", f"{FULLNAME}-metrics")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= metrics_service["metadata"]["labels"].items()
+    main_service = only(manifests, "Service", FULLNAME)
+    assert not selector.items() <= main_service["metadata"]["labels"].items()  # scraped once, not twice
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    service_ports = {p["name"] for p in metrics_service["spec"]["ports"]}
+    endpoints = monitor["spec"]["endpoints"]
+    assert [e["port"] for e in endpoints] == ["http-metrics", "triton-metrics"]
+    for endpoint in endpoints:
+        assert endpoint["port"] in service_ports
+        assert endpoint["path"] == "/metrics"
+        assert re.fullmatch(r"\d+(ms|s|m|h)", endpoint["interval"])
+    assert not any(m.kind == "ServiceMonitor" for m in render({}))
+
+
+def test_helm_test_pod_checks_grpc_health() -> None:
+    manifests = render(SCENARIOS["auth-keys"])
+    pod = only(manifests, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    [c] = pod["spec"]["containers"]
+    script = " ".join(c.get("command", []) + c.get("args", []))
+    service = only(manifests, "Service", FULLNAME)
+    grpc_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert f"{FULLNAME}.{NAMESPACE}.svc:{grpc_port}" in script
+    assert "grpc.health.v1.Health/Check" in script
+    assert '"SERVING"' in script
+    assert "embedding.v1.EmbeddingService" in script
+    assert "authorization: Bearer" in script  # GetInfo with a key when auth is on
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_notes_show_grpcurl_commands() -> None:
+    notes = render_raw({})["qwen3-embedding/templates/NOTES.txt"]
+    assert "grpcurl -plaintext localhost:50051 list" in notes
+    assert "describe embedding.v1.EmbeddingService" in notes
+    pattern = (
+        r"grpcurl[^\n]*\\\n\s*-d '(\{.*\})' \\\n\s*localhost:50051 embedding\.v1\.EmbeddingService/Embed"
+    )
+    embed = re.search(pattern, notes)
+    assert embed, notes
+    request = yaml.safe_load(embed.group(1))  # JSON is YAML
+    assert request["inputs"] and isinstance(request["inputs"], list)
+    assert "authorization" not in notes
+
+
+def test_readme_documents_both_model_sources() -> None:
+    readme = (CHART_DIR / "README.md").read_text()
+    for needle in ("existingClaim", "exportJob.enabled", "hfTokenSecret", "triton.external.url", "helm test"):
+        assert needle in readme, needle
