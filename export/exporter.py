@@ -165,7 +165,9 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
         except (OSError, ValueError) as exc:
             raise ExportError(f"could not load {ckpt.source}: {exc}") from exc
     final = opts.output / repo.name
-    staging = opts.output.resolve().parent / f".{opts.output.resolve().name}-{repo.name}.staging"
+    # Staged inside the repository (same filesystem, so publishing is one rename; works when the
+    # repository is a volume mount point). Removed on success and on failure.
+    staging = opts.output / f".{repo.name}.staging"
     if staging.exists():
         shutil.rmtree(staging)
     try:

@@ -66,3 +66,12 @@ def reference(dev_model_dir: Path) -> object:
 @pytest.fixture(scope="session")
 def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("facade-logs")
+
+
+@pytest.fixture(scope="session")
+def facade(model_repository: Path, triton: TritonProcess, logs_dir: Path) -> Iterator[object]:
+    """The real facade process (gRPC + HTTP) against the session's Triton."""
+    from tests.helpers import run_facade
+
+    with run_facade(model_repository, triton.grpc_url, logs_dir) as running:
+        yield running

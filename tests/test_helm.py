@@ -168,7 +168,13 @@ def test_chart_metadata() -> None:
 
 @pytest.mark.parametrize("scenario", ["default", "export-job", "external-triton", "everything"])
 def test_lint_has_no_errors(scenario: str) -> None:
-    report = helm_python.lint(CHART_DIR, copy.deepcopy(SCENARIOS[scenario]), namespace=NAMESPACE)
+    report = helm_python.lint(
+        CHART_DIR,
+        copy.deepcopy(SCENARIOS[scenario]),
+        namespace=NAMESPACE,
+        strict=True,
+        kube_version=f"v{KUBE_VERSIONS[0]}",
+    )
     assert report["total_charts_linted"] == 1
     assert report["errors"] == []
     problems = [m for m in report["messages"] if m["severity"] >= 2]  # 2 = warning, 3 = error
@@ -197,7 +203,7 @@ def test_lint_fails_on_a_broken_values_file() -> None:
     ids=lambda v: str(v)[:60],
 )
 def test_values_schema_rejects(values: dict[str, Any]) -> None:
-    with pytest.raises(helm_python.HelmError):
+    with pytest.raises(helm_python.HelmValuesError, match="schema"):
         render_raw(values)
 
 
@@ -313,8 +319,10 @@ def test_probes() -> None:
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # model load budget
 
     facade = container(spec, "facade")
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert facade[probe]["grpc"] == {"port": 50051}
+    # Liveness and start-up watch the process ("liveness" health name); readiness follows Triton.
+    for probe in ("startupProbe", "livenessProbe"):
+        assert facade[probe]["grpc"] == {"port": 50051, "service": "liveness"}
+    assert facade["readinessProbe"]["grpc"] == {"port": 50051}
 
 
 def test_startup_probe_budget_is_configurable() -> None:
@@ -334,6 +342,13 @@ def test_grace_period_covers_the_drain(drain: float) -> None:
     # Triton keeps serving the draining facade and still has time to finish its own work.
     sleep = int(container(spec, "triton")["lifecycle"]["preStop"]["exec"]["command"][1])
     assert drain <= sleep < grace
+
+
+def test_grace_period_covers_a_long_triton_exit_timeout() -> None:
+    spec = pod_spec(render({"triton": {"exitTimeoutSeconds": 60}}))
+    sleep = int(container(spec, "triton")["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert "--exit-timeout-secs=60" in container(spec, "triton")["args"]
+    assert spec["terminationGracePeriodSeconds"] > sleep + 60
 
 
 def test_security_contexts() -> None:

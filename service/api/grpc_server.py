@@ -14,6 +14,9 @@ from service.settings import Settings
 from service.state import ServiceState
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+# Health name for liveness probes: SERVING while the process runs, whatever Triton's state, so a
+# Triton outage makes pods unready (no traffic) without restarting the facade.
+LIVENESS_NAME = "liveness"
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -66,3 +69,4 @@ async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool)
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, status)
+    await health_servicer.set(LIVENESS_NAME, health_pb2.HealthCheckResponse.SERVING)

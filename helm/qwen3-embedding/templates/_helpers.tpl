@@ -92,9 +92,18 @@ app.kubernetes.io/part-of: qwen3-embedding
 /etc/qwen3-embed/auth
 {{- end }}
 
-{{/* Pod grace period: the facade's drain plus time for Triton to finish in-flight work. */}}
+{{/*
+Pod grace period: the facade's drain plus terminationGraceExtraSeconds, and at least Triton's preStop
+sleep plus its exit timeout (and a little slack) so Triton can finish in-flight work before SIGKILL.
+*/}}
 {{- define "qwen3-embedding.terminationGracePeriod" -}}
-{{- add (int (ceil .Values.facade.drainSeconds)) (int .Values.terminationGraceExtraSeconds) }}
+{{- $drain := int (ceil .Values.facade.drainSeconds) }}
+{{- $grace := add $drain (int .Values.terminationGraceExtraSeconds) }}
+{{- if include "qwen3-embedding.tritonInPod" . }}
+{{- $triton := add (include "qwen3-embedding.tritonPreStopSeconds" . | int) (int .Values.triton.exitTimeoutSeconds) 3 }}
+{{- $grace = max $grace $triton }}
+{{- end }}
+{{- $grace }}
 {{- end }}
 
 {{/* Triton stays up this long after the pod is asked to stop, while the facade drains. */}}
