@@ -237,6 +237,11 @@ def embed(
     embed_cli(texts, instruction, prompt_name, dimensions, target, api_key, as_json)
 
 
+from service.bench.cli import bench  # noqa: E402  (typer only; its heavy imports live inside)
+
+app.command("bench")(bench)
+
+
 def main() -> None:
     app()
 

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
 from service.api.auth import KeyChecker
@@ -129,6 +130,15 @@ def build_app(state: ServiceState, settings: Settings) -> FastAPI:
         if first.get("type") == "json_invalid":
             message = "the request body is not valid JSON (or not UTF-8)"
         return error_response(ErrorKind.INVALID_ARGUMENT, f"{'.'.join(loc) or 'body'}: {message}", loc[0] if loc else None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Framework errors (unparsable body, unknown path, wrong method) in OpenAI's shape too.
+        message = "the request body could not be parsed (invalid JSON or not UTF-8)" if exc.status_code == 400 \
+            else str(exc.detail)
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                          "code": str(exc.status_code)}}
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RecursionError)
     async def on_recursion(request: Request, exc: RecursionError) -> JSONResponse:

@@ -1,0 +1,5 @@
+"""`qwen3-embed bench`: an asyncio load generator for the gRPC and OpenAI HTTP APIs (for places without ghz).
+
+Modules: stats (pure summary functions), workload (texts of controlled token length), clients (one
+request over gRPC or HTTP, with the response checked), runner (closed and open loop), cli (the command).
+"""

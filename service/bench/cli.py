@@ -1,0 +1,150 @@
+"""The `qwen3-embed bench` command (registered in service/cli.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+async def run_bench(
+    *,
+    protocol: str,
+    target: str,
+    base_url: str,
+    path: str,
+    texts: list[str],
+    batch: int,
+    concurrency: int,
+    rate: float,
+    requests: int,
+    duration: float,
+    warmup: int,
+    api_key: str | None,
+    dimensions: int | None,
+    model: str | None,
+    encoding: str,
+    seed: int,
+) -> dict[str, Any]:
+    """Runs one load test and returns the JSON-able report (the suite calls this in-process)."""
+    from service.bench.clients import GrpcSender, HttpSender, Sender, grpc_info, http_info
+    from service.bench.runner import LoadSpec, run_load
+    from service.bench.workload import batches
+
+    sender: Sender
+    if protocol == "grpc":
+        info = (
+            await grpc_info(target, api_key)
+            if dimensions is None
+            else {"model": "", "dimensions": dimensions}
+        )
+        sender = GrpcSender(target, info["dimensions"], api_key, encoding=encoding)
+    elif protocol == "http":
+        info = {"model": model, "dimensions": dimensions}
+        if model is None or dimensions is None:
+            found = await http_info(base_url, api_key)
+            info = {"model": model or found["model"], "dimensions": dimensions or found["dimensions"]}
+        sender = HttpSender(
+            base_url,
+            str(info["model"]),
+            info["dimensions"],
+            api_key,
+            path=path,
+            encoding_format=encoding if encoding == "base64" else "float",
+            connections=max(concurrency, 16),
+        )
+    else:
+        raise ValueError(f"protocol must be grpc or http, not {protocol!r}")
+    reqs = batches(texts, batch)
+    try:
+        if warmup > 0:  # connection set-up and first-call costs stay out of the numbers
+            await run_load(sender.send, reqs, LoadSpec(concurrency=min(concurrency, warmup), requests=warmup))
+        spec = LoadSpec(concurrency=concurrency, rate=rate, requests=requests, duration_s=duration, seed=seed)
+        result = await run_load(sender.send, reqs, spec)
+    finally:
+        await sender.close()
+    return {
+        "protocol": protocol,
+        "target": target if protocol == "grpc" else base_url + path,
+        "model": info["model"],
+        "dimensions": info["dimensions"],
+        "batch": batch,
+        "concurrency": None if rate > 0 else concurrency,
+        "rate": rate or None,
+        **result.summary.as_dict(),
+        "first_error": result.first_error,
+    }
+
+
+def bench(
+    protocol: Annotated[str, typer.Option(help="grpc | http (OpenAI /v1/embeddings)")] = "grpc",
+    target: Annotated[str, typer.Option(help="gRPC host:port")] = "localhost:50051",
+    base_url: Annotated[str, typer.Option(help="HTTP base URL")] = "http://localhost:8080",
+    path: Annotated[str, typer.Option(help="HTTP route (a peer may serve /embeddings)")] = "/v1/embeddings",
+    workload: Annotated[
+        str, typer.Option(help="short | mixed | long | fixed:N | A-B (log-uniform tokens)")
+    ] = "short",
+    file: Annotated[Path | None, typer.Option(help="Texts, one per line, instead of --workload")] = None,
+    texts: Annotated[int, typer.Option(help="Distinct texts to generate")] = 512,
+    batch: Annotated[int, typer.Option(help="Inputs per request")] = 1,
+    concurrency: Annotated[int, typer.Option(help="Closed loop: requests in flight")] = 8,
+    rate: Annotated[
+        float, typer.Option(help="Open loop: requests per second (overrides --concurrency)")
+    ] = 0.0,
+    requests: Annotated[int, typer.Option(help="Stop after this many requests (0: no limit)")] = 200,
+    duration: Annotated[float, typer.Option(help="Stop after this many seconds (0: no limit)")] = 0.0,
+    warmup: Annotated[int, typer.Option(help="Unmeasured requests first")] = 8,
+    api_key: Annotated[str | None, typer.Option(envvar="QWEN3_EMBED_API_KEY")] = None,
+    dimensions: Annotated[
+        int | None, typer.Option(help="Expected vector size (default: ask the server)")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="HTTP `model` field (default: ask the server)")] = None,
+    encoding: Annotated[str, typer.Option(help="float | float16 (gRPC) | base64 (HTTP)")] = "float",
+    seed: int = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Load generator for the gRPC and OpenAI HTTP APIs: closed or open loop, checked responses."""
+    from service.bench.stats import Summary, format_summary
+    from service.bench.workload import make_texts, read_texts, spec_for
+
+    try:
+        corpus = read_texts(file) if file else make_texts(spec_for(workload), texts, seed)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    report = asyncio.run(
+        run_bench(
+            protocol=protocol,
+            target=target,
+            base_url=base_url,
+            path=path,
+            texts=corpus,
+            batch=batch,
+            concurrency=concurrency,
+            rate=rate,
+            requests=requests,
+            duration=duration,
+            warmup=warmup,
+            api_key=api_key,
+            dimensions=dimensions,
+            model=model,
+            encoding=encoding,
+            seed=seed,
+        )
+    )
+    report["workload"] = str(file) if file else workload
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        fields = {k: report[k] for k in Summary.__dataclass_fields__ if report.get(k) is not None}
+        summary = Summary(**fields)
+        mode = f"rate {rate}/s" if rate > 0 else f"concurrency {concurrency}"
+        typer.echo(format_summary(summary, f"{protocol} {report['workload']} batch {batch} {mode}"))
+        if report["first_error"]:
+            typer.echo(f"first error: {report['first_error']}")
+    if report["ok"] < report["requests"]:
+        raise typer.Exit(code=1)
