@@ -1,4 +1,4 @@
-"""docs/benchmarks.md and docs/img/*.png from one results file; analysis text comes from benchmarks/notes.md."""
+"""docs/benchmarks.md and docs/img/*.png from one results file; the analysis text is benchmarks/notes.md."""
 
 from __future__ import annotations
 
@@ -46,27 +46,51 @@ def targets(results: dict[str, Any]) -> list[list[Any]]:
         rows = real.get("throughput", []) + real.get("sweep", [])
         ceil, fac = best(rows, "ceiling (ORT in-process)", "mixed"), best(rows, FACADE, "mixed")
         r = div(fac and fac["inputs_per_s"], ceil and ceil["inputs_per_s"])
-        out.append(["0.6B-config mixed: facade / in-process ceiling (best concurrency)", ">= 0.95",
-                    fmt(r, 3), "met" if r and r >= 0.95 else "missed"])
+        out.append(
+            [
+                "0.6B-config mixed: facade / in-process ceiling (best concurrency)",
+                ">= 0.95",
+                fmt(r, 3),
+                "met" if r and r >= 0.95 else "missed",
+            ]
+        )
     dev = results.get("dev", {})
     if dev:
         rows = dev.get("throughput", []) + dev.get("sweep", [])
         fac, direct = best(rows, FACADE, "short"), best(rows, "direct Triton", "short")
         r = div(fac and fac["inputs_per_s"], direct and direct["inputs_per_s"])
-        out.append(["dev short: facade / direct Triton (best of each)", ">= 0.7", fmt(r, 3),
-                    "met" if r and r >= 0.7 else "missed"])
+        out.append(
+            [
+                "dev short: facade / direct Triton (best of each)",
+                ">= 0.7",
+                fmt(r, 3),
+                "met" if r and r >= 0.7 else "missed",
+            ]
+        )
         sweep = dev.get("sweep", [])
         f1 = next((x for x in sweep if x["system"] == FACADE and x["concurrency"] == 1), None)
         d1 = next((x for x in sweep if x["system"] == "direct Triton" and x["concurrency"] == 1), None)
         if f1 and d1 and f1["p50_ms"] is not None and d1["p50_ms"] is not None:
             added = f1["p50_ms"] - d1["p50_ms"]
-            out.append(["dev short: added p50 at concurrency 1 (facade - direct Triton)", "<= 2 ms",
-                        f"{added:.2f} ms", "met" if added <= 2 else "missed"])
+            out.append(
+                [
+                    "dev short: added p50 at concurrency 1 (facade - direct Triton)",
+                    "<= 2 ms",
+                    f"{added:.2f} ms",
+                    "met" if added <= 2 else "missed",
+                ]
+            )
     for name, res in (("dev", dev), ("0.6B", real)):
         pr = pick(res.get("throughput", []), FACADE, "mixed") if res else None
         if pr and pr.get("padding_ratio"):
-            out.append([f"{name} mixed: padding ratio (padded / real tokens)", "<= 1.15",
-                        fmt(pr["padding_ratio"], 3), "met" if pr["padding_ratio"] <= 1.15 else "missed"])
+            out.append(
+                [
+                    f"{name} mixed: padding ratio (padded / real tokens)",
+                    "<= 1.15",
+                    fmt(pr["padding_ratio"], 3),
+                    "met" if pr["padding_ratio"] <= 1.15 else "missed",
+                ]
+            )
     for name, res in (("dev", dev), ("0.6B", real)):
         rows = res.get("throughput", []) if res else []
         for other in ("sentence-transformers (torch)", "Infinity (torch)"):
@@ -74,40 +98,91 @@ def targets(results: dict[str, Any]) -> list[list[Any]]:
                 f, o = pick(rows, FACADE, wl), pick(rows, other, wl)
                 if f and o and o.get("inputs_per_s"):
                     r = div(f["inputs_per_s"], o["inputs_per_s"])
-                    out.append([f"{name} {wl}: facade / {other}", "> 1", fmt(r, 2),
-                                "met" if r and r > 1 else "missed"])
+                    out.append(
+                        [
+                            f"{name} {wl}: facade / {other}",
+                            "> 1",
+                            fmt(r, 2),
+                            "met" if r and r > 1 else "missed",
+                        ]
+                    )
     return out
 
 
 def throughput_table(res: dict[str, Any]) -> str:
     rows = []
     for r in res.get("throughput", []):
-        rows.append([r["workload"], r["system"], r.get("concurrency"), r["inputs_per_s"], r["tokens_per_s"],
-                     r["p50_ms"], r["p99_ms"], fmt(r.get("vs_ceiling"), 2), fmt(r.get("padding_ratio"), 3),
-                     ", ".join(f"{k}={v}" for k, v in (r.get("errors") or {}).items()) or "0"])
+        rows.append(
+            [
+                r["workload"],
+                r["system"],
+                r.get("concurrency"),
+                r["inputs_per_s"],
+                r["tokens_per_s"],
+                r["p50_ms"],
+                r["p99_ms"],
+                fmt(r.get("vs_ceiling"), 2),
+                fmt(r.get("padding_ratio"), 3),
+                ", ".join(f"{k}={v}" for k, v in (r.get("errors") or {}).items()) or "0",
+            ]
+        )
     order = {"short": 0, "mixed": 1, "long": 2}
     rows.sort(key=lambda x: order.get(str(x[0]), 9))
-    return table(["workload", "system", "conc.", "inputs/s", "tokens/s", "p50 ms", "p99 ms", "x ceiling",
-                  "padding", "errors"], rows)
+    return table(
+        [
+            "workload",
+            "system",
+            "conc.",
+            "inputs/s",
+            "tokens/s",
+            "p50 ms",
+            "p99 ms",
+            "x ceiling",
+            "padding",
+            "errors",
+        ],
+        rows,
+    )
 
 
 def sweep_table(res: dict[str, Any]) -> str:
-    rows = [[r["concurrency"], r["system"], r["inputs_per_s"], r["p50_ms"], r["p90_ms"], r["p99_ms"],
-             ", ".join(f"{k}={v}" for k, v in (r.get("errors") or {}).items()) or "0"]
-            for r in res.get("sweep", [])]
+    rows = [
+        [
+            r["concurrency"],
+            r["system"],
+            r["inputs_per_s"],
+            r["p50_ms"],
+            r["p90_ms"],
+            r["p99_ms"],
+            ", ".join(f"{k}={v}" for k, v in (r.get("errors") or {}).items()) or "0",
+        ]
+        for r in res.get("sweep", [])
+    ]
     return table(["concurrency", "system", "inputs/s", "p50 ms", "p90 ms", "p99 ms", "errors"], rows)
 
 
 def lengths_table(res: dict[str, Any]) -> str:
-    rows = [[r["tokens"], r["batch"], r["system"], r["p50_ms"], div(r["p50_ms"], r["batch"]), r["tokens_per_s"]]
-            for r in res.get("lengths", [])]
+    rows = [
+        [r["tokens"], r["batch"], r["system"], r["p50_ms"], div(r["p50_ms"], r["batch"]), r["tokens_per_s"]]
+        for r in res.get("lengths", [])
+    ]
     return table(["tokens", "batch", "system", "p50 ms / request", "ms / input", "tokens/s"], rows)
 
 
 def tuning_table(res: dict[str, Any]) -> str:
     base = {r["workload"]: r["inputs_per_s"] for r in res.get("tuning", []) if r["variant"] == "default"}
-    rows = [[r["variant"], r["workload"], r["inputs_per_s"], fmt(div(r["inputs_per_s"], base.get(r["workload"])), 2),
-             r["p50_ms"], r["p99_ms"], fmt(r.get("padding_ratio"), 3)] for r in res.get("tuning", [])]
+    rows = [
+        [
+            r["variant"],
+            r["workload"],
+            r["inputs_per_s"],
+            fmt(div(r["inputs_per_s"], base.get(r["workload"])), 2),
+            r["p50_ms"],
+            r["p99_ms"],
+            fmt(r.get("padding_ratio"), 3),
+        ]
+        for r in res.get("tuning", [])
+    ]
     return table(["variant", "workload", "inputs/s", "x default", "p50 ms", "p99 ms", "padding"], rows)
 
 
@@ -125,11 +200,17 @@ def plots(results: dict[str, Any], img: Path) -> list[str]:
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
         for system in sorted({r["system"] for r in res["sweep"]}):
-            pts = sorted((r["concurrency"], r["inputs_per_s"] or 0) for r in res["sweep"] if r["system"] == system)
+            pts = sorted(
+                (r["concurrency"], r["inputs_per_s"] or 0) for r in res["sweep"] if r["system"] == system
+            )
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=system)
         wl = res["sweep"][0]["workload"]
-        ax.set(xscale="log", xlabel="concurrency (closed loop)", ylabel="inputs/s",
-               title=f"{model} model, {wl} workload: throughput vs concurrency")
+        ax.set(
+            xscale="log",
+            xlabel="concurrency (closed loop)",
+            ylabel="inputs/s",
+            title=f"{model} model, {wl} workload: throughput vs concurrency",
+        )
         ax.set_xticks(sorted({r["concurrency"] for r in res["sweep"]}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.legend()
@@ -145,17 +226,32 @@ def plots(results: dict[str, Any], img: Path) -> list[str]:
         res = results.get(model)
         for system in ("ceiling (ORT in-process)", FACADE):
             for batch_kind in ("batch 1", "best batch"):
-                pts = [r for r in (res or {}).get("lengths", []) if r["system"] == system
-                       and ((r["batch"] == 1) == (batch_kind == "batch 1")) and r["p50_ms"] is not None]
+                pts = [
+                    r
+                    for r in (res or {}).get("lengths", [])
+                    if r["system"] == system
+                    and ((r["batch"] == 1) == (batch_kind == "batch 1"))
+                    and r["p50_ms"] is not None
+                ]
                 if not pts:
                     continue
                 pts.sort(key=lambda r: r["tokens"])
-                ax.plot([r["tokens"] for r in pts], [r["p50_ms"] / r["batch"] for r in pts], marker="o",
-                        linestyle="-" if system == FACADE else "--", label=f"{model} {system} {batch_kind}")
+                ax.plot(
+                    [r["tokens"] for r in pts],
+                    [r["p50_ms"] / r["batch"] for r in pts],
+                    marker="o",
+                    linestyle="-" if system == FACADE else "--",
+                    label=f"{model} {system} {batch_kind}",
+                )
                 drawn = True
     if drawn:
-        ax.set(xscale="log", yscale="log", xlabel="input tokens", ylabel="p50 ms per input",
-               title="latency vs input length (per input)")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="input tokens",
+            ylabel="p50 ms per input",
+            title="latency vs input length (per input)",
+        )
         ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -176,7 +272,8 @@ def write_report(results: dict[str, Any], doc: Path, img: Path) -> None:
         "<!-- Generated by `python -m benchmarks.run` from benchmarks/results/"
         f"{results['run']}.json and benchmarks/notes.md; edit those, not this file. -->",
         "",
-        f"Run `{results['run']}`, {results['wall_s']:.0f} s wall. Machine: {m['nproc']} CPU cores ({m['cpu']}), "
+        f"Run `{results['run']}`, {results['wall_s']:.0f} s wall. "
+        f"Machine: {m['nproc']} CPU cores ({m['cpu']}), "
         f"{m['ram_gib']} GiB RAM, no GPU, Python {m['python']}; load average at start "
         f"{', '.join(f'{x:.2f}' for x in m['load_at_start'])}.",
         "",
@@ -203,12 +300,15 @@ def write_report(results: dict[str, Any], doc: Path, img: Path) -> None:
         if not res:
             continue
         sizes = results["sizes"][model]
-        wl = ", ".join(f"{k}: {v['texts']} texts, batch {v['batch']}, concurrency {v['concurrency']}"
-                       for k, v in sizes["workloads"].items())
+        wl = ", ".join(
+            f"{k}: {v['texts']} texts, batch {v['batch']}, concurrency {v['concurrency']}"
+            for k, v in sizes["workloads"].items()
+        )
         parts += [
             f"## {model} model",
             "",
-            f"Buckets {res['buckets']}, token budget {res['token_budget']}, hidden {res['hidden']}. Workloads: {wl}.",
+            f"Buckets {res['buckets']}, token budget {res['token_budget']}, hidden {res['hidden']}. "
+            f"Workloads: {wl}.",
             "",
             "### Throughput by system (same texts; ratios to the in-process ceiling)",
             "",
@@ -223,14 +323,25 @@ def write_report(results: dict[str, Any], doc: Path, img: Path) -> None:
             parts += [f"![throughput vs concurrency, {model}](img/throughput_vs_concurrency_{model}.png)", ""]
         parts += ["### Cost vs input length (concurrency 1)", "", lengths_table(res), ""]
         if res.get("tuning"):
-            parts += ["### Tuning (facade gRPC; each variant against the default in the same run)", "",
-                      tuning_table(res), ""]
+            parts += [
+                "### Tuning (facade gRPC; each variant against the default in the same run)",
+                "",
+                tuning_table(res),
+                "",
+            ]
         if res.get("peers"):
             parts += ["### Peers", ""] + [f"- {k}: {v}" for k, v in res["peers"].items()] + [""]
     if "latency_vs_length.png" in images:
-        parts += ["## Latency vs input length", "", "![latency vs input length](img/latency_vs_length.png)", ""]
+        parts += [
+            "## Latency vs input length",
+            "",
+            "![latency vs input length](img/latency_vs_length.png)",
+            "",
+        ]
     doc.write_text("\n".join(parts))
 
 
 if __name__ == "__main__":  # re-render from a results file: python -m benchmarks.report results.json
-    write_report(json.loads(Path(sys.argv[1]).read_text()), ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "img")
+    write_report(
+        json.loads(Path(sys.argv[1]).read_text()), ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "img"
+    )

@@ -241,7 +241,8 @@ async def measure_model(ctx: Context, triton_url: str, results: dict[str, Any]) 
             plans = systems.plan_requests(reqs, ctx.tokenize, ctx.buckets, ctx.budget, ctx.max_rows)
             spec = LoadSpec(concurrency=size.concurrency, requests=len(reqs))
             log(
-                f"{ctx.model} {workload}: {len(reqs)} requests x {size.batch} inputs, concurrency {size.concurrency}"
+                f"{ctx.model} {workload}: {len(reqs)} requests x {size.batch} inputs, "
+                f"concurrency {size.concurrency}"
             )
             systems.run_ceiling(session, plans[:2])  # warm ORT's shape-specific caches
             ceiling = systems.run_ceiling(session, plans)
@@ -328,7 +329,9 @@ def measure_infinity(ctx: Context, results: dict[str, Any]) -> None:
                 reqs = batches(texts_for(workload, size), size.batch)
                 spec = LoadSpec(concurrency=size.concurrency, requests=len(reqs))
                 model = asyncio.run(http_info(url))["model"]
-                summ, err = asyncio.run(systems.run_http(url, model, ctx.hidden, reqs, spec, path="/embeddings"))
+                summ, err = asyncio.run(
+                    systems.run_http(url, model, ctx.hidden, reqs, spec, path="/embeddings")
+                )
                 table.append(
                     row("Infinity (torch)", workload, summ, concurrency=size.concurrency, first_error=err)
                 )
@@ -355,7 +358,8 @@ async def measure_tuning(ctx: Context, base_triton: str, results: dict[str, Any]
                 r = (await measure_facade(ctx, fac, workload, reqs, spec, http=False))[0]
                 tuning.append({**r, "variant": label})
                 log(
-                    f"  tuning {label} {workload}: {r['inputs_per_s']:.1f} in/s, padding {r['padding_ratio']:.3f}"
+                    f"  tuning {label} {workload}: {r['inputs_per_s']:.1f} in/s, "
+                    f"padding {r['padding_ratio']:.3f}"
                 )
 
     await facade_run("default", base_triton, ctx.repo, {})

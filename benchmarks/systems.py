@@ -56,7 +56,7 @@ class Tokenize:
         self.tok = TextTokenizer(load_tokenizer(repo_model_dir / "tokenizer", 151669), EOS, 151669)
 
     def ids(self, texts: list[str]) -> list[list[int]]:
-        return [c + [EOS] for c in self.tok.content_ids(texts)]
+        return [[*c, EOS] for c in self.tok.content_ids(texts)]
 
 
 def plan_requests(
@@ -88,7 +88,7 @@ def ort_session(onnx_path: Path, threads: int = 0) -> Any:
 
 
 def run_ceiling(session: Any, plans: Sequence[Plan], repeat_until_s: float = 0.0) -> Summary:
-    """Requests one after another (ORT uses every core inside one run); latency = all of a request's chunks."""
+    """Requests one after another (ORT uses every core in one run); latency = all of a request's chunks."""
     arrays = [padded_arrays(p) for p in plans]
     samples: list[Sample] = []
     t0 = time.perf_counter()
@@ -303,7 +303,7 @@ def scrape_padding(base_url: str) -> tuple[float, float]:
 
 @contextmanager
 def infinity(python: Path, model_dir: Path, log_dir: Path, batch_size: int = 32) -> Iterator[str]:
-    """Infinity (torch engine) from its own virtualenv; yields its base URL. Its OpenAI route is /embeddings."""
+    """Infinity (torch engine) from its own virtualenv; yields its base URL (OpenAI route: /embeddings)."""
     port = free_port()
     log = log_dir / f"infinity-{port}.log"
     cmd = [

@@ -62,7 +62,6 @@ class Settings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
-    log_inputs: bool = False
     log_level: str = "INFO"
 
     @field_validator("buckets", "api_keys", "auth_exempt", mode="before")

@@ -388,11 +388,11 @@ def test_facade_env_names_are_settings_fields() -> None:
 
 
 def test_facade_settings_map_becomes_env() -> None:
-    values = {"facade": {"settings": {"token_budget": 67108864, "buckets": [64, 256], "log_inputs": False}}}
+    values = {"facade": {"settings": {"token_budget": 67108864, "buckets": [64, 256], "health_poll_s": 2.5}}}
     env = env_of(container(pod_spec(render(values)), "facade"))
     assert env["QWEN3_EMBED_TOKEN_BUDGET"] == "67108864"
     assert env["QWEN3_EMBED_BUCKETS"] == "64,256"
-    assert env["QWEN3_EMBED_LOG_INPUTS"] == "false"
+    assert env["QWEN3_EMBED_HEALTH_POLL_S"] == "2.5"
     # What the facade makes of them.
     settings = Settings(**{k.removeprefix("QWEN3_EMBED_").lower(): v for k, v in env.items() if "BUCK" in k})
     assert settings.buckets == [64, 256]

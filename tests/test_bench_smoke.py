@@ -1,0 +1,213 @@
+"""The load generator and the benchmark suite: pure stats, and a seconds-long smoke run against the session's
+real Triton and facade. Correctness of the harness only: no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.bench.clients import check_vectors
+from service.bench.stats import Sample, percentile, ratio, summarize
+from service.bench.workload import LengthSpec, batches, make_texts, sample_lengths, spec_for
+
+
+def test_percentile_matches_linear_interpolation() -> None:
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 50) == 3.0
+    assert percentile(values, 100) == 5.0
+    assert percentile(values, 90) == pytest.approx(4.6)
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError):
+        percentile(values, 101)
+
+
+def test_summarize_counts_errors_apart_from_throughput() -> None:
+    samples = [
+        Sample(0.0, 0.010, "OK", 2, 20),
+        Sample(0.1, 0.030, "OK", 2, 40),
+        Sample(0.2, 0.5, "503", 2, 9),
+    ]
+    s = summarize(samples, wall_s=2.0)
+    assert (s.requests, s.ok, s.errors) == (3, 2, {"503": 1})
+    assert s.inputs_per_s == 2.0 and s.tokens_per_s == 30.0 and s.requests_per_s == 1.0
+    assert s.p50_ms == pytest.approx(20.0) and s.max_ms == pytest.approx(30.0)
+    empty = summarize([Sample(0.0, 1.0, "UNAVAILABLE", 1, 1)], wall_s=1.0)
+    assert empty.ok == 0 and empty.as_dict()["p50_ms"] is None
+    assert math.isnan(ratio(1.0, 0.0)) and ratio(3.0, 2.0) == 1.5
+
+
+def test_check_vectors() -> None:
+    assert check_vectors([64, 64], 2, 64) == ""
+    assert "1 vectors for 2 inputs" in check_vectors([64], 2, 64)
+    assert "expected 64" in check_vectors([64, 32], 2, 64)
+    assert "different sizes" in check_vectors([64, 32], 2, None)
+
+
+def test_workload_lengths_and_batches() -> None:
+    rng = random.Random(1)
+    lengths = sample_lengths(LengthSpec(8, 512), 2000, rng)
+    assert min(lengths) >= 8 and max(lengths) <= 512
+    # Log-uniform: the median sits near the geometric mean (64), far below the arithmetic one (260).
+    assert 40 < sorted(lengths)[1000] < 100
+    assert spec_for("fixed:100") == LengthSpec(100, 100) and spec_for("10-20") == LengthSpec(10, 20)
+    with pytest.raises(ValueError):
+        spec_for("huge")
+    assert batches(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"]]
+    assert batches(["a"], 4) == [["a"]]
+
+
+def test_generated_texts_have_the_requested_token_count(model_repository: Path) -> None:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_repository / "qwen3_embedding" / "tokenizer" / "tokenizer.json"))
+    for workload in ("short", "mixed", "fixed:300"):
+        spec = spec_for(workload)
+        for text in make_texts(spec, 20, seed=3):
+            n = len(tok.encode(text, add_special_tokens=False).ids) + 1  # + the EOS the facade appends
+            assert spec.min_tokens <= n <= spec.max_tokens
+            assert n == len(text.split()) + 1
+
+
+async def test_bench_closed_and_open_loop_against_the_facade(facade: Any) -> None:
+    from service.bench.cli import run_bench
+
+    texts = make_texts(spec_for("short"), 16)
+    common: dict[str, Any] = dict(
+        target=facade.target,
+        base_url=facade.base_url,
+        path="/v1/embeddings",
+        texts=texts,
+        batch=2,
+        duration=0.0,
+        warmup=1,
+        api_key=None,
+        dimensions=None,
+        model=None,
+        encoding="float",
+        seed=0,
+    )
+    closed = await run_bench(protocol="grpc", concurrency=3, rate=0.0, requests=10, **common)
+    assert closed["ok"] == closed["requests"] == 10 and closed["errors"] == {}
+    assert closed["inputs_per_s"] > 0 and closed["p50_ms"] is not None and closed["tokens_per_s"] > 0
+    opened = await run_bench(protocol="http", concurrency=1, rate=50.0, requests=6, **common)
+    assert opened["ok"] == 6 and opened["errors"] == {} and opened["rate"] == 50.0
+    # A response with vectors of the wrong size is an error, never throughput.
+    wrong = await run_bench(
+        protocol="grpc", concurrency=1, rate=0.0, requests=2, **{**common, "dimensions": 3}
+    )
+    assert wrong["ok"] == 0 and wrong["errors"] == {"BAD_RESPONSE": 2}
+
+
+def test_bench_command_json(facade: Any) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--target",
+            facade.target,
+            "--workload",
+            "fixed:20",
+            "--texts",
+            "8",
+            "--requests",
+            "4",
+            "--concurrency",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["ok"] == 4 and report["dimensions"] > 0 and report["tokens_per_s"] > 0
+
+
+def test_suite_smoke(model_repository: Path, dev_model_dir: Path, triton: Any, tmp_path: Path) -> None:
+    from benchmarks.run import SMOKE, Sizes, WorkloadSize, clean, make_context, run_with_triton
+
+    sizes = Sizes(
+        max_tokens=SMOKE.max_tokens,
+        workloads={"short": WorkloadSize(6, 1, 2), "mixed": WorkloadSize(8, 4, 2)},
+        sweep_concurrency=(1, 2),
+        sweep_requests=4,
+        lengths=(16,),
+        length_requests=1,
+        st=False,
+        peers=False,
+    )
+    ctx = make_context("dev", dev_model_dir, model_repository, sizes, tmp_path)
+    results: dict[str, Any] = {}
+    res = run_with_triton(ctx, triton.grpc_url, results)
+    systems = {(r["system"], r["workload"]) for r in res["throughput"]}
+    for system in ("ceiling (ORT in-process)", "direct Triton", "facade gRPC", "facade HTTP"):
+        assert {(system, "short"), (system, "mixed")} <= systems
+    for r in res["throughput"] + res["sweep"] + res["lengths"]:
+        assert r["ok"] == r["requests"] > 0, r
+    facade_mixed = next(
+        r for r in res["throughput"] if r["system"] == "facade gRPC" and r["workload"] == "mixed"
+    )
+    assert facade_mixed["padding_ratio"] >= 1.0
+    json.dumps(clean(results), allow_nan=False)  # the results file is strict JSON
+
+
+def test_report_renders(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from benchmarks.report import write_report
+
+    row = {
+        "ok": 1,
+        "requests": 1,
+        "errors": {},
+        "inputs_per_s": 10.0,
+        "tokens_per_s": 100.0,
+        "p50_ms": 5.0,
+        "p90_ms": 6.0,
+        "p99_ms": 7.0,
+        "concurrency": 1,
+        "batch": 1,
+    }
+    res = {
+        "buckets": [16, 512],
+        "token_budget": 16384,
+        "hidden": 64,
+        "throughput": [
+            {**row, "system": s, "workload": "short", "vs_ceiling": 1.0}
+            for s in ("ceiling (ORT in-process)", "facade gRPC", "direct Triton")
+        ],
+        "sweep": [
+            {**row, "system": "facade gRPC", "workload": "short"},
+            {**row, "system": "direct Triton", "workload": "short", "p50_ms": 4.0},
+        ],
+        "lengths": [{**row, "system": "facade gRPC", "workload": "fixed:16", "tokens": 16}],
+    }
+    results = {
+        "run": "t",
+        "wall_s": 1.0,
+        "command": "python -m benchmarks.run",
+        "machine": {
+            "nproc": 2,
+            "cpu": "cpu",
+            "ram_gib": 1.0,
+            "python": "3.11",
+            "load_at_start": [0.0, 0.0, 0.0],
+        },
+        "sizes": {"dev": {"workloads": {"short": {"texts": 1, "batch": 1, "concurrency": 1}}}},
+        "dev": res,
+    }
+    doc = tmp_path / "benchmarks.md"
+    write_report(results, doc, tmp_path / "img")
+    text = doc.read_text()
+    assert "added p50 at concurrency 1" in text and "1.00 ms" in text
+    assert (tmp_path / "img" / "throughput_vs_concurrency_dev.png").stat().st_size > 0
