@@ -35,6 +35,10 @@ def best(rows: list[dict[str, Any]], system: str, workload: str) -> dict[str, An
     return max(found, key=lambda r: r["inputs_per_s"]) if found else None
 
 
+def rate(r: dict[str, Any] | None) -> float | None:
+    return None if r is None else r.get("inputs_per_s")
+
+
 def div(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -45,7 +49,7 @@ def targets(results: dict[str, Any]) -> list[list[Any]]:
     if real:
         rows = real.get("throughput", []) + real.get("sweep", [])
         ceil, fac = best(rows, "ceiling (ORT in-process)", "mixed"), best(rows, FACADE, "mixed")
-        r = div(fac and fac["inputs_per_s"], ceil and ceil["inputs_per_s"])
+        r = div(rate(fac), rate(ceil))
         out.append(
             [
                 "0.6B-config mixed: facade / in-process ceiling (best concurrency)",
@@ -58,7 +62,7 @@ def targets(results: dict[str, Any]) -> list[list[Any]]:
     if dev:
         rows = dev.get("throughput", []) + dev.get("sweep", [])
         fac, direct = best(rows, FACADE, "short"), best(rows, "direct Triton", "short")
-        r = div(fac and fac["inputs_per_s"], direct and direct["inputs_per_s"])
+        r = div(rate(fac), rate(direct))
         out.append(
             [
                 "dev short: facade / direct Triton (best of each)",
@@ -226,19 +230,19 @@ def plots(results: dict[str, Any], img: Path) -> list[str]:
         res = results.get(model)
         for system in ("ceiling (ORT in-process)", FACADE):
             for batch_kind in ("batch 1", "best batch"):
-                pts = [
+                lrows = [
                     r
                     for r in (res or {}).get("lengths", [])
                     if r["system"] == system
                     and ((r["batch"] == 1) == (batch_kind == "batch 1"))
                     and r["p50_ms"] is not None
                 ]
-                if not pts:
+                if not lrows:
                     continue
-                pts.sort(key=lambda r: r["tokens"])
+                lrows.sort(key=lambda r: r["tokens"])
                 ax.plot(
-                    [r["tokens"] for r in pts],
-                    [r["p50_ms"] / r["batch"] for r in pts],
+                    [r["tokens"] for r in lrows],
+                    [r["p50_ms"] / r["batch"] for r in lrows],
                     marker="o",
                     linestyle="-" if system == FACADE else "--",
                     label=f"{model} {system} {batch_kind}",

@@ -57,6 +57,9 @@ class Sizes:
     st: bool = True
     peers: bool = True
     tuning: bool = False
+    tuning_variants: tuple[str, ...] = ()  # labels from tuning_variants(); empty: all
+    tuning_workloads: tuple[str, ...] = ("mixed", "short")
+    best_batch_tokens: int = 16384  # cap on batch x length for the "best batch" length points
 
 
 DEV_FULL = Sizes(
@@ -79,6 +82,10 @@ REAL_FULL = Sizes(
     sweep_requests=6,
     lengths=(16, 64, 256, 1024, 2048),
     length_requests=1,
+    best_batch_tokens=4096,
+    tuning=True,
+    tuning_variants=("default", "buckets 4/octave"),
+    tuning_workloads=("mixed",),
 )
 SMOKE = Sizes(
     max_tokens=512,
@@ -280,7 +287,8 @@ async def measure_model(ctx: Context, triton_url: str, results: dict[str, Any]) 
         for n in s.lengths:
             if n > ctx.buckets[-1]:
                 continue
-            best = max(1, min(ctx.max_rows, ctx.budget // systems.bucket_width(n, ctx.buckets), 16))
+            width = systems.bucket_width(n, ctx.buckets)
+            best = max(1, min(ctx.max_rows, ctx.budget // width, s.best_batch_tokens // width, 16))
             for batch in sorted({1, best}):
                 import random
 
@@ -342,41 +350,59 @@ def measure_infinity(ctx: Context, results: dict[str, Any]) -> None:
         log(f"  Infinity failed: {str(exc)[-400:]}")
 
 
+def geometric_buckets(per_octave: int, max_tokens: int, smallest: int = 16) -> str:
+    """Edges `per_octave` to each doubling, rounded to multiples of 8 (finer edges: less padding, but fewer
+    equal shapes for Triton to batch together)."""
+    edges, k = set(), 0
+    while (edge := smallest * 2 ** (k / per_octave)) < max_tokens:
+        edges.add(int(round(edge / 8) * 8))
+        k += 1
+    return ",".join(str(e) for e in sorted(edges))
+
+
+def tuning_variants(max_tokens: int) -> list[tuple[str, dict[str, str], dict[str, int]]]:
+    """(label, facade environment, Triton config changes); the default first."""
+    return [
+        ("default", {}, {}),
+        ("buckets 2/octave", {"QWEN3_EMBED_BUCKETS": geometric_buckets(2, max_tokens)}, {}),
+        ("buckets 4/octave", {"QWEN3_EMBED_BUCKETS": geometric_buckets(4, max_tokens)}, {}),
+        ("token budget 4096", {"QWEN3_EMBED_TOKEN_BUDGET": "4096"}, {}),
+        ("token budget 65536", {"QWEN3_EMBED_TOKEN_BUDGET": "65536"}, {}),
+        ("tokenizer threads 1", {"QWEN3_EMBED_TOKENIZER_THREADS": "1"}, {}),
+        ("queue delay 0 us", {}, {"queue_delay_us": 0}),
+        ("queue delay 2000 us", {}, {"queue_delay_us": 2000}),
+        ("ORT threads 1", {}, {"ort_threads": 1}),
+        ("2 instances x 1 ORT thread", {}, {"instances": 2, "ort_threads": 1}),
+    ]
+
+
 async def measure_tuning(ctx: Context, base_triton: str, results: dict[str, Any]) -> None:
-    """Knobs, each against the default on the mixed and short workloads (facade gRPC)."""
+    """Knobs, each against the default in the same run (facade gRPC)."""
     from service.triton.runtime import start_triton
 
     tuning: list[dict[str, Any]] = results.setdefault("tuning", [])
-    fine = "16,24,32,48,64,96,128,192,256,384,512,768,1024,1536,2048,3072,4096,6144"
+    wanted = ctx.sizes.tuning_variants
 
     async def facade_run(label: str, url: str, repo: Path, env: dict[str, str]) -> None:
         with systems.facade(repo, url, ctx.logs, env) as fac:
-            for workload in ("mixed", "short"):
+            for workload in ctx.sizes.tuning_workloads:
                 size = ctx.sizes.workloads[workload]
                 reqs = batches(texts_for(workload, size), size.batch)
                 spec = LoadSpec(concurrency=size.concurrency, requests=len(reqs))
                 r = (await measure_facade(ctx, fac, workload, reqs, spec, http=False))[0]
                 tuning.append({**r, "variant": label})
-                log(
-                    f"  tuning {label} {workload}: {r['inputs_per_s']:.1f} in/s, "
-                    f"padding {r['padding_ratio']:.3f}"
-                )
+                log(f"  tuning {label} {workload}: {r['inputs_per_s']:.1f} in/s, padding {r['padding_ratio']:.3f}")
 
-    await facade_run("default", base_triton, ctx.repo, {})
-    await facade_run("buckets x1.5", base_triton, ctx.repo, {"QWEN3_EMBED_BUCKETS": fine})
-    await facade_run("token budget 4096", base_triton, ctx.repo, {"QWEN3_EMBED_TOKEN_BUDGET": "4096"})
-    await facade_run("token budget 65536", base_triton, ctx.repo, {"QWEN3_EMBED_TOKEN_BUDGET": "65536"})
-    await facade_run("tokenizer threads 1", base_triton, ctx.repo, {"QWEN3_EMBED_TOKENIZER_THREADS": "1"})
-    for label, kwargs in (
-        ("queue delay 0 us", {"queue_delay_us": 0}),
-        ("queue delay 2000 us", {"queue_delay_us": 2000}),
-        ("ORT threads 1", {"ort_threads": 1}),
-        ("2 instances x 1 ORT thread", {"instances": 2, "ort_threads": 1}),
-    ):
-        repo = variant_repo(ctx.repo, label.replace(" ", "_"), **kwargs)  # type: ignore[arg-type]
+    for label, env, triton_changes in tuning_variants(ctx.buckets[-1]):
+        if wanted and label not in wanted:
+            continue
+        if not triton_changes:
+            await facade_run(label, base_triton, ctx.repo, env)
+            continue
+        repo = variant_repo(ctx.repo, label.replace(" ", "_"), **triton_changes)
         triton = await asyncio.to_thread(start_triton, repo, ctx.logs / f"triton-{repo.name}.log")
         try:
-            await facade_run(label, triton.grpc_url, repo, {})
+            await facade_run(label, triton.grpc_url, repo, env)
         finally:
             await asyncio.to_thread(triton.stop)
             shutil.rmtree(repo, ignore_errors=True)
@@ -390,7 +416,7 @@ def make_context(name: str, ckpt: Path, repo: Path, sizes: Sizes, logs: Path) ->
     hidden, max_batch = model_facts(repo)
     cfg = parse_pbtxt((repo / "qwen3_embedding" / "config.pbtxt").read_text())
     max_tokens = int(cfg.parameters["max_input_tokens"].string_value)
-    settings = Settings()  # the facade's defaults (and any QWEN3_EMBED_* set for this run)
+    settings = Settings.model_validate({})  # the facade's defaults (and any QWEN3_EMBED_* set for this run)
     return Context(
         name,
         ckpt,

@@ -90,13 +90,14 @@ def build_dev_model(output: Path, shape: DevModelShape = DevModelShape(), dtype:
         num_key_value_heads=shape.kv_heads,
         head_dim=shape.head_dim,
         max_position_embeddings=shape.max_position_embeddings,
-        rope_theta=1_000_000.0,
         rms_norm_eps=1e-6,
         initializer_range=shape.init_std,
         tie_word_embeddings=True,
         bos_token_id=151643,
         eos_token_id=151643,
         dtype=dtype,
+        # transformers 5 files this under rope_parameters; 4.x takes it as is.
+        **{"rope_theta": 1_000_000.0},  # type: ignore[arg-type]
     )
     torch.manual_seed(shape.seed)
     previous = torch.get_default_dtype()

@@ -101,7 +101,7 @@ def sample_ids(ckpt: Checkpoint, long_tokens: int) -> dict[str, list[int]]:
     for name, text in samples.items():
         ids = tok.encode(text).ids
         if name.startswith("long"):
-            ids = ids[: long_tokens - 1] + [ids[-1]]
+            ids = [*ids[: long_tokens - 1], ids[-1]]
         out[name] = ids
     # A broken tokenizer (no EOS appended) would make every vector wrong without failing parity.
     if any(ids[-1] != 151643 for ids in out.values()):
@@ -192,7 +192,9 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
             from export.tensorrt_plan import build_plan
 
             with step(console, "build TensorRT plan"):
-                build_plan(onnx_path, staging / "1" / "model.plan", repo.precision, repo.max_batch_size, max_tokens)
+                build_plan(
+                    onnx_path, staging / "1" / "model.plan", repo.precision, repo.max_batch_size, max_tokens
+                )
             for f in staging.joinpath("1").glob("model.onnx*"):
                 f.unlink()
         facts = ModelFacts(

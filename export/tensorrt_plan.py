@@ -30,9 +30,7 @@ def trtexec_command(
     return cmd
 
 
-def build_plan(
-    onnx_path: Path, plan_path: Path, precision: str, max_batch: int, max_tokens: int
-) -> Path:
+def build_plan(onnx_path: Path, plan_path: Path, precision: str, max_batch: int, max_tokens: int) -> Path:
     if shutil.which("trtexec") is None:
         raise ExportError(
             "--backend tensorrt needs `trtexec` (TensorRT) on PATH, which this host lacks. Run the export in "

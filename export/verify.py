@@ -116,4 +116,6 @@ def verify(
         )
         for i, (name, seq) in enumerate(zip(names, sequences, strict=True))
     ]
-    return Verification(precision=precision, threshold=THRESHOLDS[precision], provider=provider, results=results)
+    return Verification(
+        precision=precision, threshold=THRESHOLDS[precision], provider=provider, results=results
+    )

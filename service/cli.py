@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -22,7 +22,9 @@ def dev_model(
     kv_heads: int = 2,
     head_dim: int = 32,
     intermediate_size: int = 128,
-    vocab_size: Annotated[int, typer.Option(help="Embedding rows (151669 like 0.6B, 151665 like 4B/8B)")] = 151669,
+    vocab_size: Annotated[
+        int, typer.Option(help="Embedding rows (151669 like 0.6B, 151665 like 4B/8B)")
+    ] = 151669,
     seed: int = 0,
     real_config: Annotated[
         str | None, typer.Option(help="Use a real Qwen3-Embedding shape: 0.6B, 4B or 8B (random weights)")
@@ -74,8 +76,8 @@ def export(
 
     from export.errors import ExportError
     from export.exporter import ExportOptions, run_export
-    from service.pipeline.batching import default_buckets
     from export.triton_config import RepoSettings
+    from service.pipeline.batching import default_buckets
 
     console = Console(stderr=True)
     buckets = default_buckets(max_tokens) if warmup else []
@@ -129,7 +131,9 @@ def _export_if_missing(model: str, repository: Path, name: str, backend: str, pr
         if not (dev_dir / "config.json").exists():
             build_dev_model(dev_dir)
         model = str(dev_dir)
-    repo = RepoSettings(name=name, backend=backend, precision=precision, warmup_lengths=tuple(default_buckets(8192)))
+    repo = RepoSettings(
+        name=name, backend=backend, precision=precision, warmup_lengths=tuple(default_buckets(8192))
+    )
     try:
         run_export(ExportOptions(model=model, output=repository, repo=repo), Console(stderr=True))
     except ExportError as exc:
@@ -137,7 +141,7 @@ def _export_if_missing(model: str, repository: Path, name: str, backend: str, pr
         raise typer.Exit(code=2) from exc
 
 
-def _settings(**overrides: object) -> Settings:
+def _settings(**overrides: Any) -> Settings:
     from pydantic import ValidationError
 
     from service.settings import Settings
@@ -152,13 +156,16 @@ def _settings(**overrides: object) -> Settings:
 @app.command()
 def serve(
     model: Annotated[
-        str | None, typer.Option(help="Export this model first if the repository lacks it (hub id, dir or 'dev')")
+        str | None,
+        typer.Option(help="Export this model first if the repository lacks it (hub id, dir or 'dev')"),
     ] = None,
     model_repository: Annotated[Path | None, typer.Option(help="Triton model repository")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Model name in the repository")] = None,
     backend: Annotated[str, typer.Option(help="Backend for an export done here")] = "python",
     precision: Annotated[str, typer.Option(help="Precision for an export done here")] = "fp32",
-    triton_url: Annotated[str | None, typer.Option(help="Use this Triton (host:port gRPC) instead of starting one")] = None,
+    triton_url: Annotated[
+        str | None, typer.Option(help="Use this Triton (host:port gRPC) instead of starting one")
+    ] = None,
     host: str | None = None,
     grpc_port: int | None = None,
     http_port: Annotated[int | None, typer.Option(help="OpenAI HTTP API and /metrics; 0 disables")] = None,
@@ -176,12 +183,23 @@ def serve(
     import logging
 
     settings = _settings(
-        model_repository=model_repository, model_name=name, triton_url=triton_url, host=host,
-        grpc_port=grpc_port, http_port=http_port, served_model_name=served_model_name,
-        max_in_flight=max_in_flight, api_keys_file=api_keys_file, tls_cert=tls_cert, tls_key=tls_key,
-        tls_client_ca=tls_client_ca, log_level=log_level,
+        model_repository=model_repository,
+        model_name=name,
+        triton_url=triton_url,
+        host=host,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        served_model_name=served_model_name,
+        max_in_flight=max_in_flight,
+        api_keys_file=api_keys_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        log_level=log_level,
     )
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if model and not settings.triton_url:
         _export_if_missing(model, settings.model_repository, settings.model_name, backend, precision)
     from service.server import serve_forever
@@ -191,7 +209,9 @@ def serve(
 
 @app.command()
 def triton(
-    model_repository: Annotated[Path, typer.Option(help="Triton model repository")] = Path("model_repository"),
+    model_repository: Annotated[Path, typer.Option(help="Triton model repository")] = Path(
+        "model_repository"
+    ),
     grpc_port: int = 8001,
     http_port: int = 8000,
     metrics_port: int = 8002,

@@ -14,13 +14,20 @@ from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
 
 
 def embed_cli(
-    texts: list[str], instruction: str, prompt_name: str, dimensions: int, target: str,
-    api_key: str | None, as_json: bool,
+    texts: list[str],
+    instruction: str,
+    prompt_name: str,
+    dimensions: int,
+    target: str,
+    api_key: str | None,
+    as_json: bool,
 ) -> None:
     metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.EmbeddingServiceStub(channel)
-        request = pb.EmbedRequest(inputs=texts, instruction=instruction, prompt_name=prompt_name, dimensions=dimensions)
+        request = pb.EmbedRequest(
+            inputs=texts, instruction=instruction, prompt_name=prompt_name, dimensions=dimensions
+        )
         start = time.perf_counter()
         try:
             response = stub.Embed(request, metadata=metadata, timeout=60)
@@ -34,4 +41,6 @@ def embed_cli(
     for text, emb in zip(texts, response.embeddings, strict=True):
         values = np.asarray(emb.values, dtype=np.float32)
         head = ", ".join(f"{v:+.4f}" for v in values[:4])
-        print(f"[{emb.index}] dim {values.size}, norm {np.linalg.norm(values):.4f}, [{head}, ...]  {text[:60]!r}")
+        print(
+            f"[{emb.index}] dim {values.size}, norm {np.linalg.norm(values):.4f}, [{head}, ...]  {text[:60]!r}"
+        )

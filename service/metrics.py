@@ -14,19 +14,30 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "qwen3_embed_requests", "Requests by API, method and status code", ["api", "method", "code"], registry=r
+            "qwen3_embed_requests",
+            "Requests by API, method and status code",
+            ["api", "method", "code"],
+            registry=r,
         )
         self.request_seconds = Histogram(
-            "qwen3_embed_request_duration_seconds", "Total request latency", ["api", "method"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "qwen3_embed_request_duration_seconds",
+            "Total request latency",
+            ["api", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.tokenize_seconds = Histogram(
-            "qwen3_embed_tokenize_duration_seconds", "Templating + tokenization + truncation per request",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "qwen3_embed_tokenize_duration_seconds",
+            "Templating + tokenization + truncation per request",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.triton_seconds = Histogram(
-            "qwen3_embed_triton_duration_seconds", "One Triton call (queue + inference), by padded length",
-            ["bucket"], buckets=LATENCY_BUCKETS, registry=r,
+            "qwen3_embed_triton_duration_seconds",
+            "One Triton call (queue + inference), by padded length",
+            ["bucket"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.inputs = Histogram(
             "qwen3_embed_inputs_per_request", "Inputs per request", buckets=COUNT_BUCKETS, registry=r
@@ -34,7 +45,9 @@ class Metrics:
         self.tokens = Histogram(
             "qwen3_embed_tokens_per_request", "Real tokens per request", buckets=TOKEN_BUCKETS, registry=r
         )
-        self.real_tokens = Counter("qwen3_embed_real_tokens", "Tokens sent to the model, without padding", registry=r)
+        self.real_tokens = Counter(
+            "qwen3_embed_real_tokens", "Tokens sent to the model, without padding", registry=r
+        )
         self.padded_tokens = Counter(
             "qwen3_embed_padded_tokens", "Tokens sent to the model, padding included", registry=r
         )

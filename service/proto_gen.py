@@ -33,7 +33,12 @@ def generate(out_dir: Path) -> list[Path]:
     files = []
     for path in sorted(out_dir.rglob("*.py*")):
         # Generated code imports `embedding.v1...`; the stubs live under service.gen.
-        text = re.sub(r"^from embedding\.v1 import", "from service.gen.embedding.v1 import", path.read_text(), flags=re.M)
+        text = re.sub(
+            r"^from embedding\.v1 import",
+            "from service.gen.embedding.v1 import",
+            path.read_text(),
+            flags=re.M,
+        )
         path.write_text(text)
         files.append(path)
     for package in {p.parent for p in files} | {out_dir / "embedding"}:

@@ -64,6 +64,7 @@ async def start_service(settings: Settings) -> tuple[RunningService, Any]:
     running.tasks.append(asyncio.create_task(state.watch(on_change)))
 
     http_server = None
+    http_task: asyncio.Task[None] | None = None
     if settings.http_port:
         from service.api.http_server import start_http
 
@@ -79,6 +80,8 @@ async def start_service(settings: Settings) -> tuple[RunningService, Any]:
         if http_server is not None:
             http_server.should_exit = True
         await server.stop(settings.drain_seconds)
+        if http_task is not None:  # uvicorn finishes its accepted requests (bounded by its graceful timeout)
+            await asyncio.wait({http_task}, timeout=settings.drain_seconds)
         for task in running.tasks:
             task.cancel()
         for task in running.tasks:
@@ -113,7 +116,7 @@ def print_endpoints(running: RunningService) -> None:
     if running.http_port:
         lines.append(f"HTTP  http://{host}:{running.http_port}/v1/embeddings  (OpenAI API; /metrics, /docs)")
     lines.append(
-        f"try:  grpcurl -plaintext -d '{{\"inputs\": [\"How are you today?\"], \"prompt_name\": \"query\"}}' "
+        f'try:  grpcurl -plaintext -d \'{{"inputs": ["How are you today?"], "prompt_name": "query"}}\' '
         f"{host}:{running.grpc_port} embedding.v1.EmbeddingService/Embed"
     )
     for line in lines:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 SECRET_FIELDS = {"api_keys"}
 
@@ -41,7 +40,9 @@ class Settings(BaseSettings):
         default_factory=list, description="Padded lengths; default: powers of two from 16 to max tokens"
     )
     token_budget: int = Field(16384, ge=16, description="Padded tokens per Triton request")
-    max_triton_batch: int = Field(0, ge=0, description="Rows per Triton request; 0 = the model's max_batch_size")
+    max_triton_batch: int = Field(
+        0, ge=0, description="Rows per Triton request; 0 = the model's max_batch_size"
+    )
     tokenizer_threads: int = Field(2, ge=1)
 
     # Lifecycle

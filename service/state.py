@@ -39,13 +39,23 @@ class ServiceState:
         )
         log.info(
             "model %s (%s): dim %d, min dim %d, max tokens %d, prompts %s",
-            info.served_name, info.source_model, info.hidden_size, info.min_dimensions,
-            info.max_input_tokens, sorted(info.prompts),
+            info.served_name,
+            info.source_model,
+            info.hidden_size,
+            info.min_dimensions,
+            info.max_input_tokens,
+            sorted(info.prompts),
         )
         return Embedder(
-            info, tokenizer, self.backend, self.metrics,
-            max_batch_inputs=s.max_batch_inputs, buckets=s.buckets, token_budget=s.token_budget,
-            max_triton_batch=s.max_triton_batch, tokenizer_threads=s.tokenizer_threads,
+            info,
+            tokenizer,
+            self.backend,
+            self.metrics,
+            max_batch_inputs=s.max_batch_inputs,
+            buckets=s.buckets,
+            token_budget=s.token_budget,
+            max_triton_batch=s.max_triton_batch,
+            tokenizer_threads=s.tokenizer_threads,
         )
 
     async def refresh(self) -> bool:

@@ -12,11 +12,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from export.dev_model import build_dev_model  # noqa: E402
-from export.exporter import ExportOptions, run_export  # noqa: E402
-from export.triton_config import RepoSettings  # noqa: E402
-from service.pipeline.batching import default_buckets  # noqa: E402
-from service.triton.runtime import TritonProcess, start_triton  # noqa: E402
+from export.dev_model import build_dev_model
+from export.exporter import ExportOptions, run_export
+from export.triton_config import RepoSettings
+from service.pipeline.batching import default_buckets
+from service.triton.runtime import TritonProcess, start_triton
 
 # Small limits keep the suite fast on 2 cores while still spanning several buckets.
 TEST_MAX_TOKENS = 512
@@ -38,7 +38,9 @@ def export_dev(model_dir: Path, output: Path, **repo: object) -> Path:
         ort_intra_op_threads=1,
         **repo,  # type: ignore[arg-type]
     )
-    opts = ExportOptions(model=str(model_dir), output=output, repo=settings, verify_long_tokens=TEST_MAX_TOKENS)
+    opts = ExportOptions(
+        model=str(model_dir), output=output, repo=settings, verify_long_tokens=TEST_MAX_TOKENS
+    )
     run_export(opts, Console(quiet=True))
     return output
 

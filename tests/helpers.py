@@ -70,16 +70,34 @@ class Facade:
 
 @contextmanager
 def run_facade(
-    repository: Path, triton_url: str, log_dir: Path, env: dict[str, str] | None = None, wait_serving: bool = True
+    repository: Path,
+    triton_url: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    wait_serving: bool = True,
 ) -> Iterator[Facade]:
     """`qwen3-embed serve` as a real process on free loopback ports, against the given Triton."""
     grpc_port, http_port = free_port(), free_port()
     log_path = log_dir / f"facade-{grpc_port}.log"
-    full_env = {**os.environ, "QWEN3_EMBED_HOST": "127.0.0.1", "QWEN3_EMBED_DRAIN_SECONDS": "5", **(env or {})}
+    full_env = {
+        **os.environ,
+        "QWEN3_EMBED_HOST": "127.0.0.1",
+        "QWEN3_EMBED_DRAIN_SECONDS": "5",
+        **(env or {}),
+    }
     cmd = [
-        sys.executable, "-m", "service.cli", "serve",
-        "--model-repository", str(repository), "--triton-url", triton_url,
-        "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--model-repository",
+        str(repository),
+        "--triton-url",
+        triton_url,
+        "--grpc-port",
+        str(grpc_port),
+        "--http-port",
+        str(http_port),
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
@@ -87,8 +105,12 @@ def run_facade(
     try:
         if wait_serving:
             wait_for(
-                lambda: process.poll() is not None or health_status(facade.target) == health_pb2.HealthCheckResponse.SERVING,
-                60, "the facade to serve",
+                lambda: (
+                    process.poll() is not None
+                    or health_status(facade.target) == health_pb2.HealthCheckResponse.SERVING
+                ),
+                60,
+                "the facade to serve",
             )
             assert process.poll() is None, f"facade exited early:\n{facade.log()}"
         yield facade

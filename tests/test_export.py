@@ -40,7 +40,13 @@ def onnx_embed(session: ort.InferenceSession, tokenizer_dir: Path, texts: list[s
 
 def test_python_backend_repository_layout(model_repository: Path) -> None:
     model_dir = model_repository / "qwen3_embedding"
-    for rel in ("config.pbtxt", "1/model.onnx", "1/model.py", "tokenizer/tokenizer.json", "export_report.json"):
+    for rel in (
+        "config.pbtxt",
+        "1/model.onnx",
+        "1/model.py",
+        "tokenizer/tokenizer.json",
+        "export_report.json",
+    ):
         assert (model_dir / rel).exists(), rel
     cfg = parse_pbtxt((model_dir / "config.pbtxt").read_text())
     assert cfg.backend == "python" and cfg.max_batch_size == 16
@@ -58,7 +64,9 @@ def test_python_backend_repository_layout(model_repository: Path) -> None:
 def test_onnx_graph_contract(model_repository: Path) -> None:
     import onnx
 
-    graph = onnx.load(str(model_repository / "qwen3_embedding" / "1" / "model.onnx"), load_external_data=False).graph
+    graph = onnx.load(
+        str(model_repository / "qwen3_embedding" / "1" / "model.onnx"), load_external_data=False
+    ).graph
     assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]  # no position_ids, no KV cache
     assert [o.name for o in graph.output] == ["embedding"]
     dims = graph.input[0].type.tensor_type.shape.dim
@@ -90,8 +98,22 @@ def test_left_padding_invariance(model_repository: Path) -> None:
 def test_cli_export_prints_table_and_onnxruntime_config(dev_model_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app,
-        ["export", "--model", str(dev_model_dir), "--output", str(tmp_path / "repo"), "--backend", "onnxruntime",
-         "--precision", "fp32", "--max-tokens", "256", "--accelerator", "tensorrt", "--no-warmup"],
+        [
+            "export",
+            "--model",
+            str(dev_model_dir),
+            "--output",
+            str(tmp_path / "repo"),
+            "--backend",
+            "onnxruntime",
+            "--precision",
+            "fp32",
+            "--max-tokens",
+            "256",
+            "--accelerator",
+            "tensorrt",
+            "--no-warmup",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "cos batched" in result.output and "english query" in result.output
@@ -115,15 +137,28 @@ def test_tensorrt_backend_config_and_missing_trtexec(dev_model_dir: Path, tmp_pa
     cfg = parse_pbtxt(to_pbtxt(build_config(RepoSettings(backend="tensorrt", precision="fp16"), facts)))
     assert cfg.platform == "tensorrt_plan"
     result = CliRunner().invoke(
-        app, ["export", "--model", str(dev_model_dir), "--output", str(tmp_path / "r"), "--backend", "tensorrt",
-              "--max-tokens", "64", "--no-warmup"],
+        app,
+        [
+            "export",
+            "--model",
+            str(dev_model_dir),
+            "--output",
+            str(tmp_path / "r"),
+            "--backend",
+            "tensorrt",
+            "--max-tokens",
+            "64",
+            "--no-warmup",
+        ],
     )
     assert result.exit_code != 0
     assert "trtexec" in result.output
     assert not (tmp_path / "r" / "qwen3_embedding").exists()  # nothing final written
 
 
-def test_broken_pooling_fails_verification(dev_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_broken_pooling_fails_verification(
+    dev_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import export.graph
 
     # Mean pooling by mistake, a bug seen in the wild: the exporter must refuse it.
@@ -132,8 +167,17 @@ def test_broken_pooling_fails_verification(dev_model_dir: Path, tmp_path: Path, 
 
     monkeypatch.setattr(export.graph, "last_token_index", first_token)
     result = CliRunner().invoke(
-        app, ["export", "--model", str(dev_model_dir), "--output", str(tmp_path / "r"), "--max-tokens", "64",
-              "--no-warmup"],
+        app,
+        [
+            "export",
+            "--model",
+            str(dev_model_dir),
+            "--output",
+            str(tmp_path / "r"),
+            "--max-tokens",
+            "64",
+            "--no-warmup",
+        ],
     )
     assert result.exit_code == 2, result.output
     assert "verification failed" in result.output
@@ -141,7 +185,9 @@ def test_broken_pooling_fails_verification(dev_model_dir: Path, tmp_path: Path, 
 
 
 def test_other_shape_exports(tmp_path: Path) -> None:
-    shape = DevModelShape(hidden_size=96, layers=3, heads=6, kv_heads=2, head_dim=16, intermediate_size=192, seed=3)
+    shape = DevModelShape(
+        hidden_size=96, layers=3, heads=6, kv_heads=2, head_dim=16, intermediate_size=192, seed=3
+    )
     model_dir = build_dev_model(tmp_path / "m96", shape)
     export_dev(model_dir, tmp_path / "repo")
     cfg = parse_pbtxt((tmp_path / "repo" / "qwen3_embedding" / "config.pbtxt").read_text())
@@ -162,15 +208,40 @@ def test_other_shape_exports(tmp_path: Path) -> None:
     ],
 )
 def test_bad_flags(dev_model_dir: Path, tmp_path: Path, args: list[str], needle: str) -> None:
-    result = CliRunner().invoke(app, ["export", "--model", str(dev_model_dir), "--output", str(tmp_path), *args])
+    result = CliRunner().invoke(
+        app, ["export", "--model", str(dev_model_dir), "--output", str(tmp_path), *args]
+    )
     assert result.exit_code == 2 and needle in result.output
 
 
 def test_unknown_model_and_unsupported_architecture(tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="not in the local cache|unknown model"):
+    with pytest.raises(ExportError, match=r"not in the local cache|unknown model"):
         run_export(ExportOptions(model="nobody/no-such-model-xyz", output=tmp_path, repo=RepoSettings()))
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text('{"model_type": "bert", "architectures": ["BertModel"]}')
     with pytest.raises(ExportError, match="unsupported architecture 'bert'"):
         run_export(ExportOptions(model=str(bert), output=tmp_path / "o", repo=RepoSettings()))
+
+
+def test_not_enough_memory_or_disk(dev_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    from collections import namedtuple
+
+    import psutil
+
+    from export.checkpoint import resolve
+    from export.exporter import check_resources
+
+    ckpt = resolve(str(dev_model_dir))
+    opts = ExportOptions(model=str(dev_model_dir), output=tmp_path, repo=RepoSettings())
+    check_resources(ckpt, opts)  # the dev model fits
+    vm = namedtuple("vm", "available")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: vm(1024))
+    with pytest.raises(ExportError, match="not enough memory"):
+        check_resources(ckpt, opts)
+    monkeypatch.undo()
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(1, 1, 10))
+    with pytest.raises(ExportError, match="not enough disk"):
+        check_resources(ckpt, opts)

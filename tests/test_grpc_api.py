@@ -19,8 +19,11 @@ from tests.conftest import TEST_MAX_TOKENS
 from tests.helpers import Facade, cosine, embed, health_status, vectors
 
 QUERIES = ["What is the capital of China?", "Explain gravity", "最好的编程语言是什么？", "emoji 🚀 test"]
-DOCS = ["The capital of China is Beijing.", "Gravity is a force that attracts two bodies towards each other.",
-        "def add(a, b):\n    return a + b"]
+DOCS = [
+    "The capital of China is Beijing.",
+    "Gravity is a force that attracts two bodies towards each other.",
+    "def add(a, b):\n    return a + b",
+]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def test_document_parity(stub, reference: SentenceTransformer) -> None:  # type:
 
 
 def test_mixed_batch_in_order_equals_single_calls(stub) -> None:  # type: ignore[no-untyped-def]
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa ".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
     # 1 token to near the max, spanning every bucket 16..512.
     texts = ["x"] + [" ".join(words[j % 10] for j in range(n)) for n in (5, 20, 40, 90, 200, 300, 450)]
     batch = embed(stub, texts)
@@ -94,7 +97,9 @@ def test_dimensions_normalize_and_encodings(stub) -> None:  # type: ignore[no-un
 
 
 def test_32_concurrent_clients_get_their_own_vectors(facade: Facade, stub) -> None:  # type: ignore[no-untyped-def]
-    texts = [[f"client {c} sentence {k}: {'lorem ipsum ' * (c % 7)}" for k in range(1 + c % 4)] for c in range(32)]
+    texts = [
+        [f"client {c} sentence {k}: {'lorem ipsum ' * (c % 7)}" for k in range(1 + c % 4)] for c in range(32)
+    ]
     expected = [[vectors(embed(stub, [t]))[0] for t in group] for group in texts]
     barrier = threading.Barrier(32)
 
@@ -111,7 +116,9 @@ def test_32_concurrent_clients_get_their_own_vectors(facade: Facade, stub) -> No
 
 
 def test_tokenize_counts_equal_usage(stub) -> None:  # type: ignore[no-untyped-def]
-    tok = stub.Tokenize(pb.TokenizeRequest(inputs=QUERIES, prompt_name="query", return_tokens=True), timeout=30)
+    tok = stub.Tokenize(
+        pb.TokenizeRequest(inputs=QUERIES, prompt_name="query", return_tokens=True), timeout=30
+    )
     emb = embed(stub, QUERIES, prompt_name="query")
     assert tok.usage.prompt_tokens == emb.usage.prompt_tokens == sum(i.count for i in tok.inputs)
     assert all(i.ids[-1] == 151643 and len(i.tokens) == i.count for i in tok.inputs)
@@ -178,6 +185,9 @@ def test_health_and_reflection(facade: Facade, channel: grpc.Channel) -> None:
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
     assert health_status(facade.target) == health_pb2.HealthCheckResponse.SERVING
-    assert health_status(facade.target, "embedding.v1.EmbeddingService") == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health_status(facade.target, "embedding.v1.EmbeddingService")
+        == health_pb2.HealthCheckResponse.SERVING
+    )
     services = ProtoReflectionDescriptorDatabase(channel).get_services()
     assert "embedding.v1.EmbeddingService" in services and "grpc.health.v1.Health" in services

@@ -50,11 +50,16 @@ def test_seed_example_verbatim(client: openai.OpenAI, model_name: str, stub) -> 
 
 
 @pytest.mark.parametrize("encoding_format", ["float", "base64"])
-def test_list_and_dimensions_match_grpc(client: openai.OpenAI, model_name: str, stub, encoding_format: str) -> None:  # type: ignore[no-untyped-def]
+def test_list_and_dimensions_match_grpc(
+    client: openai.OpenAI, model_name: str, stub, encoding_format: str
+) -> None:  # type: ignore[no-untyped-def]
     for dims in (None, 64, 32):
         kwargs = {"dimensions": dims} if dims else {}
         response = client.embeddings.create(
-            model=model_name, input=TEXTS, encoding_format=encoding_format, **kwargs  # type: ignore[arg-type]
+            model=model_name,
+            input=TEXTS,
+            encoding_format=encoding_format,
+            **kwargs,  # type: ignore[arg-type]
         )
         ours = as_array(response.data)
         expected = vectors(embed(stub, TEXTS, dimensions=dims or 0))
@@ -93,7 +98,10 @@ def test_extensions(facade: Facade, model_name: str, stub) -> None:  # type: ign
     passage = httpx.post(url, json={"model": model_name, "input": TEXTS, "input_type": "passage"}).json()
     assert cosine(passage["data"][0]["embedding"], vectors(embed(stub, TEXTS))[0]) >= 0.99999
     instr = httpx.post(url, json={"model": model_name, "input": TEXTS, "instruction": "Find code"}).json()
-    assert cosine(instr["data"][2]["embedding"], vectors(embed(stub, TEXTS, instruction="Find code"))[2]) >= 0.99999
+    assert (
+        cosine(instr["data"][2]["embedding"], vectors(embed(stub, TEXTS, instruction="Find code"))[2])
+        >= 0.99999
+    )
     raw = httpx.post(url, json={"model": model_name, "input": TEXTS, "normalize": False}).json()
     assert abs(np.linalg.norm(raw["data"][0]["embedding"]) - 1) > 1e-3
     cut = httpx.post(url, json={"model": model_name, "input": "word " * 2000, "truncate": "END"})
@@ -119,8 +127,12 @@ def test_error_shapes(facade: Facade, model_name: str) -> None:
     assert "limit of 512" in str(e["message"])
     e = error_of(httpx.post(url, json={"model": "gpt-4", "input": "x"}), 404)
     assert model_name in str(e["message"])
-    e = error_of(httpx.post(url, content=b'{"model": "x", "input": "\xff\xfe"}',
-                            headers={"content-type": "application/json"}), 400)
+    e = error_of(
+        httpx.post(
+            url, content=b'{"model": "x", "input": "\xff\xfe"}', headers={"content-type": "application/json"}
+        ),
+        400,
+    )
     e = error_of(httpx.post(url, content=b"input=x", headers={"content-type": "text/plain"}), 415)
     e = error_of(httpx.post(url, json={"model": model_name}), 400)
     assert e["param"] == "input"
@@ -150,18 +162,24 @@ def test_models_health_info_openapi(facade: Facade, model_name: str) -> None:
 def test_metrics_move(facade: Facade, client: openai.OpenAI, model_name: str) -> None:
     def sample(text: str, name: str, labels: str = "") -> float:
         for line in text.splitlines():
-            if line.startswith(name + (labels or "")) and not line.startswith("#"):
-                if labels or line[len(name)] in " {":
-                    return float(line.rsplit(" ", 1)[1])
+            if line.startswith(name + labels) and (labels or line[len(name)] in " {"):
+                return float(line.rsplit(" ", 1)[1])
         return 0.0
 
     before = httpx.get(f"{facade.base_url}/metrics").text
     client.embeddings.create(model=model_name, input=TEXTS)
     after = httpx.get(f"{facade.base_url}/metrics").text
     http_ok = '{api="http",code="200",method="/v1/embeddings"}'
-    assert sample(after, "qwen3_embed_requests_total", http_ok) == sample(before, "qwen3_embed_requests_total", http_ok) + 1
-    for name in ("qwen3_embed_real_tokens_total", "qwen3_embed_padded_tokens_total",
-                 "qwen3_embed_tokenize_duration_seconds_count", "qwen3_embed_inputs_per_request_sum"):
+    assert (
+        sample(after, "qwen3_embed_requests_total", http_ok)
+        == sample(before, "qwen3_embed_requests_total", http_ok) + 1
+    )
+    for name in (
+        "qwen3_embed_real_tokens_total",
+        "qwen3_embed_padded_tokens_total",
+        "qwen3_embed_tokenize_duration_seconds_count",
+        "qwen3_embed_inputs_per_request_sum",
+    ):
         assert sample(after, name) > sample(before, name), name
     assert sample(after, "qwen3_embed_padded_tokens_total") >= sample(after, "qwen3_embed_real_tokens_total")
     assert 'qwen3_embed_triton_requests_total{bucket="16"}' in after

@@ -14,8 +14,10 @@ from service.pipeline.postprocess import check_dimensions, finalize
 from service.pipeline.templating import apply_prefix, instruction_prefix, resolve_prefix
 from service.pipeline.truncation import fit
 
-PROMPTS = {"query": "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
-           "document": ""}
+PROMPTS = {
+    "query": "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
+    "document": "",
+}
 
 
 def test_template_exact() -> None:

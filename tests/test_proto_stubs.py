@@ -25,5 +25,13 @@ def test_contract_names() -> None:
     stream = service.methods_by_name["EmbedStream"]
     assert stream.client_streaming and stream.server_streaming
     fields = set(pb.EmbedRequest.DESCRIPTOR.fields_by_name)
-    assert fields == {"inputs", "instruction", "prompt_name", "dimensions", "normalize", "truncate", "encoding",
-                      "request_id"}
+    assert fields == {
+        "inputs",
+        "instruction",
+        "prompt_name",
+        "dimensions",
+        "normalize",
+        "truncate",
+        "encoding",
+        "request_id",
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+
 import grpc
 import pytest
 from google.protobuf import json_format
@@ -60,7 +61,9 @@ def test_ghz_configs_decode_into_valid_requests(facade: Facade, name: str) -> No
     service, method = config["call"].rsplit(".", 1)
     assert service == "embedding.v1.EmbeddingService" and method == "Embed"
     if "proto" in config:
-        assert (path.parent / config["proto"]).resolve() == ROOT / "proto" / "embedding" / "v1" / "embedding.proto"
+        assert (
+            path.parent / config["proto"]
+        ).resolve() == ROOT / "proto" / "embedding" / "v1" / "embedding.proto"
         for include in config["import-paths"]:
             assert (path.parent / include).is_dir()
     # ghz template functions ({{.RequestNumber}}) are filled per call; give them a value.

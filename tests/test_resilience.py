@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2
 
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.triton.runtime import TritonProcess, free_port, start_triton
-from tests.helpers import Facade, cosine, embed, health_status, run_facade, vectors, wait_for
+from tests.helpers import Facade, cosine, health_status, run_facade, vectors, wait_for
 
 KEYS = ["key-one-0123456789", "key-two-abcdefghij"]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -62,7 +62,10 @@ def test_api_keys(guarded: Facade) -> None:
     assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
     assert KEYS[0] not in denied.text
     assert httpx.get(f"{guarded.base_url}/health/ready").status_code == 200  # exempt
-    assert httpx.get(f"{guarded.base_url}/v1/models", headers={"authorization": f"Bearer {KEYS[0]}"}).status_code == 200
+    assert (
+        httpx.get(f"{guarded.base_url}/v1/models", headers={"authorization": f"Bearer {KEYS[0]}"}).status_code
+        == 200
+    )
 
 
 def test_overload_at_4x_capacity_is_rejected_cleanly(guarded: Facade) -> None:
@@ -71,7 +74,9 @@ def test_overload_at_4x_capacity_is_rejected_cleanly(guarded: Facade) -> None:
     texts = [[f"caller {c} text {k} " + "padding words " * (20 + 10 * c) for k in range(8)] for c in range(8)]
     with grpc.insecure_channel(guarded.target) as channel:
         stub = guarded.stub(channel)
-        expected = [vectors(stub.Embed(pb.EmbedRequest(inputs=t), metadata=auth(), timeout=60)) for t in texts]
+        expected = [
+            vectors(stub.Embed(pb.EmbedRequest(inputs=t), metadata=auth(), timeout=60)) for t in texts
+        ]
     codes: Counter[str] = Counter()
     lock = threading.Lock()
     barrier = threading.Barrier(8)
@@ -131,12 +136,18 @@ def test_triton_down_and_back(guarded: Facade, own_triton: TritonProcess, model_
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         headers = {"authorization": f"Bearer {KEYS[0]}"}
         model = httpx.get(f"{guarded.base_url}/v1/models", headers=headers).json()["data"][0]["id"]
-        down = httpx.post(f"{guarded.base_url}/v1/embeddings", json={"model": model, "input": "x"}, headers=headers)
+        down = httpx.post(
+            f"{guarded.base_url}/v1/embeddings", json={"model": model, "input": "x"}, headers=headers
+        )
         assert down.status_code == 503 and down.json()["error"]["type"] == "service_unavailable"
 
         # Same ports again: the facade reconnects by itself, no restart.
         restarted = start_triton(
-            model_repository, own_triton.log_path, own_triton.grpc_port, own_triton.http_port, own_triton.metrics_port
+            model_repository,
+            own_triton.log_path,
+            own_triton.grpc_port,
+            own_triton.http_port,
+            own_triton.metrics_port,
         )
         own_triton.process = restarted.process
         wait_for(lambda: health_status(guarded.target) == SERVING, 60, "SERVING again")

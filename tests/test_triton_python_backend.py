@@ -15,8 +15,10 @@ from service.triton.runtime import TritonProcess
 
 
 def infer_inputs(ids: np.ndarray, mask: np.ndarray) -> list[grpcclient.InferInput]:
-    inputs = [grpcclient.InferInput("input_ids", list(ids.shape), "INT64"),
-              grpcclient.InferInput("attention_mask", list(mask.shape), "INT64")]
+    inputs = [
+        grpcclient.InferInput("input_ids", list(ids.shape), "INT64"),
+        grpcclient.InferInput("attention_mask", list(mask.shape), "INT64"),
+    ]
     inputs[0].set_data_from_numpy(ids)
     inputs[1].set_data_from_numpy(mask)
     return inputs
@@ -40,7 +42,13 @@ def test_dynamic_batch_returns_each_request_its_rows(triton: TritonProcess, mode
             results = await asyncio.gather(
                 *[client.infer("qwen3_embedding", infer_inputs(i, m)) for i, m in requests]
             )
-            after = await client.get_inference_statistics("qwen3_embedding")
+            # Triton updates its statistics just after sending responses: poll briefly.
+            rows = sum(i.shape[0] for i, _ in requests)
+            for _ in range(50):
+                after = await client.get_inference_statistics("qwen3_embedding")
+                if after.model_stats[0].inference_count - before.model_stats[0].inference_count >= rows:
+                    break
+                await asyncio.sleep(0.1)
         finally:
             await client.close()
         s0, s1 = before.model_stats[0], after.model_stats[0]
@@ -69,4 +77,6 @@ def test_bad_request_gets_its_own_error(triton: TritonProcess) -> None:
     else:
         raise AssertionError("out-of-range ids were accepted")
     ok = np.full((1, 16), 5, dtype=np.int64)
-    assert client.infer("qwen3_embedding", infer_inputs(ok, np.ones_like(ok))).as_numpy("embedding").shape == (1, 64)
+    assert client.infer("qwen3_embedding", infer_inputs(ok, np.ones_like(ok))).as_numpy(
+        "embedding"
+    ).shape == (1, 64)

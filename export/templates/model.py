@@ -25,10 +25,15 @@ class TritonPythonModel:
         if threads > 0:
             options.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
-        if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
+        if (
+            args.get("model_instance_kind") == "GPU"
+            and "CUDAExecutionProvider" in ort.get_available_providers()
+        ):
             device_id = int(args.get("model_instance_device_id", 0))
             providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
-        self.session = ort.InferenceSession(os.path.join(version_dir, "model.onnx"), options, providers=providers)
+        self.session = ort.InferenceSession(
+            os.path.join(version_dir, "model.onnx"), options, providers=providers
+        )
         self.embedding_rows = int(params.get("embedding_rows", "0") or 0)
 
     def _check(self, ids, mask):
@@ -58,7 +63,9 @@ class TritonPythonModel:
                 out = self.session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
             except Exception as exc:  # report to each caller rather than failing the whole batch silently
                 for i, _, _ in members:
-                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"inference failed: {exc}"))
+                    responses[i] = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(f"inference failed: {exc}")
+                    )
                 continue
             out = np.ascontiguousarray(out, dtype=np.float32)
             start = 0

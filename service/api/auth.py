@@ -25,7 +25,7 @@ class KeyChecker:
         """True for a known key. Every key is compared (no early exit) so timing says nothing."""
         if not self._keys:
             return True
-        if not authorization or not authorization[:7].lower() == "bearer ":
+        if not authorization or authorization[:7].lower() != "bearer ":
             return False
         given = authorization[7:].strip().encode()
         matched = False
@@ -36,7 +36,9 @@ class KeyChecker:
 
 def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key (authorization: Bearer <key>)")
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key (authorization: Bearer <key>)"
+        )
 
     async def abort_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await abort(request, context)
@@ -48,9 +50,7 @@ def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return grpc.stream_unary_rpc_method_handler(abort)
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(abort_stream)
-    return grpc.unary_unary_rpc_method_handler(
-        abort, request_deserializer=handler.request_deserializer
-    )
+    return grpc.unary_unary_rpc_method_handler(abort, request_deserializer=handler.request_deserializer)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

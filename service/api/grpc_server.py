@@ -56,9 +56,7 @@ def build_grpc_server(
     pb_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingService(state), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{settings.host}:{settings.grpc_port}"
     creds = server_credentials(settings)
     port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)

@@ -45,9 +45,13 @@ STREAM_WINDOW = 8  # messages of one stream in progress at once; reading pauses 
 
 def params_from_proto(request: pb.EmbedRequest) -> EmbedParams:
     if request.truncate not in TRUNCATE:
-        raise ServiceError(ErrorKind.INVALID_ARGUMENT, f"unknown truncate value {request.truncate}", "truncate")
+        raise ServiceError(
+            ErrorKind.INVALID_ARGUMENT, f"unknown truncate value {request.truncate}", "truncate"
+        )
     if request.encoding not in ENCODING:
-        raise ServiceError(ErrorKind.INVALID_ARGUMENT, f"unknown encoding value {request.encoding}", "encoding")
+        raise ServiceError(
+            ErrorKind.INVALID_ARGUMENT, f"unknown encoding value {request.encoding}", "encoding"
+        )
     return EmbedParams(
         texts=tuple(request.inputs),
         instruction=request.instruction,
@@ -91,7 +95,9 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         default = self.state.settings.default_timeout_s
         return default if remaining is None else min(float(remaining), default * 10)
 
-    async def _guard(self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
+    async def _guard(
+        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]
+    ) -> T:
         """Runs one call: ServiceError -> its status code; anything else -> INTERNAL (a bug), logged."""
         metrics = self.state.metrics
         code = grpc.StatusCode.OK
@@ -171,6 +177,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
                 if isinstance(item, ServiceError):
                     metrics.requests.labels("grpc", "EmbedStream", STATUS[item.kind].name).inc()
                     await context.abort(STATUS[item.kind], item.message)
+                    return
                 metrics.requests.labels("grpc", "EmbedStream", "OK").inc()
                 yield item
         finally:
@@ -178,7 +185,9 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
             for task in list(tasks):
                 task.cancel()
 
-    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+    async def Tokenize(
+        self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TokenizeResponse:
         async def work() -> pb.TokenizeResponse:
             if request.truncate not in TRUNCATE:
                 raise ServiceError(ErrorKind.INVALID_ARGUMENT, f"unknown truncate value {request.truncate}")
@@ -201,9 +210,10 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
 
         return await self._guard("Tokenize", context, work)
 
-    async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.GetInfoResponse:
+    async def GetInfo(
+        self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetInfoResponse:
         async def work() -> pb.GetInfoResponse:
-            embedder = self.state.require_embedder()
             return pb.GetInfoResponse(**info_fields(self.state))
 
         return await self._guard("GetInfo", context, work)

@@ -46,7 +46,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def error_response(kind: ErrorKind, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+def error_response(
+    kind: ErrorKind, message: str, param: str | None = None, code: str | None = None
+) -> JSONResponse:
     status, error_type = HTTP_STATUS[kind]
     headers = {"retry-after": "1"} if kind is ErrorKind.RESOURCE_EXHAUSTED else None
     body = {"error": {"message": message, "type": error_type, "param": param, "code": code or kind.value}}
@@ -62,13 +64,15 @@ def params_from_openai(body: EmbeddingsRequest) -> EmbedParams:
     elif raw and all(isinstance(x, int) for x in raw):
         ids = (tuple(raw),)  # type: ignore[arg-type]
     elif raw and all(isinstance(x, list) for x in raw):
-        ids = tuple(tuple(x) for x in raw)  # type: ignore[union-attr]
+        ids = tuple(tuple(x) for x in raw)  # type: ignore[arg-type,union-attr]
     else:
         texts = tuple(raw)  # type: ignore[arg-type]
     prompt_name = body.prompt_name or ""
     if body.input_type is not None:
         if body.prompt_name:
-            raise ServiceError(ErrorKind.INVALID_ARGUMENT, "set either input_type or prompt_name", "input_type")
+            raise ServiceError(
+                ErrorKind.INVALID_ARGUMENT, "set either input_type or prompt_name", "input_type"
+            )
         prompt_name = "query" if body.input_type == "query" else ""
     if body.dimensions is not None and body.dimensions < 1:
         raise ServiceError(ErrorKind.INVALID_ARGUMENT, "dimensions must be a positive integer", "dimensions")
@@ -99,17 +103,28 @@ def build_app(state: ServiceState, settings: Settings) -> FastAPI:
         path = request.url.path
         started = time.perf_counter()
         response: Response
-        if checker.enabled and not checker.is_exempt(path) and not checker.check(request.headers.get("authorization")):
+        if (
+            checker.enabled
+            and not checker.is_exempt(path)
+            and not checker.check(request.headers.get("authorization"))
+        ):
             response = error_response(
-                ErrorKind.UNAUTHENTICATED, "missing or invalid API key (Authorization: Bearer <key>)",
+                ErrorKind.UNAUTHENTICATED,
+                "missing or invalid API key (Authorization: Bearer <key>)",
                 code="invalid_api_key",
             )
         elif request.method == "POST" and _too_large(request, settings.max_http_body_bytes):
             response = _payload_too_large(settings.max_http_body_bytes)
         elif request.method == "POST" and "json" not in request.headers.get("content-type", "").lower():
             response = JSONResponse(
-                {"error": {"message": "send the request body as application/json", "type": "invalid_request_error",
-                           "param": None, "code": "unsupported_media_type"}},
+                {
+                    "error": {
+                        "message": "send the request body as application/json",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "unsupported_media_type",
+                    }
+                },
                 status_code=415,
             )
         else:
@@ -129,15 +144,31 @@ def build_app(state: ServiceState, settings: Settings) -> FastAPI:
         message = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             message = "the request body is not valid JSON (or not UTF-8)"
-        return error_response(ErrorKind.INVALID_ARGUMENT, f"{'.'.join(loc) or 'body'}: {message}", loc[0] if loc else None)
+        return error_response(
+            ErrorKind.INVALID_ARGUMENT, f"{'.'.join(loc) or 'body'}: {message}", loc[0] if loc else None
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Framework errors (unparsable body, unknown path, wrong method) in OpenAI's shape too.
-        message = "the request body could not be parsed (invalid JSON or not UTF-8)" if exc.status_code == 400 \
+        cause = exc.__cause__  # FastAPI turns errors from reading the body (in an ExceptionGroup) into a 400
+        if isinstance(cause, _BodyTooLarge) or (
+            isinstance(cause, BaseExceptionGroup) and cause.subgroup(_BodyTooLarge) is not None
+        ):
+            return _payload_too_large(settings.max_http_body_bytes)
+        message = (
+            "the request body could not be parsed (invalid JSON or not UTF-8)"
+            if exc.status_code == 400
             else str(exc.detail)
-        body = {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                          "code": str(exc.status_code)}}
+        )
+        body = {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": str(exc.status_code),
+            }
+        }
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RecursionError)
@@ -178,8 +209,14 @@ def build_app(state: ServiceState, settings: Settings) -> FastAPI:
         embedder = state.require_embedder()
         return {
             "object": "list",
-            "data": [{"id": embedder.info.served_name, "object": "model", "created": 0,
-                      "owned_by": "qwen3-embedding-service"}],
+            "data": [
+                {
+                    "id": embedder.info.served_name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "qwen3-embedding-service",
+                }
+            ],
         }
 
     @app.get("/health/live")
@@ -229,7 +266,9 @@ def _too_large(request: Request, limit: int) -> bool:
 
 
 def _payload_too_large(limit: int) -> JSONResponse:
-    return error_response(ErrorKind.PAYLOAD_TOO_LARGE, f"request body over the {limit}-byte limit; split the batch")
+    return error_response(
+        ErrorKind.PAYLOAD_TOO_LARGE, f"request body over the {limit}-byte limit; split the batch"
+    )
 
 
 class _Server(uvicorn.Server):
@@ -240,7 +279,9 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def start_http(state: ServiceState, settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+async def start_http(
+    state: ServiceState, settings: Settings
+) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
     kwargs: dict[str, Any] = {}
     if settings.tls_cert and settings.tls_key:
         kwargs = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}

@@ -36,6 +36,7 @@ async def run_bench(
     from service.bench.workload import batches
 
     sender: Sender
+    info: dict[str, Any]
     if protocol == "grpc":
         info = (
             await grpc_info(target, api_key)

@@ -150,7 +150,7 @@ async def grpc_info(target: str, api_key: str | None = None) -> dict[str, Any]:
 
 
 async def http_info(base_url: str, api_key: str | None = None) -> dict[str, Any]:
-    """The facade's /info when there is one; a peer has only /v1/models (any consistent vector size passes)."""
+    """The facade's /info if there is one; a peer has only /v1/models (any consistent vector size passes)."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as client:
         response = await client.get("/info")

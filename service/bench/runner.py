@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,7 @@ class RunResult:
 
 
 async def _one(
-    send: SendFn, texts: Sequence[Any], t0: float, samples: list[Sample], errors: list[str]
+    send: SendFn, texts: Sized, t0: float, samples: list[Sample], errors: list[str]
 ) -> None:
     start = time.perf_counter()
     try:
@@ -50,13 +50,13 @@ async def _one(
     except Exception as exc:  # a client-side failure is recorded, not allowed to stop the run
         outcome = Outcome("CLIENT_ERROR", detail=f"{type(exc).__name__}: {exc}")
     end = time.perf_counter()
-    tokens = outcome.tokens or sum(approx_tokens(t) for t in texts if isinstance(t, str))
+    tokens = outcome.tokens or (sum(approx_tokens(str(t)) for t in texts) if isinstance(texts, list) else 0)
     samples.append(Sample(start - t0, end - start, outcome.status, len(texts), tokens))
     if outcome.status != "OK" and not errors:
         errors.append(f"{outcome.status}: {outcome.detail}")
 
 
-async def run_load(send: SendFn, requests: Sequence[Sequence[Any]], spec: LoadSpec) -> RunResult:
+async def run_load(send: SendFn, requests: Sequence[Sized], spec: LoadSpec) -> RunResult:
     """Sends requests[i % len(requests)] in order until the count or the duration is reached."""
     if not requests:
         raise ValueError("no requests to send")

@@ -139,7 +139,7 @@ def read_texts(path: Path) -> list[str]:
 
 
 def approx_tokens(text: str) -> int:
-    """Tokens of a generated text (words + EOS); for file texts a rough count, used when the server reports none."""
+    """Tokens of a generated text (words + EOS); for file texts a rough count, used if the server says none."""
     return len(text.split()) + 1
 
 

@@ -14,7 +14,7 @@ from service.metrics import Metrics
 from service.model_info import ModelInfo
 from service.pipeline.batching import Chunk, bucket_for, default_buckets, left_pad, plan_chunks
 from service.pipeline.errors import ErrorKind, ServiceError, invalid
-from service.pipeline.params import EmbedParams
+from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.postprocess import check_dimensions, finalize
 from service.pipeline.templating import apply_prefix, resolve_prefix
 from service.pipeline.tokenization import TextTokenizer
@@ -110,7 +110,17 @@ class Embedder:
                 if not text:
                     raise invalid(f"input {i} is an empty string", "input")
             prefix = resolve_prefix(params.instruction, params.prompt_name, info.prompts)
-            contents = self.tokenizer.content_ids(apply_prefix(prefix, params.texts))
+            templated = apply_prefix(prefix, params.texts)
+            if params.truncate is Truncate.NONE:
+                # Refuse what cannot fit before paying for its tokenization (seconds per MB).
+                for i, text in enumerate(templated):
+                    if self.tokenizer.surely_longer_than(text, info.max_input_tokens):
+                        raise invalid(
+                            f"input {i} is {len(text)} characters long, more than the model's limit of "
+                            f"{info.max_input_tokens} tokens can hold; shorten it or set truncate to END or START",
+                            "input",
+                        )
+            contents = self.tokenizer.content_ids(templated)
             keep_prefix = self.tokenizer.prefix_length(prefix)
         fitted = [
             fit(c, info.max_input_tokens, params.truncate, info.eos_id, keep_prefix, index=i)
@@ -120,13 +130,16 @@ class Embedder:
 
     async def tokenize(self, params: EmbedParams) -> Tokenized:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._tokenize_sync, params)
+        try:
+            return await loop.run_in_executor(self.executor, self._tokenize_sync, params)
+        except (Exception, asyncio.CancelledError):
+            raise
+        except BaseException as exc:  # the Rust tokenizer panics (pyo3 PanicException) on some inputs
+            raise invalid(f"an input could not be tokenized ({type(exc).__name__}); shorten it", "input") from exc
 
     # -- inference --
 
-    async def _run_chunk(
-        self, chunk: Chunk, ids: list[list[int]], out: np.ndarray, deadline: float
-    ) -> None:
+    async def _run_chunk(self, chunk: Chunk, ids: list[list[int]], out: np.ndarray, deadline: float) -> None:
         batch_ids, mask = left_pad([ids[i] for i in chunk.indices], chunk.width, self.info.pad_id)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -154,7 +167,9 @@ class Embedder:
         except* ServiceError as errors:
             # Report the most actionable error: the first one that is not a side-effect cancellation.
             first = next((e for e in errors.exceptions if isinstance(e, ServiceError)), None)
-            raise first if first is not None else ServiceError(ErrorKind.INTERNAL, "inference failed") from None
+            raise (
+                first if first is not None else ServiceError(ErrorKind.INTERNAL, "inference failed")
+            ) from None
         inferred_at = time.perf_counter()
         vectors = finalize(out, dims, params.normalize)
         m = self.metrics

@@ -26,9 +26,10 @@ def unpack(data: bytes, encoding: Encoding, dimensions: int) -> np.ndarray:
     """Inverse of pack() for FLOAT16 (values) and BINARY/UBINARY (0/1 bits); used by clients and tests."""
     if encoding is Encoding.FLOAT16:
         return np.frombuffer(data, dtype="<f2").astype(np.float32)
-    raw = np.frombuffer(data, dtype=np.int8 if encoding is Encoding.BINARY else np.uint8)
     if encoding is Encoding.BINARY:
-        raw = (raw.astype(np.int16) + 128).astype(np.uint8)
+        raw = (np.frombuffer(data, dtype=np.int8).astype(np.int16) + 128).astype(np.uint8)
+    else:
+        raw = np.frombuffer(data, dtype=np.uint8)
     return np.unpackbits(raw)[:dimensions].astype(np.float32)
 
 

@@ -34,12 +34,25 @@ class TextTokenizer:
     tokenizer: Tokenizer
     eos_id: int
     embedding_rows: int
+    _max_token_bytes: int = 0
 
     def content_ids(self, texts: list[str]) -> list[list[int]]:
         """Ids without special tokens added (the EOS comes after truncation). Rust-parallel batch encode."""
         if not texts:
             return []
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def surely_longer_than(self, text: str, max_tokens: int) -> bool:
+        """True when `text` has more than max_tokens tokens whatever they are: no token is longer than
+        the longest vocabulary entry, so the normalised UTF-8 length bounds the count from below."""
+        if len(text) <= max_tokens:
+            return False
+        if self._max_token_bytes == 0:
+            vocab = self.tokenizer.get_vocab(with_added_tokens=True)
+            self._max_token_bytes = max(len(token.encode()) for token in vocab)
+        normalizer = self.tokenizer.normalizer
+        size = len((normalizer.normalize_str(text) if normalizer is not None else text).encode())
+        return size > max_tokens * self._max_token_bytes
 
     def prefix_length(self, prefix: str) -> int:
         """Tokens of the prefix that are stable when text follows it: the last one may merge with the

@@ -86,7 +86,9 @@ class TritonBackend:
         # Never return a wrong vector: a short, mis-shaped or non-finite response is an error.
         if out is None or out.shape != (ids.shape[0], hidden):
             shape = None if out is None else out.shape
-            log.error("triton returned embedding shape %s for a [%d, %d] request", shape, ids.shape[0], hidden)
+            log.error(
+                "triton returned embedding shape %s for a [%d, %d] request", shape, ids.shape[0], hidden
+            )
             raise ServiceError(ErrorKind.INTERNAL, "inference backend returned a malformed response")
         out = out.astype(np.float32, copy=False)
         if not np.isfinite(out).all():

@@ -5,6 +5,7 @@ On GPU clusters the NGC container runs Triton instead and the facade gets --trit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -126,10 +127,8 @@ class TritonProcess:
 
     def kill(self) -> None:
         """Abrupt stop (SIGKILL), as a crash would."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=10)
 
 
