@@ -66,7 +66,7 @@ DEV_FULL = Sizes(
     workloads={
         "short": WorkloadSize(400, 1, 8),
         "mixed": WorkloadSize(256, 8, 4),
-        "long": WorkloadSize(24, 1, 2),
+        "long": WorkloadSize(8, 1, 2),
     },
     tuning=True,
 )

@@ -223,14 +223,20 @@ def triton(
 
     from service.triton.runtime import TritonStartError, start_triton
 
+    # Handle SIGTERM before Triton starts: the child runs in its own session and must not outlive us.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        proc = start_triton(model_repository, log_file, grpc_port, http_port, metrics_port)
+        proc = start_triton(model_repository, log_file, grpc_port, http_port, metrics_port, wait=False)
+        while not stop.is_set() and not proc.is_ready():
+            if proc.process.poll() is not None:
+                raise TritonStartError(f"tritonserver exited with {proc.process.returncode}:\n{proc.log_tail()}")
+            stop.wait(0.25)
     except TritonStartError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from exc
-    typer.echo(f"Triton ready: gRPC :{grpc_port}, HTTP :{http_port}, metrics :{metrics_port}; log {log_file}")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if not stop.is_set():
+        typer.echo(f"Triton ready: gRPC :{grpc_port}, HTTP :{http_port}, metrics :{metrics_port}; log {log_file}")
     try:
         while not stop.is_set() and proc.process.poll() is None:
             stop.wait(0.5)

@@ -49,8 +49,10 @@ def test_triton_command_runs_and_stops_cleanly(model_repository: Path, tmp_path:
         assert proc.poll() is None
         children = psutil.Process(proc.pid).children(recursive=True)
         assert any("tritonserver" in c.name() for c in children)
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()  # printed once the command itself saw readiness
         proc.send_signal(signal.SIGTERM)
-        out = proc.communicate(timeout=30)[0].decode()
+        out = first + proc.communicate(timeout=30)[0].decode()
     finally:
         if proc.poll() is None:
             proc.kill()
