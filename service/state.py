@@ -69,7 +69,7 @@ class ServiceState:
                 ready = False
         ready = ready and self.embedder is not None and not self.draining
         if ready != self.ready:
-            log.warning("backend %s", "ready" if ready else "NOT ready")
+            log.log(logging.INFO if ready else logging.WARNING, "backend %s", "ready" if ready else "NOT ready")
         self.ready = ready
         self.metrics.triton_up.set(1 if ready else 0)
         return ready
