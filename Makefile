@@ -40,7 +40,7 @@ test: venv
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check service export tests benchmarks scripts
+	$(BIN)/ruff check .
 	$(BIN)/mypy service export
 
 clean:

@@ -19,7 +19,9 @@ from tests.helpers import ROOT, Facade, wait_for
 
 def test_embed_command(facade: Facade) -> None:
     runner = CliRunner()
-    result = runner.invoke(app, ["embed", "How are you today?", "北京", "--prompt-name", "query", "--target", facade.target])
+    result = runner.invoke(
+        app, ["embed", "How are you today?", "北京", "--prompt-name", "query", "--target", facade.target]
+    )
     assert result.exit_code == 0, result.output
     assert "dim 64, norm 1.0000" in result.output and "tokens" in result.output and " ms" in result.output
     as_json = runner.invoke(app, ["embed", "hello", "--dimensions", "32", "--json", "--target", facade.target])
@@ -32,9 +34,22 @@ def test_embed_command(facade: Facade) -> None:
 
 def test_triton_command_runs_and_stops_cleanly(model_repository: Path, tmp_path: Path) -> None:
     ports = [free_port() for _ in range(3)]
-    cmd = [sys.executable, "-m", "service.cli", "triton", "--model-repository", str(model_repository),
-           "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2]),
-           "--log-file", str(tmp_path / "triton.log")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "triton",
+        "--model-repository",
+        str(model_repository),
+        "--grpc-port",
+        str(ports[0]),
+        "--http-port",
+        str(ports[1]),
+        "--metrics-port",
+        str(ports[2]),
+        "--log-file",
+        str(tmp_path / "triton.log"),
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def ready() -> bool:
