@@ -322,6 +322,7 @@ def infinity(python: Path, model_dir: Path, log_dir: Path, batch_size: int = 32)
         "--batch-size",
         str(batch_size),
         "--no-bettertransformer",
+        "--no-model-warmup",  # its CPU warm-up at 0.6B scale ran past 300 s in the first full run
         "--dtype",
         "float32",
     ]

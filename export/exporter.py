@@ -46,7 +46,7 @@ def validate_options(opts: ExportOptions) -> None:
     for flag, value, low in (
         ("--max-batch-size", r.max_batch_size, 1),
         ("--max-tokens", r.max_input_tokens, 2),
-        ("--instances", r.instances, 1),
+        ("--instances", r.instances, 0),
         ("--max-queue-size", r.max_queue_size, 1),
         ("--min-dimensions", opts.min_dimensions, 1),
     ):

@@ -58,13 +58,15 @@ def export(
     precision: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
     max_batch_size: int = 32,
     max_tokens: Annotated[int, typer.Option(help="Max input tokens per text (capped by the model)")] = 8192,
-    instances: int = 1,
+    instances: Annotated[int, typer.Option(help="Model instances; 0 = one per core on CPU, 1 on GPU")] = 0,
     instance_kind: Annotated[str, typer.Option(help="auto | CPU | GPU")] = "auto",
     max_queue_delay_us: int = 500,
     max_queue_size: int = 256,
     accelerator: Annotated[str, typer.Option(help="onnxruntime backend: none | tensorrt")] = "none",
     trt_engine_cache: str = "/tmp/trt-cache",
-    ort_threads: Annotated[int, typer.Option(help="ONNX Runtime intra-op threads (0 = all cores)")] = 0,
+    ort_threads: Annotated[
+        int, typer.Option(help="ONNX Runtime intra-op threads; 0 = 1 per instance with several CPU instances")
+    ] = 0,
     warmup: Annotated[bool, typer.Option(help="Warm every length bucket before READY")] = True,
     min_dimensions: int = 32,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (tracing and verification)")] = "auto",

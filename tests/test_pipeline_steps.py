@@ -102,3 +102,18 @@ def test_encodings_roundtrip_and_match_sentence_transformers() -> None:
         assert (bits == (v > 0)).all()
     decoded = np.frombuffer(__import__("base64").b64decode(float32_base64(v[0])), dtype="<f4")
     np.testing.assert_array_equal(decoded, v[0])
+
+
+def test_instance_defaults() -> None:
+    import os
+
+    from export.triton_config import RepoSettings, resolved_instances, resolved_ort_threads
+
+    cores = max(1, min(os.cpu_count() or 1, 8))
+    cpu = RepoSettings(backend="python")
+    assert resolved_instances(cpu) == cores
+    assert resolved_ort_threads(cpu) == (1 if cores > 1 else 0)
+    gpu = RepoSettings(backend="onnxruntime")
+    assert resolved_instances(gpu) == 1 and resolved_ort_threads(gpu) == 0
+    explicit = RepoSettings(backend="python", instances=3, ort_intra_op_threads=2)
+    assert resolved_instances(explicit) == 3 and resolved_ort_threads(explicit) == 2
