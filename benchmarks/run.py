@@ -369,8 +369,10 @@ def tuning_variants(max_tokens: int) -> list[tuple[str, dict[str, str], dict[str
         ("tokenizer threads 1", {"QWEN3_EMBED_TOKENIZER_THREADS": "1"}, {}),
         ("queue delay 0 us", {}, {"queue_delay_us": 0}),
         ("queue delay 2000 us", {}, {"queue_delay_us": 2000}),
-        ("ORT threads 1", {}, {"ort_threads": 1}),
-        ("2 instances x 1 ORT thread", {}, {"instances": 2, "ort_threads": 1}),
+        # The export default is one CPU instance per core with one ORT thread each; these are the
+        # single-instance set-ups it replaced (before: 1 instance, ORT on all cores).
+        ("1 instance x ORT default threads", {}, {"instances": 1, "ort_threads": 0}),
+        ("1 instance x 1 ORT thread", {}, {"instances": 1, "ort_threads": 1}),
     ]
 
 

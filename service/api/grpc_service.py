@@ -112,9 +112,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
-            except Exception as exc:
-                if isinstance(exc, grpc.aio.AbortError) or type(exc).__name__ == "AbortError":
-                    raise
+            except Exception:
                 code = grpc.StatusCode.INTERNAL
                 log.exception("unexpected error in %s", method)
                 await context.abort(code, "internal error; it was logged")
