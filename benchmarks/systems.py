@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 from service.bench.clients import GrpcSender, HttpSender, Outcome
 from service.bench.runner import LoadSpec, run_load
 from service.bench.stats import Sample, Summary, summarize
+from service.launch import facade_command, loopback_env
 from service.pipeline.batching import Chunk, left_pad, plan_chunks
 from service.triton.runtime import free_port
 
@@ -257,28 +257,8 @@ def facade(
     """`qwen3-embed serve --triton-url` as a process; settings through QWEN3_EMBED_* variables."""
     handle = FacadeHandle(free_port(), free_port())
     log = log_dir / f"facade-{handle.grpc_port}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "serve",
-        "--model-repository",
-        str(repository),
-        "--triton-url",
-        triton_url,
-        "--grpc-port",
-        str(handle.grpc_port),
-        "--http-port",
-        str(handle.http_port),
-        "--log-level",
-        "WARNING",
-    ]
-    full_env = {
-        **os.environ,
-        "QWEN3_EMBED_HOST": "127.0.0.1",
-        "QWEN3_EMBED_DRAIN_SECONDS": "0",
-        **(env or {}),
-    }
+    cmd = facade_command(repository, triton_url, handle.grpc_port, handle.http_port, "--log-level", "WARNING")
+    full_env = loopback_env({"QWEN3_EMBED_DRAIN_SECONDS": "0", **(env or {})})
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from service.gen.embedding.v1 import embedding_pb2 as pb  # noqa: E402
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc  # noqa: E402
+from service.launch import facade_command, loopback_env  # noqa: E402
 from service.triton.runtime import free_port, start_triton  # noqa: E402
 
 TEXTS = [f"soak text {i}: " + "lorem ipsum dolor sit amet " * (1 + i % 9) for i in range(32)]
@@ -146,12 +146,10 @@ def main() -> None:
 
     triton = start_triton(args.model_repository, args.out / "triton.log")
     grpc_port, http_port = free_port(), free_port()
-    env = {**os.environ, "QWEN3_EMBED_HOST": "127.0.0.1"}
     log = open(args.out / "facade.log", "wb")  # noqa: SIM115 - lives as long as the facade
     facade = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--model-repository", str(args.model_repository),
-         "--triton-url", triton.grpc_url, "--grpc-port", str(grpc_port), "--http-port", str(http_port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        facade_command(args.model_repository, triton.grpc_url, grpc_port, http_port),
+        stdout=log, stderr=subprocess.STDOUT, env=loopback_env(), cwd=ROOT,
     )
     base, target = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
     samples: list[dict[str, float]] = []

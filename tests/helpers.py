@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
+from service.launch import facade_command, loopback_env
 from service.triton.runtime import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,26 +78,8 @@ def run_facade(
     """`qwen3-embed serve` as a real process on free loopback ports, against the given Triton."""
     grpc_port, http_port = free_port(), free_port()
     log_path = log_dir / f"facade-{grpc_port}.log"
-    full_env = {
-        **os.environ,
-        "QWEN3_EMBED_HOST": "127.0.0.1",
-        "QWEN3_EMBED_DRAIN_SECONDS": "5",
-        **(env or {}),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "serve",
-        "--model-repository",
-        str(repository),
-        "--triton-url",
-        triton_url,
-        "--grpc-port",
-        str(grpc_port),
-        "--http-port",
-        str(http_port),
-    ]
+    full_env = loopback_env({"QWEN3_EMBED_DRAIN_SECONDS": "5", **(env or {})})
+    cmd = facade_command(repository, triton_url, grpc_port, http_port)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
     facade = Facade(process, grpc_port, http_port, log_path)
