@@ -20,7 +20,7 @@ import numpy as np
 from service.bench.clients import GrpcSender, HttpSender, Outcome
 from service.bench.runner import LoadSpec, run_load
 from service.bench.stats import Sample, Summary, summarize
-from service.launch import facade_command, loopback_env
+from service.launch import FacadePorts, facade_command, loopback_env
 from service.pipeline.batching import Chunk, left_pad, plan_chunks
 from service.triton.runtime import free_port
 
@@ -236,18 +236,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-@dataclass
-class FacadeHandle:
-    grpc_port: int
-    http_port: int
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+FacadeHandle = FacadePorts
 
 
 @contextmanager

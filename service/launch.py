@@ -5,7 +5,24 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass
+class FacadePorts:
+    """Where a loopback facade listens."""
+
+    grpc_port: int
+    http_port: int
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
 
 def facade_command(repository: Path, triton_url: str, grpc_port: int, http_port: int, *extra: str) -> list[str]:

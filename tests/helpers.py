@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
-from service.launch import facade_command, loopback_env
+from service.launch import FacadePorts, facade_command, loopback_env
 from service.triton.runtime import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,19 +46,9 @@ def wait_for(predicate: object, timeout: float, what: str, interval: float = 0.2
 
 
 @dataclass
-class Facade:
+class Facade(FacadePorts):
     process: subprocess.Popen[bytes]
-    grpc_port: int
-    http_port: int
     log_path: Path
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -82,7 +72,7 @@ def run_facade(
     cmd = facade_command(repository, triton_url, grpc_port, http_port)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
-    facade = Facade(process, grpc_port, http_port, log_path)
+    facade = Facade(grpc_port=grpc_port, http_port=http_port, process=process, log_path=log_path)
     try:
         if wait_serving:
             wait_for(
