@@ -24,12 +24,15 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev]" "$(TORCH_SPEC)"
+	# The wheel holds service/ only; export/ and devtools/ (the `export`, `dev-model`, `bench` commands)
+	# are imported from this checkout, so put it on the venv's path.
+	$(BIN)/python -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "qwen3-embed-checkout.pth").write_text("$(CURDIR)\n")'
 	touch $@
 
 venv: $(BIN)/.installed
 
 proto: venv
-	$(BIN)/python -m service.proto_gen
+	$(BIN)/python -m devtools.proto_gen
 
 # `make serve`: set-up, export of MODEL when the repository lacks it, then Triton + facade.
 serve: venv
@@ -41,7 +44,7 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy service export
+	$(BIN)/mypy service export devtools
 
 clean:
 	rm -rf $(VENV) .cache

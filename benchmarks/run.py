@@ -27,9 +27,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from benchmarks import systems
-from service.bench.runner import LoadSpec
-from service.bench.stats import Summary, padding_ratio, ratio
-from service.bench.workload import WORKLOADS, LengthSpec, batches, make_texts, text_of
+from devtools.bench.runner import LoadSpec
+from devtools.bench.stats import Summary, padding_ratio, ratio
+from devtools.bench.workload import WORKLOADS, LengthSpec, batches, make_texts, text_of
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "bench"
@@ -225,7 +225,7 @@ async def measure_facade(
         )
     )
     if http:
-        from service.bench.clients import http_info
+        from devtools.bench.clients import http_info
 
         model = (await http_info(fac.base_url))["model"]
         h, err = await systems.run_http(fac.base_url, model, ctx.hidden, reqs, spec)
@@ -322,7 +322,7 @@ def measure_st(ctx: Context, results: dict[str, Any]) -> None:
 
 
 def measure_infinity(ctx: Context, results: dict[str, Any]) -> None:
-    from service.bench.clients import http_info
+    from devtools.bench.clients import http_info
 
     table = results["throughput"]
     peers = results.setdefault("peers", {})

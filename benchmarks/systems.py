@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from service.bench.clients import GrpcSender, HttpSender, Outcome
-from service.bench.runner import LoadSpec, run_load
-from service.bench.stats import Sample, Summary, summarize
-from service.launch import FacadePorts, facade_command, loopback_env
+from devtools.bench.clients import GrpcSender, HttpSender, Outcome
+from devtools.bench.runner import LoadSpec, run_load
+from devtools.bench.stats import Sample, Summary, summarize
+from devtools.launch import FacadePorts, launch_facade, stop
 from service.pipeline.batching import Chunk, left_pad, plan_chunks
 from service.triton.runtime import free_port
 
@@ -53,7 +53,7 @@ class Tokenize:
     def __init__(self, repo_model_dir: Path) -> None:
         from service.pipeline.tokenization import TextTokenizer, load_tokenizer
 
-        self.tok = TextTokenizer(load_tokenizer(repo_model_dir / "tokenizer", 151669), EOS, 151669)
+        self.tok = TextTokenizer(load_tokenizer(repo_model_dir / "tokenizer", 151669))
 
     def ids(self, texts: list[str]) -> list[list[int]]:
         return [[*c, EOS] for c in self.tok.content_ids(texts)]
@@ -226,16 +226,6 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path
     raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 FacadeHandle = FacadePorts
 
 
@@ -244,17 +234,9 @@ def facade(
     repository: Path, triton_url: str, log_dir: Path, env: dict[str, str] | None = None
 ) -> Iterator[FacadeHandle]:
     """`qwen3-embed serve --triton-url` as a process; settings through QWEN3_EMBED_* variables."""
-    handle = FacadeHandle(free_port(), free_port())
-    log = log_dir / f"facade-{handle.grpc_port}.log"
-    cmd = facade_command(repository, triton_url, handle.grpc_port, handle.http_port, "--log-level", "WARNING")
-    full_env = loopback_env({"QWEN3_EMBED_DRAIN_SECONDS": "0", **(env or {})})
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
-    try:
-        wait_http(f"{handle.base_url}/health/ready", proc, 90, log)
+    full_env = {"QWEN3_EMBED_DRAIN_SECONDS": "0", **(env or {})}
+    with launch_facade(repository, triton_url, log_dir, env=full_env, args=("--log-level", "WARNING")) as handle:
         yield handle
-    finally:
-        stop(proc)
 
 
 def scrape_padding(base_url: str) -> tuple[float, float]:

@@ -25,8 +25,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY export ./export
+# The wheel holds service/ only: the exporter's package (templates included) goes beside it in the venv,
+# where the `qwen3_embed.cli` entry point finds it. The --help run proves `qwen3-embed export` registered.
 RUN pip install ".[export]" \
- && pip check
+ && cp -r export "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/" \
+ && pip check \
+ && qwen3-embed export --help > /dev/null
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="qwen3-embedding-export" \

@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The facade: `qwen3-embed serve` (gRPC :50051, OpenAI HTTP + /metrics :8080) in front of a Triton server
 # reached with --triton-url / QWEN3_EMBED_TRITON_URL. Base package only: no torch, no ONNX Runtime, no
-# bundled Triton (the `serve` extra's nvidia-pytriton and onnxruntime are for running Triton locally).
+# bundled Triton (the `serve` extra's nvidia-pytriton and onnxruntime are for running Triton locally), and
+# no export/ or devtools/ code (the wheel holds service/ only; their commands register where installed).
 #
 #   docker build -f docker/facade.Dockerfile -t qwen3-embedding-facade .     (from the repository root)
 
@@ -16,13 +17,14 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
-COPY export ./export
 RUN pip install --upgrade pip \
  && pip install . \
- && pip check
+ && pip check \
+ && qwen3-embed serve --help > /dev/null
 # The facade must stay slim: fail the build if a heavy runtime came in through a dependency.
-RUN python -c "import importlib.util, sys; heavy = [m for m in ('torch', 'onnxruntime', 'pytriton') \
-if importlib.util.find_spec(m)]; sys.exit(f'unexpected packages in the facade image: {heavy}' if heavy else 0)"
+RUN python -c "import importlib.util, sys; heavy = [m for m in ('torch', 'transformers', 'onnxruntime', \
+'pytriton', 'export', 'devtools') if importlib.util.find_spec(m)]; \
+sys.exit(f'unexpected packages in the facade image: {heavy}' if heavy else 0)"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="qwen3-embedding-facade" \

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import subprocess
 import sys
 import threading
 import time
@@ -28,10 +27,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from devtools.launch import launch_facade  # noqa: E402
 from service.gen.embedding.v1 import embedding_pb2 as pb  # noqa: E402
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc  # noqa: E402
-from service.launch import facade_command, loopback_env  # noqa: E402
-from service.triton.runtime import free_port, start_triton  # noqa: E402
+from service.triton.runtime import start_triton  # noqa: E402
 
 TEXTS = [f"soak text {i}: " + "lorem ipsum dolor sit amet " * (1 + i % 9) for i in range(32)]
 
@@ -119,20 +118,6 @@ class Driver:
                 self._count("http OK")
 
 
-def wait_serving(base: str, process: subprocess.Popen[bytes], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"facade exited with {process.returncode}")
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit("facade not ready in time")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model-repository", type=Path, required=True)
@@ -145,50 +130,44 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     triton = start_triton(args.model_repository, args.out / "triton.log")
-    grpc_port, http_port = free_port(), free_port()
-    log = open(args.out / "facade.log", "wb")  # noqa: SIM115 - lives as long as the facade
-    facade = subprocess.Popen(
-        facade_command(args.model_repository, triton.grpc_url, grpc_port, http_port),
-        stdout=log, stderr=subprocess.STDOUT, env=loopback_env(), cwd=ROOT,
-    )
-    base, target = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
     samples: list[dict[str, float]] = []
     try:
-        wait_serving(base, facade)
-        model = httpx.get(f"{base}/v1/models").json()["data"][0]["id"]
-        with grpc.insecure_channel(target) as channel:
-            stub = pb_grpc.EmbeddingServiceStub(channel)
-            expected = np.array([list(stub.Embed(pb.EmbedRequest(inputs=[t]), timeout=30).embeddings[0].values)
-                                 for t in TEXTS], dtype=np.float32)
-        driver = Driver(target, base, model, expected)
-        threads = [threading.Thread(target=driver.grpc_worker, args=(s,)) for s in range(args.grpc_workers)]
-        threads += [threading.Thread(target=driver.http_worker, args=(100 + s,)) for s in range(args.http_workers)]
-        threads.append(threading.Thread(target=driver.stream_worker))
-        fproc, tproc = psutil.Process(facade.pid), psutil.Process(triton.process.pid)
-        started = time.monotonic()
-        for t in threads:
-            t.start()
-        while True:
-            elapsed = time.monotonic() - started
-            f_rss, f_fds = usage(tree(fproc))
-            t_rss, t_fds = usage(tree(tproc))
-            with driver.lock:
-                done = sum(driver.outcomes.values())
-            samples.append({"t_s": round(elapsed, 1), "facade_rss_mib": round(f_rss, 1), "facade_fds": f_fds,
-                            "triton_rss_mib": round(t_rss, 1), "triton_fds": t_fds, "requests": done})
-            print(samples[-1], flush=True)
-            if elapsed >= args.seconds:
-                break
-            time.sleep(min(args.interval, max(0.0, args.seconds - elapsed)))
-        driver.stop.set()
-        for t in threads:
-            t.join(timeout=60)
-        duration = time.monotonic() - started
+        with launch_facade(args.model_repository, triton.grpc_url, args.out) as facade:
+            base, target = facade.base_url, facade.target
+            model = httpx.get(f"{base}/v1/models").json()["data"][0]["id"]
+            with grpc.insecure_channel(target) as channel:
+                stub = pb_grpc.EmbeddingServiceStub(channel)
+                expected = np.array([list(stub.Embed(pb.EmbedRequest(inputs=[t]), timeout=30).embeddings[0].values)
+                                     for t in TEXTS], dtype=np.float32)
+            driver = Driver(target, base, model, expected)
+            threads = [threading.Thread(target=driver.grpc_worker, args=(s,)) for s in range(args.grpc_workers)]
+            threads += [threading.Thread(target=driver.http_worker, args=(100 + s,)) for s in range(args.http_workers)]
+            threads.append(threading.Thread(target=driver.stream_worker))
+            fproc, tproc = psutil.Process(facade.process.pid), psutil.Process(triton.process.pid)
+            started = time.monotonic()
+            for t in threads:
+                t.start()
+            while True:
+                elapsed = time.monotonic() - started
+                f_rss, f_fds = usage(tree(fproc))
+                t_rss, t_fds = usage(tree(tproc))
+                with driver.lock:
+                    done = sum(driver.outcomes.values())
+                samples.append({"t_s": round(elapsed, 1), "facade_rss_mib": round(f_rss, 1), "facade_fds": f_fds,
+                                "triton_rss_mib": round(t_rss, 1), "triton_fds": t_fds, "requests": done})
+                print(samples[-1], flush=True)
+                if elapsed >= args.seconds:
+                    break
+                time.sleep(min(args.interval, max(0.0, args.seconds - elapsed)))
+            driver.stop.set()
+            for t in threads:
+                t.join(timeout=60)
+            duration = time.monotonic() - started
+            # The exit code after SIGTERM: a graceful drain ends in 0.
+            facade.process.terminate()
+            code = facade.process.wait(timeout=30)
     finally:
-        facade.terminate()
-        code = facade.wait(timeout=30)
         triton.stop()
-        log.close()
 
     with open(args.out / "soak.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(samples[0]))

@@ -56,6 +56,18 @@ class Metrics:
         )
         self.in_flight = Gauge("qwen3_embed_in_flight_requests", "Requests being served", registry=r)
         self.triton_up = Gauge("qwen3_embed_triton_up", "1 when Triton and the model are ready", registry=r)
+        # Supervision of the local Triton (both stay 0 with --triton-url).
+        self.triton_restarts = Counter(
+            "qwen3_embed_triton_restarts",
+            "Starts of the local Triton after it died, hung or failed to start",
+            registry=r,
+        )
+        self.triton_failures = Gauge(
+            "qwen3_embed_triton_consecutive_failures",
+            "Local Triton deaths and failed starts since it last stayed up a minute; "
+            "past triton_max_restarts the facade exits non-zero",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,5 +1,10 @@
 """The facade process: (local Triton) + gRPC server + HTTP server in one event loop, with health
-tracking and graceful shutdown on SIGTERM/SIGINT."""
+tracking and graceful shutdown on SIGTERM/SIGINT.
+
+Exit codes of `qwen3-embed serve`: 0 after SIGTERM/SIGINT, 2 on a permanent misconfiguration (one
+message, at start-up), 4 when the local Triton cannot be kept up (an orchestrator then restarts the pod).
+Whatever the path, the local tritonserver does not outlive the facade (see service/triton/runtime.py).
+"""
 
 from __future__ import annotations
 
@@ -8,17 +13,25 @@ import contextlib
 import json
 import logging
 import signal
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
+
+import uvicorn
 
 from service.api.grpc_server import build_grpc_server, set_serving
+from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.settings import Settings
 from service.state import ServiceState
 from service.triton.client import TritonBackend
-from service.triton.runtime import TritonProcess, start_triton
+from service.triton.supervisor import Misconfiguration, TritonGaveUp, TritonSupervisor, read_model_config
 
 log = logging.getLogger("qwen3_embed")
+
+EXIT_MISCONFIGURED = 2
+EXIT_TRITON_GAVE_UP = 4  # not 3: uvicorn exits 3 when it cannot start
 
 
 @dataclass
@@ -29,46 +42,76 @@ class RunningService:
     state: ServiceState
     grpc_port: int
     http_port: int
-    triton: TritonProcess | None
+    supervisor: TritonSupervisor | None
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    fatal: BaseException | None = None  # why a background task ended the facade
 
 
-async def start_service(settings: Settings) -> tuple[RunningService, Any]:
-    """Starts everything and returns (handles, shutdown coroutine function)."""
-    triton: TritonProcess | None = None
-    url = settings.triton_url
-    if not url:
-        log.info("starting Triton on %s", settings.model_repository)
-        triton = await asyncio.to_thread(
-            start_triton,
-            settings.model_repository,
-            settings.triton_log,
-            timeout=settings.triton_start_timeout_s,
-        )
-        url = triton.grpc_url
-        log.info("Triton ready at %s (log: %s)", url, settings.triton_log)
+async def start_service(
+    settings: Settings, stop_event: asyncio.Event | None = None
+) -> tuple[RunningService, Callable[[], Awaitable[None]]]:
+    """Starts everything and returns (handles, shutdown coroutine function). Raises Misconfiguration or
+    TritonGaveUp when start-up cannot succeed; what was started is stopped first, Triton included (also
+    when cancelled)."""
     metrics = Metrics()
+    supervisor = None if settings.triton_url else TritonSupervisor(settings, metrics)
+    url = supervisor.grpc_url if supervisor is not None else settings.triton_url
     backend = TritonBackend(url, settings.model_name, settings.max_message_bytes)
     state = ServiceState(settings, backend, metrics)
-    server, health_servicer, grpc_port = build_grpc_server(state, settings)
-    await set_serving(health_servicer, False)
-    await state.refresh()
-    await server.start()
-    await set_serving(health_servicer, state.ready)
+    lifecycle = Lifecycle(state)
+    server = None
+    http_server: uvicorn.Server | None = None
+    http_task: asyncio.Task[None] | None = None
+    http_port = 0
+    try:
+        try:
+            server, health_servicer, grpc_port = build_grpc_server(lifecycle, settings)
+        except (OSError, RuntimeError) as exc:  # API keys or TLS files unreadable, port taken
+            raise Misconfiguration(f"cannot set up the gRPC server: {exc}") from None
+        if supervisor is not None:
+            # Before Triton starts: a broken export or tokenizer fails start-up at once, with one message.
+            state.embedder = await state.load_model(read_model_config(settings))
+        # Listeners first (NOT_SERVING, liveness SERVING): a taken port fails before Triton's long start.
+        await set_serving(health_servicer, False)
+        await server.start()
+        if settings.http_port:
+            from service.api.http_server import start_http
+
+            check_port_free(settings.host, settings.http_port)
+            http_server, http_task, http_port = await start_http(lifecycle, settings)
+        if supervisor is not None:
+            await supervisor.start()
+        await state.refresh()
+        await set_serving(health_servicer, state.ready)
+    except BaseException:
+        await _abort(supervisor, server, http_server, http_task, state)
+        raise
+
+    running = RunningService(
+        settings, state, grpc_port, http_port, supervisor, stop_event=stop_event or asyncio.Event()
+    )
 
     async def on_change(ready: bool) -> None:
         await set_serving(health_servicer, ready)
 
-    running = RunningService(settings, state, grpc_port, 0, triton)
-    running.tasks.append(asyncio.create_task(state.watch(on_change)))
+    def end_on_failure(task: asyncio.Task[Any]) -> None:
+        """A background task that ends by raising ends the facade (with a non-zero exit code)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        if not isinstance(exc, Misconfiguration | TritonGaveUp):
+            log.error("%s failed", task.get_name(), exc_info=exc)
+        running.fatal = running.fatal or exc
+        running.stop_event.set()
 
-    http_server = None
-    http_task: asyncio.Task[None] | None = None
-    if settings.http_port:
-        from service.api.http_server import start_http
-
-        http_server, http_task, running.http_port = await start_http(state, settings)
+    background = [asyncio.create_task(state.watch(on_change), name="readiness watch")]
+    if supervisor is not None:
+        background.append(asyncio.create_task(supervisor.run(), name="Triton supervisor"))
+    for task in background:
+        task.add_done_callback(end_on_failure)
+    running.tasks += background
+    if http_task is not None:
         running.tasks.append(http_task)
 
     async def shutdown() -> None:
@@ -82,7 +125,7 @@ async def start_service(settings: Settings) -> tuple[RunningService, Any]:
         await server.stop(settings.drain_seconds)
         if http_task is not None:  # uvicorn finishes its accepted requests (bounded by its graceful timeout)
             await asyncio.wait({http_task}, timeout=settings.drain_seconds)
-        for task in running.tasks:
+        for task in running.tasks:  # the supervisor first of all: no restart from here on
             task.cancel()
         for task in running.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -90,22 +133,85 @@ async def start_service(settings: Settings) -> tuple[RunningService, Any]:
         await backend.close()
         if state.embedder is not None:
             state.embedder.close()
-        if triton is not None:
-            await asyncio.to_thread(triton.stop)
+        if supervisor is not None:
+            await supervisor.stop()
         log.info("stopped")
 
     return running, shutdown
 
 
+def check_port_free(host: str, port: int) -> None:
+    """uvicorn reports a taken port by sys.exit inside its task, which escapes the event loop and this
+    module's clean-up: find out first, and say it in one line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as exc:
+        raise Misconfiguration(f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
+
+
+async def _abort(
+    supervisor: TritonSupervisor | None,
+    server: Any,
+    http_server: uvicorn.Server | None,
+    http_task: asyncio.Task[None] | None,
+    state: ServiceState,
+) -> None:
+    """Undoes a failed or cancelled start-up: Triton first, synchronously, so nothing can skip it."""
+    if supervisor is not None:
+        supervisor.kill()
+    if http_server is not None:
+        http_server.should_exit = True
+    if http_task is not None:
+        http_task.cancel()
+    with contextlib.suppress(Exception):
+        if server is not None:
+            await server.stop(0)
+        await state.backend.close()
+    if state.embedder is not None:
+        state.embedder.close()
+
+
 async def serve_forever(settings: Settings) -> None:
-    running, shutdown = await start_service(settings)
+    """Serves until SIGTERM/SIGINT. Exits non-zero (SystemExit) on a permanent misconfiguration or when the
+    local Triton cannot be kept up; see the module docstring for the codes."""
+    loop = asyncio.get_running_loop()
+    stop_event = asyncio.Event()
+    # Handled from the very start: a stop during start-up still stops Triton.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_event.set)
+    starting = asyncio.create_task(start_service(settings, stop_event))
+    stopped = asyncio.create_task(stop_event.wait())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not starting.done():
+        log.info("stop requested during start-up")
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return
+    try:
+        running, shutdown = starting.result()
+    except (Misconfiguration, TritonGaveUp) as exc:
+        exit_for(exc)
     log.info("settings %s", json.dumps(settings.describe(), default=str))
     print_endpoints(running)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, running.stop_event.set)
-    await running.stop_event.wait()
+    await stop_event.wait()
     await shutdown()
+    if running.fatal is not None:
+        exit_for(running.fatal)
+
+
+def exit_for(exc: BaseException) -> NoReturn:
+    """One clear line, then the exit code that tells an orchestrator what happened."""
+    if isinstance(exc, Misconfiguration):
+        log.error("cannot serve: %s", exc)
+        raise SystemExit(EXIT_MISCONFIGURED)
+    if isinstance(exc, TritonGaveUp):
+        log.error("giving up, exiting so that the pod is restarted: %s", exc)
+        raise SystemExit(EXIT_TRITON_GAVE_UP)
+    raise SystemExit(1)  # an unexpected error, logged with its traceback where it happened
 
 
 def print_endpoints(running: RunningService) -> None:

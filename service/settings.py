@@ -8,8 +8,6 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-SECRET_FIELDS = {"api_keys"}
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QWEN3_EMBED_", extra="ignore")
@@ -31,9 +29,24 @@ class Settings(BaseSettings):
     # Request limits
     max_batch_inputs: int = Field(2048, ge=1)
     max_in_flight: int = Field(64, ge=1, description="Concurrent requests per process; beyond -> overloaded")
-    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="gRPC request size; refused from the length prefix"
+    )
     max_http_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_request_tokens: int = Field(
+        1 << 20, ge=16, description="Tokens (or token ids) in one request, all inputs together"
+    )
     default_timeout_s: float = Field(60.0, gt=0, description="Deadline when the client sets none")
+    stream_window: int = Field(8, ge=1, description="EmbedStream messages in progress per stream")
+
+    # HTTP connections
+    http_max_connections: int = Field(
+        0, ge=0, description="Open HTTP connections; beyond, new ones are closed at once. 0 = from the fd limit"
+    )
+    http_request_timeout_s: float = Field(
+        30.0, gt=0, description="Time a client has to send a whole request (headers and body)"
+    )
+    http_keepalive_s: float = Field(5.0, gt=0, description="Idle time before a kept-alive connection is closed")
 
     # Pipeline
     buckets: Annotated[list[int], NoDecode] = Field(
@@ -48,6 +61,13 @@ class Settings(BaseSettings):
     # Lifecycle
     drain_seconds: float = Field(10.0, ge=0)
     health_poll_s: float = Field(1.0, gt=0)
+
+    # Supervision (local Triton)
+    triton_max_restarts: int = Field(
+        5, ge=0, description="Restarts in a row (Triton up < 1 min in between) before the facade exits non-zero"
+    )
+    triton_restart_backoff_s: float = Field(1.0, gt=0, description="Delay before the 2nd restart in a row")
+    triton_restart_backoff_max_s: float = Field(30.0, gt=0, description="The delay doubles up to this")
 
     # Security
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)

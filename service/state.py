@@ -1,12 +1,12 @@
-"""Process-wide serving state: the Triton backend, the Embedder once the model is known, readiness,
-admission control and draining. Both APIs go through it."""
+"""Process-wide serving state: the Triton backend, the Embedder once the model is known, readiness and
+draining. Admission lives in service/admission.py, the request lifecycle in service/lifecycle.py."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from service.metrics import Metrics
 from service.model_info import ModelInfo
@@ -15,6 +15,7 @@ from service.pipeline.errors import ErrorKind, ServiceError
 from service.pipeline.tokenization import TextTokenizer, load_tokenizer
 from service.settings import Settings
 from service.triton.client import TritonBackend
+from service.triton.supervisor import Misconfiguration
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +28,23 @@ class ServiceState:
         self.embedder: Embedder | None = None
         self.ready = False
         self.draining = False
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
-        self._readiness_listeners: list[asyncio.Queue[bool]] = []
 
-    async def _load_model(self) -> Embedder:
+    async def load_model(self, config: Any = None) -> Embedder:
+        """The Embedder: the model description from Triton's model config (or `config`, read from a local
+        repository before Triton starts) and the tokenizer. Raises Misconfiguration when they are unusable,
+        which no retry fixes; a Triton that does not answer raises its client's (passing) error."""
         s = self.settings
-        config = await self.backend.model_config()
-        info = ModelInfo.from_triton_config(config, s.served_model_name)
-        tokenizer = TextTokenizer(
-            load_tokenizer(s.resolved_tokenizer_dir(), info.embedding_rows), info.eos_id, info.embedding_rows
-        )
+        if config is None:
+            config = await self.backend.model_config()
+        try:
+            info = ModelInfo.from_triton_config(config, s.served_model_name)
+        except (ValueError, KeyError) as exc:  # missing parameters, bad numbers or JSON
+            raise Misconfiguration(f"the model description of {s.model_name!r} is unusable: {exc}") from None
+        tokenizer_dir = s.resolved_tokenizer_dir()
+        try:
+            tokenizer = TextTokenizer(load_tokenizer(tokenizer_dir, info.embedding_rows))
+        except Exception as exc:  # missing, unreadable or corrupt files: none of it heals by itself
+            raise Misconfiguration(f"cannot load the tokenizer from {tokenizer_dir}: {exc}") from None
         log.info(
             "model %s (%s): dim %d, min dim %d, max tokens %d, prompts %s",
             info.served_name,
@@ -46,26 +54,33 @@ class ServiceState:
             info.max_input_tokens,
             sorted(info.prompts),
         )
-        return Embedder(
-            info,
-            tokenizer,
-            self.backend,
-            self.metrics,
-            max_batch_inputs=s.max_batch_inputs,
-            buckets=s.buckets,
-            token_budget=s.token_budget,
-            max_triton_batch=s.max_triton_batch,
-            tokenizer_threads=s.tokenizer_threads,
-        )
+        try:
+            return Embedder(
+                info,
+                tokenizer,
+                self.backend,
+                self.metrics,
+                max_batch_inputs=s.max_batch_inputs,
+                max_request_tokens=s.max_request_tokens,
+                buckets=s.buckets,
+                token_budget=s.token_budget,
+                max_triton_batch=s.max_triton_batch,
+                tokenizer_threads=s.tokenizer_threads,
+            )
+        except ValueError as exc:  # settings that do not fit this model (buckets)
+            raise Misconfiguration(f"settings do not fit model {s.model_name!r}: {exc}") from None
 
     async def refresh(self) -> bool:
-        """Checks Triton; loads the model facts the first time it is ready. Returns readiness."""
+        """Checks Triton; loads the model facts the first time it is ready. Returns readiness. Raises
+        Misconfiguration when the model facts can never be loaded: better to exit than stay unready."""
         ready = await self.backend.is_ready()
         if ready and self.embedder is None:
             try:
-                self.embedder = await self._load_model()
-            except Exception:
-                log.exception("could not load the model description from Triton")
+                self.embedder = await self.load_model()
+            except Misconfiguration:
+                raise
+            except Exception as exc:  # Triton went away between the two calls: the next poll retries
+                log.warning("could not read the model description from Triton: %s", exc)
                 ready = False
         ready = ready and self.embedder is not None and not self.draining
         if ready != self.ready:
@@ -74,16 +89,22 @@ class ServiceState:
         self.metrics.triton_up.set(1 if ready else 0)
         return ready
 
-    async def watch(self, on_change: object = None) -> None:
-        """Polls readiness forever; calls on_change(ready) when it flips."""
+    async def watch(self, on_change: Callable[[bool], Awaitable[None]] | None = None) -> None:
+        """Polls readiness until cancelled; calls on_change(ready) when it flips. Ends only by raising
+        Misconfiguration (see refresh)."""
         last: bool | None = None
+        failing = False
         while True:
             try:
                 ready = await self.refresh()
+                failing = False
+            except Misconfiguration:
+                raise
             except Exception:
-                log.exception("readiness check failed")
-                ready = False
-            if ready != last and callable(on_change):
+                if not failing:  # one traceback per episode, not one per poll
+                    log.exception("readiness check failed")
+                failing, ready = True, False
+            if ready != last and on_change is not None:
                 await on_change(ready)
             last = ready
             await asyncio.sleep(self.settings.health_poll_s)
@@ -94,20 +115,3 @@ class ServiceState:
         if self.embedder is None:
             raise ServiceError(ErrorKind.UNAVAILABLE, "the model is not loaded yet; retry shortly")
         return self.embedder
-
-    @asynccontextmanager
-    async def admit(self, wait: bool = False) -> AsyncIterator[None]:
-        """One in-flight slot. Unary calls are refused at once when full (wait=False); stream messages
-        wait for a slot instead (backpressure)."""
-        if not wait and self._slots.locked():
-            raise ServiceError(
-                ErrorKind.RESOURCE_EXHAUSTED,
-                f"server overloaded: {self.settings.max_in_flight} requests in flight; retry after a short backoff",
-            )
-        await self._slots.acquire()
-        self.metrics.in_flight.inc()
-        try:
-            yield
-        finally:
-            self.metrics.in_flight.dec()
-            self._slots.release()

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from service.bench.clients import check_vectors
-from service.bench.stats import Sample, percentile, ratio, summarize
-from service.bench.workload import LengthSpec, batches, make_texts, sample_lengths, spec_for
+from devtools.bench.clients import check_vectors
+from devtools.bench.stats import Sample, percentile, ratio, summarize
+from devtools.bench.workload import LengthSpec, batches, make_texts, sample_lengths, spec_for
 
 
 def test_percentile_matches_linear_interpolation() -> None:
@@ -76,7 +77,7 @@ def test_generated_texts_have_the_requested_token_count(model_repository: Path) 
 
 
 async def test_bench_closed_and_open_loop_against_the_facade(facade: Any) -> None:
-    from service.bench.cli import run_bench
+    from devtools.bench.cli import run_bench
 
     texts = make_texts(spec_for("short"), 16)
     common: dict[str, Any] = dict(
@@ -132,6 +133,20 @@ def test_bench_command_json(facade: Any) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert report["ok"] == 4 and report["dimensions"] > 0 and report["tokens_per_s"] > 0
+
+
+def test_bench_runs_as_a_module_too() -> None:
+    """`python -m devtools.bench`: the load generator without an installed `qwen3-embed`."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "devtools.bench", "--help"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--concurrency" in proc.stdout and "--workload" in proc.stdout
 
 
 def test_suite_smoke(model_repository: Path, dev_model_dir: Path, triton: Any, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import psutil
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.triton.runtime import free_port
+from service.triton.runtime import SHM_DIR, free_port
 from tests.helpers import ROOT, Facade, wait_for
 
 
@@ -32,24 +32,17 @@ def test_embed_command(facade: Facade) -> None:
     assert bad.exit_code != 0 and "INVALID_ARGUMENT" in bad.output
 
 
+def triton_command(model_repository: Path, ports: list[int], log_file: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "service.cli", "triton", "--model-repository", str(model_repository),
+        "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2]),
+        "--log-file", str(log_file),
+    ]  # fmt: skip
+
+
 def test_triton_command_runs_and_stops_cleanly(model_repository: Path, tmp_path: Path) -> None:
     ports = [free_port() for _ in range(3)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "service.cli",
-        "triton",
-        "--model-repository",
-        str(model_repository),
-        "--grpc-port",
-        str(ports[0]),
-        "--http-port",
-        str(ports[1]),
-        "--metrics-port",
-        str(ports[2]),
-        "--log-file",
-        str(tmp_path / "triton.log"),
-    ]
+    cmd = triton_command(model_repository, ports, tmp_path / "triton.log")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def ready() -> bool:
@@ -74,3 +67,35 @@ def test_triton_command_runs_and_stops_cleanly(model_repository: Path, tmp_path:
     assert proc.returncode == 0, out
     assert "Triton ready" in out and "Triton stopped" in out
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]  # no orphans
+
+
+def test_triton_command_sigkilled_leaves_no_tritonserver(model_repository: Path, tmp_path: Path) -> None:
+    """SIGKILL runs no clean-up: the kernel's parent-death signal must stop Triton, even mid-start."""
+    cmd = triton_command(model_repository, [free_port() for _ in range(3)], tmp_path / "triton.log")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def server() -> psutil.Process | None:
+        children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+        return next((c for c in children if c.name() == "tritonserver"), None)
+
+    try:
+        wait_for(lambda: server() is not None, 60, "tritonserver to start")
+        tritonserver = server()
+        assert tritonserver is not None
+        # Its stubs carry its shared-memory prefix on their command line: all of this Triton's processes.
+        prefix = next(a.split("=")[-1] for a in tritonserver.cmdline() if "shm-region-prefix-name" in a)
+        proc.kill()
+        proc.wait()
+
+        def left() -> list[psutil.Process]:
+            return [
+                p
+                for p in psutil.process_iter(["cmdline", "status"])
+                if p.info["status"] != psutil.STATUS_ZOMBIE and prefix in " ".join(p.info["cmdline"] or [])
+            ]
+
+        wait_for(lambda: not left(), 30, "no process of the killed command's Triton")
+        assert not list(SHM_DIR.glob(f"{prefix}*")), "its shared memory"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -130,7 +130,7 @@ def test_truncation_modes(stub) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.RpcError) as err:
         embed(stub, ["short", long_text])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert re.search(r"input 1 has \d{4} tokens, more than the model's limit of 512", err.value.details())
+    assert "input 1 has more than the model's limit of 512 tokens" in err.value.details()
     for mode in (pb.TRUNCATE_END, pb.TRUNCATE_START):
         tok = stub.Tokenize(pb.TokenizeRequest(inputs=[long_text], truncate=mode), timeout=30)
         assert tok.inputs[0].count == TEST_MAX_TOKENS and tok.inputs[0].truncated

@@ -1,6 +1,6 @@
 """The container images (docker/*.Dockerfile), checked without a Docker engine: what they COPY exists and
 survives the .dockerignore, their entrypoints are real `qwen3-embed` commands, they run as non-root, and
-the facade image stays free of torch."""
+the facade image stays free of torch and of the export and developer code."""
 
 from __future__ import annotations
 
@@ -193,8 +193,23 @@ def test_copied_paths_exist_and_reach_the_build(dockerfile: str) -> None:
                 if "__pycache__" not in relative:
                     assert not ignored(relative, rules), f"{relative} would be missing from the image"
     # The package's own metadata and code are in; the local virtualenv is not sent to the daemon.
-    assert {"pyproject.toml", "service", "export"} <= {s.rstrip("/").removeprefix("./") for s in sources}
+    needed = {"pyproject.toml", "service"} | ({"export"} if dockerfile == "export.Dockerfile" else set())
+    assert needed <= {s.rstrip("/").removeprefix("./") for s in sources}
     assert ignored(".venv/lib/python3.11/site-packages/torch/__init__.py", rules)
+
+
+def test_facade_image_has_no_export_or_developer_code() -> None:
+    """The serving wheel holds service/ only: the facade build copies nothing else, and its .dockerignore
+    keeps export/ and devtools/ out of the build context."""
+    path = DOCKER / "facade.Dockerfile"
+    _, stages = parse(path)
+    sources = {s.rstrip("/").removeprefix("./") for stage in stages for s in copy_sources(stage)}
+    assert sources == {"pyproject.toml", "README.md", "service"}, sources
+    rules = dockerignore_rules(path)
+    for package in ("export", "devtools"):
+        files = [p.relative_to(ROOT).as_posix() for p in (ROOT / package).rglob("*.py")]
+        assert files, f"{package}/ has no Python files to check"
+        assert all(ignored(f, rules) for f in files), f"{package}/ reaches the facade build context"
 
 
 @pytest.mark.parametrize("dockerfile", sorted(IMAGES))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.proto_gen import GEN_ROOT, generate, generated_snapshot
+from devtools.proto_gen import GEN_ROOT, generate, generated_snapshot
 
 
 def test_stubs_are_fresh(tmp_path: Path) -> None:

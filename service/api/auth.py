@@ -36,9 +36,7 @@ class KeyChecker:
 
 def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(
-            grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key (authorization: Bearer <key>)"
-        )
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key (authorization: Bearer <key>)")
 
     async def abort_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await abort(request, context)
@@ -50,7 +48,8 @@ def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return grpc.stream_unary_rpc_method_handler(abort)
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(abort_stream)
-    return grpc.unary_unary_rpc_method_handler(abort, request_deserializer=handler.request_deserializer)
+    # No deserializer: an unauthenticated message is refused as raw bytes, never parsed.
+    return grpc.unary_unary_rpc_method_handler(abort)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

@@ -7,13 +7,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.api.auth import AuthInterceptor, KeyChecker
-from service.api.grpc_service import EmbeddingService
-from service.gen.embedding.v1 import embedding_pb2 as pb
-from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
+from service.api.grpc_service import SERVICE_NAME, EmbeddingService, method_handlers
+from service.lifecycle import Lifecycle
 from service.settings import Settings
-from service.state import ServiceState
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 # Health name for liveness probes: SERVING while the process runs, whatever Triton's state, so a
 # Triton outage makes pods unready (no traffic) without restarting the facade.
 LIVENESS_NAME = "liveness"
@@ -30,10 +27,17 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(pair)
 
 
+def max_concurrent_rpcs(settings: Settings) -> int:
+    """Calls (any method, health included) the server holds at once, so messages being received are
+    bounded too: twice the in-flight capacity leaves room for probes and queued stream messages."""
+    return 2 * settings.max_in_flight + 32
+
+
 def build_grpc_server(
-    state: ServiceState, settings: Settings
+    lifecycle: Lifecycle, settings: Settings
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """Returns the (not yet started) server, its health servicer and the bound port."""
+    state = lifecycle.state
     checker = KeyChecker(settings.all_api_keys(), settings.auth_exempt)
     interceptors = []
     if checker.enabled:
@@ -46,14 +50,18 @@ def build_grpc_server(
             )
         )
     options = [
+        # Refused from the length prefix, before the message is buffered.
         ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Responses are bounded by max_batch_inputs x dimensions; the server never refuses its own.
+        ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 1),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
-    server = grpc.aio.server(interceptors=interceptors, options=options)
-    pb_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingService(state), server)
+    server = grpc.aio.server(
+        interceptors=interceptors, options=options, maximum_concurrent_rpcs=max_concurrent_rpcs(settings)
+    )
+    server.add_generic_rpc_handlers((method_handlers(EmbeddingService(lifecycle, settings.stream_window)),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

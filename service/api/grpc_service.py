@@ -1,26 +1,33 @@
-"""embedding.v1.EmbeddingService over the shared pipeline."""
+"""embedding.v1.EmbeddingService: the gRPC transport over the shared request lifecycle.
+
+Requests arrive as raw bytes (the method handlers have no deserializer): their size and input count are
+checked on the wire before anything is parsed, and only after authentication (an interceptor).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
-from service import __version__
+from service.api.info import info_fields
+from service.api.wire import count_field
 from service.gen.embedding.v1 import embedding_pb2 as pb
-from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
-from service.pipeline.embedder import EmbedResult
+from service.lifecycle import Embedded, Lifecycle
+from service.pipeline.embedder import Embedder
 from service.pipeline.encoding import pack
-from service.pipeline.errors import ErrorKind, ServiceError
+from service.pipeline.errors import ErrorKind, ServiceError, invalid
 from service.pipeline.params import EmbedParams, Encoding, Truncate
-from service.state import ServiceState
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 STATUS = {
     ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
     ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
@@ -40,45 +47,53 @@ ENCODING = {
     pb.ENCODING_UBINARY: Encoding.UBINARY,
 }
 ENCODING_PB = {v: k for k, v in ENCODING.items()}
-STREAM_WINDOW = 8  # messages of one stream in progress at once; reading pauses beyond it
+INPUTS_FIELD = 1  # `repeated string inputs = 1` in EmbedRequest and TokenizeRequest
+
+
+def parse_request(raw: bytes, message: type[M], max_inputs: int) -> M:
+    """Wire checks, then the real parser. Counting stops past the limit, so a message of millions of
+    tiny inputs is refused without building them."""
+    if count_field(raw, INPUTS_FIELD, max_inputs) > max_inputs:
+        raise invalid(f"more than the limit of {max_inputs} inputs per request; split the batch", "inputs")
+    try:
+        return message.FromString(raw)
+    except DecodeError:
+        raise invalid(f"the request is not a valid {message.DESCRIPTOR.name} message") from None
+
+
+def _truncate(value: int) -> Truncate:
+    if value not in TRUNCATE:
+        raise invalid(f"unknown truncate value {value}", "truncate")
+    return TRUNCATE[value]  # type: ignore[index]
 
 
 def params_from_proto(request: pb.EmbedRequest) -> EmbedParams:
-    if request.truncate not in TRUNCATE:
-        raise ServiceError(
-            ErrorKind.INVALID_ARGUMENT, f"unknown truncate value {request.truncate}", "truncate"
-        )
     if request.encoding not in ENCODING:
-        raise ServiceError(
-            ErrorKind.INVALID_ARGUMENT, f"unknown encoding value {request.encoding}", "encoding"
-        )
+        raise invalid(f"unknown encoding value {request.encoding}", "encoding")
     return EmbedParams(
         texts=tuple(request.inputs),
         instruction=request.instruction,
         prompt_name=request.prompt_name,
         dimensions=request.dimensions,
         normalize=request.normalize if request.HasField("normalize") else True,
-        truncate=TRUNCATE[request.truncate],
+        truncate=_truncate(request.truncate),
         encoding=ENCODING[request.encoding],
         request_id=request.request_id,
     )
 
 
-def response_from_result(params: EmbedParams, result: EmbedResult, model: str) -> pb.EmbedResponse:
+def response_from_result(embedded: Embedded) -> pb.EmbedResponse:
+    params, result = embedded.params, embedded.result
     response = pb.EmbedResponse(
-        model=model,
+        model=embedded.model,
         dimensions=result.dimensions,
         request_id=params.request_id,
         encoding=ENCODING_PB[params.encoding],
         usage=pb.Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
-        timings=pb.Timings(
-            tokenize_ms=result.tokenize_ms, inference_ms=result.inference_ms, total_ms=result.total_ms
-        ),
+        timings=pb.Timings(tokenize_ms=result.tokenize_ms, inference_ms=result.inference_ms, total_ms=result.total_ms),
     )
     if params.encoding is Encoding.FLOAT:
-        response.embeddings.extend(
-            pb.Embedding(index=i, values=row) for i, row in enumerate(result.vectors.tolist())
-        )
+        response.embeddings.extend(pb.Embedding(index=i, values=row) for i, row in enumerate(result.vectors.tolist()))
     else:
         response.embeddings.extend(
             pb.Embedding(index=i, packed=data) for i, data in enumerate(pack(result.vectors, params.encoding))
@@ -86,18 +101,28 @@ def response_from_result(params: EmbedParams, result: EmbedResult, model: str) -
     return response
 
 
-class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
-    def __init__(self, state: ServiceState) -> None:
-        self.state = state
+def short(text: str, limit: int = 64) -> str:
+    """Client-chosen strings quoted in errors are cut: an error must not grow with the attacker's input."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
-    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+
+class EmbeddingService:
+    def __init__(self, lifecycle: Lifecycle, stream_window: int) -> None:
+        self.lifecycle = lifecycle
+        self.state = lifecycle.state
+        self.stream_window = stream_window
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
-        default = self.state.settings.default_timeout_s
-        return default if remaining is None else min(float(remaining), default * 10)
+        return self.lifecycle.deadline(None if remaining is None else float(remaining))
 
-    async def _guard(
-        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]
-    ) -> T:
+    def _parse_embed(self, raw: bytes) -> Callable[[Embedder], Awaitable[EmbedParams]]:
+        async def parse(embedder: Embedder) -> EmbedParams:
+            return params_from_proto(parse_request(raw, pb.EmbedRequest, embedder.max_batch_inputs))
+
+        return parse
+
+    async def _guard(self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
         """Runs one call: ServiceError -> its status code; anything else -> INTERNAL (a bug), logged."""
         metrics = self.state.metrics
         code = grpc.StatusCode.OK
@@ -120,83 +145,101 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
                 metrics.requests.labels("grpc", method, code.name).inc()
         raise AssertionError("unreachable")
 
-    async def _embed_one(self, request: pb.EmbedRequest, timeout: float, wait: bool) -> pb.EmbedResponse:
-        params = params_from_proto(request)
-        async with self.state.admit(wait=wait):
-            embedder = self.state.require_embedder()
-            result = await embedder.embed(params, timeout)
-        return response_from_result(params, result, embedder.info.served_name)
+    async def Embed(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        deadline = self._deadline(context)
 
-    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
-        timeout = self._timeout(context)
-        return await self._guard("Embed", context, lambda: self._embed_one(request, timeout, wait=False))
+        async def work() -> pb.EmbedResponse:
+            return response_from_result(await self.lifecycle.embed(self._parse_embed(raw), deadline))
+
+        return await self._guard("Embed", context, work)
 
     async def EmbedStream(
-        self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
+        self, raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EmbedResponse]:
-        """Each message is embedded on its own, STREAM_WINDOW at a time; the stream ends with the first
-        error (its status names the failing message's request_id)."""
-        results: asyncio.Queue[pb.EmbedResponse | ServiceError | None] = asyncio.Queue()
-        window = asyncio.Semaphore(STREAM_WINDOW)
+        """Each message is embedded on its own, at most `stream_window` at a time: a window slot is freed
+        when its response has been handed to the transport, so a client that stops reading stops the
+        stream's work. On the first failing message no new message is read; the ones already read still
+        get their responses, then the stream ends with that message's error (naming its request_id)."""
+        window = asyncio.Semaphore(self.stream_window)
+        done: asyncio.Queue[pb.EmbedResponse | ServiceError | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
+        started = 0
+        metrics = self.state.metrics
 
-        async def one(request: pb.EmbedRequest) -> None:
+        async def one(raw: bytes) -> None:
+            rid = ""
             try:
-                response = await self._embed_one(request, self._timeout(context), wait=True)
-                await results.put(response)
+
+                async def parse(embedder: Embedder) -> EmbedParams:
+                    nonlocal rid
+                    params = await self._parse_embed(raw)(embedder)
+                    rid = params.request_id
+                    return params
+
+                embedded = await self.lifecycle.embed(parse, self._deadline(context), stream=True)
+                done.put_nowait(response_from_result(embedded))
             except ServiceError as exc:
-                rid = request.request_id or "(no request_id)"
-                await results.put(ServiceError(exc.kind, f"request {rid}: {exc.message}", exc.param))
+                name = f"request {short(rid)!r}" if rid else "a request without request_id"
+                done.put_nowait(ServiceError(exc.kind, f"{name}: {exc.message}", exc.param))
             except Exception:
                 log.exception("unexpected error in EmbedStream")
-                await results.put(ServiceError(ErrorKind.INTERNAL, "internal error; it was logged"))
-            finally:
-                window.release()
+                done.put_nowait(ServiceError(ErrorKind.INTERNAL, "internal error; it was logged"))
 
         async def reader() -> None:
+            nonlocal started
             try:
-                async for request in request_iterator:
+                async for raw in raws:
                     await window.acquire()  # backpressure: stop reading while the window is full
-                    task = asyncio.create_task(one(request))
+                    started += 1
+                    task = asyncio.create_task(one(raw))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                while tasks:
-                    await asyncio.gather(*list(tasks), return_exceptions=True)
             finally:
-                await results.put(None)
+                done.put_nowait(None)
 
         reading = asyncio.create_task(reader())
-        metrics = self.state.metrics
+        error: ServiceError | None = None
+        answered, input_ended = 0, False
         try:
-            while True:
-                item = await results.get()
+            while not (input_ended and answered == started):
+                item = await done.get()
                 if item is None:
-                    break
+                    input_ended = True
+                    continue
+                answered += 1
                 if isinstance(item, ServiceError):
+                    window.release()
                     metrics.requests.labels("grpc", "EmbedStream", STATUS[item.kind].name).inc()
-                    await context.abort(STATUS[item.kind], item.message)
-                    return
+                    if error is None:
+                        error = item
+                        reading.cancel()  # read nothing more; finish what was read
+                    continue
                 metrics.requests.labels("grpc", "EmbedStream", "OK").inc()
                 yield item
+                window.release()
+            if error is not None:
+                await context.abort(STATUS[error.kind], error.message)
         finally:
             reading.cancel()
             for task in list(tasks):
                 task.cancel()
 
-    async def Tokenize(
-        self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
-    ) -> pb.TokenizeResponse:
+    async def Tokenize(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+        deadline = self._deadline(context)
+
         async def work() -> pb.TokenizeResponse:
-            if request.truncate not in TRUNCATE:
-                raise ServiceError(ErrorKind.INVALID_ARGUMENT, f"unknown truncate value {request.truncate}")
-            embedder = self.state.require_embedder()
-            params = EmbedParams(
-                texts=tuple(request.inputs),
-                instruction=request.instruction,
-                prompt_name=request.prompt_name,
-                truncate=TRUNCATE[request.truncate],
-            )
-            tokenized = await embedder.tokenize(params)
+            request = pb.TokenizeRequest()
+
+            async def parse(embedder: Embedder) -> EmbedParams:
+                request.CopyFrom(parse_request(raw, pb.TokenizeRequest, embedder.max_batch_inputs))
+                return EmbedParams(
+                    texts=tuple(request.inputs),
+                    instruction=request.instruction,
+                    prompt_name=request.prompt_name,
+                    truncate=_truncate(request.truncate),
+                )
+
+            tokenized, embedder = await self.lifecycle.tokenize(parse, deadline)
             response = pb.TokenizeResponse(
                 usage=pb.Usage(prompt_tokens=tokenized.token_count, total_tokens=tokenized.token_count)
             )
@@ -208,29 +251,29 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
 
         return await self._guard("Tokenize", context, work)
 
-    async def GetInfo(
-        self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext
-    ) -> pb.GetInfoResponse:
+    async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.GetInfoResponse:
         async def work() -> pb.GetInfoResponse:
             return pb.GetInfoResponse(**info_fields(self.state))
 
         return await self._guard("GetInfo", context, work)
 
 
-def info_fields(state: ServiceState) -> dict[str, Any]:
-    """The model and limits, shared by gRPC GetInfo and HTTP /info."""
-    embedder = state.require_embedder()
-    info = embedder.info
-    return {
-        "model": info.served_name,
-        "source_model": info.source_model,
-        "dimensions": info.hidden_size,
-        "min_dimensions": info.min_dimensions,
-        "max_input_tokens": info.max_input_tokens,
-        "max_batch_inputs": state.settings.max_batch_inputs,
-        "prompt_names": sorted(info.prompts),
-        "precision": info.precision,
-        "backend": info.backend,
-        "service_version": __version__,
-        "length_buckets": embedder.buckets,
+def method_handlers(service: EmbeddingService) -> grpc.GenericRpcHandler:
+    """The service's handlers; Embed, EmbedStream and Tokenize take raw bytes (see the module doc)."""
+    handlers = {
+        "Embed": grpc.unary_unary_rpc_method_handler(
+            service.Embed, response_serializer=pb.EmbedResponse.SerializeToString
+        ),
+        "EmbedStream": grpc.stream_stream_rpc_method_handler(
+            service.EmbedStream, response_serializer=pb.EmbedResponse.SerializeToString
+        ),
+        "Tokenize": grpc.unary_unary_rpc_method_handler(
+            service.Tokenize, response_serializer=pb.TokenizeResponse.SerializeToString
+        ),
+        "GetInfo": grpc.unary_unary_rpc_method_handler(
+            service.GetInfo,
+            request_deserializer=pb.GetInfoRequest.FromString,
+            response_serializer=pb.GetInfoResponse.SerializeToString,
+        ),
     }
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

@@ -1,274 +1,107 @@
-"""OpenAI-compatible HTTP API (FastAPI on uvicorn) in the facade's event loop, over the same pipeline."""
+"""uvicorn for the HTTP API, in the facade's event loop, with connection limits uvicorn lacks: a cap on open
+connections (set from the process's file-descriptor limit) and a deadline for receiving each request."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import resource
 import ssl
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
+import h11
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from service import __version__
-from service.api.auth import KeyChecker
-from service.api.grpc_service import info_fields
-from service.api.openai_schema import EmbeddingsRequest, EmbeddingsResponse, ErrorResponse
-from service.pipeline.encoding import float32_base64
-from service.pipeline.errors import ErrorKind, ServiceError
-from service.pipeline.params import EmbedParams, Truncate
+from service.api.http_app import build_app
+from service.lifecycle import Lifecycle
 from service.settings import Settings
-from service.state import ServiceState
 
 log = logging.getLogger(__name__)
-
-HTTP_STATUS = {
-    ErrorKind.INVALID_ARGUMENT: (400, "invalid_request_error"),
-    ErrorKind.NOT_FOUND: (404, "invalid_request_error"),
-    ErrorKind.PAYLOAD_TOO_LARGE: (413, "invalid_request_error"),
-    ErrorKind.UNAUTHENTICATED: (401, "invalid_request_error"),
-    ErrorKind.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
-    ErrorKind.UNAVAILABLE: (503, "service_unavailable"),
-    ErrorKind.DEADLINE_EXCEEDED: (504, "timeout"),
-    ErrorKind.CANCELLED: (499, "cancelled"),
-    ErrorKind.INTERNAL: (500, "server_error"),
-}
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 429, 503, 504)
-}
+# Descriptors kept for everything that is not an HTTP connection: gRPC connections, Triton, logs, probes.
+FD_RESERVE = 128
 
 
-def error_response(
-    kind: ErrorKind, message: str, param: str | None = None, code: str | None = None
-) -> JSONResponse:
-    status, error_type = HTTP_STATUS[kind]
-    headers = {"retry-after": "1"} if kind is ErrorKind.RESOURCE_EXHAUSTED else None
-    body = {"error": {"message": message, "type": error_type, "param": param, "code": code or kind.value}}
-    return JSONResponse(body, status_code=status, headers=headers)
+def raise_fd_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit; returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
 
 
-def params_from_openai(body: EmbeddingsRequest) -> EmbedParams:
-    raw = body.input
-    texts: tuple[str, ...] = ()
-    ids: tuple[tuple[int, ...], ...] = ()
-    if isinstance(raw, str):
-        texts = (raw,)
-    elif raw and all(isinstance(x, int) for x in raw):
-        ids = (tuple(raw),)  # type: ignore[arg-type]
-    elif raw and all(isinstance(x, list) for x in raw):
-        ids = tuple(tuple(x) for x in raw)  # type: ignore[arg-type,union-attr]
-    else:
-        texts = tuple(raw)  # type: ignore[arg-type]
-    prompt_name = body.prompt_name or ""
-    if body.input_type is not None:
-        if body.prompt_name:
-            raise ServiceError(
-                ErrorKind.INVALID_ARGUMENT, "set either input_type or prompt_name", "input_type"
-            )
-        prompt_name = "query" if body.input_type == "query" else ""
-    if body.dimensions is not None and body.dimensions < 1:
-        raise ServiceError(ErrorKind.INVALID_ARGUMENT, "dimensions must be a positive integer", "dimensions")
-    return EmbedParams(
-        texts=texts,
-        token_ids=ids,
-        instruction=body.instruction or "",
-        prompt_name=prompt_name,
-        dimensions=body.dimensions or 0,
-        normalize=body.normalize,
-        truncate=Truncate(body.truncate),
-    )
+def max_http_connections(settings: Settings) -> int:
+    """The configured cap, or half of the descriptors left after the reserve: HTTP clients can never take
+    the descriptors gRPC and health checks need."""
+    by_fds = max(8, (raise_fd_limit() - FD_RESERVE) // 2)
+    return min(settings.http_max_connections, by_fds) if settings.http_max_connections else min(by_fds, 4096)
 
 
-def build_app(state: ServiceState, settings: Settings) -> FastAPI:
-    app = FastAPI(
-        title="Qwen3-Embedding service",
-        version=__version__,
-        description="OpenAI-compatible embeddings over NVIDIA Triton. Extensions: instruction, prompt_name, "
-        "input_type, truncate, normalize.",
-    )
-    checker = KeyChecker(settings.all_api_keys(), settings.auth_exempt)
-    metrics = state.metrics
+class LimitedH11Protocol(H11Protocol):
+    """At most `max_connections` open: a new connection over the cap evicts the one that has waited longest
+    without a request in progress (an idle or slow client), or is closed itself when all are busy. A
+    connection whose request (headers and body) has not fully arrived within the request timeout is
+    closed: slow-loris, slow bodies and silent connections all end."""
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        """Auth, body size and content type before any parsing; metrics for every response."""
-        path = request.url.path
-        started = time.perf_counter()
-        response: Response
-        if (
-            checker.enabled
-            and not checker.is_exempt(path)
-            and not checker.check(request.headers.get("authorization"))
-        ):
-            response = error_response(
-                ErrorKind.UNAUTHENTICATED,
-                "missing or invalid API key (Authorization: Bearer <key>)",
-                code="invalid_api_key",
-            )
-        elif request.method == "POST" and _too_large(request, settings.max_http_body_bytes):
-            response = _payload_too_large(settings.max_http_body_bytes)
-        elif request.method == "POST" and "json" not in request.headers.get("content-type", "").lower():
-            response = JSONResponse(
-                {
-                    "error": {
-                        "message": "send the request body as application/json",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "unsupported_media_type",
-                    }
-                },
-                status_code=415,
-            )
-        else:
-            try:
-                response = await call_next(request)
-            except _BodyTooLarge:
-                response = _payload_too_large(settings.max_http_body_bytes)
-        route = path if path in KNOWN_PATHS else "other"
-        metrics.requests.labels("http", route, str(response.status_code)).inc()
-        metrics.request_seconds.labels("http", route).observe(time.perf_counter() - started)
-        return response
+    max_connections = 1024
+    request_timeout_s = 30.0
 
-    @app.exception_handler(RequestValidationError)
-    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        message = first.get("msg", "invalid request")
-        if first.get("type") == "json_invalid":
-            message = "the request body is not valid JSON (or not UTF-8)"
-        return error_response(
-            ErrorKind.INVALID_ARGUMENT, f"{'.'.join(loc) or 'body'}: {message}", loc[0] if loc else None
-        )
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._read_deadline: asyncio.TimerHandle | None = None
+        self._waiting_since = self.loop.time()
+        if len(self.server_state.connections) >= self.max_connections and not self._evict_one():
+            transport.abort()
+            return
+        super().connection_made(transport)
+        self._arm()
 
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # Framework errors (unparsable body, unknown path, wrong method) in OpenAI's shape too.
-        cause = exc.__cause__  # FastAPI turns errors from reading the body (in an ExceptionGroup) into a 400
-        if isinstance(cause, _BodyTooLarge) or (
-            isinstance(cause, BaseExceptionGroup) and cause.subgroup(_BodyTooLarge) is not None
-        ):
-            return _payload_too_large(settings.max_http_body_bytes)
-        message = (
-            "the request body could not be parsed (invalid JSON or not UTF-8)"
-            if exc.status_code == 400
-            else str(exc.detail)
-        )
-        body = {
-            "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "param": None,
-                "code": str(exc.status_code),
-            }
-        }
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    def _waiting(self) -> bool:
+        """No request of this connection is being served: nothing received yet, or a partial one."""
+        return self.conn.their_state is not h11.DONE and (self.cycle is None or self.cycle.response_complete)
 
-    @app.exception_handler(RecursionError)
-    async def on_recursion(request: Request, exc: RecursionError) -> JSONResponse:
-        return error_response(ErrorKind.INVALID_ARGUMENT, "the JSON body is nested too deeply")
-
-    @app.exception_handler(ServiceError)
-    async def on_service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.kind, exc.message, exc.param)
-
-    @app.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=ERROR_RESPONSES)
-    async def embeddings(body: EmbeddingsRequest) -> Response:
-        embedder = state.require_embedder()
-        info = embedder.info
-        if body.model not in (info.served_name, info.source_model, info.triton_name):
-            raise ServiceError(
-                ErrorKind.NOT_FOUND,
-                f"model {body.model!r} is not served here; served models: {info.served_name}",
-                "model",
-            )
-        params = params_from_openai(body)
-        async with state.admit(wait=False):
-            result = await embedder.embed(params, settings.default_timeout_s)
-        if body.encoding_format == "base64":
-            data: list[Any] = [float32_base64(v) for v in result.vectors]
-        else:
-            data = result.vectors.tolist()
-        payload = {
-            "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
-            "model": info.served_name,
-            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
-        }
-        return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        embedder = state.require_embedder()
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": embedder.info.served_name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "qwen3-embedding-service",
-                }
-            ],
-        }
-
-    @app.get("/health/live")
-    async def live() -> dict[str, str]:
-        return {"status": "live"}
-
-    @app.get("/health/ready")
-    async def ready() -> JSONResponse:
-        if state.ready:
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "not ready"}, status_code=503)
-
-    @app.get("/metrics")
-    async def metrics_endpoint() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/info")
-    async def info() -> dict[str, Any]:
-        return info_fields(state)
-
-    KNOWN_PATHS = {route.path for route in app.routes if hasattr(route, "path")}  # type: ignore[attr-defined]
-    return app
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-def _too_large(request: Request, limit: int) -> bool:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    def _evict_one(self) -> bool:
+        waiting = [c for c in self.server_state.connections if isinstance(c, LimitedH11Protocol) and c._waiting()]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda c: c._waiting_since)
+        oldest.transport.abort()
+        self.server_state.connections.discard(oldest)
         return True
-    # Chunked bodies without a length: cap what the app can read.
-    receive = request._receive
-    seen = 0
 
-    async def capped() -> Any:
-        nonlocal seen
-        message = await receive()
-        seen += len(message.get("body", b""))
-        if seen > limit:
-            raise _BodyTooLarge
-        return message
+    def _arm(self) -> None:
+        self._disarm()
+        self._read_deadline = self.loop.call_later(self.request_timeout_s, self._on_read_deadline)
 
-    request._receive = capped
-    return False
+    def _disarm(self) -> None:
+        timer = getattr(self, "_read_deadline", None)
+        if timer is not None:
+            timer.cancel()
+            self._read_deadline = None
 
+    def _on_read_deadline(self) -> None:
+        self._read_deadline = None
+        if self.conn.their_state is not h11.DONE and not self.transport.is_closing():
+            self.transport.close()
 
-def _payload_too_large(limit: int) -> JSONResponse:
-    return error_response(
-        ErrorKind.PAYLOAD_TOO_LARGE, f"request body over the {limit}-byte limit; split the batch"
-    )
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.DONE:  # the whole request is in: the app has it now
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._waiting_since = self.loop.time()
+        if not self.transport.is_closing():
+            self._arm()  # the next request on this connection gets its own deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self.transport is not None:
+            super().connection_lost(exc)
 
 
 class _Server(uvicorn.Server):
@@ -279,21 +112,23 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def start_http(
-    state: ServiceState, settings: Settings
-) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+async def start_http(lifecycle: Lifecycle, settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
     kwargs: dict[str, Any] = {}
     if settings.tls_cert and settings.tls_key:
         kwargs = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
         if settings.tls_client_ca:
             kwargs |= {"ssl_ca_certs": str(settings.tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    limits = {"max_connections": max_http_connections(settings), "request_timeout_s": settings.http_request_timeout_s}
+    protocol: type[LimitedH11Protocol] = type("Protocol", (LimitedH11Protocol,), limits)
     config = uvicorn.Config(
-        build_app(state, settings),
+        build_app(lifecycle, settings),
         host=settings.host,
         port=settings.http_port,
+        http=protocol,
         log_level="warning",
         access_log=False,
         lifespan="off",
+        timeout_keep_alive=int(settings.http_keepalive_s) or 1,
         timeout_graceful_shutdown=int(settings.drain_seconds) or None,
         **kwargs,
     )
@@ -304,4 +139,9 @@ async def start_http(
             task.result()  # raises the start-up error (port in use, bad certificate)
         await asyncio.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
+    log.info(
+        "HTTP: at most %d connections, %.0f s to send a request",
+        protocol.max_connections,
+        settings.http_request_timeout_s,
+    )
     return server, task, port

@@ -21,9 +21,7 @@ class EmbeddingsRequest(BaseModel):
     dimensions: int | None = Field(None, description="Matryoshka dimension; the vector is re-normalised")
     user: str | None = Field(None, description="Accepted and ignored")
     # Extensions
-    instruction: str | None = Field(
-        None, description="Task instruction: 'Instruct: {instruction}\\nQuery:{text}'"
-    )
+    instruction: str | None = Field(None, description="Task instruction: 'Instruct: {instruction}\\nQuery:{text}'")
     prompt_name: str | None = Field(None, description="A named prompt of the model: 'query' or 'document'")
     input_type: Literal["query", "passage", "document"] | None = Field(
         None, description="NIM-style alias: query -> prompt 'query', passage/document -> no prompt"

@@ -1,4 +1,4 @@
-"""The request path: validate -> template -> tokenize -> truncate -> bucket -> Triton -> MRL -> normalise."""
+"""The request path: validate -> template -> tokenize -> truncate -> bucket -> backend -> MRL -> normalise."""
 
 from __future__ import annotations
 
@@ -12,14 +12,18 @@ import numpy as np
 
 from service.metrics import Metrics
 from service.model_info import ModelInfo
-from service.pipeline.batching import Chunk, bucket_for, default_buckets, left_pad, plan_chunks
+from service.pipeline.backend import InferenceBackend
+from service.pipeline.batching import Chunk, default_buckets, left_pad, plan_chunks
 from service.pipeline.errors import ErrorKind, ServiceError, invalid
 from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.postprocess import check_dimensions, finalize
 from service.pipeline.templating import apply_prefix, resolve_prefix
-from service.pipeline.tokenization import TextTokenizer
+from service.pipeline.tokenization import StopFlag, Stopped, TextTokenizer, never_stop
 from service.pipeline.truncation import fit
-from service.triton.client import TritonBackend
+
+# Requests with at most this many characters (or token ids) are tokenized on the event loop: cheaper than
+# a thread hop, and they never queue behind a large request's tokenization.
+INLINE_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -49,15 +53,23 @@ def resolve_buckets(configured: Sequence[int], max_tokens: int) -> list[int]:
     return edges
 
 
+def request_size(params: EmbedParams) -> int:
+    """Characters (or token ids) a request carries: decides inline vs thread tokenization."""
+    if params.token_ids:
+        return sum(len(ids) for ids in params.token_ids)
+    return sum(len(t) for t in params.texts) + len(params.instruction)
+
+
 class Embedder:
     def __init__(
         self,
         info: ModelInfo,
         tokenizer: TextTokenizer,
-        backend: TritonBackend,
+        backend: InferenceBackend,
         metrics: Metrics,
         *,
         max_batch_inputs: int,
+        max_request_tokens: int = 1 << 20,
         buckets: Sequence[int] = (),
         token_budget: int = 16384,
         max_triton_batch: int = 0,
@@ -68,6 +80,7 @@ class Embedder:
         self.backend = backend
         self.metrics = metrics
         self.max_batch_inputs = max_batch_inputs
+        self.max_request_tokens = max_request_tokens
         self.buckets = resolve_buckets(buckets, info.max_input_tokens)
         self.token_budget = max(token_budget, self.buckets[0])
         self.max_rows = min(max_triton_batch or info.max_batch_size, info.max_batch_size)
@@ -76,9 +89,9 @@ class Embedder:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    # -- validation and tokenization (pure CPU work; run in the executor) --
+    # -- validation and tokenization (pure CPU work) --
 
-    def _check_count(self, n: int) -> None:
+    def check_count(self, n: int) -> None:
         if n == 0:
             raise invalid(f"no inputs: send 1 to {self.max_batch_inputs} inputs", "input")
         if n > self.max_batch_inputs:
@@ -87,51 +100,86 @@ class Embedder:
                 "input",
             )
 
-    def _tokenize_sync(self, params: EmbedParams) -> Tokenized:
+    def _id_contents(self, params: EmbedParams) -> list[list[int]]:
         info = self.info
-        self._check_count(params.count)
-        if params.token_ids:
-            if params.instruction or params.prompt_name:
-                raise invalid("instruction and prompt_name apply to text, not to token-id input", "input")
-            contents: list[list[int]] = []
-            for i, ids in enumerate(params.token_ids):
-                if not ids:
-                    raise invalid(f"input {i} is an empty token list", "input")
-                bad = [t for t in ids if not 0 <= t < info.embedding_rows]
-                if bad:
+        if params.instruction or params.prompt_name:
+            raise invalid("instruction and prompt_name apply to text, not to token-id input", "input")
+        contents: list[list[int]] = []
+        for i, ids in enumerate(params.token_ids):
+            if not ids:
+                raise invalid(f"input {i} is an empty token list", "input")
+            bad = [t for t in ids if not 0 <= t < info.embedding_rows]
+            if bad:
+                raise invalid(f"input {i} has token id {bad[0]} outside [0, {info.embedding_rows})", "input")
+            # The model pools its EOS: strip one given at the end, fit() puts it back after truncation.
+            contents.append(list(ids[:-1] if ids[-1] == info.eos_id else ids))
+        return contents
+
+    def _text_contents(self, texts: list[str], truncate: Truncate, stop: StopFlag | None) -> list[list[int]]:
+        """Content ids of templated texts, never tokenizing far past what truncation keeps: with NONE an
+        input is proven too long from a prefix, with END only a prefix is tokenized."""
+        should_stop = stop or never_stop
+        cap = self.info.max_input_tokens  # one more than fit() keeps before EOS: enough to decide
+        contents: list[list[int] | None] = [None] * len(texts)
+        if truncate is not Truncate.START:
+            for i, text in enumerate(texts):
+                head = self.tokenizer.head_ids(text, cap, should_stop)
+                if head is None:
+                    continue
+                if truncate is Truncate.NONE:
                     raise invalid(
-                        f"input {i} has token id {bad[0]} outside [0, {info.embedding_rows})", "input"
+                        f"input {i} has more than the model's limit of {cap} tokens; "
+                        "shorten it or set truncate to END or START",
+                        "input",
                     )
-                # The model pools its EOS: strip one given at the end, fit() puts it back after truncation.
-                contents.append(list(ids[:-1] if ids[-1] == info.eos_id else ids))
+                contents[i] = head
+        rest = [i for i, c in enumerate(contents) if c is None]
+        for i, ids in zip(rest, self.tokenizer.content_ids([texts[i] for i in rest], should_stop), strict=True):
+            contents[i] = ids
+        return [c for c in contents if c is not None]
+
+    def tokenize_sync(self, params: EmbedParams, stop: StopFlag | None = None) -> Tokenized:
+        info = self.info
+        self.check_count(params.count)
+        if params.token_ids:
+            contents = self._id_contents(params)
             keep_prefix = 0
         else:
             for i, text in enumerate(params.texts):
                 if not text:
                     raise invalid(f"input {i} is an empty string", "input")
             prefix = resolve_prefix(params.instruction, params.prompt_name, info.prompts)
-            templated = apply_prefix(prefix, params.texts)
-            if params.truncate is Truncate.NONE:
-                # Refuse what cannot fit before paying for its tokenization (seconds per MB).
-                for i, text in enumerate(templated):
-                    if self.tokenizer.surely_longer_than(text, info.max_input_tokens):
-                        raise invalid(
-                            f"input {i} is {len(text)} characters long, more than the model's limit of "
-                            f"{info.max_input_tokens} tokens can hold; shorten it or set truncate to END or START",
-                            "input",
-                        )
-            contents = self.tokenizer.content_ids(templated)
+            contents = self._text_contents(apply_prefix(prefix, params.texts), params.truncate, stop)
             keep_prefix = self.tokenizer.prefix_length(prefix)
         fitted = [
             fit(c, info.max_input_tokens, params.truncate, info.eos_id, keep_prefix, index=i)
             for i, c in enumerate(contents)
         ]
-        return Tokenized([f[0] for f in fitted], [f[1] for f in fitted])
+        tokenized = Tokenized([f[0] for f in fitted], [f[1] for f in fitted])
+        if tokenized.token_count > self.max_request_tokens:
+            raise invalid(
+                f"the request has {tokenized.token_count} tokens, more than the limit of "
+                f"{self.max_request_tokens} per request; split the batch",
+                "input",
+            )
+        return tokenized
 
-    async def tokenize(self, params: EmbedParams) -> Tokenized:
-        loop = asyncio.get_running_loop()
+    async def tokenize(self, params: EmbedParams, deadline: float | None = None) -> Tokenized:
+        """Small requests inline; large ones on the tokenizer threads, stopped between steps when the caller
+        goes away or the deadline passes, so abandoned work does not hold a thread."""
         try:
-            return await loop.run_in_executor(self.executor, self._tokenize_sync, params)
+            if request_size(params) <= INLINE_CHARS:
+                return self.tokenize_sync(params)
+            stop = StopFlag(deadline)
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self.executor, self.tokenize_sync, params, stop)
+            try:
+                return await future
+            except asyncio.CancelledError:
+                stop.set()
+                raise
+        except Stopped:
+            raise ServiceError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded while tokenizing") from None
         except (Exception, asyncio.CancelledError):
             raise
         except BaseException as exc:  # the Rust tokenizer panics (pyo3 PanicException) on some inputs
@@ -151,11 +199,11 @@ class Embedder:
         self.metrics.triton_requests.labels(label).inc()
         out[list(chunk.indices)] = vectors
 
-    async def embed(self, params: EmbedParams, timeout_s: float) -> EmbedResult:
+    async def embed(self, params: EmbedParams, deadline: float) -> EmbedResult:
+        """`deadline` is a time.monotonic() value; the backend gets the time left."""
         started = time.perf_counter()
-        deadline = time.monotonic() + timeout_s
         dims = check_dimensions(params.dimensions, self.info.min_dimensions, self.info.hidden_size)
-        tokenized = await self.tokenize(params)
+        tokenized = await self.tokenize(params, deadline)
         tokenized_at = time.perf_counter()
         ids = tokenized.ids
         chunks = plan_chunks([len(i) for i in ids], self.buckets, self.token_budget, self.max_rows)
@@ -167,9 +215,7 @@ class Embedder:
         except* ServiceError as errors:
             # Report the most actionable error: the first one that is not a side-effect cancellation.
             first = next((e for e in errors.exceptions if isinstance(e, ServiceError)), None)
-            raise (
-                first if first is not None else ServiceError(ErrorKind.INTERNAL, "inference failed")
-            ) from None
+            raise (first if first is not None else ServiceError(ErrorKind.INTERNAL, "inference failed")) from None
         inferred_at = time.perf_counter()
         vectors = finalize(out, dims, params.normalize)
         m = self.metrics
@@ -186,6 +232,3 @@ class Embedder:
             inference_ms=(inferred_at - tokenized_at) * 1000,
             total_ms=(time.perf_counter() - started) * 1000,
         )
-
-    def bucket_of(self, length: int) -> int:
-        return bucket_for(length, self.buckets)

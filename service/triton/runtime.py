@@ -1,22 +1,34 @@
 """Runs a real Triton Inference Server from the `nvidia-pytriton` wheel (Python backend, CPU or GPU).
 
 On GPU clusters the NGC container runs Triton instead and the facade gets --triton-url.
+
+tritonserver never outlives the process that started it: stop() on the normal paths, an atexit hook
+for any other interpreter exit, and for the paths no Python code sees (SIGKILL, OOM) a guardian: this
+file run as a script, the parent of tritonserver, which the kernel signals when its own parent dies
+(PR_SET_PDEATHSIG). Process tree: facade -> guardian (own session) -> tritonserver -> backend stubs.
 """
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures
 import contextlib
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.request
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class TritonStartError(RuntimeError):
@@ -72,6 +84,154 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The facade died: Triton's time to stop gracefully before the guardian kills its whole group.
+GUARD_GRACE_S = 20.0
+PR_SET_PDEATHSIG = 1
+
+
+def _guard(facade_pid: int, shm_prefix: str, cmd: list[str]) -> None:
+    """The guardian: runs tritonserver as its child, in its own process group (the facade signals that
+    group), cleans up after it (processes, shared memory) and exits the way tritonserver did.
+
+    Why a process and not PR_SET_PDEATHSIG on tritonserver itself: a tritonserver that dies mid-start
+    (SIGTERM while loading) leaves Python-backend stubs that wait forever; the guardian outlives
+    tritonserver to kill what it left, whatever ended it. SIGTERM from the facade reaches the whole
+    group, so the guardian ignores it and waits for tritonserver; SIGKILL takes everyone at once.
+    """
+    import ctypes
+    import resource
+
+    server = 0
+    orphaned = False
+
+    def stop_server() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server, signal.SIGTERM)
+
+    def facade_died(signum: int, frame: object) -> None:
+        nonlocal orphaned
+        orphaned = True
+        if server:
+            stop_server()
+        signal.alarm(int(GUARD_GRACE_S))
+
+    def grace_over(signum: int, frame: object) -> None:
+        os.killpg(0, signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, facade_died)
+    signal.signal(signal.SIGALRM, grace_over)
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0) != 0:
+        sys.exit(f"prctl(PR_SET_PDEATHSIG) failed: errno {ctypes.get_errno()}")
+    if os.getppid() != facade_pid:  # it died before prctl
+        sys.exit("the facade died before tritonserver started")
+    defaults = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM)
+    server = os.posix_spawn(cmd[0], cmd, dict(os.environ), setsigdef=defaults)
+    if orphaned:  # the facade died while tritonserver was being spawned
+        stop_server()
+    _, status = os.waitpid(server, 0)  # retried after each handled signal (PEP 475)
+    me, group = os.getpid(), os.getpgid(0)
+    for entry in os.listdir("/proc"):  # what tritonserver left: stubs, reparented to init
+        if entry.isdigit() and int(entry) != me:
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(entry)) == group:
+                    os.kill(int(entry), signal.SIGKILL)
+    for region in SHM_DIR.glob(f"{shm_prefix}*"):  # unlinked by tritonserver only when it stops cleanly
+        region.unlink(missing_ok=True)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:  # die of the same signal, so the facade can say "killed by SIGKILL" (no core file)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(me, -code)
+    sys.exit(code)
+
+
+class _Spawner:
+    """Forks children from one daemon thread that lives as long as the process.
+
+    The death signal fires when the *thread* that forked the child ends, not the process: a child
+    forked from an asyncio.to_thread worker would be killed whenever that worker retires.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[concurrent.futures.Future[Any], Callable[[], Any]]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._owner = 0  # pid that started the thread: a forked copy of this process has no thread
+
+    def run(self, job: Callable[[], Any]) -> Any:
+        with self._lock:
+            if self._owner != os.getpid():
+                self._owner = os.getpid()
+                threading.Thread(target=self._loop, name="triton-spawner", daemon=True).start()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((future, job))
+        return future.result()
+
+    def _loop(self) -> None:
+        while True:
+            future, job = self._jobs.get()
+            try:
+                future.set_result(job())
+            except BaseException as exc:  # handed to the caller's thread
+                future.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
+# tritonservers this process started and has not reaped: pid -> (process, its stubs' shared-memory prefix)
+_LIVE: dict[int, tuple[subprocess.Popen[bytes], str]] = {}
+SHM_DIR = Path("/dev/shm")
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Any interpreter exit (an exception at start-up, sys.exit in a library) stops Triton too."""
+    for process, _ in list(_LIVE.values()):
+        _end_group(process, timeout=10.0)
+
+
+def _end_group(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the process group (tritonserver and its stubs), SIGKILL after `timeout`."""
+    try:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+    finally:
+        _forget(process)
+
+
+def _forget(process: subprocess.Popen[bytes]) -> None:
+    """Right after the leader is reaped: stubs it left die with the group, and the shared memory a
+    killed tritonserver could not unlink goes (each crash would leak about 1 MB per model instance
+    into /dev/shm, which is small in containers, until restarts fail)."""
+    if process.returncode is None:
+        return
+    _, shm_prefix = _LIVE.pop(process.pid, (None, ""))
+    if not shm_prefix:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    for region in SHM_DIR.glob(f"{shm_prefix}*"):
+        region.unlink(missing_ok=True)
+
+
+# Error lines tritonserver prints on every CPU-only start; not worth repeating in a failure message.
+_NOISE = ("CudaDriverHelper", "NVML", "DCGM", "GPU metrics", "pinned memory")
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+    return f"exit code {returncode}"
+
+
 @dataclass
 class TritonProcess:
     """A tritonserver child process; stop() ends it and its stubs (own process group)."""
@@ -81,6 +241,7 @@ class TritonProcess:
     http_port: int
     metrics_port: int
     log_path: Path
+    log_offset: int = 0  # where this run's lines start in the (appended) log
 
     @property
     def grpc_url(self) -> str:
@@ -113,23 +274,38 @@ class TritonProcess:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.process.poll() is not None:
-            return
+    def errors(self, limit: int = 5) -> str:
+        """This run's error lines, for a one-line failure message (the log tail is mostly a table)."""
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=5)
-        except ProcessLookupError:
-            pass
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return ""
+        found = [
+            ln.split("] ", 1)[-1].strip().strip('"') if ln.startswith("E") else ln.strip()
+            for ln in lines
+            if (ln.startswith("E") and "] " in ln) or ln.startswith(("error:", "terminate called"))
+        ]
+        found = [ln for ln in found if not any(n in ln for n in _NOISE)]
+        return "; ".join(found[-limit:])
+
+    def poll(self) -> int | None:
+        """The exit code once tritonserver has ended (and its group is gone), else None."""
+        code = self.process.poll()
+        if code is not None:
+            _forget(self.process)
+        return code
+
+    def stop(self, timeout: float = 15.0) -> None:
+        _end_group(self.process, timeout)
 
     def kill(self) -> None:
         """Abrupt stop (SIGKILL), as a crash would."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
+        _forget(self.process)
 
 
 def start_triton(
@@ -147,6 +323,7 @@ def start_triton(
     backends = prepare_backend_dir(cache_dir / "triton-backends")
     grpc_port, http_port, metrics_port = (p or free_port() for p in (grpc_port, http_port, metrics_port))
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    shm_prefix = f"qwen3embed_{uuid.uuid4().hex[:12]}_"
     cmd = [
         str(root / "bin" / "tritonserver"),
         f"--model-repository={model_repository.resolve()}",
@@ -158,12 +335,26 @@ def start_triton(
         "--log-verbose=0",
         "--exit-on-error=true",
         "--strict-readiness=true",
+        # Our own prefix, so the regions of this run can be removed after a crash without touching others'.
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
     ]
+    env = triton_env()
+    # The guardian needs only the standard library: -I -S keep its start fast and independent of the env.
+    wrapped = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), str(os.getpid()), shm_prefix, *cmd]
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=triton_env(), start_new_session=True
-        )
-    triton = TritonProcess(process, grpc_port, http_port, metrics_port, log_path)
+        offset = log.tell()
+
+        def spawn() -> subprocess.Popen[bytes]:
+            # Own session: a terminal's Ctrl-C reaches the facade only, which then stops Triton in order.
+            return subprocess.Popen(wrapped, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+        process: subprocess.Popen[bytes] = _SPAWNER.run(spawn)
+    _LIVE[process.pid] = (process, shm_prefix)
+    triton = TritonProcess(process, grpc_port, http_port, metrics_port, log_path, offset)
     if wait:
         triton.wait_ready(timeout)
     return triton
+
+
+if __name__ == "__main__":
+    _guard(int(sys.argv[1]), sys.argv[2], sys.argv[3:])

@@ -1,4 +1,5 @@
-"""The `qwen3-embed bench` command (registered in service/cli.py)."""
+"""The `qwen3-embed bench` command: registered through the `qwen3_embed.cli` entry point where devtools is
+importable (a checkout set up by `make venv`), or run as `python -m devtools.bench`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from service.cli import Extensions
 
 
 async def run_bench(
@@ -31,9 +35,9 @@ async def run_bench(
     seed: int,
 ) -> dict[str, Any]:
     """Runs one load test and returns the JSON-able report (the suite calls this in-process)."""
-    from service.bench.clients import GrpcSender, HttpSender, Sender, grpc_info, http_info
-    from service.bench.runner import LoadSpec, run_load
-    from service.bench.workload import batches
+    from devtools.bench.clients import GrpcSender, HttpSender, Sender, grpc_info, http_info
+    from devtools.bench.runner import LoadSpec, run_load
+    from devtools.bench.workload import batches
 
     sender: Sender
     info: dict[str, Any]
@@ -109,8 +113,8 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Load generator for the gRPC and OpenAI HTTP APIs: closed or open loop, checked responses."""
-    from service.bench.stats import Summary, format_summary
-    from service.bench.workload import make_texts, read_texts, spec_for
+    from devtools.bench.stats import Summary, format_summary
+    from devtools.bench.workload import make_texts, read_texts, spec_for
 
     try:
         corpus = read_texts(file) if file else make_texts(spec_for(workload), texts, seed)
@@ -149,3 +153,8 @@ def bench(
             typer.echo(f"first error: {report['first_error']}")
     if report["ok"] < report["requests"]:
         raise typer.Exit(code=1)
+
+
+def register(ext: Extensions) -> None:
+    """The `qwen3_embed.cli` entry point: adds `bench` to `qwen3-embed`."""
+    ext.app.command("bench")(bench)

@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
-from service.bench.clients import Outcome
-from service.bench.stats import Sample, Summary, summarize
-from service.bench.workload import approx_tokens
+from devtools.bench.clients import Outcome
+from devtools.bench.stats import Sample, Summary, summarize
+from devtools.bench.workload import approx_tokens
 
 # A request is any sized batch (texts, or pre-tokenized chunks for direct Triton): len() = inputs.
 SendFn = Callable[[Any], Awaitable[Outcome]]

@@ -1,0 +1,155 @@
+"""The export side of `qwen3-embed`: `export`, `dev-model`, and the export step behind `serve --model`.
+
+They live here, beside the exporter, so that service/cli.py (and the serving wheel, and the facade image) need
+no export code. `register` is the `qwen3_embed.cli` entry point; it runs wherever this package is importable
+(a checkout set up by `make venv`, the export image). Heavy imports (torch) stay inside the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from service.cli import Extensions
+
+# The directory `serve --model dev` builds the offline development model in (relative: `make serve` runs from
+# the checkout).
+DEV_MODEL_DIR = Path(".cache/dev-model")
+
+
+def dev_model(
+    output: Annotated[Path, typer.Option(help="Directory to write the checkpoint to")],
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int = 32,
+    intermediate_size: int = 128,
+    vocab_size: Annotated[
+        int, typer.Option(help="Embedding rows (151669 like 0.6B, 151665 like 4B/8B)")
+    ] = 151669,
+    seed: int = 0,
+    real_config: Annotated[
+        str | None, typer.Option(help="Use a real Qwen3-Embedding shape: 0.6B, 4B or 8B (random weights)")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16")] = "float32",
+) -> None:
+    """A small, randomly initialised Qwen3 embedding checkpoint with the real tokenizer, built offline."""
+    from export.dev_model import REAL_SHAPES, DevModelShape, build_dev_model
+
+    if real_config is not None:
+        if real_config not in REAL_SHAPES:
+            raise typer.BadParameter(f"choose one of {', '.join(REAL_SHAPES)}", param_hint="--real-config")
+        shape = REAL_SHAPES[real_config]
+    else:
+        shape = DevModelShape(hidden_size, layers, heads, kv_heads, head_dim, intermediate_size, vocab_size)
+    from dataclasses import replace
+
+    shape = replace(shape, seed=seed)
+    if shape.hidden_size < 1 or shape.layers < 1 or shape.heads % max(shape.kv_heads, 1):
+        raise typer.BadParameter("need hidden_size, layers >= 1 and heads divisible by kv_heads")
+    build_dev_model(output, shape, dtype=dtype)
+    typer.echo(f"dev model written to {output}")
+
+
+def export(
+    model: Annotated[str, typer.Option(help="Hub id (e.g. Qwen/Qwen3-Embedding-4B) or local checkpoint dir")],
+    output: Annotated[Path, typer.Option(help="Triton model repository")] = Path("model_repository"),
+    name: str = "qwen3_embedding",
+    backend: Annotated[str, typer.Option(help="python | onnxruntime | tensorrt")] = "python",
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
+    max_batch_size: int = 32,
+    max_tokens: Annotated[int, typer.Option(help="Max input tokens per text (capped by the model)")] = 8192,
+    instances: Annotated[int, typer.Option(help="Model instances; 0 = one per core on CPU, 1 on GPU")] = 0,
+    instance_kind: Annotated[str, typer.Option(help="auto | CPU | GPU")] = "auto",
+    max_queue_delay_us: int = 500,
+    max_queue_size: int = 256,
+    accelerator: Annotated[str, typer.Option(help="onnxruntime backend: none | tensorrt")] = "none",
+    trt_engine_cache: str = "/tmp/trt-cache",
+    ort_threads: Annotated[
+        int, typer.Option(help="ONNX Runtime intra-op threads; 0 = 1 per instance with several CPU instances")
+    ] = 0,
+    warmup: Annotated[bool, typer.Option(help="Warm every length bucket before READY")] = True,
+    min_dimensions: int = 32,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (tracing and verification)")] = "auto",
+    verify_long_tokens: int = 1024,
+    skip_resource_check: bool = False,
+) -> None:
+    """Checkpoint -> verified ONNX (and TensorRT) -> Triton model repository with dynamic batching."""
+    from rich.console import Console
+
+    from export.errors import ExportError
+    from export.exporter import ExportOptions, run_export
+    from export.triton_config import RepoSettings
+    from service.pipeline.batching import default_buckets
+
+    console = Console(stderr=True)
+    buckets = default_buckets(max_tokens) if warmup else []
+    repo = RepoSettings(
+        name=name,
+        backend=backend,
+        precision=precision,
+        max_batch_size=max_batch_size,
+        max_input_tokens=max_tokens,
+        instances=instances,
+        instance_kind=instance_kind,
+        max_queue_delay_us=max_queue_delay_us,
+        max_queue_size=max_queue_size,
+        ort_intra_op_threads=ort_threads,
+        accelerator=accelerator,
+        trt_engine_cache=trt_engine_cache,
+        warmup_lengths=tuple(buckets),
+    )
+    opts = ExportOptions(
+        model=model,
+        output=output,
+        repo=repo,
+        device=device,
+        verify_long_tokens=verify_long_tokens,
+        min_dimensions=min_dimensions,
+        skip_resource_check=skip_resource_check,
+    )
+    try:
+        run_export(opts, console)
+    except ExportError as exc:
+        console.print(f"[bold red]export failed:[/] {exc}")
+        raise typer.Exit(code=2) from exc
+
+
+def export_if_missing(model: str, repository: Path, name: str, backend: str, precision: str) -> None:
+    """`serve --model` (`make serve`): export MODEL when the repository lacks it. MODEL=dev builds the offline
+    dev model."""
+    if (repository / name / "config.pbtxt").exists():
+        typer.echo(f"using the existing export in {repository / name}")
+        return
+    from rich.console import Console
+
+    from export.errors import ExportError
+    from export.exporter import ExportOptions, run_export
+    from export.triton_config import RepoSettings
+    from service.pipeline.batching import default_buckets
+
+    if model == "dev":
+        from export.dev_model import build_dev_model
+
+        if not (DEV_MODEL_DIR / "config.json").exists():
+            build_dev_model(DEV_MODEL_DIR)
+        model = str(DEV_MODEL_DIR)
+    repo = RepoSettings(
+        name=name, backend=backend, precision=precision, warmup_lengths=tuple(default_buckets(8192))
+    )
+    try:
+        run_export(ExportOptions(model=model, output=repository, repo=repo), Console(stderr=True))
+    except ExportError as exc:
+        typer.echo(f"export failed: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+
+
+def register(ext: Extensions) -> None:
+    """The `qwen3_embed.cli` entry point: adds the export commands and the export step of `serve --model`."""
+    ext.app.command("dev-model")(dev_model)
+    ext.app.command("export")(export)
+    ext.prepare_model = export_if_missing

@@ -1,0 +1,364 @@
+"""OpenAI-compatible HTTP API (FastAPI) over the shared request lifecycle: module-level routes, one ASGI
+guard in front (auth, size, content type, metrics), the request body read and parsed only once admitted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import __version__
+from service.api.auth import KeyChecker
+from service.api.info import info_fields
+from service.api.json_budget import ValueCounter
+from service.api.openai_schema import EmbeddingsRequest, EmbeddingsResponse, ErrorResponse
+from service.lifecycle import Lifecycle
+from service.pipeline.embedder import Embedder
+from service.pipeline.encoding import float32_base64
+from service.pipeline.errors import ErrorKind, ServiceError, invalid
+from service.pipeline.params import EmbedParams, Truncate
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS = {
+    ErrorKind.INVALID_ARGUMENT: (400, "invalid_request_error"),
+    ErrorKind.NOT_FOUND: (404, "invalid_request_error"),
+    ErrorKind.PAYLOAD_TOO_LARGE: (413, "invalid_request_error"),
+    ErrorKind.UNAUTHENTICATED: (401, "invalid_request_error"),
+    ErrorKind.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
+    ErrorKind.UNAVAILABLE: (503, "service_unavailable"),
+    ErrorKind.DEADLINE_EXCEEDED: (504, "timeout"),
+    ErrorKind.CANCELLED: (499, "cancelled"),
+    ErrorKind.INTERNAL: (500, "server_error"),
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 429, 503, 504)
+}
+# Values a body may hold beyond the inputs and token ids themselves: the other fields and their keys.
+FIELD_VALUES = 64
+
+
+@dataclass(frozen=True)
+class HttpContext:
+    lifecycle: Lifecycle
+    settings: Settings
+
+
+def error_response(kind: ErrorKind, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    status, error_type = HTTP_STATUS[kind]
+    headers = {"retry-after": "1"} if kind is ErrorKind.RESOURCE_EXHAUSTED else None
+    body = {"error": {"message": message, "type": error_type, "param": param, "code": code or kind.value}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def payload_too_large(limit: int) -> JSONResponse:
+    return error_response(ErrorKind.PAYLOAD_TOO_LARGE, f"request body over the {limit}-byte limit; split the batch")
+
+
+def params_from_openai(body: EmbeddingsRequest) -> EmbedParams:
+    raw = body.input
+    texts: tuple[str, ...] = ()
+    ids: tuple[tuple[int, ...], ...] = ()
+    if isinstance(raw, str):
+        texts = (raw,)
+    elif raw and all(isinstance(x, int) for x in raw):
+        ids = (tuple(raw),)  # type: ignore[arg-type]
+    elif raw and all(isinstance(x, list) for x in raw):
+        ids = tuple(tuple(x) for x in raw)  # type: ignore[arg-type,union-attr]
+    else:
+        texts = tuple(raw)  # type: ignore[arg-type]
+    prompt_name = body.prompt_name or ""
+    if body.input_type is not None:
+        if body.prompt_name:
+            raise invalid("set either input_type or prompt_name", "input_type")
+        prompt_name = "query" if body.input_type == "query" else ""
+    if body.dimensions is not None and body.dimensions < 1:
+        raise invalid("dimensions must be a positive integer", "dimensions")
+    return EmbedParams(
+        texts=texts,
+        token_ids=ids,
+        instruction=body.instruction or "",
+        prompt_name=prompt_name,
+        dimensions=body.dimensions or 0,
+        normalize=body.normalize,
+        truncate=Truncate(body.truncate),
+    )
+
+
+def validation_error(exc: ValidationError) -> ServiceError:
+    errors = exc.errors()
+    if not errors:
+        return invalid("invalid request")
+    first = errors[0]
+    loc = [str(x) for x in first["loc"] if x != "body"]
+    message = first["msg"]
+    if first["type"] == "json_invalid":
+        return invalid("the request body is not valid JSON (or not UTF-8)")
+    return invalid(f"{'.'.join(loc) or 'body'}: {message}", loc[0] if loc else None)
+
+
+async def read_body(request: Request, embedder: Embedder, settings: Settings) -> bytes:
+    """The body, counted as it arrives: once it holds more JSON values than the inputs and token ids the
+    limits allow, it is refused without reading (or parsing) the rest."""
+    budget = embedder.max_batch_inputs + settings.max_request_tokens + FIELD_VALUES
+    counter = ValueCounter()
+    body = bytearray()
+    over = False
+    try:
+        async for chunk in request.stream():
+            if over:
+                continue  # drained, not kept: the client reads the refusal instead of a reset connection
+            body += chunk
+            over = counter.feed(chunk) > budget
+            if over:
+                body = bytearray()
+    except ClientDisconnect:
+        raise ServiceError(ErrorKind.CANCELLED, "the client went away") from None
+    except BodyTooLarge:
+        limit = settings.max_http_body_bytes
+        raise ServiceError(
+            ErrorKind.PAYLOAD_TOO_LARGE, f"request body over the {limit}-byte limit; split the batch"
+        ) from None
+    if over:
+        raise invalid(
+            f"the body holds more than {budget} JSON values: more than {embedder.max_batch_inputs} "
+            f"inputs with {settings.max_request_tokens} tokens in all can need; split the batch",
+            "input",
+        )
+    return bytes(body)
+
+
+def parse_body(body: bytes) -> EmbeddingsRequest:
+    try:
+        return EmbeddingsRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    except RecursionError:
+        raise invalid("the JSON body is nested too deeply") from None
+
+
+def check_model(name: str, embedder: Embedder) -> None:
+    info = embedder.info
+    if name not in (info.served_name, info.source_model, info.triton_name):
+        shown = name if len(name) <= 64 else name[:64] + "…"
+        raise ServiceError(
+            ErrorKind.NOT_FOUND, f"model {shown!r} is not served here; served models: {info.served_name}", "model"
+        )
+
+
+router = APIRouter()
+
+
+@router.post(
+    "/v1/embeddings",
+    response_model=EmbeddingsResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsRequest"}}},
+        }
+    },
+)
+async def embeddings(request: Request) -> Response:
+    ctx: HttpContext = request.app.state.ctx
+    parsed: list[EmbeddingsRequest] = []
+
+    async def parse(embedder: Embedder) -> EmbedParams:
+        req = parse_body(await read_body(request, embedder, ctx.settings))
+        check_model(req.model, embedder)
+        parsed.append(req)
+        return params_from_openai(req)
+
+    async def abandoned() -> None:
+        # After the body, uvicorn's receive() returns only when the client disconnects.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=abandoned)
+    result, req = embedded.result, parsed[0]
+    if req.encoding_format == "base64":
+        data: list[Any] = [float32_base64(v) for v in result.vectors]
+    else:
+        data = result.vectors.tolist()
+    payload = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
+        "model": embedded.model,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }
+    return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    embedder = request.app.state.ctx.lifecycle.state.require_embedder()
+    return {
+        "object": "list",
+        "data": [
+            {"id": embedder.info.served_name, "object": "model", "created": 0, "owned_by": "qwen3-embedding-service"}
+        ],
+    }
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    return {"status": "live"}
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> JSONResponse:
+    if request.app.state.ctx.lifecycle.state.ready:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "not ready"}, status_code=503)
+
+
+@router.get("/metrics")
+async def metrics_endpoint(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(request.app.state.ctx.lifecycle.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/info")
+async def info(request: Request) -> dict[str, Any]:
+    return info_fields(request.app.state.ctx.lifecycle.state)
+
+
+KNOWN_PATHS = {"/v1/embeddings", "/v1/models", "/health/live", "/health/ready", "/metrics", "/info"}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Guard:
+    """Pure ASGI middleware (no buffering, disconnects pass through): auth, declared size and content type
+    before the app runs; a cap on the bytes a chunked body may deliver; metrics for every response."""
+
+    def __init__(self, app: ASGIApp, ctx: HttpContext) -> None:
+        self.app = app
+        self.ctx = ctx
+        settings = ctx.settings
+        self.checker = KeyChecker(settings.all_api_keys(), settings.auth_exempt)
+        self.limit = settings.max_http_body_bytes
+
+    def refusal(self, scope: Scope) -> JSONResponse | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path, method = scope["path"], scope["method"]
+        if (
+            self.checker.enabled
+            and not self.checker.is_exempt(path)
+            and not self.checker.check(headers.get("authorization"))
+        ):
+            return error_response(
+                ErrorKind.UNAUTHENTICATED,
+                "missing or invalid API key (Authorization: Bearer <key>)",
+                code="invalid_api_key",
+            )
+        if method == "POST":
+            length = headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > self.limit:
+                return payload_too_large(self.limit)
+            if "json" not in headers.get("content-type", "").lower():
+                body = {
+                    "error": {
+                        "message": "send the request body as application/json",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "unsupported_media_type",
+                    }
+                }
+                return JSONResponse(body, status_code=415)
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+        seen = 0
+
+        async def capped_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge
+            return message
+
+        async def recording_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        refusal = self.refusal(scope)
+        try:
+            if refusal is not None:
+                await refusal(scope, receive, recording_send)
+            else:
+                await self.app(scope, capped_receive, recording_send)
+        except BodyTooLarge:
+            await payload_too_large(self.limit)(scope, receive, recording_send)
+        finally:
+            metrics = self.ctx.lifecycle.state.metrics
+            route = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+            metrics.requests.labels("http", route, str(status[0])).inc()
+            metrics.request_seconds.labels("http", route).observe(time.perf_counter() - started)
+
+
+async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Framework errors (unknown path, wrong method) in OpenAI's shape too."""
+    assert isinstance(exc, StarletteHTTPException)
+    cause = exc.__cause__
+    if isinstance(cause, BodyTooLarge) or (
+        isinstance(cause, BaseExceptionGroup) and cause.subgroup(BodyTooLarge) is not None
+    ):
+        return payload_too_large(request.app.state.ctx.settings.max_http_body_bytes)
+    message = "the request body could not be parsed" if exc.status_code == 400 else str(exc.detail)
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": str(exc.status_code)}}
+    return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return error_response(exc.kind, exc.message, exc.param)
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the request model the embeddings route parses itself."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["EmbeddingsRequest"] = EmbeddingsRequest.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def build_app(lifecycle: Lifecycle, settings: Settings) -> ASGIApp:
+    app = FastAPI(
+        title="Qwen3-Embedding service",
+        version=__version__,
+        description="OpenAI-compatible embeddings over NVIDIA Triton. Extensions: instruction, prompt_name, "
+        "input_type, truncate, normalize.",
+    )
+    ctx = HttpContext(lifecycle, settings)
+    app.state.ctx = ctx
+    app.include_router(router)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
+    return Guard(app, ctx)

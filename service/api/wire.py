@@ -1,0 +1,46 @@
+"""Cheap checks of a serialized protobuf message before it is parsed: parsing 16 MiB of two-byte inputs
+would build millions of strings before any limit could refuse them."""
+
+from __future__ import annotations
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def count_field(data: bytes, field_number: int, stop_after: int) -> int:
+    """Occurrences of a top-level field, walking tags and skipping payloads without copying them. The walk
+    stops once the count passes `stop_after`, so it costs O(stop_after + other fields), not O(size).
+    A malformed message returns the count so far: the real parser then reports the error."""
+    pos, count = 0, 0
+    try:
+        while pos < len(data):
+            key, pos = _varint(data, pos)
+            wire_type = key & 7
+            if wire_type == 0:
+                _, pos = _varint(data, pos)
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 2:
+                length, pos = _varint(data, pos)
+                pos += length
+            elif wire_type == 5:
+                pos += 4
+            else:
+                return count
+            if key >> 3 == field_number:
+                count += 1
+                if count > stop_after:
+                    return count
+    except ValueError:
+        pass
+    return count

@@ -1,0 +1,86 @@
+"""One request lifecycle for every API: admit -> validate -> work -> respond, with the deadline and
+cancellation carried through. gRPC and HTTP only translate their wire format and their status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+from service.admission import Admission
+from service.pipeline.embedder import Embedder, EmbedResult, Tokenized
+from service.pipeline.errors import ErrorKind, ServiceError
+from service.pipeline.params import EmbedParams
+from service.state import ServiceState
+
+T = TypeVar("T")
+Parse = Callable[[Embedder], Awaitable[EmbedParams]]
+
+
+@dataclass(frozen=True)
+class Embedded:
+    params: EmbedParams
+    result: EmbedResult
+    model: str
+
+
+class Lifecycle:
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+        self.admission = Admission(state.settings.max_in_flight, state.metrics)
+
+    def deadline(self, client_timeout_s: float | None) -> float:
+        """time.monotonic() deadline: the client's (capped at 10x the default), else the default."""
+        default = self.state.settings.default_timeout_s
+        timeout = default if client_timeout_s is None else min(client_timeout_s, default * 10)
+        return time.monotonic() + max(timeout, 0.0)
+
+    @asynccontextmanager
+    async def admitted(self, deadline: float, stream: bool = False) -> AsyncIterator[Embedder]:
+        """A slot (refused at once for unary calls, awaited for stream messages), the model, and the
+        deadline as a cancellation of everything inside (asyncio's loop clock is time.monotonic)."""
+        slot = self.admission.stream() if stream else self.admission.unary()
+        try:
+            async with asyncio.timeout_at(deadline):
+                async with slot:
+                    yield self.state.require_embedder()
+        except TimeoutError:
+            raise ServiceError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded") from None
+
+    async def embed(
+        self,
+        parse: Parse,
+        deadline: float,
+        stream: bool = False,
+        abandoned: Callable[[], Awaitable[None]] | None = None,
+    ) -> Embedded:
+        """`parse` reads and validates the request once admitted, so refused requests cost no parsing.
+        `abandoned` returns when the client has gone away (HTTP; gRPC cancels the call itself): the work
+        is cancelled then, freeing the slot and sending nothing more to Triton."""
+        async with self.admitted(deadline, stream) as embedder:
+            params = await parse(embedder)
+            result = await until_abandoned(embedder.embed(params, deadline), abandoned)
+        return Embedded(params, result, embedder.info.served_name)
+
+    async def tokenize(self, parse: Parse, deadline: float) -> tuple[Tokenized, Embedder]:
+        async with self.admitted(deadline) as embedder:
+            return await embedder.tokenize(await parse(embedder), deadline), embedder
+
+
+async def until_abandoned(work: Awaitable[T], abandoned: Callable[[], Awaitable[None]] | None) -> T:
+    if abandoned is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(abandoned())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        raise ServiceError(ErrorKind.CANCELLED, "the client went away")
+    return task.result()

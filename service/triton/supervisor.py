@@ -1,0 +1,189 @@
+"""Supervision of the local Triton (no --triton-url).
+
+The facade starts tritonserver on ports chosen once, restarts it on the same ports when it dies or stops
+answering (its Triton client keeps the URL), and gives up after `triton_max_restarts` failures in a row:
+the facade then exits non-zero, so that an orchestrator restarts the pod instead of leaving it unready.
+Errors that no restart can fix (a broken export or tokenizer) fail start-up at once instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from service.metrics import Metrics
+from service.settings import Settings
+from service.triton.runtime import TritonProcess, TritonStartError, describe_exit, free_port, start_triton
+
+log = logging.getLogger(__name__)
+
+# Up this long after a failure, Triton counts as recovered: the failure series (and its backoff) ends.
+STABLE_S = 60.0
+# How often a slow start says so: a start-up must never wait silently.
+PROGRESS_S = 15.0
+# How often a starting Triton is asked whether it is ready.
+START_POLL_S = 0.25
+
+
+class Misconfiguration(RuntimeError):
+    """A configuration error that retrying cannot fix: the facade exits (code 2) with this one message."""
+
+
+class TritonGaveUp(RuntimeError):
+    """The local Triton failed too many times in a row: the facade exits (code 4) with this message."""
+
+
+def read_model_config(settings: Settings) -> Any:
+    """The model's config.pbtxt as Triton's ModelConfig message, read before Triton starts."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    path = settings.model_repository / settings.model_name / "config.pbtxt"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise Misconfiguration(
+            f"cannot read {path} ({exc.strerror or exc}): export a model first (qwen3-embed export)"
+        ) from None
+    except ValueError as exc:  # not UTF-8
+        raise Misconfiguration(f"{path} is not a Triton model config: {exc}") from None
+    try:
+        # Unknown fields are Triton's business (a newer schema than tritonclient's), not an error here.
+        config = text_format.Parse(text, model_config_pb2.ModelConfig(), allow_unknown_field=True)
+    except text_format.ParseError as exc:
+        raise Misconfiguration(f"{path} is not a valid Triton model config: {exc}") from None
+    if not config.name:
+        config.name = settings.model_name  # Triton names a model after its directory
+    return config
+
+
+class TritonSupervisor:
+    """Owns the local tritonserver: start(), then run() until cancelled, then stop()."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.ports = (free_port(), free_port(), free_port())  # gRPC, HTTP, metrics; kept across restarts
+        self.triton: TritonProcess | None = None
+        self.failures = 0  # deaths and failed starts since Triton last stayed up STABLE_S
+        self.up_since = 0.0
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports[0]}"
+
+    async def start(self) -> None:
+        """The first start. Failures are retried like restarts: a start can fail for passing reasons
+        (a Python-backend stub that died under CPU pressure). Raises TritonGaveUp."""
+        log.info("starting Triton on %s (log: %s)", self.settings.model_repository, self.settings.triton_log)
+        await self._bring_up(restart=False)
+
+    async def run(self) -> None:
+        """Watches Triton until cancelled: restarts it when it dies, or when it has been alive but not
+        ready for triton_start_timeout_s (hung). Raises TritonGaveUp."""
+        s = self.settings
+        unready_since: float | None = None
+        while True:
+            await asyncio.sleep(s.health_poll_s)
+            triton = self.triton
+            assert triton is not None, "run() before start()"
+            code = triton.poll()
+            if code is not None:
+                self._failed(_with_errors(f"Triton died ({describe_exit(code)})", triton))
+                unready_since = None
+                await self._bring_up(restart=True)
+                continue
+            now = time.monotonic()
+            if self.failures and now - self.up_since >= STABLE_S:
+                log.info("Triton has been up %.0f s: failure count reset", now - self.up_since)
+                self.failures = 0
+                self.metrics.triton_failures.set(0)
+            if await asyncio.to_thread(triton.is_ready):
+                unready_since = None
+                continue
+            unready_since = unready_since or now
+            if now - unready_since >= s.triton_start_timeout_s:
+                triton.kill()
+                self._failed(f"Triton was alive but not ready for {now - unready_since:.0f} s")
+                unready_since = None
+                await self._bring_up(restart=True)
+
+    async def stop(self) -> None:
+        """Graceful stop (SIGTERM, SIGKILL after 15 s). Cancel run() first, or it restarts Triton."""
+        if self.triton is not None:
+            await asyncio.to_thread(self.triton.stop)
+
+    def kill(self) -> None:
+        """Immediate stop for failure paths (no await, safe while being cancelled)."""
+        if self.triton is not None:
+            self.triton.kill()
+
+    def _failed(self, why: str) -> None:
+        self.failures += 1
+        self.metrics.triton_failures.set(self.failures)
+        limit = self.settings.triton_max_restarts
+        if self.failures > limit:
+            raise TritonGaveUp(
+                f"the local Triton failed {self.failures} times in a row ({limit} restarts allowed); last: {why}"
+            )
+        log.error("%s; restarting it on the same ports (failure %d of %d allowed)", why, self.failures, limit)
+
+    def _backoff(self) -> float:
+        """None before the first restart of a series (a one-off crash costs nothing), then doubling."""
+        if self.failures <= 1:
+            return 0.0
+        s = self.settings
+        return float(min(s.triton_restart_backoff_s * 2 ** (self.failures - 2), s.triton_restart_backoff_max_s))
+
+    async def _bring_up(self, restart: bool) -> None:
+        while True:
+            if restart:
+                delay = self._backoff()
+                if delay:
+                    log.info("restarting Triton in %.1f s", delay)
+                    await asyncio.sleep(delay)
+                self.metrics.triton_restarts.inc()
+            failure = await self._start_once()
+            if failure is None:
+                self.up_since = time.monotonic()
+                return
+            self._failed(failure)
+            restart = True
+
+    async def _start_once(self) -> str | None:
+        """Starts tritonserver and waits until it is ready. Returns None, or why it failed (it is gone then)."""
+        s = self.settings
+        started = time.monotonic()
+        try:
+            triton = await asyncio.to_thread(start_triton, s.model_repository, s.triton_log, *self.ports, wait=False)
+        except (OSError, TritonStartError) as exc:
+            return f"cannot start tritonserver: {exc}"
+        self.triton = triton
+        ready = False
+        try:
+            next_note = started + PROGRESS_S
+            while True:
+                code = triton.poll()
+                if code is not None:
+                    return _with_errors(f"tritonserver exited at start ({describe_exit(code)})", triton)
+                if await asyncio.to_thread(triton.is_ready):
+                    ready = True
+                    log.info("Triton ready at %s in %.1f s", self.grpc_url, time.monotonic() - started)
+                    return None
+                waited = time.monotonic() - started
+                if waited >= s.triton_start_timeout_s:
+                    return _with_errors(f"tritonserver not ready after {waited:.0f} s", triton)
+                if started + waited >= next_note:
+                    log.info("Triton still starting after %.0f s (log: %s)", waited, s.triton_log)
+                    next_note += PROGRESS_S
+                await asyncio.sleep(START_POLL_S)
+        finally:
+            if not ready:  # failed, timed out or cancelled: never leave a half-started server behind
+                triton.kill()
+
+
+def _with_errors(what: str, triton: TritonProcess) -> str:
+    errors = triton.errors()
+    return f"{what}; its log says: {errors}" if errors else what
