@@ -69,7 +69,8 @@ def serve(
     """Runs the service: (export if needed) + Triton + the gRPC and HTTP facade. Flags override
     QWEN3_EMBED_* environment variables."""
     import asyncio
-    import logging
+
+    from service.logs import configure_logging
 
     settings = _settings(
         model_repository=model_repository,
@@ -86,9 +87,7 @@ def serve(
         tls_client_ca=tls_client_ca,
         log_level=log_level,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level)
     if model and not settings.triton_url:
         if EXTENSIONS.prepare_model is None:
             typer.echo(
@@ -105,9 +104,7 @@ def serve(
 
 @app.command()
 def triton(
-    model_repository: Annotated[Path, typer.Option(help="Triton model repository")] = Path(
-        "model_repository"
-    ),
+    model_repository: Annotated[Path, typer.Option(help="Triton model repository")] = Path("model_repository"),
     grpc_port: int = 8001,
     http_port: int = 8000,
     metrics_port: int = 8002,

@@ -159,8 +159,9 @@ def test_huge_grpc_message_is_refused_before_it_is_parsed(
     if err.value.code() is grpc.StatusCode.INVALID_ARGUMENT:
         assert "more than the limit of 2048 inputs" in (err.value.details() or "")
     print(
-        f"{size_mib} MiB key={with_key}: {wall:.3f} s, RSS peak +{rss.growth_mb:.1f} MB, idle probe {idle * 1000:.1f} ms, "
-        f"worst probe {max(probe.latencies, default=0) * 1000:.1f} ms ({len(probe.latencies)} probes)"
+        f"{size_mib} MiB key={with_key}: {wall:.3f} s, RSS peak +{rss.growth_mb:.1f} MB, "
+        f"idle probe {idle * 1000:.1f} ms, worst probe {max(probe.latencies, default=0) * 1000:.1f} ms "
+        f"({len(probe.latencies)} probes)"
     )
     assert wall < 0.5
     assert rss.growth_mb < 100

@@ -129,6 +129,8 @@ async def start_http(lifecycle: Lifecycle, settings: Settings) -> tuple[uvicorn.
         access_log=False,
         lifespan="off",
         timeout_keep_alive=int(settings.http_keepalive_s) or 1,
+        # asyncio accepts up to `backlog` sockets per wake-up: a small burst keeps descriptors within the cap.
+        backlog=max(16, min(2048, protocol.max_connections // 2)),
         timeout_graceful_shutdown=int(settings.drain_seconds) or None,
         **kwargs,
     )

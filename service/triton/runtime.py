@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -191,7 +192,7 @@ def _stop_leftovers() -> None:
 
 
 def _end_group(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM the process group (tritonserver and its stubs), SIGKILL after `timeout`."""
+    """SIGTERM the process group (guardian, tritonserver, stubs), SIGKILL after `timeout`."""
     try:
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -223,6 +224,7 @@ def _forget(process: subprocess.Popen[bytes]) -> None:
 
 # Error lines tritonserver prints on every CPU-only start; not worth repeating in a failure message.
 _NOISE = ("CudaDriverHelper", "NVML", "DCGM", "GPU metrics", "pinned memory")
+_ERROR_LINE = re.compile(r"E\d{4} [^\]]*\] ")  # glog: E1127 10:22:08.934781 4852 file.cc:1460] message
 
 
 def describe_exit(returncode: int) -> str:
@@ -234,7 +236,9 @@ def describe_exit(returncode: int) -> str:
 
 @dataclass
 class TritonProcess:
-    """A tritonserver child process; stop() ends it and its stubs (own process group)."""
+    """A tritonserver child process; stop() ends it and its stubs (own process group).
+
+    `process` is the guardian (see _guard), whose exit code is tritonserver's."""
 
     process: subprocess.Popen[bytes]
     grpc_port: int
@@ -283,9 +287,9 @@ class TritonProcess:
         except OSError:
             return ""
         found = [
-            ln.split("] ", 1)[-1].strip().strip('"') if ln.startswith("E") else ln.strip()
+            ln.split("] ", 1)[-1].strip().strip('"') if _ERROR_LINE.match(ln) else ln.strip()
             for ln in lines
-            if (ln.startswith("E") and "] " in ln) or ln.startswith(("error:", "terminate called"))
+            if _ERROR_LINE.match(ln) or ln.startswith(("error:", "terminate called"))
         ]
         found = [ln for ln in found if not any(n in ln for n in _NOISE)]
         return "; ".join(found[-limit:])

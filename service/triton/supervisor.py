@@ -126,7 +126,7 @@ class TritonSupervisor:
         limit = self.settings.triton_max_restarts
         if self.failures > limit:
             raise TritonGaveUp(
-                f"the local Triton failed {self.failures} times in a row ({limit} restarts allowed); last: {why}"
+                f"the local Triton failed {self.failures} times in a row (triton_max_restarts={limit}); last: {why}"
             )
         log.error("%s; restarting it on the same ports (failure %d of %d allowed)", why, self.failures, limit)
 

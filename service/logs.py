@@ -1,0 +1,44 @@
+"""Logging set-up with flood protection: a message repeated faster than a few times a minute (accept()
+failing on EMFILE, say, thousands of times a second) is suppressed and later counted in one line."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+WINDOW_S = 10.0
+BURST = 5
+
+
+class RepeatLimiter(logging.Filter):
+    """At most BURST records per (logger, message template) in each WINDOW_S; the next record after a
+    suppression says how many were dropped. Tracebacks of suppressed records are dropped with them."""
+
+    def __init__(self, window_s: float = WINDOW_S, burst: int = BURST) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.burst = burst
+        self._seen: dict[tuple[str, str], tuple[float, int, int]] = {}  # -> (window start, count, dropped)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        start, count, dropped = self._seen.get(key, (now, 0, 0))
+        if now - start >= self.window_s:
+            if dropped:
+                record.msg = f"{record.msg} [{dropped} similar messages suppressed in the last {self.window_s:.0f} s]"
+            start, count, dropped = now, 0, 0
+        if count >= self.burst:
+            self._seen[key] = (start, count, dropped + 1)
+            return False
+        self._seen[key] = (start, count + 1, dropped)
+        if len(self._seen) > 10_000:  # messages are templates, so this only trims pathological growth
+            self._seen.clear()
+        return True
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limiter = RepeatLimiter()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(limiter)

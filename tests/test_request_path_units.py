@@ -1,0 +1,204 @@
+"""The request path in-process, without servers: the Embedder over a fake backend, admission, the wire
+and JSON pre-checks, and the prefix tokenization that bounds a long input's cost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.admission import Admission
+from service.api.grpc_service import parse_request
+from service.api.json_budget import ValueCounter, count_values
+from service.api.wire import count_field
+from service.gen.embedding.v1 import embedding_pb2 as pb
+from service.metrics import Metrics
+from service.model_info import ModelInfo
+from service.pipeline.embedder import Embedder
+from service.pipeline.errors import ErrorKind, ServiceError
+from service.pipeline.params import EmbedParams, Truncate
+from service.pipeline.tokenization import TextTokenizer, load_tokenizer
+
+EOS = 151643
+
+
+class FakeBackend:
+    """Pools by summing the embedding of each real token id: enough to tell inputs apart and padding
+    mistakes from right answers. Records the shapes it was called with."""
+
+    def __init__(self, hidden: int, delay_s: float = 0.0) -> None:
+        self.table = np.random.default_rng(0).standard_normal((151669, hidden)).astype(np.float32)
+        self.calls: list[tuple[int, int]] = []
+        self.delay_s = delay_s
+
+    async def infer(self, ids: np.ndarray, mask: np.ndarray, hidden: int, timeout_s: float) -> np.ndarray:
+        self.calls.append(ids.shape)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        return np.stack([self.table[row[m == 1]].sum(axis=0) for row, m in zip(ids, mask, strict=True)])
+
+
+def info(max_tokens: int = 64, hidden: int = 16) -> ModelInfo:
+    return ModelInfo(
+        triton_name="fake",
+        served_name="fake",
+        source_model="fake",
+        hidden_size=hidden,
+        min_dimensions=4,
+        max_input_tokens=max_tokens,
+        embedding_rows=151669,
+        precision="fp32",
+        backend="fake",
+        prompts={"query": "Instruct: q\nQuery:", "document": ""},
+        pad_id=EOS,
+        eos_id=EOS,
+        max_batch_size=4,
+    )
+
+
+@pytest.fixture(scope="module")
+def tokenizer(dev_model_dir: Path) -> TextTokenizer:
+    return TextTokenizer(load_tokenizer(dev_model_dir, 151669))
+
+
+def make_embedder(tokenizer: TextTokenizer, backend: FakeBackend, **kwargs: object) -> Embedder:
+    return Embedder(info(), tokenizer, backend, Metrics(), max_batch_inputs=8, token_budget=64, **kwargs)  # type: ignore[arg-type]
+
+
+def test_embedder_in_process_matches_single_calls(tokenizer: TextTokenizer) -> None:
+    backend = FakeBackend(16)
+    embedder = make_embedder(tokenizer, backend)
+    texts = ("short", "a somewhat longer text " * 3, "中文 text", "x " * 40)
+    deadline = time.monotonic() + 10
+
+    async def run() -> tuple[np.ndarray, list[np.ndarray]]:
+        batch = await embedder.embed(EmbedParams(texts=texts, truncate=Truncate.END), deadline)
+        singles = [
+            (await embedder.embed(EmbedParams(texts=(t,), truncate=Truncate.END), deadline)).vectors[0] for t in texts
+        ]
+        return batch.vectors, singles
+
+    batch, singles = asyncio.run(run())
+    for row, single in zip(batch, singles, strict=True):
+        np.testing.assert_allclose(row, single, rtol=1e-5, atol=1e-6)
+    assert len({tuple(np.round(r, 4)) for r in batch}) == len(texts)
+    assert all(rows * width <= 64 or rows == 1 for rows, width in backend.calls)  # the token budget holds
+    embedder.close()
+
+
+def test_embedder_refuses_requests_over_the_token_limit(tokenizer: TextTokenizer) -> None:
+    embedder = make_embedder(tokenizer, FakeBackend(16), max_request_tokens=100)
+    params = EmbedParams(texts=("word " * 40,) * 4, truncate=Truncate.END)
+    with pytest.raises(ServiceError) as err:
+        asyncio.run(embedder.embed(params, time.monotonic() + 10))
+    assert err.value.kind is ErrorKind.INVALID_ARGUMENT and "more than the limit of 100" in err.value.message
+    embedder.close()
+
+
+def test_cancelled_tokenization_stops_its_thread(tokenizer: TextTokenizer) -> None:
+    """A large request cancelled mid-tokenization frees the tokenizer thread within one step."""
+    embedder = make_embedder(tokenizer, FakeBackend(16), tokenizer_threads=1)
+    embedder.max_batch_inputs = 4096
+    big = EmbedParams(texts=tuple(f"text number {i} " * 400 for i in range(4096)), truncate=Truncate.START)
+
+    async def run() -> float:
+        task = asyncio.create_task(embedder.tokenize(big))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        cancelled_at = time.perf_counter()
+        # The only tokenizer thread must be free again soon: a second large request gets through.
+        await embedder.tokenize(EmbedParams(texts=("y " * 3000,), truncate=Truncate.END))
+        return time.perf_counter() - cancelled_at
+
+    assert asyncio.run(run()) < 2.0
+    embedder.close()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_head_ids_equal_the_full_tokenization(tokenizer: TextTokenizer, seed: int) -> None:
+    rng = random.Random(seed)
+    pieces = ["hello", " world", "  ", "\n", "中文", "é", "e\u0301", "<|endoftext|>", "1234", "!!", "\t", "🙂", "don't"]
+    for _ in range(20):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(3000, 6000)))
+        cap = rng.choice([64, 200, 500])
+        head = tokenizer.head_ids(text, cap)
+        full = tokenizer.content_ids([text])[0]
+        if head is not None:
+            assert head == full[:cap]
+
+
+def test_admission_reserves_slots_for_unary_calls() -> None:
+    async def run() -> None:
+        admission = Admission(4, Metrics())
+        held: list[asyncio.Task[None]] = []
+        release = asyncio.Event()
+
+        async def stream_message() -> None:
+            async with admission.stream():
+                await release.wait()
+
+        for _ in range(6):
+            held.append(asyncio.create_task(stream_message()))
+        await asyncio.sleep(0.05)
+        assert admission.stream_in_use == 3  # a quarter of the capacity stays for unary calls
+        async with admission.unary():
+            with pytest.raises(ServiceError) as err:
+                async with admission.unary():
+                    pass
+            assert err.value.kind is ErrorKind.RESOURCE_EXHAUSTED
+        release.set()
+        await asyncio.gather(*held)
+        assert admission.in_use == 0
+
+    asyncio.run(run())
+
+
+def test_wire_count_stops_early_and_matches_protobuf() -> None:
+    request = pb.EmbedRequest(inputs=["a", "bb", ""], instruction="x" * 300, dimensions=64, request_id="r")
+    raw = request.SerializeToString()
+    assert count_field(raw, 1, 100) == 3
+    huge = b"\x0a\x01a" * 1_000_000
+    start = time.perf_counter()
+    assert count_field(huge, 1, 2048) == 2049
+    assert time.perf_counter() - start < 0.1  # stops past the limit instead of walking 3 MB
+    with pytest.raises(ServiceError, match="more than the limit of 2048"):
+        parse_request(huge, pb.EmbedRequest, 2048)
+    with pytest.raises(ServiceError, match="not a valid EmbedRequest"):
+        parse_request(b"\x0a\x05ab", pb.EmbedRequest, 2048)
+    assert parse_request(raw, pb.EmbedRequest, 2048) == request
+
+
+def _values(o: object) -> int:
+    if isinstance(o, dict):
+        return 1 + sum(1 + _values(v) for v in o.values())
+    if isinstance(o, list):
+        return 1 + sum(_values(v) for v in o)
+    return 1
+
+
+def test_json_value_count_is_exact_across_chunks() -> None:
+    rng = random.Random(7)
+
+    def gen(depth: int = 0) -> object:
+        r = rng.random()
+        if depth > 3 or r < 0.4:
+            return rng.choice([rng.randint(-9, 10**9), rng.random() * 1e9, None, True, False, "".join(
+                rng.choice('ab"\\,[]{} 1é') for _ in range(rng.randint(0, 8))
+            )])  # fmt: skip
+        if r < 0.7:
+            return [gen(depth + 1) for _ in range(rng.randint(0, 4))]
+        return {"".join(rng.choice('k"\\1') for _ in range(3)): gen(depth + 1) for _ in range(rng.randint(0, 4))}
+
+    for _ in range(300):
+        doc = gen()
+        body = json.dumps(doc, ensure_ascii=rng.random() < 0.5).encode()
+        counter = ValueCounter()
+        step = rng.randint(1, 7)
+        for i in range(0, len(body), step):
+            counter.feed(body[i : i + step])
+        assert counter.total == count_values(body) == _values(doc)
