@@ -10,6 +10,7 @@ from typing import Any
 
 from export.errors import ExportError
 from export.prompts import OFFICIAL_PROMPTS
+from service.contract import SpecialIds
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
 
@@ -50,6 +51,13 @@ class Checkpoint:
             if prompts:
                 return {str(k): str(v) for k, v in prompts.items()}
         return dict(OFFICIAL_PROMPTS)
+
+    def special_ids(self) -> SpecialIds:
+        """Pad and end-of-text ids from the checkpoint's tokenizer files (written into config.pbtxt)."""
+        try:
+            return SpecialIds.from_checkpoint(self.directory)
+        except ValueError as exc:
+            raise ExportError(f"{self.source}: {exc}") from exc
 
     def tokenizer_files(self) -> list[Path]:
         names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

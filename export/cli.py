@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from service.contract import Precision
+
 if TYPE_CHECKING:
     from service.cli import Extensions
 
@@ -60,9 +62,12 @@ def export(
     output: Annotated[Path, typer.Option(help="Triton model repository")] = Path("model_repository"),
     name: str = "qwen3_embedding",
     backend: Annotated[str, typer.Option(help="python | onnxruntime | tensorrt")] = "python",
-    precision: Annotated[str, typer.Option(help="fp32 | fp16 | bf16")] = "fp32",
+    precision: Annotated[Precision, typer.Option(help="Weights and activations")] = Precision.FP32,
     max_batch_size: int = 32,
     max_tokens: Annotated[int, typer.Option(help="Max input tokens per text (capped by the model)")] = 8192,
+    max_batch_tokens: Annotated[
+        int, typer.Option(help="Padded tokens per ONNX Runtime run (python backend); bounds memory per instance")
+    ] = 16384,
     instances: Annotated[int, typer.Option(help="Model instances; 0 = one per core on CPU, 1 on GPU")] = 0,
     instance_kind: Annotated[str, typer.Option(help="auto | CPU | GPU")] = "auto",
     max_queue_delay_us: int = 500,
@@ -94,6 +99,7 @@ def export(
         precision=precision,
         max_batch_size=max_batch_size,
         max_input_tokens=max_tokens,
+        max_batch_tokens=max_batch_tokens,
         instances=instances,
         instance_kind=instance_kind,
         max_queue_delay_us=max_queue_delay_us,
@@ -129,7 +135,7 @@ def export_if_missing(model: str, repository: Path, name: str, backend: str, pre
 
     from export.errors import ExportError
     from export.exporter import ExportOptions, run_export
-    from export.triton_config import RepoSettings
+    from export.triton_config import RepoSettings, parse_precision
     from service.pipeline.batching import default_buckets
 
     if model == "dev":
@@ -138,10 +144,13 @@ def export_if_missing(model: str, repository: Path, name: str, backend: str, pre
         if not (DEV_MODEL_DIR / "config.json").exists():
             build_dev_model(DEV_MODEL_DIR)
         model = str(DEV_MODEL_DIR)
-    repo = RepoSettings(
-        name=name, backend=backend, precision=precision, warmup_lengths=tuple(default_buckets(8192))
-    )
     try:
+        repo = RepoSettings(
+            name=name,
+            backend=backend,
+            precision=parse_precision(precision),
+            warmup_lengths=tuple(default_buckets(8192)),
+        )
         run_export(ExportOptions(model=model, output=repository, repo=repo), Console(stderr=True))
     except ExportError as exc:
         typer.echo(f"export failed: {exc}", err=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.prompts import OFFICIAL_PROMPTS
-from export.qwen_tokenizer_offline import TOTAL_IDS, save_tokenizer
+from export.qwen_tokenizer_offline import ENDOFTEXT_ID, TOTAL_IDS, save_tokenizer
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,9 @@ def build_dev_model(output: Path, shape: DevModelShape = DevModelShape(), dtype:
         rms_norm_eps=1e-6,
         initializer_range=shape.init_std,
         tie_word_embeddings=True,
-        bos_token_id=151643,
-        eos_token_id=151643,
+        # The id the dev tokenizer appends, as in the official config.json.
+        bos_token_id=ENDOFTEXT_ID,
+        eos_token_id=ENDOFTEXT_ID,
         dtype=dtype,
         # transformers 5 files this under rope_parameters; 4.x takes it as is.
         **{"rope_theta": 1_000_000.0},  # type: ignore[arg-type]

@@ -9,16 +9,16 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
+from service.contract import EMBEDDING, INPUT_NAMES
 
-INPUT_NAMES = ["input_ids", "attention_mask"]
-OUTPUT_NAME = "embedding"
 TWO_GB = 2 * 1024**3
 
 
-def export_onnx(embedder: nn.Module, path: Path, opset: int = 17) -> Path:
+def export_onnx(embedder: nn.Module, path: Path, eos_id: int, opset: int = 17) -> Path:
     """Traces with a left-padded sample and writes `path` (+ `path.data` external weights when > 2 GB)."""
     device = next(embedder.parameters()).device
-    ids = torch.tensor([[151643, 151643, 9707, 1879, 151643], [3838, 374, 279, 6722, 151643]], device=device)
+    # Two rows ending in the end-of-text token as real inputs do, the first one left-padded.
+    ids = torch.tensor([[eos_id, eos_id, 9707, 1879, eos_id], [3838, 374, 279, 6722, eos_id]], device=device)
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], device=device)
     weight_bytes = sum(p.numel() * p.element_size() for p in embedder.parameters())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,12 +31,11 @@ def export_onnx(embedder: nn.Module, path: Path, opset: int = 17) -> Path:
                 embedder,
                 (ids, mask),
                 str(path),
-                input_names=INPUT_NAMES,
-                output_names=[OUTPUT_NAME],
+                input_names=list(INPUT_NAMES),
+                output_names=[EMBEDDING],
                 dynamic_axes={
-                    "input_ids": {0: "batch", 1: "sequence"},
-                    "attention_mask": {0: "batch", 1: "sequence"},
-                    OUTPUT_NAME: {0: "batch"},
+                    **{name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES},
+                    EMBEDDING: {0: "batch"},
                 },
                 opset_version=opset,
                 do_constant_folding=True,

@@ -1,11 +1,8 @@
-"""The official Qwen3-Embedding prompts (shared doc: template and default task)."""
+"""The official Qwen3-Embedding prompts (shared doc: template and default task); the template itself is the
+facade's (service/pipeline/templating.py), so export and serving cannot disagree on it."""
+
+from service.pipeline.templating import instruction_prefix
 
 DEFAULT_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 
-
-def query_prefix(task: str) -> str:
-    # Exact official template: one newline, no space after "Query:".
-    return f"Instruct: {task}\nQuery:"
-
-
-OFFICIAL_PROMPTS: dict[str, str] = {"query": query_prefix(DEFAULT_TASK), "document": ""}
+OFFICIAL_PROMPTS: dict[str, str] = {"query": instruction_prefix(DEFAULT_TASK), "document": ""}

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.triton_config import ModelFacts, RepoSettings, build_config, to_pbtxt, warmup_file
+from export.triton_config import RepoSettings, build_config, to_pbtxt, warmup_file
+from service.contract import ModelFacts
 
 TOKENIZER_DIR = "tokenizer"
 REPORT_FILE = "export_report.json"

@@ -7,13 +7,14 @@ import subprocess
 from pathlib import Path
 
 from export.errors import ExportError
+from service.contract import ATTENTION_MASK, INPUT_IDS, Precision
 
 
 def trtexec_command(
-    onnx_path: Path, plan_path: Path, precision: str, max_batch: int, max_tokens: int, opt_tokens: int = 512
+    onnx_path: Path, plan_path: Path, precision: Precision, max_batch: int, max_tokens: int, opt_tokens: int = 512
 ) -> list[str]:
     def shape(batch: int, seq: int) -> str:
-        return f"input_ids:{batch}x{seq},attention_mask:{batch}x{seq}"
+        return f"{INPUT_IDS}:{batch}x{seq},{ATTENTION_MASK}:{batch}x{seq}"
 
     cmd = [
         "trtexec",
@@ -23,14 +24,14 @@ def trtexec_command(
         f"--optShapes={shape(max(1, max_batch // 2), min(opt_tokens, max_tokens))}",
         f"--maxShapes={shape(max_batch, max_tokens)}",
     ]
-    if precision == "fp16":
+    if precision == Precision.FP16:
         cmd.append("--fp16")
-    elif precision == "bf16":
+    elif precision == Precision.BF16:
         cmd.append("--bf16")
     return cmd
 
 
-def build_plan(onnx_path: Path, plan_path: Path, precision: str, max_batch: int, max_tokens: int) -> Path:
+def build_plan(onnx_path: Path, plan_path: Path, precision: Precision, max_batch: int, max_tokens: int) -> Path:
     if shutil.which("trtexec") is None:
         raise ExportError(
             "--backend tensorrt needs `trtexec` (TensorRT) on PATH, which this host lacks. Run the export in "

@@ -2,61 +2,65 @@
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from export.errors import ExportError
+from export.memory import MIB, PeakMemory
+from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, INPUT_NAMES, ModelFacts, Precision
+
 BACKENDS = ("python", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16")
+
+# Triton's onnxruntime backend reads these model parameters (onnxruntime_backend README, "Model Config
+# Options"): the same memory behaviour model.py sets up for the Python backend, except that the backend
+# shrinks the CPU arena after every run (it has no per-run choice). The GPU arena grows by what is asked
+# (kSameAsRequested) instead of doubling; it is not shrunk, because one "gpu:N" entry for all instances would
+# fail every run of an instance on another GPU.
+ORT_BACKEND_MEMORY_PARAMETERS = {
+    "enable_mem_arena": "1",
+    "enable_mem_pattern": "0",
+    "memory.enable_memory_arena_shrinkage": "cpu:0",
+    "arena_extend_strategy": "1",
+}
 
 
 @dataclass(frozen=True)
 class RepoSettings:
     name: str = "qwen3_embedding"
     backend: str = "python"
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     max_batch_size: int = 32
     max_input_tokens: int = 8192
+    # Padded tokens (rows x width) per ONNX Runtime run in model.py: Triton merges requests of one width up
+    # to max_batch_size rows, so without it a merged batch could be max_batch_size times a facade chunk.
+    # 16,384 = the facade's default token_budget.
+    max_batch_tokens: int = 16384
     instances: int = 0  # 0 = auto: one per CPU core for CPU instances, 1 per GPU
     instance_kind: str = "auto"  # auto: CPU for python, GPU otherwise
     max_queue_delay_us: int = 500
     max_queue_size: int = 256
     queue_timeout_us: int = 30_000_000
     ort_intra_op_threads: int = 0
+    # model.py gives its ORT arena back after a run estimated above this; smaller runs keep it (no re-faulting
+    # of pages on the common short-text path). See export/memory.py and docs in model.py.
+    ort_arena_keep_bytes: int = 256 * MIB
     accelerator: str = "none"  # onnxruntime backend: none | tensorrt
     trt_engine_cache: str = "/tmp/trt-cache"
     warmup_lengths: tuple[int, ...] = field(default_factory=tuple)
 
+    def __post_init__(self) -> None:
+        # Callers may pass the flag's string ("fp16"); the field is always the enum.
+        object.__setattr__(self, "precision", parse_precision(self.precision))
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What the facade needs to know; stored in config.pbtxt `parameters`."""
 
-    source_model: str
-    hidden_size: int
-    min_dimensions: int
-    max_input_tokens: int
-    embedding_rows: int
-    precision: str
-    prompts: dict[str, str]
-    pad_token_id: int = 151643
-    eos_token_id: int = 151643
-
-    def as_parameters(self) -> dict[str, str]:
-        return {
-            "source_model": self.source_model,
-            "hidden_size": str(self.hidden_size),
-            "min_dimensions": str(self.min_dimensions),
-            "max_input_tokens": str(self.max_input_tokens),
-            "embedding_rows": str(self.embedding_rows),
-            "precision": self.precision,
-            "prompts": json.dumps(self.prompts, ensure_ascii=False),
-            "pad_token_id": str(self.pad_token_id),
-            "eos_token_id": str(self.eos_token_id),
-        }
+def parse_precision(text: str) -> Precision:
+    """A bad value is the user's to fix, so it is an ExportError (one clear line), not a ValueError."""
+    if text not in tuple(Precision):
+        raise ExportError(f"--precision must be one of {', '.join(Precision)}, not {text!r}")
+    return Precision(text)
 
 
 def resolved_kind(settings: RepoSettings) -> str:
@@ -81,6 +85,36 @@ def resolved_ort_threads(settings: RepoSettings) -> int:
     return 1 if resolved_kind(settings) == "CPU" and resolved_instances(settings) > 1 else 0
 
 
+def deployment_facts(settings: RepoSettings, facts: ModelFacts, memory: PeakMemory | None = None) -> ModelFacts:
+    """The checkpoint's facts plus what these settings decide: backend, thread count, token budget and the
+    expected peak per instance (from `memory`; without it the facts' own memory fields stay as they are)."""
+    facts = replace(
+        facts,
+        backend=settings.backend,
+        precision=settings.precision,
+        ort_intra_op_threads=resolved_ort_threads(settings),
+    )
+    python = settings.backend == "python"
+    # Only model.py splits batches by tokens and reads the arena knobs; the other backends run Triton's batch.
+    facts = replace(
+        facts,
+        max_batch_tokens=settings.max_batch_tokens if python else 0,
+        ort_arena_keep_bytes=settings.ort_arena_keep_bytes if python else 0,
+    )
+    if memory is None:
+        return facts
+    if settings.backend == "tensorrt":  # TensorRT engines are not the eager ORT graph the formula describes
+        return replace(facts, expected_peak_bytes_per_instance=0)
+    return replace(
+        facts,
+        activation_bytes_per_token=memory.bytes_per_token if python else 0,
+        activation_bytes_per_score=memory.bytes_per_score if python else 0,
+        expected_peak_bytes_per_instance=memory.instance_bytes(
+            facts.max_batch_tokens, facts.max_input_tokens, settings.max_batch_size
+        ),
+    )
+
+
 def warmup_file(length: int) -> str:
     """File name under <model>/warmup/ holding `length` int64 ones."""
     return f"ones_{length}"
@@ -98,9 +132,9 @@ def build_config(settings: RepoSettings, facts: ModelFacts) -> mc.ModelConfig:
         raise ValueError(f"unknown backend {settings.backend}")
     # TensorRT plans built from the ONNX graph take int64 ids only where the engine keeps them; the
     # onnx graph itself is int64 everywhere.
-    for name in ("input_ids", "attention_mask"):
+    for name in INPUT_NAMES:
         cfg.input.add(name=name, data_type=mc.TYPE_INT64, dims=[-1])
-    cfg.output.add(name="embedding", data_type=mc.TYPE_FP32, dims=[facts.hidden_size])
+    cfg.output.add(name=EMBEDDING, data_type=mc.TYPE_FP32, dims=[facts.hidden_size])
 
     batching = cfg.dynamic_batching
     batching.max_queue_delay_microseconds = settings.max_queue_delay_us
@@ -117,24 +151,22 @@ def build_config(settings: RepoSettings, facts: ModelFacts) -> mc.ModelConfig:
         kind=mc.ModelInstanceGroup.KIND_CPU if kind == "CPU" else mc.ModelInstanceGroup.KIND_GPU,
     )
 
+    params = deployment_facts(settings, facts).to_parameters()
     if settings.backend == "onnxruntime":
         cfg.optimization.graph.level = 1
+        params.update(ORT_BACKEND_MEMORY_PARAMETERS)
         if settings.accelerator == "tensorrt":
             accel = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
-            accel.parameters["precision_mode"] = "FP16" if settings.precision != "fp32" else "FP32"
+            accel.parameters["precision_mode"] = "FP16" if settings.precision != Precision.FP32 else "FP32"
             accel.parameters["max_workspace_size_bytes"] = str(4 << 30)
             accel.parameters["trt_engine_cache_enable"] = "1"
             accel.parameters["trt_engine_cache_path"] = settings.trt_engine_cache
-
-    params = facts.as_parameters()
-    params["backend"] = settings.backend
-    params["ort_intra_op_threads"] = str(resolved_ort_threads(settings))
     for key, value in params.items():
         cfg.parameters[key].string_value = value
 
     for length in settings.warmup_lengths:
         warm = cfg.model_warmup.add(name=f"warmup_len_{length}", batch_size=1)
-        for name in ("input_ids", "attention_mask"):
+        for name in (INPUT_IDS, ATTENTION_MASK):
             warm.inputs[name].data_type = mc.TYPE_INT64
             warm.inputs[name].dims.append(length)
             # A fully attended row of token id 1: valid for every backend (zero_data would be an

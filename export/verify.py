@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
+from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, Precision
+from service.pipeline.batching import left_pad
 
-THRESHOLDS = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.999}
+THRESHOLDS = {Precision.FP32: 0.99999, Precision.FP16: 0.999, Precision.BF16: 0.999}
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class SampleResult:
 
 @dataclass(frozen=True)
 class Verification:
-    precision: str
+    precision: Precision
     threshold: float
     provider: str
     results: list[SampleResult]
@@ -50,16 +52,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a64 @ b64 / denom) if denom > 0 else float("nan")
 
 
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    width = max(len(s) for s in sequences)
-    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(sequences), width), dtype=np.int64)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq) :] = seq
-        mask[row, width - len(seq) :] = 1
-    return ids, mask
-
-
 def reference_vectors(backbone: nn.Module, sequences: list[list[int]]) -> list[np.ndarray]:
     device = next(backbone.parameters()).device
     out = []
@@ -71,11 +63,11 @@ def reference_vectors(backbone: nn.Module, sequences: list[list[int]]) -> list[n
     return out
 
 
-def ort_session(onnx_path: Path, precision: str) -> tuple[object, str]:
+def ort_session(onnx_path: Path, precision: Precision) -> tuple[object, str]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    if precision == "bf16" and "CUDAExecutionProvider" not in available:
+    if precision == Precision.BF16 and "CUDAExecutionProvider" not in available:
         raise ExportError(
             "bf16 graphs can only be verified with onnxruntime-gpu (CUDAExecutionProvider): ONNX Runtime's "
             "CPU provider has no bf16 kernels. Export on a GPU host, or use --precision fp16/fp32 here."
@@ -92,7 +84,7 @@ def verify(
     onnx_path: Path,
     reference: list[np.ndarray],
     samples: dict[str, list[int]],
-    precision: str,
+    precision: Precision,
     pad_id: int,
 ) -> Verification:
     """`reference` comes from reference_vectors(), computed before the PyTorch model was freed."""
@@ -101,10 +93,10 @@ def verify(
     sequences = [samples[n] for n in names]
 
     def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0])  # type: ignore[attr-defined]
+        return np.asarray(session.run([EMBEDDING], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0])  # type: ignore[attr-defined]
 
-    alone = [run(*left_pad([s], pad_id))[0] for s in sequences]
-    batched = run(*left_pad(sequences, pad_id))
+    alone = [run(*left_pad([s], len(s), pad_id))[0] for s in sequences]
+    batched = run(*left_pad(sequences, max(len(s) for s in sequences), pad_id))
     results = [
         SampleResult(
             name=name,

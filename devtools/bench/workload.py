@@ -2,7 +2,7 @@
 
 A text of n tokens is n-1 common English words, each with a leading space: the Qwen tokenizer's
 pre-tokenizer splits at every space and each of these words is one BPE token, so the length is exact
-(the model's EOS makes the n-th token). `tests/test_bench_smoke.py` checks this against the real tokenizer.
+(the model's EOS makes the n-th token). `tests/service/test_bench_smoke.py` checks this against the real tokenizer.
 """
 
 from __future__ import annotations

@@ -82,6 +82,9 @@ class Embedder:
         self.max_batch_inputs = max_batch_inputs
         self.max_request_tokens = max_request_tokens
         self.buckets = resolve_buckets(buckets, info.max_input_tokens)
+        # Never more per call than the model was exported to run at once (its own sub-run budget).
+        if info.max_batch_tokens:
+            token_budget = min(token_budget, info.max_batch_tokens)
         self.token_budget = max(token_budget, self.buckets[0])
         self.max_rows = min(max_triton_batch or info.max_batch_size, info.max_batch_size)
         self.executor = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tokenize")

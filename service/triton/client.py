@@ -10,6 +10,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
+from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS
 from service.pipeline.errors import ErrorKind, ServiceError
 
 log = logging.getLogger(__name__)
@@ -70,19 +71,19 @@ class TritonBackend:
     async def infer(self, ids: np.ndarray, mask: np.ndarray, hidden: int, timeout_s: float) -> np.ndarray:
         """[rows, width] int64 -> [rows, hidden] float32; checks the response's shape and values."""
         inputs = [
-            grpcclient.InferInput("input_ids", list(ids.shape), "INT64"),
-            grpcclient.InferInput("attention_mask", list(mask.shape), "INT64"),
+            grpcclient.InferInput(INPUT_IDS, list(ids.shape), "INT64"),
+            grpcclient.InferInput(ATTENTION_MASK, list(mask.shape), "INT64"),
         ]
         inputs[0].set_data_from_numpy(ids)
         inputs[1].set_data_from_numpy(mask)
-        outputs = [grpcclient.InferRequestedOutput("embedding")]
+        outputs = [grpcclient.InferRequestedOutput(EMBEDDING)]
         try:
             result = await self.client.infer(
                 self.model_name, inputs, outputs=outputs, client_timeout=max(timeout_s, 0.001)
             )
         except InferenceServerException as exc:
             raise map_triton_error(exc) from exc
-        out = result.as_numpy("embedding")
+        out = result.as_numpy(EMBEDDING)
         # Never return a wrong vector: a short, mis-shaped or non-finite response is an error.
         if out is None or out.shape != (ids.shape[0], hidden):
             shape = None if out is None else out.shape

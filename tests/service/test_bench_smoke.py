@@ -141,7 +141,7 @@ def test_bench_runs_as_a_module_too() -> None:
     import sys
 
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
         [sys.executable, "-m", "devtools.bench", "--help"], cwd=root, env=env, capture_output=True, text=True
     )

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from export.dev_model import DevModelShape, build_dev_model
 from export.errors import ExportError
 from export.exporter import ExportOptions, run_export
-from export.triton_config import ModelFacts, RepoSettings, build_config, parse_pbtxt, to_pbtxt
-from export.verify import left_pad
+from export.triton_config import ORT_BACKEND_MEMORY_PARAMETERS, RepoSettings, build_config, parse_pbtxt, to_pbtxt
 from service.cli import app
+from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, ModelFacts, Param
+from service.pipeline.batching import left_pad
 from tests.conftest import TEST_MAX_TOKENS, export_dev
 from tests.helpers import cosine
 
@@ -33,8 +34,9 @@ def onnx_embed(session: ort.InferenceSession, tokenizer_dir: Path, texts: list[s
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    ids, mask = left_pad([tok.encode(t).ids for t in texts], pad_id=151643)
-    out = session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+    encoded = [tok.encode(t).ids for t in texts]
+    ids, mask = left_pad(encoded, max(len(e) for e in encoded), pad_id=151643)
+    out = session.run([EMBEDDING], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
@@ -58,6 +60,9 @@ def test_python_backend_repository_layout(model_repository: Path) -> None:
     assert params["hidden_size"] == "64" and params["min_dimensions"] == "32"
     assert params["max_input_tokens"] == str(TEST_MAX_TOKENS) and params["embedding_rows"] == "151669"
     assert "query" in params["prompts"] and params["precision"] == "fp32"
+    assert params["pad_token_id"] == params["eos_token_id"] == "151643"  # read from the checkpoint's tokenizer
+    assert params[Param.MAX_BATCH_TOKENS] == "16384" and int(params[Param.EXPECTED_PEAK_BYTES]) > 0
+    assert int(params[Param.ACTIVATION_BYTES_PER_SCORE]) > 0 and int(params[Param.ORT_ARENA_KEEP_BYTES]) > 0
     assert len(cfg.model_warmup) == 6  # one per bucket 16..512
 
 
@@ -112,17 +117,24 @@ def test_cli_export_prints_table_and_onnxruntime_config(dev_model_dir: Path, tmp
             "256",
             "--accelerator",
             "tensorrt",
+            "--max-batch-tokens",
+            "4096",
             "--no-warmup",
         ],
     )
     assert result.exit_code == 0, result.output
     assert "cos batched" in result.output and "english query" in result.output
     assert "verified export written" in result.output
+    # Triton's onnxruntime backend runs merged batches whole: the bound says so, and the split knob is unset.
+    assert "expected peak memory per instance" in result.output and "merged batch whole" in result.output
     cfg = parse_pbtxt((tmp_path / "repo" / "qwen3_embedding" / "config.pbtxt").read_text())
     assert cfg.platform == "onnxruntime_onnx"
     assert cfg.instance_group[0].kind == cfg.instance_group[0].KIND_GPU
     accel = cfg.optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert accel.name == "tensorrt" and accel.parameters["trt_engine_cache_enable"] == "1"
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert ORT_BACKEND_MEMORY_PARAMETERS.items() <= params.items()
+    assert Param.MAX_BATCH_TOKENS not in params and int(params[Param.EXPECTED_PEAK_BYTES]) > 0
     assert not (tmp_path / "repo" / "qwen3_embedding" / "1" / "model.py").exists()
 
 
@@ -133,7 +145,9 @@ def test_fp16_export_verifies(dev_model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_tensorrt_backend_config_and_missing_trtexec(dev_model_dir: Path, tmp_path: Path) -> None:
-    facts = ModelFacts("m", 64, 32, 512, 151669, "fp16", {"query": "q"})
+    facts = ModelFacts(
+        source_model="m", hidden_size=64, max_input_tokens=512, embedding_rows=151669, pad_id=0, eos_id=0
+    )
     cfg = parse_pbtxt(to_pbtxt(build_config(RepoSettings(backend="tensorrt", precision="fp16"), facts)))
     assert cfg.platform == "tensorrt_plan"
     result = CliRunner().invoke(
@@ -203,7 +217,8 @@ def test_other_shape_exports(tmp_path: Path) -> None:
     ("args", "needle"),
     [
         (["--backend", "tflite"], "--backend must be one of"),
-        (["--precision", "int3"], "--precision must be one of"),
+        (["--precision", "int3"], "'int3' is not one of"),
+        (["--max-batch-tokens", "0"], "--max-batch-tokens must be >= 1"),
         (["--max-batch-size", "0"], "--max-batch-size must be >= 1"),
     ],
 )

@@ -21,7 +21,7 @@ import yaml
 
 from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "helm" / "qwen3-embedding"
 RELEASE = "emb"
 NAMESPACE = "ml"

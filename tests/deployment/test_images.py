@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 # Dockerfile -> the `qwen3-embed` subcommand its ENTRYPOINT runs.
 IMAGES = {"facade.Dockerfile": "serve", "export.Dockerfile": "export"}

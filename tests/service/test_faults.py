@@ -39,7 +39,7 @@ TEXTS = [f"reliability sentence number {i}" for i in range(8)]
 
 FAULT_WRAPPER = '''
 
-# --- test-only fault injection (tests/test_reliability.py) ---
+# --- test-only fault injection (tests/service/test_faults.py) ---
 import time as _time
 
 

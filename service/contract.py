@@ -1,0 +1,233 @@
+"""The model-repository contract between `qwen3-embed export` and everything that serves its output.
+
+Export writes a Triton model directory: tensors named below, and the model facts as string `parameters` in
+config.pbtxt. The facade reads the facts back from Triton's model config (so a local or a remote Triton looks the
+same), and export/templates/model.py (Triton's Python backend) reads its runtime knobs from the same parameters.
+That template runs inside Triton's Python stub without this package, so it repeats the few names it uses;
+tests/unit/test_contract.py checks they equal the ones here.
+
+Serving code: no torch and no export/ imports here (the facade wheel ships `service` only).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+# The graph's tensors: int64 [batch, sequence] in, float32 [batch, hidden] out (un-normalised last token).
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+EMBEDDING = "embedding"
+INPUT_NAMES = (INPUT_IDS, ATTENTION_MASK)
+
+
+class Precision(StrEnum):
+    """Weights and activations of the exported graph (its output is always float32)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+    @property
+    def itemsize(self) -> int:
+        return 4 if self is Precision.FP32 else 2
+
+    @property
+    def dtype_name(self) -> str:
+        """The torch / numpy name of the dtype."""
+        return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.value]
+
+
+class Param(StrEnum):
+    """Keys of config.pbtxt `parameters` (all values are strings, as Triton stores them)."""
+
+    SOURCE_MODEL = "source_model"
+    HIDDEN_SIZE = "hidden_size"
+    MIN_DIMENSIONS = "min_dimensions"
+    MAX_INPUT_TOKENS = "max_input_tokens"
+    EMBEDDING_ROWS = "embedding_rows"
+    PRECISION = "precision"
+    PROMPTS = "prompts"
+    PAD_ID = "pad_token_id"
+    EOS_ID = "eos_token_id"
+    BACKEND = "backend"
+    # Runtime knobs of the Python-backend model (export/templates/model.py) and the memory bound export printed.
+    MAX_BATCH_TOKENS = "max_batch_tokens"
+    EXPECTED_PEAK_BYTES = "expected_peak_bytes_per_instance"
+    ORT_INTRA_OP_THREADS = "ort_intra_op_threads"
+    ACTIVATION_BYTES_PER_TOKEN = "activation_bytes_per_token"
+    ACTIVATION_BYTES_PER_SCORE = "activation_bytes_per_score"
+    ORT_ARENA_KEEP_BYTES = "ort_arena_keep_bytes"
+
+
+REQUIRED_PARAMS = (Param.HIDDEN_SIZE, Param.MAX_INPUT_TOKENS, Param.EMBEDDING_ROWS)
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """pad: what left padding fills with; eos: the token the tokenizer appends, whose hidden state is pooled."""
+
+    pad_id: int
+    eos_id: int
+
+    @classmethod
+    def from_checkpoint(cls, directory: Path) -> SpecialIds:
+        """Read from the checkpoint's own files rather than assumed: eos is whatever tokenizer.json's
+        post-processor appends; pad is tokenizer_config.json's pad_token, else config.json's pad_token_id,
+        else eos. Raises ValueError when the tokenizer appends nothing (old Qwen3-Embedding tokenizer
+        revisions did: every vector would be pooled from the wrong token)."""
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        bare = tok.encode("a", add_special_tokens=False).ids
+        full = tok.encode("a").ids
+        if len(full) <= len(bare) or full[: len(bare)] != bare:
+            raise ValueError(
+                f"the tokenizer in {directory} appends no end-of-text token; Qwen3-Embedding pools the hidden "
+                "state of the appended <|endoftext|> (update tokenizer.json from the official repository)"
+            )
+        eos = full[-1]
+        pad = _pad_from_tokenizer_config(directory, tok)
+        if pad is None:
+            config = _read_json(directory / "config.json")
+            pad = config.get("pad_token_id") if isinstance(config.get("pad_token_id"), int) else None
+        return cls(pad_id=eos if pad is None else pad, eos_id=eos)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def _pad_from_tokenizer_config(directory: Path, tok: Any) -> int | None:
+    token = _read_json(directory / "tokenizer_config.json").get("pad_token")
+    if isinstance(token, dict):  # older files store the AddedToken as a dict
+        token = token.get("content")
+    if not isinstance(token, str):
+        return None
+    found = tok.token_to_id(token)
+    return int(found) if found is not None else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelFacts:
+    """Everything export writes into config.pbtxt `parameters`; one definition for the writer and readers."""
+
+    source_model: str
+    hidden_size: int
+    max_input_tokens: int
+    embedding_rows: int
+    pad_id: int
+    eos_id: int
+    min_dimensions: int = 32
+    precision: Precision = Precision.FP32
+    prompts: dict[str, str] = field(default_factory=dict)
+    backend: str = ""
+    # 0 = not set (exports from before these keys existed): no split, no bound known.
+    max_batch_tokens: int = 0
+    expected_peak_bytes_per_instance: int = 0
+    ort_intra_op_threads: int = 0
+    activation_bytes_per_token: int = 0
+    activation_bytes_per_score: int = 0
+    ort_arena_keep_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        # Callers may pass the plain string ("fp16"); the field is always the enum.
+        object.__setattr__(self, "precision", Precision(self.precision))
+
+    def to_parameters(self) -> dict[str, str]:
+        out = {key.value: _encode(getattr(self, name)) for name, key in _FIELD_KEYS.items()}
+        # Optional numbers left at 0 are left out: a reader takes the same default.
+        return {k: v for k, v in out.items() if not (k in _OPTIONAL_NUMBERS and v == "0")}
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str], model_name: str = "") -> ModelFacts:
+        missing = sorted(k.value for k in REQUIRED_PARAMS if k not in params)
+        if missing:
+            raise ValueError(
+                f"Triton model {model_name!r} lacks parameters {missing}: export it with `qwen3-embed export`"
+            )
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = _FIELD_KEYS[f.name]
+            if key in params:
+                values[f.name] = _decode(f.name, params[key])
+        values.setdefault("source_model", model_name)
+        # Exports written before the ids were read from the checkpoint did not always store them.
+        values.setdefault("eos_id", _LEGACY_ENDOFTEXT_ID)
+        values.setdefault("pad_id", values["eos_id"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo(ModelFacts):
+    """What the facade knows about the served model: the facts plus what Triton's own config says."""
+
+    triton_name: str
+    served_name: str
+    max_batch_size: int
+
+    @classmethod
+    def from_triton_config(cls, config: Any, served_name: str = "") -> ModelInfo:
+        """`config` is tritonclient's ModelConfig message."""
+        params = {k: v.string_value for k, v in config.parameters.items()}
+        facts = ModelFacts.from_parameters(params, config.name)
+        values = {f.name: getattr(facts, f.name) for f in fields(ModelFacts)}
+        values["backend"] = facts.backend or config.backend or config.platform
+        return cls(
+            **values,
+            triton_name=config.name,
+            served_name=served_name or facts.source_model.rstrip("/").split("/")[-1],
+            max_batch_size=int(config.max_batch_size) or 1,
+        )
+
+
+# <|endoftext|> of the Qwen2/Qwen3 vocabulary: only the fallback for repositories exported before pad and
+# eos ids were written; new exports read them from the checkpoint (SpecialIds.from_checkpoint).
+_LEGACY_ENDOFTEXT_ID = 151643
+
+_FIELD_KEYS: dict[str, Param] = {
+    "source_model": Param.SOURCE_MODEL,
+    "hidden_size": Param.HIDDEN_SIZE,
+    "max_input_tokens": Param.MAX_INPUT_TOKENS,
+    "embedding_rows": Param.EMBEDDING_ROWS,
+    "pad_id": Param.PAD_ID,
+    "eos_id": Param.EOS_ID,
+    "min_dimensions": Param.MIN_DIMENSIONS,
+    "precision": Param.PRECISION,
+    "prompts": Param.PROMPTS,
+    "backend": Param.BACKEND,
+    "max_batch_tokens": Param.MAX_BATCH_TOKENS,
+    "expected_peak_bytes_per_instance": Param.EXPECTED_PEAK_BYTES,
+    "ort_intra_op_threads": Param.ORT_INTRA_OP_THREADS,
+    "activation_bytes_per_token": Param.ACTIVATION_BYTES_PER_TOKEN,
+    "activation_bytes_per_score": Param.ACTIVATION_BYTES_PER_SCORE,
+    "ort_arena_keep_bytes": Param.ORT_ARENA_KEEP_BYTES,
+}
+_OPTIONAL_NUMBERS = {
+    Param.MAX_BATCH_TOKENS,
+    Param.EXPECTED_PEAK_BYTES,
+    Param.ACTIVATION_BYTES_PER_TOKEN,
+    Param.ACTIVATION_BYTES_PER_SCORE,
+    Param.ORT_ARENA_KEEP_BYTES,
+}
+_STRING_FIELDS = {"source_model", "backend"}
+
+
+def _encode(value: object) -> str:
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _decode(name: str, raw: str) -> Any:
+    if name in _STRING_FIELDS:
+        return raw
+    if name == "precision":
+        return Precision(raw)
+    if name == "prompts":
+        return {str(k): str(v) for k, v in json.loads(raw or "{}").items()}
+    return int(raw)
