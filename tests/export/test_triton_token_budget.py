@@ -33,7 +33,7 @@ from export.memory import PeakMemory
 from export.triton_config import RepoSettings, parse_pbtxt
 from service.contract import EMBEDDING, ModelFacts
 from service.triton.runtime import TritonProcess, start_triton
-from tests.test_triton_python_backend import infer_inputs
+from tests.export.test_triton_python_backend import infer_inputs
 
 BUDGET = 512
 WIDTH = 256
