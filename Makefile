@@ -44,7 +44,7 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy service export devtools
+	$(BIN)/mypy service export devtools indexing
 
 clean:
 	rm -rf $(VENV) .cache

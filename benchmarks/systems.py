@@ -21,7 +21,7 @@ from devtools.bench.clients import GrpcSender, HttpSender, Outcome
 from devtools.bench.runner import LoadSpec, run_load
 from devtools.bench.stats import Sample, Summary, summarize
 from devtools.launch import FacadePorts, launch_facade, stop
-from service.pipeline.batching import Chunk, left_pad, plan_chunks
+from service.pipeline.batching import Chunk, pad, plan_chunks
 from service.triton.runtime import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +34,7 @@ class Plan:
 
     ids: list[list[int]]
     chunks: list[Chunk]
+    side: str = "left"  # the export's padding side (right for the fused-attention graph)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -47,6 +48,15 @@ class Plan:
         return sum(c.padded_tokens for c in self.chunks)
 
 
+def padding_side(repo_model_dir: Path) -> str:
+    """The side the export pads on, from its config.pbtxt (the contract's parameter; old exports: left)."""
+    from export.triton_config import parse_pbtxt
+    from service.contract import ModelInfo
+
+    config = parse_pbtxt((repo_model_dir / "config.pbtxt").read_text())
+    return ModelInfo.from_triton_config(config).padding_side
+
+
 class Tokenize:
     """The facade's tokenization (content ids + EOS), from the exported repository's tokenizer."""
 
@@ -54,6 +64,7 @@ class Tokenize:
         from service.pipeline.tokenization import TextTokenizer, load_tokenizer
 
         self.tok = TextTokenizer(load_tokenizer(repo_model_dir / "tokenizer", 151669))
+        self.padding_side = padding_side(repo_model_dir)
 
     def ids(self, texts: list[str]) -> list[list[int]]:
         return [[*c, EOS] for c in self.tok.content_ids(texts)]
@@ -65,12 +76,12 @@ def plan_requests(
     plans = []
     for texts in requests:
         ids = tokenize.ids(texts)
-        plans.append(Plan(ids, plan_chunks([len(i) for i in ids], buckets, budget, max_rows)))
+        plans.append(Plan(ids, plan_chunks([len(i) for i in ids], buckets, budget, max_rows), tokenize.padding_side))
     return plans
 
 
 def padded_arrays(plan: Plan) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [left_pad([plan.ids[i] for i in c.indices], c.width, EOS) for c in plan.chunks]
+    return [pad([plan.ids[i] for i in c.indices], c.width, EOS, plan.side) for c in plan.chunks]
 
 
 # -- (a) the ceiling: model.onnx in this process, same chunks, no server ------------------------------
@@ -98,9 +109,7 @@ def run_ceiling(session: Any, plans: Sequence[Plan], repeat_until_s: float = 0.0
         start = time.perf_counter()
         for ids, mask in arrays[k]:
             session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})
-        samples.append(
-            Sample(start - t0, time.perf_counter() - start, "OK", len(plans[k]), plans[k].real_tokens)
-        )
+        samples.append(Sample(start - t0, time.perf_counter() - start, "OK", len(plans[k]), plans[k].real_tokens))
         i += 1
     return summarize(samples, time.perf_counter() - t0)
 
@@ -108,9 +117,7 @@ def run_ceiling(session: Any, plans: Sequence[Plan], repeat_until_s: float = 0.0
 # -- (b) direct Triton: the same chunks over tritonclient's asyncio gRPC client ----------------------
 
 
-async def run_direct_triton(
-    url: str, model: str, hidden: int, plans: Sequence[Plan], spec: LoadSpec
-) -> Summary:
+async def run_direct_triton(url: str, model: str, hidden: int, plans: Sequence[Plan], spec: LoadSpec) -> Summary:
     import tritonclient.grpc as grpcclient
     import tritonclient.grpc.aio as aioclient
     from tritonclient.utils import InferenceServerException
@@ -141,9 +148,7 @@ async def run_direct_triton(
         return Outcome("OK", tokens=plan.real_tokens)
 
     try:
-        await run_load(
-            send, plans, LoadSpec(concurrency=min(spec.concurrency, 4), requests=min(4, len(plans)))
-        )
+        await run_load(send, plans, LoadSpec(concurrency=min(spec.concurrency, 4), requests=min(4, len(plans))))
         return (await run_load(send, plans, spec)).summary
     finally:
         await client.close()
@@ -152,15 +157,11 @@ async def run_direct_triton(
 # -- (c, d) the facade, and (f) peers, through the load generator's own clients -----------------------
 
 
-async def run_grpc(
-    target: str, hidden: int, requests: Sequence[list[str]], spec: LoadSpec, warmup: int = 4
-) -> Summary:
+async def run_grpc(target: str, hidden: int, requests: Sequence[list[str]], spec: LoadSpec, warmup: int = 4) -> Summary:
     sender = GrpcSender(target, hidden)
     try:
         if warmup:
-            await run_load(
-                sender.send, requests, LoadSpec(concurrency=min(spec.concurrency, warmup), requests=warmup)
-            )
+            await run_load(sender.send, requests, LoadSpec(concurrency=min(spec.concurrency, warmup), requests=warmup))
         return (await run_load(sender.send, requests, spec)).summary
     finally:
         await sender.close()
@@ -178,9 +179,7 @@ async def run_http(
     sender = HttpSender(base_url, model, hidden, path=path, connections=max(16, spec.concurrency))
     try:
         if warmup:
-            await run_load(
-                sender.send, requests, LoadSpec(concurrency=min(spec.concurrency, warmup), requests=warmup)
-            )
+            await run_load(sender.send, requests, LoadSpec(concurrency=min(spec.concurrency, warmup), requests=warmup))
         result = await run_load(sender.send, requests, spec)
         return result.summary, result.first_error
     finally:
@@ -190,9 +189,7 @@ async def run_http(
 # -- (e) sentence-transformers in this process -------------------------------------------------------
 
 
-def run_sentence_transformers(
-    model: Any, requests: Sequence[list[str]], token_counts: Sequence[int]
-) -> Summary:
+def run_sentence_transformers(model: Any, requests: Sequence[list[str]], token_counts: Sequence[int]) -> Summary:
     samples: list[Sample] = []
     t0 = time.perf_counter()
     for texts, tokens in zip(requests, token_counts, strict=True):

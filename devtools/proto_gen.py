@@ -50,7 +50,9 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 def generated_snapshot(out_dir: Path) -> dict[str, str]:
-    return {str(p.relative_to(out_dir)): p.read_text() for p in sorted(out_dir.rglob("*")) if p.is_file()}
+    # Sources only: an import leaves __pycache__ beside them.
+    files = (p for p in sorted(out_dir.rglob("*")) if p.is_file() and p.suffix in (".py", ".pyi"))
+    return {str(p.relative_to(out_dir)): p.read_text() for p in files}
 
 
 def main() -> int:

@@ -64,7 +64,13 @@ def export(
     backend: Annotated[str, typer.Option(help="python | onnxruntime | tensorrt")] = "python",
     precision: Annotated[Precision, typer.Option(help="Weights and activations")] = Precision.FP32,
     max_batch_size: int = 32,
-    max_tokens: Annotated[int, typer.Option(help="Max input tokens per text (capped by the model)")] = 8192,
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Max input tokens per text (capped by the model); 0 = the model's max_position_embeddings "
+            "(32768 for Qwen3-Embedding), or 8192 with the eager graph"
+        ),
+    ] = 0,
     max_batch_tokens: Annotated[
         int, typer.Option(help="Padded tokens per ONNX Runtime run (python backend); bounds memory per instance")
     ] = 16384,
@@ -77,11 +83,20 @@ def export(
     ort_threads: Annotated[
         int, typer.Option(help="ONNX Runtime intra-op threads; 0 = 1 per instance with several CPU instances")
     ] = 0,
-    warmup: Annotated[bool, typer.Option(help="Warm every length bucket before READY")] = True,
+    warmup: Annotated[bool, typer.Option(help="Warm the length buckets up to 8192 tokens before READY")] = True,
     min_dimensions: int = 32,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (tracing and verification)")] = "auto",
-    verify_long_tokens: int = 1024,
+    verify_long_tokens: Annotated[
+        int, typer.Option(help="Tokens of the long verification sample; 0 = 16384 (fused) or 1024 (eager)")
+    ] = 0,
     skip_resource_check: bool = False,
+    attention: Annotated[
+        str,
+        typer.Option(
+            help="auto | fused | eager. fused: ONNX Runtime GroupQueryAttention, memory linear in tokens, full "
+            "context; eager: standard ops, [L, L] scores. auto = eager for --backend tensorrt, fused otherwise"
+        ),
+    ] = "auto",
 ) -> None:
     """Checkpoint -> verified ONNX (and TensorRT) -> Triton model repository with dynamic batching."""
     from rich.console import Console
@@ -89,10 +104,8 @@ def export(
     from export.errors import ExportError
     from export.exporter import ExportOptions, run_export
     from export.triton_config import RepoSettings
-    from service.pipeline.batching import default_buckets
 
     console = Console(stderr=True)
-    buckets = default_buckets(max_tokens) if warmup else []
     repo = RepoSettings(
         name=name,
         backend=backend,
@@ -107,7 +120,6 @@ def export(
         ort_intra_op_threads=ort_threads,
         accelerator=accelerator,
         trt_engine_cache=trt_engine_cache,
-        warmup_lengths=tuple(buckets),
     )
     opts = ExportOptions(
         model=model,
@@ -117,6 +129,8 @@ def export(
         verify_long_tokens=verify_long_tokens,
         min_dimensions=min_dimensions,
         skip_resource_check=skip_resource_check,
+        attention=attention,
+        auto_warmup=warmup,
     )
     try:
         run_export(opts, console)
@@ -136,7 +150,6 @@ def export_if_missing(model: str, repository: Path, name: str, backend: str, pre
     from export.errors import ExportError
     from export.exporter import ExportOptions, run_export
     from export.triton_config import RepoSettings, parse_precision
-    from service.pipeline.batching import default_buckets
 
     if model == "dev":
         from export.dev_model import build_dev_model
@@ -145,13 +158,8 @@ def export_if_missing(model: str, repository: Path, name: str, backend: str, pre
             build_dev_model(DEV_MODEL_DIR)
         model = str(DEV_MODEL_DIR)
     try:
-        repo = RepoSettings(
-            name=name,
-            backend=backend,
-            precision=parse_precision(precision),
-            warmup_lengths=tuple(default_buckets(8192)),
-        )
-        run_export(ExportOptions(model=model, output=repository, repo=repo), Console(stderr=True))
+        repo = RepoSettings(name=name, backend=backend, precision=parse_precision(precision))
+        run_export(ExportOptions(model=model, output=repository, repo=repo, auto_warmup=True), Console(stderr=True))
     except ExportError as exc:
         typer.echo(f"export failed: {exc}", err=True)
         raise typer.Exit(code=2) from exc

@@ -17,8 +17,26 @@ from export.checkpoint import Checkpoint, resolve
 from export.errors import ExportError
 from export.memory import PeakMemory, gib
 from export.samples import SAMPLES, long_sample
-from export.triton_config import BACKENDS, RepoSettings, deployment_facts, resolved_instances, resolved_kind
+from export.triton_config import (
+    BACKENDS,
+    RepoSettings,
+    default_warmup_lengths,
+    deployment_facts,
+    resolved_instances,
+    resolved_kind,
+)
 from service.contract import ModelFacts
+
+# Which graph an export writes (docs/export.md, "Two graphs"). fused: attention as ONNX Runtime's
+# GroupQueryAttention, memory linear in tokens, right padding (the python and onnxruntime backends).
+# eager: the traced standard-op graph, [L, L] scores, left padding (TensorRT cannot parse contrib ops).
+ATTENTION_CHOICES = ("auto", "fused", "eager")
+# Without --max-tokens the eager graph stops here: its scores grow with the square of the length.
+EAGER_DEFAULT_MAX_TOKENS = 8192
+# The long verification sample without --verify-long-tokens: 16k on the fused graph (full context is what it
+# is for), 1k on the eager one (its ORT run would need GBs of scores).
+FUSED_VERIFY_LONG_TOKENS = 16384
+EAGER_VERIFY_LONG_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -28,9 +46,18 @@ class ExportOptions:
     repo: RepoSettings
     device: str = "auto"
     opset: int = 17
-    verify_long_tokens: int = 1024
+    verify_long_tokens: int = 0  # 0 = by graph: FUSED_ / EAGER_VERIFY_LONG_TOKENS
     min_dimensions: int = 32
     skip_resource_check: bool = False
+    attention: str = "auto"  # ATTENTION_CHOICES; auto = fused unless the backend is tensorrt
+    # Warm-up lengths chosen once max tokens is known (default_warmup_lengths); repo.warmup_lengths otherwise.
+    auto_warmup: bool = False
+
+
+def resolved_attention(opts: ExportOptions) -> str:
+    if opts.attention != "auto":
+        return opts.attention
+    return "eager" if opts.repo.backend == "tensorrt" else "fused"
 
 
 def validate_options(opts: ExportOptions) -> None:
@@ -41,9 +68,16 @@ def validate_options(opts: ExportOptions) -> None:
         raise ExportError(f"--accelerator must be none or tensorrt, not {r.accelerator!r}")
     if r.accelerator != "none" and r.backend != "onnxruntime":
         raise ExportError("--accelerator applies to --backend onnxruntime only")
+    if opts.attention not in ATTENTION_CHOICES:
+        raise ExportError(f"--attention must be one of {', '.join(ATTENTION_CHOICES)}, not {opts.attention!r}")
+    # ORT's TensorRT execution provider (--accelerator tensorrt) hands the contrib ops to the CUDA provider;
+    # a TensorRT plan (--backend tensorrt) has no such fallback.
+    if opts.attention == "fused" and r.backend == "tensorrt":
+        raise ExportError("--attention fused needs ONNX Runtime: TensorRT cannot parse com.microsoft ops")
+    if r.max_input_tokens == 1 or r.max_input_tokens < 0:  # 0 = the default, decided from the checkpoint
+        raise ExportError(f"--max-tokens must be >= 2 (or 0: the model's limit), got {r.max_input_tokens}")
     for flag, value, low in (
         ("--max-batch-size", r.max_batch_size, 1),
-        ("--max-tokens", r.max_input_tokens, 2),
         ("--max-batch-tokens", r.max_batch_tokens, 1),
         ("--instances", r.instances, 0),
         ("--max-queue-size", r.max_queue_size, 1),
@@ -134,7 +168,6 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
     import torch
 
     from export.graph import LastTokenEmbedder, load_backbone
-    from export.onnx_graph import export_onnx
     from export.repository import publish, write_model_dir
     from export.verify import reference_vectors, verify
 
@@ -147,8 +180,13 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
     if not opts.skip_resource_check:
         check_resources(ckpt, opts)
     repo = opts.repo
-    max_tokens = min(repo.max_input_tokens, ckpt.max_position_embeddings)
+    attention = resolved_attention(opts)
+    fused = attention == "fused"
+    requested = repo.max_input_tokens or (ckpt.max_position_embeddings if fused else EAGER_DEFAULT_MAX_TOKENS)
+    max_tokens = min(requested, ckpt.max_position_embeddings)
     repo = replace(repo, max_input_tokens=max_tokens)
+    if opts.auto_warmup:
+        repo = replace(repo, warmup_lengths=tuple(default_warmup_lengths(max_tokens)))
     if repo.warmup_lengths and max(repo.warmup_lengths) > max_tokens:
         raise ExportError(f"warm-up lengths must be <= --max-tokens ({max_tokens})")
     dtype = getattr(torch, repo.precision.dtype_name)
@@ -157,7 +195,9 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     with step(console, f"load weights ({repo.precision}, {device})"):
         try:
-            backbone = load_backbone(str(ckpt.directory), dtype).to(device)
+            # The fused graph is built from the weights, not traced: the reference may use SDPA, which runs
+            # the 16k-token verification sample without eager attention's GBs of scores.
+            backbone = load_backbone(str(ckpt.directory), dtype, attention="sdpa" if fused else "eager").to(device)
         except (OSError, ValueError) as exc:
             raise ExportError(f"could not load {ckpt.source}: {exc}") from exc
     final = opts.output / repo.name
@@ -168,16 +208,30 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
         shutil.rmtree(staging)
     try:
         onnx_path = staging / "1" / "model.onnx"
-        samples = sample_ids(ckpt, min(opts.verify_long_tokens, max_tokens))
+        long_tokens = opts.verify_long_tokens or (FUSED_VERIFY_LONG_TOKENS if fused else EAGER_VERIFY_LONG_TOKENS)
+        samples = sample_ids(ckpt, min(long_tokens, max_tokens))
         with step(console, "PyTorch reference on the verification samples"):
             reference = reference_vectors(backbone, list(samples.values()))
-        with step(console, "trace to ONNX"):
-            export_onnx(LastTokenEmbedder(backbone), onnx_path, special.eos_id, opset=opts.opset)
+        if fused:
+            from export.fused_graph import build_fused_graph, save_fused_graph
+
+            with step(console, "build the fused-attention ONNX graph"):
+                save_fused_graph(
+                    build_fused_graph(backbone, repo.precision, ckpt.max_position_embeddings), onnx_path
+                )
+        else:
+            from export.onnx_graph import export_onnx
+
+            with step(console, "trace to ONNX"):
+                export_onnx(LastTokenEmbedder(backbone), onnx_path, special.eos_id, opset=opts.opset)
+        padding_side = "right" if fused else "left"
         # Free the PyTorch weights before ONNX Runtime loads its copy: halves peak memory at 4B/8B scale.
         del backbone
         gc.collect()
         with step(console, "verify ONNX Runtime against PyTorch"):
-            verification = verify(onnx_path, reference, samples, repo.precision, pad_id=special.pad_id)
+            verification = verify(
+                onnx_path, reference, samples, repo.precision, pad_id=special.pad_id, padding_side=padding_side
+            )
         print_table(console, verification)
         if not verification.passed:
             raise ExportError(
@@ -202,12 +256,15 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
             prompts=ckpt.prompts(),
             pad_id=special.pad_id,
             eos_id=special.eos_id,
+            padding_side=padding_side,
         )
-        memory = PeakMemory.for_model(ckpt.config, ckpt.parameter_count(), repo.precision)
+        memory = PeakMemory.for_model(ckpt.config, ckpt.parameter_count(), repo.precision, fused=fused)
         facts = deployment_facts(repo, facts, memory)
         report = {
             "source_model": ckpt.source,
             "backend": repo.backend,
+            "attention": attention,
+            "padding_side": padding_side,
             "precision": repo.precision,
             "provider": verification.provider,
             "threshold": verification.threshold,

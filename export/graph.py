@@ -35,9 +35,10 @@ class LastTokenEmbedder(nn.Module):
         return pooled.float()
 
 
-def load_backbone(model_id: str, dtype: torch.dtype, **kwargs: Any) -> nn.Module:
-    """The bare Qwen3Model (no LM head), eager attention so the traced graph has plain ops."""
+def load_backbone(model_id: str, dtype: torch.dtype, attention: str = "eager", **kwargs: Any) -> nn.Module:
+    """The bare Qwen3Model (no LM head). Eager attention (the default) so a traced graph has plain ops; the
+    fused graph is built from the weights, so its reference may run with "sdpa" (memory linear in tokens)."""
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(model_id, dtype=dtype, attn_implementation="eager", **kwargs)
+    model = AutoModel.from_pretrained(model_id, dtype=dtype, attn_implementation=attention, **kwargs)
     return model.eval()

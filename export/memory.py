@@ -1,4 +1,4 @@
-"""Expected ONNX Runtime memory of one model instance running the exported eager-attention graph.
+"""Expected ONNX Runtime memory of one model instance running an exported graph (eager or fused attention).
 
 One ORT run of `rows` x `width` padded tokens needs about
     FIXED + rows*width * TOKEN_FACTOR*(hidden + intermediate)*4 + rows*heads*width^2 * SCORE_FACTOR*4 bytes:
@@ -18,7 +18,18 @@ The formula is 10-20 % above the measured peak at long widths and up to 2x above
 not a prediction). Weights count once at their precision; the stub and ORT libraries add RUNTIME_BYTES (loaded
 RSS minus weights: 78-93 MB for the three configs). fp16/bf16 graphs keep the fp32 factors: the attention
 softmax runs in fp32, and an over-estimate is the safe side.
+
+The fused graph (export/fused_graph.py, GroupQueryAttention) has no score matrix; one run needs about
+    FIXED + weights + rows*width * FUSED_TOKEN_FACTOR*(hidden + intermediate + (heads + 2*kv_heads)*head_dim)*4
+bytes. Calibration (ONNX Runtime 1.32 CPU, one intra-op thread, memory patterns off, one fresh process per
+length, batch 1; peak RSS minus the loaded session's RSS): dev model (per-token width 448) 1k-4k 34 MB, 8k 53 MB,
+16k 106 MB, 32k 211 MB; a wider config (hidden 512, 8/4 heads, head_dim 64, intermediate 1536: width 3072;
+310 MB of fp32 weights) 1k-4k 280 MB, 8k 373 MB, 16k 750 MB. The flat part up to ~4k tokens is about one copy
+of the weights (ORT's first run), hence the weights term; the slope is 3.0 (dev) and 2.3-2.9 (wide) x the
+width's fp32 bytes per token -> FUSED_TOKEN_FACTOR 3.5 (the bound is 16 % above dev at 32k, 35 % above wide
+at 16k).
 """
+
 
 from __future__ import annotations
 
@@ -33,25 +44,44 @@ SCORE_FACTOR = 3.25
 TOKEN_FACTOR = 5.5
 FIXED_BYTES = 32 * MIB
 RUNTIME_BYTES = 96 * MIB
+FUSED_TOKEN_FACTOR = 3.5
 
 
 @dataclass(frozen=True)
 class PeakMemory:
     weight_bytes: int
     bytes_per_token: int  # per padded token of a run
-    bytes_per_score: int  # per cell of a row's [width, width] attention matrix (all heads)
+    bytes_per_score: int  # per cell of a row's [width, width] attention matrix (all heads); 0 when fused
+    run_fixed_bytes: int = FIXED_BYTES  # per run, whatever its size
 
     @classmethod
-    def for_model(cls, config: Mapping[str, Any], parameter_count: int, precision: Precision) -> PeakMemory:
+    def for_model(
+        cls, config: Mapping[str, Any], parameter_count: int, precision: Precision, fused: bool = False
+    ) -> PeakMemory:
+        weight_bytes = parameter_count * precision.itemsize
+        if fused:
+            heads, kv_heads = int(config["num_attention_heads"]), int(config["num_key_value_heads"])
+            head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
+            width = (
+                int(config["hidden_size"]) + int(config["intermediate_size"]) + (heads + 2 * kv_heads) * head_dim
+            )
+            return cls(
+                weight_bytes=weight_bytes,
+                bytes_per_token=int(FUSED_TOKEN_FACTOR * width * 4),
+                bytes_per_score=0,
+                run_fixed_bytes=FIXED_BYTES + weight_bytes,
+            )
         width = int(config["hidden_size"]) + int(config["intermediate_size"])
         return cls(
-            weight_bytes=parameter_count * precision.itemsize,
+            weight_bytes=weight_bytes,
             bytes_per_token=int(TOKEN_FACTOR * width * 4),
             bytes_per_score=int(SCORE_FACTOR * int(config["num_attention_heads"]) * 4),
         )
 
     def run_bytes(self, rows: int, width: int) -> int:
-        return FIXED_BYTES + rows * width * self.bytes_per_token + rows * width * width * self.bytes_per_score
+        return (
+            self.run_fixed_bytes + rows * width * self.bytes_per_token + rows * width * width * self.bytes_per_score
+        )
 
     def worst_run(self, max_batch_tokens: int, max_input_tokens: int, max_batch_size: int) -> tuple[int, int]:
         """(rows, width) of the largest run an instance may make. model.py gives each run at most

@@ -11,6 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.errors import ExportError
 from export.memory import MIB, PeakMemory
 from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, INPUT_NAMES, ModelFacts, Precision
+from service.pipeline.batching import default_buckets
 
 BACKENDS = ("python", "onnxruntime", "tensorrt")
 
@@ -33,7 +34,9 @@ class RepoSettings:
     backend: str = "python"
     precision: Precision = Precision.FP32
     max_batch_size: int = 32
-    max_input_tokens: int = 8192
+    # 0 = the default: the checkpoint's max_position_embeddings with the fused graph, 8192 with the eager one
+    # (export/exporter.py resolves it).
+    max_input_tokens: int = 0
     # Padded tokens (rows x width) per ONNX Runtime run in model.py: Triton merges requests of one width up
     # to max_batch_size rows, so without it a merged batch could be max_batch_size times a facade chunk.
     # 16,384 = the facade's default token_budget.
@@ -113,6 +116,16 @@ def deployment_facts(settings: RepoSettings, facts: ModelFacts, memory: PeakMemo
             facts.max_batch_tokens, facts.max_input_tokens, settings.max_batch_size
         ),
     )
+
+
+# Warm-up runs every default bucket up to here, not the longest ones: a warm-up run sets up ORT's kernels and
+# the stub's buffers for a shape (the same for every length, memory patterns being off), while a 32k-token run
+# would only add its seconds to every start of every instance.
+WARMUP_MAX_TOKENS = 8192
+
+
+def default_warmup_lengths(max_input_tokens: int) -> list[int]:
+    return default_buckets(min(max_input_tokens, WARMUP_MAX_TOKENS))
 
 
 def warmup_file(length: int) -> str:

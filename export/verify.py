@@ -15,7 +15,7 @@ from torch import nn
 
 from export.errors import ExportError
 from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, Precision
-from service.pipeline.batching import left_pad
+from service.pipeline.batching import pad
 
 THRESHOLDS = {Precision.FP32: 0.99999, Precision.FP16: 0.999, Precision.BF16: 0.999}
 
@@ -86,8 +86,10 @@ def verify(
     samples: dict[str, list[int]],
     precision: Precision,
     pad_id: int,
+    padding_side: str = "left",
 ) -> Verification:
-    """`reference` comes from reference_vectors(), computed before the PyTorch model was freed."""
+    """`reference` comes from reference_vectors(), computed before the PyTorch model was freed. Padded the way
+    the facade will pad for this graph (`padding_side`, written into the model's contract)."""
     session, provider = ort_session(onnx_path, precision)
     names = list(samples)
     sequences = [samples[n] for n in names]
@@ -95,8 +97,8 @@ def verify(
     def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return np.asarray(session.run([EMBEDDING], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0])  # type: ignore[attr-defined]
 
-    alone = [run(*left_pad([s], len(s), pad_id))[0] for s in sequences]
-    batched = run(*left_pad(sequences, max(len(s) for s in sequences), pad_id))
+    alone = [run(*pad([s], len(s), pad_id, padding_side))[0] for s in sequences]
+    batched = run(*pad(sequences, max(len(s) for s in sequences), pad_id, padding_side))
     results = [
         SampleResult(
             name=name,

@@ -62,9 +62,13 @@ class Param(StrEnum):
     ACTIVATION_BYTES_PER_TOKEN = "activation_bytes_per_token"
     ACTIVATION_BYTES_PER_SCORE = "activation_bytes_per_score"
     ORT_ARENA_KEEP_BYTES = "ort_arena_keep_bytes"
+    # Where the facade puts padding: "right" for the fused-attention graph, "left" (also when absent: exports
+    # from before the key) for the eager one.
+    PADDING_SIDE = "padding_side"
 
 
 REQUIRED_PARAMS = (Param.HIDDEN_SIZE, Param.MAX_INPUT_TOKENS, Param.EMBEDDING_ROWS)
+PADDING_SIDES = ("left", "right")
 
 
 @dataclass(frozen=True)
@@ -133,10 +137,13 @@ class ModelFacts:
     activation_bytes_per_token: int = 0
     activation_bytes_per_score: int = 0
     ort_arena_keep_bytes: int = 0
+    padding_side: str = "left"
 
     def __post_init__(self) -> None:
         # Callers may pass the plain string ("fp16"); the field is always the enum.
         object.__setattr__(self, "precision", Precision(self.precision))
+        if self.padding_side not in PADDING_SIDES:
+            raise ValueError(f"padding_side must be one of {PADDING_SIDES}, not {self.padding_side!r}")
 
     def to_parameters(self) -> dict[str, str]:
         out = {key.value: _encode(getattr(self, name)) for name, key in _FIELD_KEYS.items()}
@@ -206,6 +213,7 @@ _FIELD_KEYS: dict[str, Param] = {
     "activation_bytes_per_token": Param.ACTIVATION_BYTES_PER_TOKEN,
     "activation_bytes_per_score": Param.ACTIVATION_BYTES_PER_SCORE,
     "ort_arena_keep_bytes": Param.ORT_ARENA_KEEP_BYTES,
+    "padding_side": Param.PADDING_SIDE,
 }
 _OPTIONAL_NUMBERS = {
     Param.MAX_BATCH_TOKENS,
@@ -214,7 +222,7 @@ _OPTIONAL_NUMBERS = {
     Param.ACTIVATION_BYTES_PER_SCORE,
     Param.ORT_ARENA_KEEP_BYTES,
 }
-_STRING_FIELDS = {"source_model", "backend"}
+_STRING_FIELDS = {"source_model", "backend", "padding_side"}
 
 
 def _encode(value: object) -> str:

@@ -21,9 +21,10 @@ from typing import Any, NoReturn
 import uvicorn
 
 from service.api.grpc_server import build_grpc_server, set_serving
+from service.api.ops_server import OpsServer
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
-from service.settings import Settings
+from service.settings import ApiKeysError, Settings
 from service.state import ServiceState
 from service.triton.client import TritonBackend
 from service.triton.supervisor import Misconfiguration, TritonGaveUp, TritonSupervisor, read_model_config
@@ -46,6 +47,7 @@ class RunningService:
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     fatal: BaseException | None = None  # why a background task ended the facade
+    metrics_port: int = 0  # the plaintext metrics/health listener, 0 when off
 
 
 async def start_service(
@@ -64,10 +66,20 @@ async def start_service(
     http_server: uvicorn.Server | None = None
     http_task: asyncio.Task[None] | None = None
     http_port = 0
+    ops: OpsServer | None = None
+    metrics_port = 0
     try:
         try:
+            settings.all_api_keys()  # a keys file that is unreadable or holds no key: never serve without auth
+        except ApiKeysError as exc:
+            raise Misconfiguration(str(exc)) from None
+        try:
             server, health_servicer, grpc_port = build_grpc_server(lifecycle, settings)
-        except (OSError, RuntimeError) as exc:  # API keys or TLS files unreadable, port taken
+        except (OSError, RuntimeError) as exc:  # TLS files unreadable, port taken
+            if "Failed to bind" in str(exc):  # grpc's own text points at debug logs; say what happened
+                raise Misconfiguration(
+                    f"cannot listen for gRPC on {settings.host}:{settings.grpc_port}: address in use or not available"
+                ) from None
             raise Misconfiguration(f"cannot set up the gRPC server: {exc}") from None
         if supervisor is not None:
             # Before Triton starts: a broken export or tokenizer fails start-up at once, with one message.
@@ -75,6 +87,14 @@ async def start_service(
         # Listeners first (NOT_SERVING, liveness SERVING): a taken port fails before Triton's long start.
         await set_serving(health_servicer, False)
         await server.start()
+        if settings.metrics_port:  # before Triton's start, so that liveness probes answer meanwhile
+            ops = OpsServer(state, settings.metrics_host or settings.host, settings.metrics_port)
+            try:
+                metrics_port = await ops.start()
+            except OSError as exc:
+                raise Misconfiguration(
+                    f"cannot listen for metrics on {ops.host}:{ops.port}: {exc.strerror or exc}"
+                ) from None
         if settings.http_port:
             from service.api.http_server import start_http
 
@@ -85,11 +105,17 @@ async def start_service(
         await state.refresh()
         await set_serving(health_servicer, state.ready)
     except BaseException:
-        await _abort(supervisor, server, http_server, http_task, state)
+        await _abort(supervisor, server, http_server, http_task, state, ops)
         raise
 
     running = RunningService(
-        settings, state, grpc_port, http_port, supervisor, stop_event=stop_event or asyncio.Event()
+        settings,
+        state,
+        grpc_port,
+        http_port,
+        supervisor,
+        stop_event=stop_event or asyncio.Event(),
+        metrics_port=metrics_port,
     )
 
     async def on_change(ready: bool) -> None:
@@ -135,6 +161,8 @@ async def start_service(
             state.embedder.close()
         if supervisor is not None:
             await supervisor.stop()
+        if ops is not None:  # last: readiness probes saw 503 throughout the drain
+            await ops.stop()
         log.info("stopped")
 
     return running, shutdown
@@ -157,6 +185,7 @@ async def _abort(
     http_server: uvicorn.Server | None,
     http_task: asyncio.Task[None] | None,
     state: ServiceState,
+    ops: OpsServer | None = None,
 ) -> None:
     """Undoes a failed or cancelled start-up: Triton first, synchronously, so nothing can skip it."""
     if supervisor is not None:
@@ -168,6 +197,8 @@ async def _abort(
     with contextlib.suppress(Exception):
         if server is not None:
             await server.stop(0)
+        if ops is not None:
+            await ops.stop()
         await state.backend.close()
     if state.embedder is not None:
         state.embedder.close()
@@ -215,14 +246,25 @@ def exit_for(exc: BaseException) -> NoReturn:
 
 
 def print_endpoints(running: RunningService) -> None:
-    host = "localhost"
-    lines = [
-        f"gRPC  {host}:{running.grpc_port}  (embedding.v1.EmbeddingService, health, reflection)",
-    ]
+    """The banner: what a user can paste, true to the listeners (TLS, keys, bind address)."""
+    settings = running.settings
+    host = "localhost" if settings.host in ("0.0.0.0", "::", "127.0.0.1") else settings.host
+    tls = settings.tls_cert is not None
+    scheme = "https" if tls else "http"
+    extras = "health, reflection, TLS" if tls else "health, reflection"
+    lines = [f"gRPC  {host}:{running.grpc_port}  (embedding.v1.EmbeddingService, {extras})"]
     if running.http_port:
-        lines.append(f"HTTP  http://{host}:{running.http_port}/v1/embeddings  (OpenAI API; /metrics, /docs)")
+        lines.append(
+            f"HTTP  {scheme}://{host}:{running.http_port}/v1/embeddings  (OpenAI API; /metrics, /openapi.json)"
+        )
+    if running.metrics_port:
+        lines.append(f"ops   http://{host}:{running.metrics_port}/metrics  (plaintext, no key; /health/*)")
+    transport = "-cacert <ca.pem>" if tls else "-plaintext"
+    if settings.tls_client_ca is not None:
+        transport += " -cert <client.pem> -key <client-key.pem>"
+    auth = " -H 'authorization: Bearer <key>'" if settings.api_keys or settings.api_keys_file else ""
     lines.append(
-        f'try:  grpcurl -plaintext -d \'{{"inputs": ["How are you today?"], "prompt_name": "query"}}\' '
+        f'try:  grpcurl {transport}{auth} -d \'{{"inputs": ["How are you today?"], "prompt_name": "query"}}\' '
         f"{host}:{running.grpc_port} embedding.v1.EmbeddingService/Embed"
     )
     for line in lines:

@@ -9,6 +9,52 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+class ApiKeysError(ValueError):
+    """An API keys file that cannot be used: a start-up error, never a silent 'auth off'."""
+
+
+def parse_api_keys(text: str, source: str) -> list[str]:
+    """One key per line. Each line is stripped first, so an indented '# revoked: sk-old' stays a comment."""
+    keys = []
+    for number, line in enumerate(text.splitlines(), 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if any(c.isspace() for c in entry):  # two keys on a line, or a trailing note: never one key
+            raise ApiKeysError(f"line {number} of {source} is not a single key (it contains whitespace)")
+        keys.append(entry)
+    return keys
+
+
+def read_api_keys_file(path: Path) -> list[str]:
+    """The file's keys, possibly none; raises ApiKeysError when it cannot be read or parsed."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ApiKeysError(f"cannot read the API keys file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ApiKeysError(f"the API keys file {path} is not UTF-8 text") from None
+    return parse_api_keys(text, str(path))
+
+
+class ApiKeys(list[str]):
+    """The keys in force at start-up, plus where they came from: KeyChecker re-reads `file` when it changes
+    (rotation without a restart), every `reload_s` seconds at most."""
+
+    def __init__(self, fixed: list[str], file: Path | None, reload_s: float) -> None:
+        from_file = read_api_keys_file(file) if file is not None else []
+        if file is not None and not from_file:
+            # Auth must never turn itself off because a file lost its keys.
+            raise ApiKeysError(
+                f"the API keys file {file} holds no key (only comments or blank lines); add a key, "
+                "or unset api_keys_file to run without API keys"
+            )
+        super().__init__([*fixed, *from_file])
+        self.fixed = list(fixed)
+        self.file = file
+        self.reload_s = reload_s
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QWEN3_EMBED_", extra="ignore")
 
@@ -38,6 +84,12 @@ class Settings(BaseSettings):
     )
     default_timeout_s: float = Field(60.0, gt=0, description="Deadline when the client sets none")
     stream_window: int = Field(8, ge=1, description="EmbedStream messages in progress per stream")
+
+    # Token-id input (HTTP): off by default. OpenAI clients that tokenize first (LangChain's default) send
+    # tiktoken ids, which would embed as Qwen ids: wrong vectors, no error (service/api/token_ids.py).
+    allow_token_ids: bool = Field(
+        False, description="Accept OpenAI token-id input on the HTTP API (Qwen3 tokenizer ids only)"
+    )
 
     # HTTP connections
     http_max_connections: int = Field(
@@ -85,6 +137,22 @@ class Settings(BaseSettings):
     tls_client_ca: Path | None = None
     log_level: str = "INFO"
 
+    # Network exposure: what listens where (docs/reliability.md, README "Security")
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Plaintext listener serving only /metrics and /health/* (no TLS, no API key), for "
+        "Prometheus and kubelet probes; 0 = off (/metrics on the HTTP API port, behind the API keys)",
+    )
+    metrics_host: str = Field("", description="Address of the metrics/health listener; default: host")
+    triton_grpc_port: int = Field(0, ge=0, le=65535, description="Local Triton's gRPC port (127.0.0.1); 0 = free")
+    triton_http_port: int = Field(0, ge=0, le=65535, description="Local Triton's HTTP port (127.0.0.1); 0 = free")
+    triton_metrics_port: int = Field(0, ge=0, le=65535, description="Local Triton's metrics port (127.0.0.1); 0 = free")
+    api_keys_reload_s: float = Field(
+        1.0, gt=0, description="How often the API keys file is checked for changes (rotation without restart)"
+    )
+
     @field_validator("buckets", "api_keys", "auth_exempt", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
@@ -107,12 +175,10 @@ class Settings(BaseSettings):
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
         return self
 
-    def all_api_keys(self) -> list[str]:
-        keys = list(self.api_keys)
-        if self.api_keys_file is not None:
-            lines = self.api_keys_file.read_text().splitlines()
-            keys += [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
-        return keys
+    def all_api_keys(self) -> ApiKeys:
+        """Keys from api_keys and api_keys_file. Raises ApiKeysError for a file that is unreadable or holds
+        no key. The result carries the file, so every KeyChecker built from it follows its rotation."""
+        return ApiKeys(list(self.api_keys), self.api_keys_file, self.api_keys_reload_s)
 
     def resolved_tokenizer_dir(self) -> Path:
         return self.tokenizer_dir or self.model_repository / self.model_name / "tokenizer"
@@ -120,5 +186,8 @@ class Settings(BaseSettings):
     def describe(self) -> dict[str, Any]:
         """For the start-up log: secrets are counted, never printed."""
         out = self.model_dump(mode="json")
-        out["api_keys"] = f"{len(self.all_api_keys())} configured"
+        try:
+            out["api_keys"] = f"{len(self.all_api_keys())} configured"
+        except ApiKeysError as exc:
+            out["api_keys"] = f"unusable: {exc}"
         return out

@@ -19,6 +19,9 @@ from service.triton.supervisor import Misconfiguration
 
 log = logging.getLogger(__name__)
 
+# Re-reading the model config on each readiness poll must not stall the poll loop.
+CONFIG_TIMEOUT_S = 2.0
+
 
 class ServiceState:
     def __init__(self, settings: Settings, backend: TritonBackend, metrics: Metrics) -> None:
@@ -28,6 +31,7 @@ class ServiceState:
         self.embedder: Embedder | None = None
         self.ready = False
         self.draining = False
+        self.unready_reason = ""  # why the model facts in force cannot serve (logged once per reason)
 
     async def load_model(self, config: Any = None) -> Embedder:
         """The Embedder: the model description from Triton's model config (or `config`, read from a local
@@ -71,10 +75,11 @@ class ServiceState:
             raise Misconfiguration(f"settings do not fit model {s.model_name!r}: {exc}") from None
 
     async def refresh(self) -> bool:
-        """Checks Triton; loads the model facts the first time it is ready. Returns readiness. Raises
-        Misconfiguration when the model facts can never be loaded: better to exit than stay unready."""
+        """Checks Triton; loads the model facts the first time it is ready, and again whenever Triton's model
+        config says something else (a redeploy with another export). Returns readiness. Raises
+        Misconfiguration when the model facts can never be loaded at start: better to exit than stay unready."""
         ready = await self.backend.is_ready()
-        if ready and self.embedder is None:
+        if ready and self.embedder is None and not self.unready_reason:
             try:
                 self.embedder = await self.load_model()
             except Misconfiguration:
@@ -82,12 +87,59 @@ class ServiceState:
             except Exception as exc:  # Triton went away between the two calls: the next poll retries
                 log.warning("could not read the model description from Triton: %s", exc)
                 ready = False
+        elif ready:
+            ready = await self._facts_current()
         ready = ready and self.embedder is not None and not self.draining
         if ready != self.ready:
             log.log(logging.INFO if ready else logging.WARNING, "backend %s", "ready" if ready else "NOT ready")
         self.ready = ready
         self.metrics.triton_up.set(1 if ready else 0)
         return ready
+
+    async def _facts_current(self) -> bool:
+        """Compares the facts in force with Triton's model config (one cheap gRPC call per poll) and
+        rebuilds the Embedder when they differ: stale facts would fail every request (wrong hidden size)
+        or, worse, cut vectors wrongly. A new export that cannot be used leaves the facade NOT_SERVING
+        with the reason in the log, and is tried again on each poll (it may still be being published)."""
+        s = self.settings
+        try:
+            config = await asyncio.wait_for(self.backend.model_config(), CONFIG_TIMEOUT_S)
+        except Exception as exc:  # a slow or passing failure: keep the facts, Triton said it is ready
+            log.debug("could not re-read the model config: %s", exc)
+            return True
+        try:
+            info: ModelInfo | None = ModelInfo.from_triton_config(config, s.served_model_name)
+        except (ValueError, KeyError):
+            info = None  # unusable: load_model below says why
+        if self.embedder is not None and info == self.embedder.info:
+            return True
+        if self.embedder is not None:
+            log.warning(
+                "Triton's model %r changed (hidden size %s -> %s, max tokens %s -> %s): reloading its facts",
+                s.model_name,
+                self.embedder.info.hidden_size,
+                info.hidden_size if info else "?",
+                self.embedder.info.max_input_tokens,
+                info.max_input_tokens if info else "?",
+            )
+        try:
+            embedder = await self.load_model(config)
+        except Misconfiguration as exc:
+            self._retire()
+            reason = f"the model Triton now serves cannot be used: {exc}"
+            if reason != self.unready_reason:
+                log.error("%s; NOT_SERVING until that changes", reason)
+            self.unready_reason = reason
+            return False
+        self._retire()
+        self.embedder, self.unready_reason = embedder, ""
+        return True
+
+    def _retire(self) -> None:
+        """Drops the Embedder in force; its threads end after the longest deadline its requests may have."""
+        old, self.embedder = self.embedder, None
+        if old is not None:
+            asyncio.get_running_loop().call_later(self.settings.default_timeout_s * 10, old.close)
 
     async def watch(self, on_change: Callable[[bool], Awaitable[None]] | None = None) -> None:
         """Polls readiness until cancelled; calls on_change(ready) when it flips. Ends only by raising
@@ -112,6 +164,8 @@ class ServiceState:
     def require_embedder(self) -> Embedder:
         if self.draining:
             raise ServiceError(ErrorKind.UNAVAILABLE, "the server is shutting down; retry on another replica")
+        if self.embedder is None and self.unready_reason:
+            raise ServiceError(ErrorKind.UNAVAILABLE, "the served model changed and cannot be used yet; retry later")
         if self.embedder is None:
             raise ServiceError(ErrorKind.UNAVAILABLE, "the model is not loaded yet; retry shortly")
         return self.embedder

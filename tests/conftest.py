@@ -1,4 +1,6 @@
-"""Session fixtures: the offline dev model, its verified export, a real Triton, the reference model."""
+"""Session fixtures: the offline dev model, its verified export, a real Triton, the reference model.
+
+The session export is the graph that ships by default: fused attention (GroupQueryAttention), right padding."""
 
 from __future__ import annotations
 
@@ -28,18 +30,19 @@ def dev_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_dev_model(tmp_path_factory.mktemp("dev-model"))
 
 
-def export_dev(model_dir: Path, output: Path, **repo: object) -> Path:
+def export_dev(model_dir: Path, output: Path, attention: str = "auto", **repo: object) -> Path:
     from rich.console import Console
 
-    settings = RepoSettings(
-        max_input_tokens=TEST_MAX_TOKENS,
-        max_batch_size=TEST_MAX_BATCH,
-        warmup_lengths=tuple(default_buckets(TEST_MAX_TOKENS)),
-        ort_intra_op_threads=1,
-        **repo,  # type: ignore[arg-type]
-    )
+    values: dict[str, object] = {
+        "max_input_tokens": TEST_MAX_TOKENS,
+        "max_batch_size": TEST_MAX_BATCH,
+        "warmup_lengths": tuple(default_buckets(TEST_MAX_TOKENS)),
+        "ort_intra_op_threads": 1,
+        **repo,
+    }
+    settings = RepoSettings(**values)  # type: ignore[arg-type]
     opts = ExportOptions(
-        model=str(model_dir), output=output, repo=settings, verify_long_tokens=TEST_MAX_TOKENS
+        model=str(model_dir), output=output, repo=settings, verify_long_tokens=TEST_MAX_TOKENS, attention=attention
     )
     run_export(opts, Console(quiet=True))
     return output
@@ -75,5 +78,7 @@ def facade(model_repository: Path, triton: TritonProcess, logs_dir: Path) -> Ite
     """The real facade process (gRPC + HTTP) against the session's Triton."""
     from tests.helpers import run_facade
 
-    with run_facade(model_repository, triton.grpc_url, logs_dir) as running:
+    # Token-id input is off by default (LangChain's default would get wrong vectors); its own tests need it on.
+    env = {"QWEN3_EMBED_ALLOW_TOKEN_IDS": "true"}
+    with run_facade(model_repository, triton.grpc_url, logs_dir, env=env) as running:
         yield running

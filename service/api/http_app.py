@@ -23,6 +23,7 @@ from service.api.auth import KeyChecker
 from service.api.info import info_fields
 from service.api.json_budget import ValueCounter
 from service.api.openai_schema import EmbeddingsRequest, EmbeddingsResponse, ErrorResponse
+from service.api.token_ids import check_token_ids_allowed
 from service.lifecycle import Lifecycle
 from service.pipeline.embedder import Embedder
 from service.pipeline.encoding import float32_base64
@@ -59,6 +60,8 @@ class HttpContext:
 def error_response(kind: ErrorKind, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
     status, error_type = HTTP_STATUS[kind]
     headers = {"retry-after": "1"} if kind is ErrorKind.RESOURCE_EXHAUSTED else None
+    # Messages may quote the client (a field name, a model name): lone surrogates must not break the JSON.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     body = {"error": {"message": message, "type": error_type, "param": param, "code": code or kind.value}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -102,8 +105,11 @@ def validation_error(exc: ValidationError) -> ServiceError:
     if not errors:
         return invalid("invalid request")
     first = errors[0]
-    loc = [str(x) for x in first["loc"] if x != "body"]
+    loc = [str(x)[:64] for x in first["loc"] if x != "body"]
     message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        unknown = sorted({str(e["loc"][-1])[:64] for e in errors if e["type"] == "extra_forbidden"})
+        return invalid(f"unknown parameter(s) {', '.join(unknown)}; see GET /openapi.json", unknown[0])
     if first["type"] == "json_invalid":
         return invalid("the request body is not valid JSON (or not UTF-8)")
     return invalid(f"{'.'.join(loc) or 'body'}: {message}", loc[0] if loc else None)
@@ -158,6 +164,17 @@ def check_model(name: str, embedder: Embedder) -> None:
         )
 
 
+def check_dimensions(dimensions: int | None, embedder: Embedder) -> None:
+    """HTTP has no "0 = full" (OpenAI's dimensions is positive), so its range message says so."""
+    low, high = embedder.info.min_dimensions, embedder.info.hidden_size
+    if dimensions is not None and not low <= dimensions <= high:
+        raise invalid(f"dimensions must be between {low} and {high}, got {dimensions}", "dimensions")
+
+
+def model_card(embedder: Embedder) -> dict[str, Any]:
+    return {"id": embedder.info.served_name, "object": "model", "created": 0, "owned_by": "qwen3-embedding-service"}
+
+
 router = APIRouter()
 
 
@@ -179,8 +196,9 @@ async def embeddings(request: Request) -> Response:
     async def parse(embedder: Embedder) -> EmbedParams:
         req = parse_body(await read_body(request, embedder, ctx.settings))
         check_model(req.model, embedder)
+        check_dimensions(req.dimensions, embedder)
         parsed.append(req)
-        return params_from_openai(req)
+        return check_token_ids_allowed(params_from_openai(req), ctx.settings)
 
     async def abandoned() -> None:
         # After the body, uvicorn's receive() returns only when the client disconnects.
@@ -205,12 +223,15 @@ async def embeddings(request: Request) -> Response:
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
     embedder = request.app.state.ctx.lifecycle.state.require_embedder()
-    return {
-        "object": "list",
-        "data": [
-            {"id": embedder.info.served_name, "object": "model", "created": 0, "owned_by": "qwen3-embedding-service"}
-        ],
-    }
+    return {"object": "list", "data": [model_card(embedder)]}
+
+
+@router.get("/v1/models/{model_id:path}", responses=ERROR_RESPONSES)
+async def model(model_id: str, request: Request) -> dict[str, Any]:
+    """One model (the openai SDK's `models.retrieve`); the same names as the embeddings route accepts."""
+    embedder = request.app.state.ctx.lifecycle.state.require_embedder()
+    check_model(model_id, embedder)
+    return model_card(embedder)
 
 
 @router.get("/health/live")
@@ -236,6 +257,13 @@ async def info(request: Request) -> dict[str, Any]:
 
 
 KNOWN_PATHS = {"/v1/embeddings", "/v1/models", "/health/live", "/health/ready", "/metrics", "/info"}
+
+
+def route_label(path: str) -> str:
+    """Metric label: known paths as they are, model lookups as one label, anything else as "other"."""
+    if path in KNOWN_PATHS:
+        return path
+    return "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
 
 
 class BodyTooLarge(Exception):
@@ -266,6 +294,13 @@ class Guard:
                 "missing or invalid API key (Authorization: Bearer <key>)",
                 code="invalid_api_key",
             )
+        if "content-length" in headers and "transfer-encoding" in headers:
+            # RFC 9112 6.3: a request with both is a smuggling attempt or a broken proxy; refuse and close.
+            response = error_response(
+                ErrorKind.INVALID_ARGUMENT, "a request may not carry both Content-Length and Transfer-Encoding"
+            )
+            response.headers["connection"] = "close"
+            return response
         if method == "POST":
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self.limit:
@@ -313,7 +348,7 @@ class Guard:
             await payload_too_large(self.limit)(scope, receive, recording_send)
         finally:
             metrics = self.ctx.lifecycle.state.metrics
-            route = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+            route = route_label(scope["path"])
             metrics.requests.labels("http", route, str(status[0])).inc()
             metrics.request_seconds.labels("http", route).observe(time.perf_counter() - started)
 
@@ -350,6 +385,9 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
 
 def build_app(lifecycle: Lifecycle, settings: Settings) -> ASGIApp:
     app = FastAPI(
+        # No /docs or /redoc: they load their scripts from a public CDN. The schema is at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
         title="Qwen3-Embedding service",
         version=__version__,
         description="OpenAI-compatible embeddings over NVIDIA Triton. Extensions: instruction, prompt_name, "

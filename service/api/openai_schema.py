@@ -8,8 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class EmbeddingsRequest(BaseModel):
-    # Unknown fields are ignored, as OpenAI-compatible servers do: SDKs add fields over time.
-    model_config = ConfigDict(extra="ignore")
+    # As OpenAI's own API: an unknown parameter is a 400 naming it (a client relying on another server's
+    # extension learns it is not applied), and types are strict (no "64" for 64, no true for token id 1).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     input: str | list[str] | list[int] | list[list[int]] = Field(
         description="Text, texts, token ids, or lists of token ids"

@@ -1,7 +1,8 @@
 """Length buckets and the split of a request into Triton calls.
 
-Triton batches only requests of equal shape, so every call is left-padded to one of a few bucket
-lengths; a token budget bounds each call's padded size.
+Triton batches only requests of equal shape, so every call is padded to one of a few bucket lengths, on the
+side the exported graph wants (the model contract's padding_side: left for the eager graph, right for the fused
+one); a token budget bounds each call's padded size.
 """
 
 from __future__ import annotations
@@ -61,10 +62,20 @@ def plan_chunks(
 
 def left_pad(sequences: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """int64 ids and mask [len(sequences), width], real tokens at the right (left padding)."""
+    return pad(sequences, width, pad_id, "left")
+
+
+def pad(
+    sequences: Sequence[Sequence[int]], width: int, pad_id: int, side: str = "left"
+) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ids and mask [len(sequences), width]; `side` is where the padding goes ("left" or "right")."""
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be left or right, not {side!r}")
     ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(sequences), width), dtype=np.int64)
     for row, seq in enumerate(sequences):
         n = len(seq)
-        ids[row, width - n :] = seq
-        mask[row, width - n :] = 1
+        cols = slice(width - n, width) if side == "left" else slice(0, n)
+        ids[row, cols] = seq
+        mask[row, cols] = 1
     return ids, mask

@@ -13,7 +13,7 @@ import numpy as np
 from service.metrics import Metrics
 from service.model_info import ModelInfo
 from service.pipeline.backend import InferenceBackend
-from service.pipeline.batching import Chunk, default_buckets, left_pad, plan_chunks
+from service.pipeline.batching import Chunk, default_buckets, pad, plan_chunks
 from service.pipeline.errors import ErrorKind, ServiceError, invalid
 from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.postprocess import check_dimensions, finalize
@@ -51,6 +51,14 @@ def resolve_buckets(configured: Sequence[int], max_tokens: int) -> list[int]:
     if not edges or edges[-1] != max_tokens:
         edges = [*edges, max_tokens]
     return edges
+
+
+def check_unicode(text: str, what: str, param: str) -> None:
+    """JSON can smuggle lone surrogates (`"\\ud800"`) that no tokenizer accepts: refuse them by name."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise invalid(f"{what} is not valid Unicode (a lone surrogate at character {exc.start})", param) from None
 
 
 def request_size(params: EmbedParams) -> int:
@@ -126,6 +134,12 @@ class Embedder:
         contents: list[list[int] | None] = [None] * len(texts)
         if truncate is not Truncate.START:
             for i, text in enumerate(texts):
+                if truncate is Truncate.NONE and self.tokenizer.surely_longer_than(text, cap):
+                    raise invalid(
+                        f"input {i} is {len(text)} characters long, more than the model's limit of {cap} tokens "
+                        "can hold; shorten it or set truncate to END or START",
+                        "input",
+                    )
                 head = self.tokenizer.head_ids(text, cap, should_stop)
                 if head is None:
                     continue
@@ -151,6 +165,8 @@ class Embedder:
             for i, text in enumerate(params.texts):
                 if not text:
                     raise invalid(f"input {i} is an empty string", "input")
+                check_unicode(text, f"input {i}", "input")
+            check_unicode(params.instruction, "instruction", "instruction")
             prefix = resolve_prefix(params.instruction, params.prompt_name, info.prompts)
             contents = self._text_contents(apply_prefix(prefix, params.texts), params.truncate, stop)
             keep_prefix = self.tokenizer.prefix_length(prefix)
@@ -191,7 +207,8 @@ class Embedder:
     # -- inference --
 
     async def _run_chunk(self, chunk: Chunk, ids: list[list[int]], out: np.ndarray, deadline: float) -> None:
-        batch_ids, mask = left_pad([ids[i] for i in chunk.indices], chunk.width, self.info.pad_id)
+        # The side the exported graph wants (the contract's padding_side): right for the fused graph.
+        batch_ids, mask = pad([ids[i] for i in chunk.indices], chunk.width, self.info.pad_id, self.info.padding_side)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise ServiceError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded before the model was called")

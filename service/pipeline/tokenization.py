@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,19 @@ def never_stop() -> bool:
 @dataclass
 class TextTokenizer:
     tokenizer: Tokenizer
+    _max_token_bytes: int = 0
+
+    def surely_longer_than(self, text: str, max_tokens: int) -> bool:
+        """True when `text` has more than max_tokens tokens whatever they are: no token is longer than the
+        longest vocabulary entry, so the NFC-normalised UTF-8 size bounds the count from below. Costs a few
+        ms per MB (CPython's NFC), where a prefix encode of one giant word would cost seconds."""
+        if len(text) <= max_tokens:
+            return False
+        if self._max_token_bytes == 0:
+            vocab = self.tokenizer.get_vocab(with_added_tokens=True)
+            self._max_token_bytes = max(len(token.encode()) for token in vocab)
+        size = len(unicodedata.normalize("NFC", text).encode("utf-8", "surrogatepass"))
+        return size > max_tokens * self._max_token_bytes
 
     def content_ids(self, texts: Sequence[str], should_stop: Callable[[], bool] = never_stop) -> list[list[int]]:
         """Ids without special tokens added (the EOS comes after truncation). Rust-parallel batch encode in

@@ -79,6 +79,10 @@ def triton_env() -> dict[str, str]:
     return env
 
 
+# Where a local tritonserver listens: it has no auth or TLS, so never on a routable address by default.
+LOOPBACK = "127.0.0.1"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -321,7 +325,10 @@ def start_triton(
     cache_dir: Path | None = None,
     wait: bool = True,
     timeout: float = 180.0,
+    address: str = LOOPBACK,
 ) -> TritonProcess:
+    """tritonserver listens on `address` only (all three ports): by default loopback, since it has no
+    authentication or TLS of its own; the facade in front of it is the only way in."""
     root = pytriton_root()
     cache_dir = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwen3-embed"
     backends = prepare_backend_dir(cache_dir / "triton-backends")
@@ -332,8 +339,11 @@ def start_triton(
         str(root / "bin" / "tritonserver"),
         f"--model-repository={model_repository.resolve()}",
         f"--backend-directory={backends}",
+        f"--grpc-address={address}",
         f"--grpc-port={grpc_port}",
+        f"--http-address={address}",
         f"--http-port={http_port}",
+        f"--metrics-address={address}",
         f"--metrics-port={metrics_port}",
         "--allow-metrics=true",
         "--log-verbose=0",

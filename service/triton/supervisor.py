@@ -65,7 +65,12 @@ class TritonSupervisor:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.ports = (free_port(), free_port(), free_port())  # gRPC, HTTP, metrics; kept across restarts
+        # gRPC, HTTP, metrics on 127.0.0.1 (start_triton binds loopback only); kept across restarts.
+        self.ports = (
+            settings.triton_grpc_port or free_port(),
+            settings.triton_http_port or free_port(),
+            settings.triton_metrics_port or free_port(),
+        )
         self.triton: TritonProcess | None = None
         self.failures = 0  # deaths and failed starts since Triton last stayed up STABLE_S
         self.up_since = 0.0

@@ -139,9 +139,10 @@ def test_merged_batches_run_within_the_token_budget_and_memory_bound(
     requests = []
     for _ in range(REQUESTS):
         ids = rng.integers(0, 150000, size=(int(rng.integers(1, 4)), WIDTH), dtype=np.int64)
-        ids[:, -1] = facts.eos_id
+        real = WIDTH - int(rng.integers(0, WIDTH // 2))
+        ids[:, real - 1] = facts.eos_id
         mask = np.ones_like(ids)
-        mask[:, : int(rng.integers(0, WIDTH // 2))] = 0  # left padding, as the facade sends
+        mask[:, real:] = 0  # right padding, as the facade sends for the fused graph (the default export)
         ids[mask == 0] = facts.pad_id
         requests.append((ids, mask))
 

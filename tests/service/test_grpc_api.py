@@ -154,6 +154,33 @@ def test_embed_stream_100_messages(stub) -> None:  # type: ignore[no-untyped-def
         assert cosine(by_id[f"r{i}"], vectors(embed(stub, [f"stream message {i}"]))[0]) >= 0.99999
 
 
+def test_embed_stream_bad_message_gets_its_own_reply_and_the_stream_goes_on(stub) -> None:  # type: ignore[no-untyped-def]
+    good = [pb.EmbedRequest(inputs=[f"good {i}"], request_id=f"g{i}") for i in range(20)]
+    bad = pb.EmbedRequest(inputs=["x"], dimensions=7, request_id="bad")
+    for _ in range(3):  # the old stream lost earlier replies most of the time: repeat to make that visible
+        responses = list(stub.EmbedStream(iter([*good[:10], bad, *good[10:]]), timeout=120))
+        assert len(responses) == 21
+        errors = [r for r in responses if r.HasField("error")]
+        assert [e.request_id for e in errors] == ["bad"]
+        assert errors[0].error.code == "INVALID_ARGUMENT" and "dimensions" in errors[0].error.message
+        assert not errors[0].embeddings
+        ok = {r.request_id: vectors(r)[0] for r in responses if not r.HasField("error")}
+        assert sorted(ok) == sorted(f"g{i}" for i in range(20))
+    for i in (0, 10, 19):
+        assert cosine(ok[f"g{i}"], vectors(embed(stub, [f"good {i}"]))[0]) >= 0.99999
+
+
+def test_embed_stream_malformed_message_is_answered(facade) -> None:  # type: ignore[no-untyped-def]
+    with grpc.insecure_channel(facade.target) as channel:
+        call = channel.stream_stream("/embedding.v1.EmbeddingService/EmbedStream")
+        good = pb.EmbedRequest(inputs=["fine"], request_id="ok").SerializeToString()
+        replies = [pb.EmbedResponse.FromString(r) for r in call(iter([good, b"\x0a\x05ab", good]), timeout=60)]
+    assert len(replies) == 3
+    failed = [r for r in replies if r.HasField("error")]
+    assert len(failed) == 1 and failed[0].error.code == "INVALID_ARGUMENT"
+    assert "not a valid EmbedRequest" in failed[0].error.message
+
+
 @pytest.mark.parametrize(
     ("request_kwargs", "needle"),
     [

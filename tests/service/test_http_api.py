@@ -50,9 +50,7 @@ def test_seed_example_verbatim(client: openai.OpenAI, model_name: str, stub) -> 
 
 
 @pytest.mark.parametrize("encoding_format", ["float", "base64"])
-def test_list_and_dimensions_match_grpc(
-    client: openai.OpenAI, model_name: str, stub, encoding_format: str
-) -> None:  # type: ignore[no-untyped-def]
+def test_list_and_dimensions_match_grpc(client: openai.OpenAI, model_name: str, stub, encoding_format: str) -> None:  # type: ignore[no-untyped-def]
     for dims in (None, 64, 32):
         kwargs = {"dimensions": dims} if dims else {}
         response = client.embeddings.create(
@@ -98,10 +96,7 @@ def test_extensions(facade: Facade, model_name: str, stub) -> None:  # type: ign
     passage = httpx.post(url, json={"model": model_name, "input": TEXTS, "input_type": "passage"}).json()
     assert cosine(passage["data"][0]["embedding"], vectors(embed(stub, TEXTS))[0]) >= 0.99999
     instr = httpx.post(url, json={"model": model_name, "input": TEXTS, "instruction": "Find code"}).json()
-    assert (
-        cosine(instr["data"][2]["embedding"], vectors(embed(stub, TEXTS, instruction="Find code"))[2])
-        >= 0.99999
-    )
+    assert cosine(instr["data"][2]["embedding"], vectors(embed(stub, TEXTS, instruction="Find code"))[2]) >= 0.99999
     raw = httpx.post(url, json={"model": model_name, "input": TEXTS, "normalize": False}).json()
     assert abs(np.linalg.norm(raw["data"][0]["embedding"]) - 1) > 1e-3
     cut = httpx.post(url, json={"model": model_name, "input": "word " * 2000, "truncate": "END"})
@@ -128,9 +123,7 @@ def test_error_shapes(facade: Facade, model_name: str) -> None:
     e = error_of(httpx.post(url, json={"model": "gpt-4", "input": "x"}), 404)
     assert model_name in str(e["message"])
     e = error_of(
-        httpx.post(
-            url, content=b'{"model": "x", "input": "\xff\xfe"}', headers={"content-type": "application/json"}
-        ),
+        httpx.post(url, content=b'{"model": "x", "input": "\xff\xfe"}', headers={"content-type": "application/json"}),
         400,
     )
     e = error_of(httpx.post(url, content=b"input=x", headers={"content-type": "text/plain"}), 415)
@@ -185,3 +178,58 @@ def test_metrics_move(facade: Facade, client: openai.OpenAI, model_name: str) ->
     assert 'qwen3_embed_triton_requests_total{bucket="16"}' in after
     assert sample(after, "qwen3_embed_triton_up") == 1.0
     assert "qwen3_embed_in_flight_requests" in after
+
+
+def test_strict_like_openai(facade: Facade, model_name: str) -> None:
+    url = f"{facade.base_url}/v1/embeddings"
+
+    def post(body: dict[str, object]) -> httpx.Response:
+        return httpx.post(url, json={"model": model_name, **body}, timeout=60)
+
+    r = post({"input": "x", "truncate_prompt_tokens": 5, "embed_dtype": "float16"})
+    assert r.status_code == 400
+    assert "embed_dtype" in r.json()["error"]["message"] and "truncate_prompt_tokens" in r.json()["error"]["message"]
+    for bad in ({"input": [True, False]}, {"input": "x", "dimensions": "64"}, {"input": "x", "dimensions": 64.0}):
+        assert post(bad).status_code == 400, bad
+    r = post({"input": "x", "dimensions": 0})
+    assert r.status_code == 400 and "between 32 and 64" in r.text and "or 0" not in r.text
+    assert post({"input": "x", "dimensions": 64}).status_code == 200
+
+
+def test_lone_surrogates_are_a_json_400(facade: Facade, model_name: str) -> None:
+    for body in (
+        f'{{"model": "{model_name}", "input": ["abc\\ud800"]}}',
+        f'{{"model": "{model_name}", "input": "ok", "instruction": "\\udfff x"}}',
+        '{"model": "\\ud800", "input": "ok"}',
+    ):
+        r = httpx.post(
+            f"{facade.base_url}/v1/embeddings", content=body, headers={"content-type": "application/json"}, timeout=60
+        )
+        assert r.status_code in (400, 404), (body, r.text)
+        assert r.headers["content-type"] == "application/json" and "error" in r.json()
+
+
+def test_conflicting_framing_is_refused_and_closed(facade: Facade) -> None:
+    import socket
+
+    body = b'{"model": "x", "input": "y"}'
+    chunked = hex(len(body))[2:].encode() + b"\r\n" + body + b"\r\n0\r\n\r\n"
+    head = (
+        f"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\ntransfer-encoding: chunked\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", facade.http_port), timeout=10) as s:
+        s.sendall(head + chunked)
+        received = b""
+        while chunk := s.recv(65536):  # ends when the server closes the connection
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 400"), received[:200]
+    assert b"connection: close" in received.lower()
+
+
+def test_model_retrieve_and_no_cdn_docs(client: openai.OpenAI, model_name: str, facade: Facade) -> None:
+    assert client.models.retrieve(model_name).id == model_name
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+    assert httpx.get(f"{facade.base_url}/docs", timeout=10).status_code == 404
+    assert httpx.get(f"{facade.base_url}/openapi.json", timeout=10).status_code == 200

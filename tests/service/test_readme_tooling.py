@@ -1,10 +1,11 @@
-"""The README's grpcurl commands run against the live service via reflection; the ghz configs decode into
-valid requests."""
+"""The README's grpcurl commands, run by the real grpcurl against the live service through reflection and
+from the proto file, print the same JSON field names; the ghz configs decode into valid requests."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 
 import grpc
 import pytest
@@ -12,46 +13,85 @@ from google.protobuf import json_format
 
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from tests.helpers import ROOT, Facade
-from tests.reflection_client import ReflectionClient, parse_grpcurl
+from tests.reflection_client import (
+    json_paths,
+    readme_grpcurl_lines,
+    run_grpcurl,
+    served_file_descriptors,
+    symbol_of,
+    without_comments,
+)
 
-
-def readme_grpcurl_lines() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
-    lines = [ln.strip() for block in blocks for ln in block.replace("\\\n", " ").splitlines()]
-    return [ln for ln in lines if ln.startswith("grpcurl ")]
+LINES = readme_grpcurl_lines()
 
 
 def test_readme_has_the_expected_commands() -> None:
-    lines = readme_grpcurl_lines()
-    assert any(" list" in ln for ln in lines) and any(" describe " in ln for ln in lines)
-    assert any("EmbeddingService/Embed" in ln and "-d" in ln for ln in lines)
+    assert any(" list" in ln for ln in LINES) and any(" describe " in ln for ln in LINES)
+    assert any("EmbeddingService/Embed" in ln and "-d" in ln for ln in LINES)
+    assert any("-proto embedding/v1/embedding.proto" in ln for ln in LINES)
 
 
-@pytest.mark.parametrize("line", readme_grpcurl_lines())
-def test_readme_grpcurl_command(facade: Facade, line: str) -> None:
-    command = parse_grpcurl(line)
-    assert command.plaintext and command.address == "localhost:50051"
-    with grpc.insecure_channel(facade.target) as channel:
-        result = ReflectionClient(channel).run(command)
-    if command.verb == "list":
-        assert "embedding.v1.EmbeddingService" in result and "grpc.health.v1.Health" in result
-    elif command.verb == "describe":
-        assert command.symbol.rsplit(".", 1)[-1] in result
-    elif command.symbol.endswith("/Embed"):
-        request = json.loads(command.data)
+def check_result(line: str, output: str) -> None:
+    """What each README command must show; JSON keys are proto3 JSON names, as grpcurl prints them."""
+    symbol = symbol_of(line)
+    if " list" in line:
+        assert "embedding.v1.EmbeddingService" in output.split()
+        return
+    if " describe " in line:
+        assert symbol.rsplit(".", 1)[-1] in output
+        return
+    result = json.loads(output)
+    if symbol.endswith("/Embed"):
+        words = shlex.split(line)
+        request = json.loads(words[words.index("-d") + 1])
         assert len(result["embeddings"]) == len(request["inputs"])
         assert result["dimensions"] == request.get("dimensions", 64)
-        assert result["usage"]["prompt_tokens"] > 0
-    elif command.symbol.endswith("/Tokenize"):
+        assert result["usage"]["promptTokens"] > 0
+    elif symbol.endswith("/Tokenize"):
         ids = result["inputs"][0]["ids"]
         assert ids[-1] == 151643 and len(result["inputs"][0]["tokens"]) == len(ids)
-    elif command.symbol.endswith("/GetInfo"):
-        assert result["dimensions"] == 64 and "query" in result["prompt_names"]
-    elif command.symbol.endswith("Health/Check"):
+    elif symbol.endswith("/GetInfo"):
+        assert result["dimensions"] == 64 and "query" in result["promptNames"]
+    elif symbol.endswith("Health/Check"):
         assert result["status"] == "SERVING"
     else:
         raise AssertionError(f"no check for {line}")
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_readme_grpcurl_command_through_reflection(facade: Facade, line: str) -> None:
+    check_result(line, run_grpcurl(line, facade.target))
+
+
+# The proto file holds embedding.v1 only: the health check needs reflection (or grpc's health.proto).
+PROTO_LINES = [ln for ln in LINES if "grpc.health.v1" not in ln]
+
+
+@pytest.mark.parametrize("line", PROTO_LINES)
+def test_readme_grpcurl_command_from_the_proto_file_prints_the_same(facade: Facade, line: str) -> None:
+    from_proto = run_grpcurl(line, facade.target, proto=True)
+    check_result(line, from_proto)
+    through_reflection = run_grpcurl(line, facade.target)
+    if " list" in line:
+        # From the file grpcurl knows its services only; reflection adds health and reflection itself.
+        assert set(from_proto.split()) <= set(through_reflection.split())
+    elif " describe " in line:
+        assert without_comments(from_proto) == without_comments(through_reflection)
+    else:
+        assert json_paths(json.loads(from_proto)) == json_paths(json.loads(through_reflection))
+
+
+def test_reflection_serves_json_names(facade: Facade) -> None:
+    """protoc's Python stubs embed descriptors without json_name; the server fills it in for reflection."""
+    with grpc.insecure_channel(facade.target) as channel:
+        files = served_file_descriptors(channel, "embedding.v1.EmbeddingService")
+    (embedding,) = [f for f in files if f.name == "embedding/v1/embedding.proto"]
+    usage = next(m for m in embedding.message_type if m.name == "Usage")
+    assert [(f.name, f.json_name) for f in usage.field] == [
+        ("prompt_tokens", "promptTokens"),
+        ("total_tokens", "totalTokens"),
+    ]
+    assert all(f.json_name for m in embedding.message_type for f in m.field)
 
 
 @pytest.mark.parametrize("name", ["embed.reflection.json", "embed.proto.json"])

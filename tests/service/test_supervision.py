@@ -211,7 +211,7 @@ def _bad_config(repo: Path, tmp: Path) -> tuple[dict[str, str], str]:
 
 
 def _no_keys_file(repo: Path, tmp: Path) -> tuple[dict[str, str], str]:
-    return {"QWEN3_EMBED_API_KEYS_FILE": str(tmp / "missing-keys")}, "cannot set up the gRPC server"
+    return {"QWEN3_EMBED_API_KEYS_FILE": str(tmp / "missing-keys")}, "cannot read the API keys file"
 
 
 def _missing_export(repo: Path, tmp: Path) -> tuple[dict[str, str], str]:

@@ -24,12 +24,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.gen.embedding.v1 import embedding_pb2 as pb
-from service.triton.runtime import TritonProcess
+from service.triton.runtime import TritonProcess, free_port
 from tests.helpers import Facade, cosine, embed, run_facade, vectors
 
 KEYS = ["file-key-one-7a1b2c3d", "file-key-two-9e8f7a6b"]
 COMMENTED_KEY = "commented-out-key-000"
 SECRET_TEXT = "confidential-input-text-5c2d91"
+# Each facade's plaintext metrics/health port (QWEN3_EMBED_METRICS_PORT), by fixture name.
+OPS_PORTS = {"tls": free_port(), "mtls": free_port()}
 
 
 @dataclass
@@ -133,7 +135,10 @@ def wait_serving_tls(facade: Facade, pki: Pki, mtls: bool) -> None:
 @pytest.fixture(scope="module")
 def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("keys") / "api-keys.txt"
-    path.write_text(f"# one key per line\n{KEYS[0]}\n\n  {KEYS[1]}  \n# {COMMENTED_KEY}\n")
+    # An indented comment is a comment too (once, it became the key "# revoked: ...").
+    path.write_text(
+        f"# one key per line\n{KEYS[0]}\n\n  {KEYS[1]}  \n# {COMMENTED_KEY}\n   # revoked: {COMMENTED_KEY}\n"
+    )
     return path
 
 
@@ -141,7 +146,7 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tls_facade(model_repository: Path, triton: TritonProcess, logs_dir: Path, pki: Pki, keys_file: Path
                ) -> Iterator[Facade]:
     env = {"QWEN3_EMBED_TLS_CERT": str(pki.server_cert), "QWEN3_EMBED_TLS_KEY": str(pki.server_key),
-           "QWEN3_EMBED_API_KEYS_FILE": str(keys_file)}
+           "QWEN3_EMBED_API_KEYS_FILE": str(keys_file), "QWEN3_EMBED_METRICS_PORT": str(OPS_PORTS["tls"])}
     with run_facade(model_repository, triton.grpc_url, logs_dir, env=env, wait_serving=False) as facade:
         wait_serving_tls(facade, pki, mtls=False)
         yield facade
@@ -150,7 +155,7 @@ def tls_facade(model_repository: Path, triton: TritonProcess, logs_dir: Path, pk
 @pytest.fixture(scope="module")
 def mtls_facade(model_repository: Path, triton: TritonProcess, logs_dir: Path, pki: Pki) -> Iterator[Facade]:
     env = {"QWEN3_EMBED_TLS_CERT": str(pki.server_cert), "QWEN3_EMBED_TLS_KEY": str(pki.server_key),
-           "QWEN3_EMBED_TLS_CLIENT_CA": str(pki.ca)}
+           "QWEN3_EMBED_TLS_CLIENT_CA": str(pki.ca), "QWEN3_EMBED_METRICS_PORT": str(OPS_PORTS["mtls"])}
     with run_facade(model_repository, triton.grpc_url, logs_dir, env=env, wait_serving=False) as facade:
         wait_serving_tls(facade, pki, mtls=True)
         yield facade
@@ -193,7 +198,7 @@ def test_api_keys_from_a_file(tls_facade: Facade, pki: Pki) -> None:
         for key in KEYS:
             assert stub.Embed(request, metadata=bearer(key), timeout=30).embeddings
         for metadata in (None, bearer(COMMENTED_KEY), bearer(f"# {COMMENTED_KEY}"), bearer(KEYS[0] + "x"),
-                         bearer("")):
+                         bearer(""), bearer(f"# revoked: {COMMENTED_KEY}")):
             with pytest.raises(grpc.RpcError) as err:
                 stub.Embed(request, metadata=metadata, timeout=10)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -242,6 +247,30 @@ def test_mtls_requires_a_client_certificate_from_the_ca(mtls_facade: Facade, pki
     assert httpx.get(url, verify=with_cert, timeout=10).status_code == 200
     with pytest.raises(httpx.TransportError):
         httpx.get(url, verify=ssl.create_default_context(cafile=str(pki.ca)), timeout=10)
+
+
+@pytest.mark.parametrize("name", ["tls", "mtls"])
+def test_probes_and_scrapes_work_beside_tls_on_the_plaintext_port(
+    tls_facade: Facade, mtls_facade: Facade, pki: Pki, name: str
+) -> None:
+    """What the kubelet and Prometheus can do: plain HTTP, no client certificate, no API key. The port
+    serves /metrics and /health/* and nothing else; the API port still wants TLS (and the key)."""
+    facade = {"tls": tls_facade, "mtls": mtls_facade}[name]
+    ops = f"http://127.0.0.1:{OPS_PORTS[name]}"
+    assert httpx.get(f"{ops}/health/live", timeout=10).status_code == 200
+    assert httpx.get(f"{ops}/health/ready", timeout=10).json() == {"status": "ready"}
+    scrape = httpx.get(f"{ops}/metrics", timeout=10)
+    assert scrape.status_code == 200 and "qwen3_embed_triton_up 1.0" in scrape.text
+    assert scrape.headers["content-type"].startswith("text/plain")
+    for path in ("/v1/models", "/info", "/docs", "/openapi.json"):
+        assert httpx.get(f"{ops}{path}", timeout=10).status_code == 404, path
+    assert httpx.post(f"{ops}/v1/embeddings", json={"input": ["x"]}, timeout=10).status_code == 404
+    with pytest.raises(httpx.TransportError):  # TLS is not spoken here
+        httpx.get(f"https://127.0.0.1:{OPS_PORTS[name]}/metrics", verify=False, timeout=10)
+    if name == "tls":  # /metrics on the API port still needs the key
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        api = f"https://127.0.0.1:{facade.http_port}/metrics"
+        assert httpx.get(api, verify=context, timeout=10).status_code == 401
 
 
 def test_no_keys_or_input_text_in_the_log(tls_facade: Facade, mtls_facade: Facade, pki: Pki) -> None:

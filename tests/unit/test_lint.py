@@ -18,5 +18,5 @@ def test_ruff() -> None:
 
 
 def test_mypy() -> None:
-    result = run("mypy", "service", "export", "devtools")
+    result = run("mypy", "service", "export", "devtools", "indexing")
     assert result.returncode == 0, result.stdout + result.stderr

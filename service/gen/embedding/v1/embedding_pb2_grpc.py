@@ -68,7 +68,11 @@ class EmbeddingServiceServicer:
 
     def EmbedStream(self, request_iterator, context):
         """Each request message is embedded on its own; responses carry its request_id and may complete out of
-        order. Flow control is by backpressure, not rejection.
+        order. Flow control is by backpressure, not rejection: at most a few messages of a stream are in
+        progress, and a client that stops reading stops its stream's work. Every message read gets exactly one
+        response: a message that fails (invalid, overloaded, past its deadline) gets a response with `error` set
+        and no embeddings, and the stream goes on. The stream itself ends with an error status only when it
+        cannot go on (authentication, cancellation, server shutdown).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,4 +1,4 @@
-"""A small gRPC client for people: `qwen3-embed embed`."""
+"""`qwen3-embed embed`: a small gRPC client for people (the library is service.client.Client)."""
 
 from __future__ import annotations
 

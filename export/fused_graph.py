@@ -1,0 +1,207 @@
+"""The fused ONNX graph: Qwen3 built op by op from the checkpoint's weights, attention as ONNX Runtime's
+com.microsoft.GroupQueryAttention (causal, grouped KV heads, rotary inside the kernel, memory linear in tokens).
+
+Why built with onnx.helper rather than traced: the graph is a few dozen nodes per layer whose meaning can be read
+and tested directly (no tracer freezing Python branches, no custom symbolic for an attention the tracer never
+sees), and the contrib ops take exactly the tensors Qwen3 has. The weights come from the same loaded
+transformers module the PyTorch reference runs, and cos/sin from its own rotary module, so rope variants and
+head_dim != hidden / heads are taken as the checkpoint defines them.
+
+Padding: the graph wants RIGHT padding. Attention is causal, so padded positions after a row's last real token
+never reach a real one; GroupQueryAttention gets each row's length (seqlens_k = length - 1) and positions start at
+0 for every row. The pooled token is position length - 1, computed from the mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, Precision
+
+MS_DOMAIN = "com.microsoft"
+# Opset 17 for the standard ops: what the traced graph uses, and what Triton's ONNX Runtime builds accept.
+OPSET = 17
+TWO_GB = 2 * 1024**3
+
+
+class GraphBuilder:
+    """Nodes and initializers of one graph; unique names for intermediate values."""
+
+    def __init__(self, precision: Precision) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.precision = precision
+        self._count = 0
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"{hint}_{self._count}"
+
+    def weight(self, name: str, tensor: torch.Tensor, transpose: bool = False) -> str:
+        t = tensor.detach().to("cpu")
+        if transpose:
+            t = t.t()
+        t = t.to(getattr(torch, self.precision.dtype_name)).contiguous()
+        if self.precision == Precision.BF16:
+            # numpy has no bfloat16: store the raw 16-bit patterns.
+            raw = t.view(torch.int16).numpy().tobytes()
+            proto = helper.make_tensor(name, TensorProto.BFLOAT16, list(t.shape), raw, raw=True)
+        else:
+            proto = numpy_helper.from_array(t.numpy(), name)
+        self.initializers.append(proto)
+        return name
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(
+        self, op: str, inputs: list[str], hint: str, outputs: int = 1, domain: str = "", **attrs: Any
+    ) -> list[str]:
+        outs = [self.name(hint) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=self.name(op), domain=domain, **attrs))
+        return outs
+
+    def one(self, op: str, inputs: list[str], hint: str, domain: str = "", **attrs: Any) -> str:
+        return self.node(op, inputs, hint, 1, domain, **attrs)[0]
+
+
+def rotary_cache(backbone: nn.Module, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [positions, head_dim / 2] from the model's own rotary module (what its attention uses)."""
+    config: Any = backbone.config
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+    probe = torch.zeros(1, 1, head_dim, dtype=torch.float32)
+    position_ids = torch.arange(positions, dtype=torch.int64)[None]
+    rotary: Any = backbone.rotary_emb
+    with torch.no_grad():
+        cos, sin = rotary(probe, position_ids)
+    # transformers repeats the half-size table ([cos, cos]); the kernel takes one half (non-interleaved).
+    return cos[0, :, : head_dim // 2].float(), sin[0, :, : head_dim // 2].float()
+
+
+def pooled_position(b: GraphBuilder, last: str) -> str:
+    """The position whose hidden state is the embedding: the last real token (length - 1; right padding).
+    A function of its own so a test can break it and see verification refuse the export."""
+    return last
+
+
+def build_fused_graph(backbone: nn.Module, precision: Precision, max_positions: int) -> onnx.ModelProto:
+    """input_ids, attention_mask (int64 [batch, seq], right-padded) -> embedding float32 [batch, hidden]."""
+    config: Any = backbone.config
+    heads, kv_heads = int(config.num_attention_heads), int(config.num_key_value_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    hidden = int(config.hidden_size)
+    eps = float(config.rms_norm_eps)
+    state = {k: v for k, v in backbone.state_dict().items()}
+    b = GraphBuilder(precision)
+
+    def rms(x: str, weight: str, hint: str) -> str:
+        # stash_type 1: the mean of squares in fp32 whatever the activations' type (as transformers does).
+        return b.one("SimplifiedLayerNormalization", [x, weight], hint, axis=-1, epsilon=eps, stash_type=1)
+
+    def linear(x: str, prefix: str, hint: str) -> str:
+        out = b.one("MatMul", [x, b.weight(f"{prefix}.weight", state[f"{prefix}.weight"], transpose=True)], hint)
+        if f"{prefix}.bias" in state:
+            out = b.one("Add", [out, b.weight(f"{prefix}.bias", state[f"{prefix}.bias"])], hint + "_b")
+        return out
+
+    def per_head_rms(x: str, n: int, weight_key: str, hint: str) -> str:
+        """Qwen3's q_norm / k_norm: RMSNorm over each head's head_dim values, before rotary."""
+        split = b.one("Reshape", [x, b.const(b.name("shape"), np.array([0, 0, n, head_dim], np.int64))], hint)
+        normed = rms(split, b.weight(weight_key, state[weight_key]), hint + "_n")
+        return b.one("Reshape", [normed, b.const(b.name("shape"), np.array([0, 0, n * head_dim], np.int64))], hint)
+
+    cos, sin = rotary_cache(backbone, max_positions)
+    cos_name, sin_name = b.weight("rotary_cos", cos), b.weight("rotary_sin", sin)
+
+    # Row lengths from the mask: GroupQueryAttention's seqlens_k (length - 1) and the pooled position.
+    lengths = b.one("ReduceSum", [ATTENTION_MASK, b.const("axis1", np.array([1], np.int64))], "lengths", keepdims=0)
+    last = b.one("Sub", [lengths, b.const("one", np.array(1, np.int64))], "last")
+    seqlens_k = b.one("Cast", [last], "seqlens_k", to=TensorProto.INT32)
+    shape = b.one("Shape", [INPUT_IDS], "ids_shape")
+    width = b.one("Gather", [shape, b.const("idx1", np.array(1, np.int64))], "width", axis=0)
+    total = b.one("Cast", [width], "total_len", to=TensorProto.INT32)
+
+    x = b.one("Gather", [b.weight("embed_tokens.weight", state["embed_tokens.weight"]), INPUT_IDS], "embed", axis=0)
+    for i in range(int(config.num_hidden_layers)):
+        p = f"layers.{i}"
+        h = rms(x, b.weight(f"{p}.input_layernorm.weight", state[f"{p}.input_layernorm.weight"]), f"l{i}_ln1")
+        q = linear(h, f"{p}.self_attn.q_proj", f"l{i}_q")
+        q = per_head_rms(q, heads, f"{p}.self_attn.q_norm.weight", f"l{i}_qn")
+        k = linear(h, f"{p}.self_attn.k_proj", f"l{i}_k")
+        k = per_head_rms(k, kv_heads, f"{p}.self_attn.k_norm.weight", f"l{i}_kn")
+        v = linear(h, f"{p}.self_attn.v_proj", f"l{i}_v")
+        attn = b.node(
+            "GroupQueryAttention",
+            [q, k, v, "", "", seqlens_k, total, cos_name, sin_name],
+            f"l{i}_attn",
+            outputs=3,
+            domain=MS_DOMAIN,
+            num_heads=heads,
+            kv_num_heads=kv_heads,
+            scale=float(head_dim) ** -0.5,
+            do_rotary=1,
+            rotary_interleaved=0,
+        )[0]
+        x = b.one("Add", [x, linear(attn, f"{p}.self_attn.o_proj", f"l{i}_o")], f"l{i}_res1")
+        post = f"{p}.post_attention_layernorm.weight"
+        h = rms(x, b.weight(post, state[post]), f"l{i}_ln2")
+        gate = linear(h, f"{p}.mlp.gate_proj", f"l{i}_gate")
+        act = b.one("Mul", [gate, b.one("Sigmoid", [gate], f"l{i}_sig")], f"l{i}_silu")
+        up = b.one("Mul", [act, linear(h, f"{p}.mlp.up_proj", f"l{i}_up")], f"l{i}_gu")
+        x = b.one("Add", [x, linear(up, f"{p}.mlp.down_proj", f"l{i}_down")], f"l{i}_res2")
+
+    # Pool before the final norm (it is per token): row * width + pooled position in the flattened states.
+    flat = b.one("Reshape", [x, b.const("flat_shape", np.array([-1, hidden], np.int64))], "flat")
+    batch = b.one("Gather", [shape, b.const("idx0", np.array(0, np.int64))], "batch", axis=0)
+    zero, step = b.const("zero", np.array(0, np.int64)), b.const("step", np.array(1, np.int64))
+    rows = b.one("Range", [zero, batch, step], "rows")
+    position = pooled_position(b, last)
+    index = b.one("Add", [b.one("Mul", [rows, width], "row_start"), position], "pool_index")
+    pooled = b.one("Gather", [flat, index], "pooled", axis=0)
+    normed = rms(pooled, b.weight("norm.weight", state["norm.weight"]), "final_norm")
+    b.nodes.append(helper.make_node("Cast", [normed], [EMBEDDING], name="to_fp32", to=TensorProto.FLOAT))
+
+    graph = helper.make_graph(
+        b.nodes,
+        "qwen3_embedding_fused",
+        [
+            helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "sequence"]),
+            helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, ["batch", "sequence"]),
+        ],
+        [helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, ["batch", hidden])],
+        b.initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+        producer_name="qwen3-embed",
+    )
+    model.ir_version = 8
+    return model
+
+
+def save_fused_graph(model: onnx.ModelProto, path: Path) -> Path:
+    """model.onnx, plus one model.onnx.data beside it when the weights pass protobuf's 2 GB limit (the layout
+    Triton's ONNX Runtime backend expects)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+    if weight_bytes > TWO_GB - 64 * 1024**2:
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=1024,
+        )
+    else:
+        onnx.save_model(model, str(path))
+    return path

@@ -1,0 +1,93 @@
+"""The operations listener (QWEN3_EMBED_METRICS_PORT): plaintext HTTP serving /metrics, /health/live and
+/health/ready only, without API keys or TLS.
+
+Why a listener of its own: Prometheus scrapes without the API's keys, and kubelet probes speak neither
+TLS client certificates (mTLS) nor TLS for gRPC probes. Nothing here reveals more than the counters and
+readiness; it serves no embeddings, reads only a bounded request head and answers with `Connection: close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.state import ServiceState
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD_BYTES = 8192  # request line + headers; Prometheus and kubelet send a few hundred bytes
+READ_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 32  # a probe and a scrape at a time is the normal load; more are closed at once
+PATHS = ("/metrics", "/health/live", "/health/ready")
+
+
+class OpsServer:
+    def __init__(self, state: ServiceState, host: str, port: int) -> None:
+        self.state = state
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._open = 0
+
+    async def start(self) -> int:
+        """Binds (OSError when the port is taken) and returns the bound port."""
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_HEAD_BYTES)
+        port: int = self._server.sockets[0].getsockname()[1]
+        log.info("metrics and health (plaintext, no API key) on %s:%d", self.host, port)
+        return port
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        with contextlib.suppress(TimeoutError):  # connections end within READ_TIMEOUT_S anyway
+            await asyncio.wait_for(self._server.wait_closed(), READ_TIMEOUT_S)
+
+    def answer(self, method: str, path: str) -> tuple[int, bytes, str]:
+        """(status, body, content type) for one request."""
+        path = path.split("?", 1)[0]
+        if path not in PATHS:
+            return 404, b'{"error": "not found: this port serves /metrics and /health/* only"}', "application/json"
+        if method not in ("GET", "HEAD"):
+            return 405, b'{"error": "method not allowed"}', "application/json"
+        if path == "/metrics":
+            return 200, self.state.metrics.render(), CONTENT_TYPE_LATEST
+        if path == "/health/live":
+            return 200, b'{"status": "live"}', "application/json"
+        ready = self.state.ready and not self.state.draining
+        body = json.dumps({"status": "ready" if ready else "not ready"}).encode()
+        return (200 if ready else 503), body, "application/json"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        self._open += 1
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                head = await reader.readuntil(b"\r\n\r\n")
+                parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+                if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+                    status, body, ctype = 400, b'{"error": "bad request"}', "application/json"
+                else:
+                    status, body, ctype = self.answer(parts[0], parts[1])
+                reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}.get(
+                    status, "Service Unavailable"
+                )
+                header = (
+                    f"HTTP/1.1 {status} {reason}\r\ncontent-type: {ctype}\r\n"
+                    f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+                )
+                writer.write(header.encode("latin-1") + (b"" if parts[:1] == ["HEAD"] else body))
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass  # slow, oversized or vanished clients just lose their connection
+        finally:
+            self._open -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()

@@ -1,0 +1,29 @@
+"""The Python client for other services (`Client`, `AsyncClient`) and `qwen3-embed embed` (`embed_cli`)."""
+
+from service.client.cli import embed_cli
+from service.client.core import (
+    AsyncClient,
+    Client,
+    Embedded,
+    EmbedError,
+    EmbedOptions,
+    Limits,
+    RetryPolicy,
+    RowsEmbedded,
+    chunks,
+    quantize,
+)
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "EmbedError",
+    "EmbedOptions",
+    "Embedded",
+    "Limits",
+    "RetryPolicy",
+    "RowsEmbedded",
+    "chunks",
+    "embed_cli",
+    "quantize",
+]

@@ -1,0 +1,182 @@
+"""`qwen3-embed index` and `eval` end to end against the real facade and Triton (dev model): a 20k-row corpus
+killed halfway (SIGKILL) and resumed, overload retries against a facade with max_in_flight 1, the OpenAI HTTP
+API as a second system."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from indexing.index import IndexConfig, committed_starts, run_index
+from service.client import EmbedOptions
+from service.triton.runtime import TritonProcess
+from tests.helpers import ROOT, Facade, cosine, embed, run_facade, vectors
+
+ROWS = 20_000
+CHUNK = 1000
+BAD = {"bad-empty": "", "bad-long": "word " * 3000}  # 3000 words > the test export's 512 tokens
+
+
+def write_corpus(path: Path, rows: int) -> dict[str, str | None]:
+    """Short varied texts, every 7th row a repeat of another (dedup), plus the bad rows and a null text."""
+    texts: dict[str, str | None] = {}
+    for i in range(rows):
+        j = i % (rows * 6 // 7)
+        texts[f"doc-{i}"] = f"passage {j} on topic {j % 97}: item {j * 31 % 1009}"
+    texts.update(BAD)
+    texts["bad-null"] = None
+    with path.open("w") as f:
+        for key, text in texts.items():
+            f.write(json.dumps({"key": key, "body": text}) + "\n")
+    return texts
+
+
+def index_command(facade: Facade, corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "service.cli", "index", str(corpus), str(out), "--id-field", "key",
+        "--text-field", "body", "--target", facade.target, "--chunk-rows", str(CHUNK), "--concurrency", "4",
+        "--batch-size", "64", "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def test_index_killed_and_resumed(facade: Facade, tmp_path: Path) -> None:
+    corpus, out = tmp_path / "corpus.jsonl", tmp_path / "vectors.parquet"
+    texts = write_corpus(corpus, ROWS)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(index_command(facade, corpus, out), cwd=ROOT, env=env, stdout=subprocess.PIPE)
+    parts = out.with_name(out.name + ".parts")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None:
+        if parts.is_dir() and len(committed_starts(parts)) >= (ROWS // CHUNK) // 2:
+            break
+        time.sleep(0.05)
+    assert first.poll() is None, "the job ended before it could be killed halfway"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    committed = len(committed_starts(parts))
+    assert 0 < committed < ROWS // CHUNK and not out.exists()
+
+    started = time.monotonic()
+    second = subprocess.run(index_command(facade, corpus, out), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    print(f"resume after {committed} chunks: {second.stdout.strip()} ({time.monotonic() - started:.1f} s)")
+    assert f"{committed * CHUNK} resumed" in second.stdout
+
+    table = pq.read_table(out)
+    ids = table.column("id").to_pylist()
+    good = [k for k, t in texts.items() if t and k not in BAD]
+    assert len(ids) == len(set(ids)) and set(ids) == set(good)  # every good id exactly once
+    assert ids == good  # in input order
+    rejects = [json.loads(line) for line in out.with_name("vectors.rejects.jsonl").read_text().splitlines()]
+    reasons = {r["id"]: r["reason"] for r in rejects}
+    assert set(reasons) == {"bad-empty", "bad-long", "bad-null"}
+    assert reasons["bad-empty"] == "empty text" and reasons["bad-null"] == "missing text"
+    assert "too long" in reasons["bad-long"] or "tokens" in reasons["bad-long"]
+    assert not parts.exists()
+
+    # Vectors equal single Embed calls (document prompt), for a sample that includes deduplicated rows.
+    sample = [*np.random.default_rng(0).choice(len(ids), 60, replace=False).tolist(), ROWS * 6 // 7 + 1]
+    column = table.column("vector")
+    with grpc.insecure_channel(facade.target) as channel:
+        stub = facade.stub(channel)
+        for i in sample:
+            expected = vectors(embed(stub, [texts[ids[i]] or ""], prompt_name="document"))[0]
+            got = np.asarray(column[i].as_py(), dtype=np.float32)
+            assert cosine(got, expected) >= 0.99999, ids[i]
+
+
+def test_index_retries_against_an_overloaded_facade(
+    model_repository: Path, triton: TritonProcess, tmp_path: Path
+) -> None:
+    corpus, out = tmp_path / "corpus.jsonl", tmp_path / "v.parquet"
+    texts = write_corpus(corpus, 1500)
+    env = {"QWEN3_EMBED_MAX_IN_FLIGHT": "1"}
+    with run_facade(model_repository, triton.grpc_url, tmp_path, env=env) as overloaded:
+        cfg = IndexConfig(
+            corpus, out, "key", "body", target=overloaded.target, concurrency=8, batch_size=16,
+            chunk_rows=300, retry_attempts=30, progress=False,
+        )  # fmt: skip
+        summary = asyncio.run(run_index(cfg))
+    print(summary.line())
+    assert summary.retries > 0  # RESOURCE_EXHAUSTED came back and was retried
+    assert summary.written == len([t for t in texts.values() if t]) - 1 and summary.rejected == 3
+    assert summary.duplicate_rows > 0 and summary.embedded_texts < summary.written
+
+
+def test_index_through_the_openai_http_api(facade: Facade, tmp_path: Path) -> None:
+    corpus, out = tmp_path / "corpus.csv", tmp_path / "http.parquet"
+    corpus.write_text("id,text\n" + "".join(f'{i},"text number {i}, http"\n' for i in range(40)))
+    base = IndexConfig(corpus, out, target=facade.target, options=EmbedOptions("document", dimensions=32))
+    grpc_summary = asyncio.run(run_index(base))
+    http_out = tmp_path / "via-http.parquet"
+    http_cfg = IndexConfig(
+        corpus, http_out, target=facade.base_url + "/v1", api="http", options=EmbedOptions("document", dimensions=32)
+    )
+    http_summary = asyncio.run(run_index(http_cfg))
+    assert grpc_summary.written == http_summary.written == 40
+    a = np.array(pq.read_table(out).column("vector").to_pylist())
+    b = np.array(pq.read_table(http_out).column("vector").to_pylist())
+    assert a.shape == (40, 32)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def write_beir(folder: Path, docs: int = 120, queries: int = 24) -> None:
+    (folder / "qrels").mkdir(parents=True)
+    topics = ["rivers", "volcanoes", "chess", "bread", "violins", "glaciers", "comets", "bees"]
+    with (folder / "corpus.jsonl").open("w") as f:
+        for i in range(docs):
+            doc = {"_id": f"d{i}", "title": topics[i % 8], "text": f"note {i} about {topics[i % 8]} {i * 7 % 13}"}
+            f.write(json.dumps(doc) + "\n")
+    with (folder / "queries.jsonl").open("w") as f, (folder / "qrels" / "test.tsv").open("w") as qrels:
+        qrels.write("query-id\tcorpus-id\tscore\n")
+        for q in range(queries):
+            f.write(json.dumps({"_id": f"q{q}", "text": f"note {q} about {topics[q % 8]}"}) + "\n")
+            qrels.write(f"q{q}\td{q}\t1\n")
+
+
+def test_eval_two_systems_table_and_plot(facade: Facade, tmp_path: Path) -> None:
+    data, out = tmp_path / "beir", tmp_path / "results"
+    write_beir(data)
+    http = f"{facade.base_url}/v1?query_prompt=query&doc_prompt=document"
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "service.cli", "eval", str(data), "--output-dir", str(out),
+            "--system", f"qwen=grpc://{facade.target}?dims=32,48,0&precisions=float32,binary",
+            "--system", f"openai-api=http://{http.removeprefix('http://')}", "--k", "1,10",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    print(result.stdout)
+    rows = [line.split(",") for line in (out / "results.csv").read_text().splitlines()]
+    assert rows[0] == ["system", "precision", "dims", "nDCG@10", "R@1", "R@10", "MRR"]
+    by_key = {(r[0], r[1], int(r[2])): [float(x) for x in r[3:]] for r in rows[1:]}
+    assert len(by_key) == 7
+    # The service's own HTTP API with the same prompts is the same system as its gRPC API at full size.
+    assert by_key[("openai-api", "float32", 64)] == pytest.approx(by_key[("qwen", "float32", 64)], abs=1e-3)
+    assert all(0.0 <= v <= 1.0 for values in by_key.values() for v in values)
+    assert (out / "matryoshka.png").stat().st_size > 1000 and "nDCG@10" in (out / "results.md").read_text()
+    assert "qwen" in result.stdout and "openai-api" in result.stdout
+
+
+def test_readme_python_client_block(facade: Facade, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's 'Python client' block runs as written, aimed at the test facade."""
+    import re
+
+    section = (ROOT / "README.md").read_text().split("### Python client", 1)[1].split("\n### ", 1)[0]
+    [code] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    exec(compile(code.replace("localhost:50051", facade.target), "README.md (Python client)", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("(1000, 64) ") and lines[1] == "{1: 'input 0 is an empty string'}"
+    assert lines[2] == "(1, 64)"
