@@ -16,6 +16,7 @@ from rich.table import Table
 from export.checkpoint import Checkpoint, resolve
 from export.errors import ExportError
 from export.memory import PeakMemory, gib
+from export.resources import available_memory_bytes
 from export.samples import SAMPLES, long_sample
 from export.triton_config import (
     BACKENDS,
@@ -92,13 +93,11 @@ def validate_options(opts: ExportOptions) -> None:
 
 
 def check_resources(ckpt: Checkpoint, opts: ExportOptions) -> None:
-    import psutil
-
     weight_bytes = ckpt.parameter_count() * opts.repo.precision.itemsize
     # The loaded model, the traced graph and its serialised proto coexist for a moment.
     need_ram = int(weight_bytes * 2.5)
     need_disk = int(weight_bytes * (2.2 if opts.repo.backend == "tensorrt" else 1.1))
-    free_ram = psutil.virtual_memory().available
+    free_ram = available_memory_bytes()  # the container's cgroup limit, not the node's memory
     probe = opts.output if opts.output.exists() else opts.output.resolve().parent
     while not probe.exists():
         probe = probe.parent

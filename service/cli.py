@@ -87,7 +87,7 @@ def serve(
         tls_client_ca=tls_client_ca,
         log_level=log_level,
     )
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if model and not settings.triton_url:
         if EXTENSIONS.prepare_model is None:
             typer.echo(

@@ -3,6 +3,7 @@ failing on EMFILE, say, thousands of times a second) is suppressed and later cou
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -37,8 +38,25 @@ class RepeatLimiter(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log pipelines (Loki, Cloud Logging) that parse structure."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limiter = RepeatLimiter()
     for handler in logging.getLogger().handlers:
         handler.addFilter(limiter)
+        if log_format == "json":
+            handler.setFormatter(JsonFormatter())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -136,6 +136,7 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line")
 
     # Network exposure: what listens where (docs/reliability.md, README "Security")
     metrics_port: int = Field(

@@ -31,7 +31,18 @@ FULLNAME = f"{RELEASE}-qwen3-embedding"
 KUBE_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
 # Custom resources have no schema in kubernetes-validate (it ships only the built-in API): these kinds are
 # not schema-validated; test_service_monitor asserts their fields instead.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+}
+PRESETS_DIR = CHART_DIR / "presets"
+RWX = {"modelRepository": {"persistence": {"accessModes": ["ReadWriteMany"]}}}
+
+
+def preset(size: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((PRESETS_DIR / f"{size}.yaml").read_text())
+    return loaded
 
 EXTERNAL_URL = "triton.inference.svc.cluster.local:8001"
 
@@ -42,8 +53,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "triton": {"resources": {"limits": {"nvidia.com/gpu": 2, "memory": "40Gi"}}},
     },
     "cpu-only": {"triton": {"resources": {"limits": {"nvidia.com/gpu": None}}}, "tolerations": []},
-    "autoscaling-cpu": {"autoscaling": {"enabled": True, "metric": "cpu", "maxReplicas": 6}},
+    "autoscaling-cpu": {**RWX, "autoscaling": {"enabled": True, "metric": "cpu", "maxReplicas": 6}},
+    "autoscaling-keda": {**RWX, "autoscaling": {"enabled": True}},
     "autoscaling-pods": {
+        **RWX,
         "autoscaling": {
             "enabled": True,
             "metric": "pods",
@@ -59,18 +72,50 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "enabled": True,
             "model": "Qwen/Qwen3-Embedding-4B",
             "hfTokenSecret": {"name": "hf-token", "key": "token"},
+            "resources": {"limits": {"memory": "32Gi"}},
         }
     },
-    "existing-claim": {"modelRepository": {"existingClaim": "qwen3-models", "subPath": ""}},
+    "existing-claim": {
+        "modelRepository": {"existingClaim": "qwen3-models", "subPath": ""},
+        "exportJob": {"enabled": False},
+    },
+    "tls": {"facade": {"tls": {"enabled": True, "secretName": "facade-tls"}}},
+    "mtls-auth-monitor": {
+        "facade": {"tls": {"enabled": True, "secretName": "facade-tls", "clientAuth": True}},
+        "auth": {"enabled": True, "keys": ["k"]},
+        "metrics": {"serviceMonitor": {"enabled": True}},
+        "networkPolicy": {
+            "apiFrom": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        },
+    },
+    "no-metrics-port": {"facade": {"metricsPort": 0}},
     "everything": {
+        **RWX,
         "autoscaling": {"enabled": True, "metric": "pods"},
         "auth": {"enabled": True, "keys": ["k"]},
         "metrics": {"serviceMonitor": {"enabled": True}},
         "exportJob": {"enabled": True},
-        "facade": {"settings": {"token_budget": 32768, "buckets": [64, 256, 1024]}},
         "podDisruptionBudget": {"maxUnavailable": None, "minAvailable": 1},
         "service": {"headless": {"enabled": False}},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "runtimeClassName": "nvidia",
+        "facade": {"logFormat": "json", "settings": {"token_budget": 32768, "buckets": [64, 256, 1024]}},
+        "ingress": {"enabled": True, "tlsSecretName": "emb-tls"},
+        "grpcRoute": {"enabled": True, "parentRefs": [{"name": "gw", "namespace": "gateways"}]},
+        "triton": {"resources": {"limits": {"nvidia.com/gpu": 1}}},
     },
+    "preset-0.6b": preset("0.6b"),
+    "preset-4b": preset("4b"),
+    "preset-4b-gpu-export": {**preset("4b"), "exportJob": {**preset("4b")["exportJob"], "device": "gpu"}},
+    "preset-8b": preset("8b"),
+    "preset-8b-cpu-export": {
+        **preset("8b"),
+        "exportJob": {**preset("8b")["exportJob"], "device": "cpu", "precision": "fp16"},
+    },
+    "tensorrt-cache": {"exportJob": {"accelerator": "tensorrt"}},
+    "hook-export": {"modelRepository": {"existingClaim": "qwen3-models"}, "exportJob": {"helmHook": True}},
+    "multi-replica-rwx": {**RWX, "replicaCount": 3},
 }
 
 
@@ -166,7 +211,13 @@ def test_chart_metadata() -> None:
     assert _chart().schema is not None
 
 
-@pytest.mark.parametrize("scenario", ["default", "export-job", "external-triton", "everything"])
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        "default", "export-job", "external-triton", "everything", "mtls-auth-monitor",
+        "preset-0.6b", "preset-4b", "preset-8b", "hook-export", "autoscaling-keda",
+    ],
+)
 def test_lint_has_no_errors(scenario: str) -> None:
     report = helm_python.lint(
         CHART_DIR,
@@ -192,6 +243,9 @@ def test_lint_fails_on_a_broken_values_file() -> None:
         {"exportJob": {"backend": "pytorch"}},
         {"exportJob": {"precision": "int8"}},
         {"autoscaling": {"metric": "memory"}},
+        {"exportJob": {"device": "tpu"}},
+        {"progressDeadlineSeconds": 10},
+        {"model": {"version": "v1/../x"}},
         {"triton": {"external": {"enabled": True}}},
         {"triton": {"external": {"enabled": True, "url": "http://triton:8001"}}},
         {"facade": {"grpcPort": 70000}},
@@ -211,11 +265,55 @@ def test_values_schema_rejects(values: dict[str, Any]) -> None:
     ("values", "message"),
     [
         ({"auth": {"enabled": True}}, "auth.existingSecret or auth.keys"),
+        # Guards: no model source, RWO with > 1 replica, bf16 on CPU, a hook without an existing claim.
+        ({"exportJob": {"enabled": False}}, "no model source"),
+        ({"replicaCount": 2}, "replicas > 1 (replicaCount or autoscaling.maxReplicas) with a ReadWriteOnce"),
+        ({"autoscaling": {"enabled": True, "maxReplicas": 3}}, "with a ReadWriteOnce model volume"),
+        (
+            {"replicaCount": 2, "modelRepository": {"persistence": {"accessModes": ["ReadWriteOncePod"]}}},
+            "with a ReadWriteOncePod model volume",
+        ),
+        ({"exportJob": {"precision": "bf16"}}, "bf16 needs exportJob.device=gpu"),
+        # The 32Gi the chart once defaulted to cannot export 8B on CPU (>= 48 GiB, docs/export.md).
+        (
+            {"exportJob": {"model": "Qwen/Qwen3-Embedding-8B", "resources": {"limits": {"memory": "32Gi"}}}},
+            "a CPU export of Qwen/Qwen3-Embedding-8B needs resources.limits.memory >= 48Gi",
+        ),
+        ({"exportJob": {"model": "Qwen/Qwen3-Embedding-4B"}}, "needs resources.limits.memory >= 24Gi"),
+        ({"exportJob": {"helmHook": True}}, "exportJob.helmHook needs modelRepository.existingClaim"),
+        ({"grpcRoute": {"enabled": True}}, "grpcRoute.parentRefs"),
+        (
+            {"facade": {"metricsPort": 0}, "auth": {"enabled": True, "keys": ["k"]}},
+            "metrics.service with auth or facade.tls needs facade.metricsPort",
+        ),
         ({"exportJob": {"enabled": True}, "modelRepository": {"subPath": ""}}, "subPath"),
         ({"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}, "not both"),
         (
             {"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
             "metrics.service",
+        ),
+        ({"facade": {"tls": {"enabled": True}}}, "facade.tls.secretName"),
+        ({"facade": {"tls": {"clientAuth": True}}}, "needs facade.tls.enabled"),
+        # Probes the kubelet cannot run against a TLS facade.
+        (
+            {"facade": {"metricsPort": 0, "tls": {"enabled": True, "secretName": "t"}},
+             "metrics": {"service": {"enabled": False}}},
+            "gRPC probes cannot speak TLS",
+        ),
+        (
+            {
+                "facade": {
+                    "tls": {"enabled": True, "secretName": "t", "clientAuth": True},
+                    "readinessProbe": {"httpGet": {"path": "/health/ready", "port": "http", "scheme": "HTTPS"}},
+                }
+            },
+            "client certificate the kubelet cannot send",
+        ),
+        # A scrape that sends no key and speaks plaintext cannot read /metrics on the API port.
+        (
+            {"facade": {"metricsPort": 0}, "auth": {"enabled": True, "keys": ["k"]},
+             "metrics": {"serviceMonitor": {"enabled": True}}},
+            "needs facade.metricsPort",
         ),
     ],
 )
@@ -257,7 +355,8 @@ def test_validation_catches_a_broken_manifest() -> None:
 
 
 def test_default_objects() -> None:
-    got = kinds(render({}))
+    manifests = render({})
+    got = kinds(manifests)
     assert got == {
         ("Deployment", FULLNAME),
         ("Service", FULLNAME),
@@ -265,7 +364,9 @@ def test_default_objects() -> None:
         ("Service", f"{FULLNAME}-metrics"),
         ("ServiceAccount", FULLNAME),
         ("PersistentVolumeClaim", f"{FULLNAME}-models"),
+        ("Job", only(manifests, "Job")["metadata"]["name"]),
         ("PodDisruptionBudget", FULLNAME),
+        ("NetworkPolicy", FULLNAME),
         ("Pod", f"{FULLNAME}-test-grpc"),
     }
 
@@ -281,18 +382,21 @@ def test_default_pod_runs_triton_and_the_facade() -> None:
     assert triton["args"][0] == "tritonserver"
     assert "--model-repository=/models" in triton["args"]
     assert "--load-model=qwen3_embedding" in triton["args"]
-    assert {p["containerPort"] for p in triton["ports"]} == {8000, 8001, 8002}
+    # gRPC on the pod's loopback only: no container port for it; HTTP for the kubelet, metrics for Prometheus.
+    assert {p["containerPort"] for p in triton["ports"]} == {8000, 8002}
+    assert "--grpc-address=127.0.0.1" in triton["args"]
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
 
     facade = container(spec, "facade")
     env = env_of(facade)
-    assert env["QWEN3_EMBED_TRITON_URL"] == "localhost:8001"
+    assert env["QWEN3_EMBED_TRITON_URL"] == "127.0.0.1:8001"
     assert env["QWEN3_EMBED_MODEL_REPOSITORY"] == "/models"
     assert env["QWEN3_EMBED_MODEL_NAME"] == "qwen3_embedding"
     assert env["QWEN3_EMBED_GRPC_PORT"] == "50051"
     assert env["QWEN3_EMBED_HTTP_PORT"] == "8080"
-    assert {p["name"]: p["containerPort"] for p in facade["ports"]} == {"grpc": 50051, "http": 8080}
+    assert env["QWEN3_EMBED_METRICS_PORT"] == "9090"
+    assert {p["name"]: p["containerPort"] for p in facade["ports"]} == {"grpc": 50051, "http": 8080, "metrics": 9090}
 
 
 def test_both_containers_mount_the_model_repository_read_only() -> None:
@@ -303,7 +407,7 @@ def test_both_containers_mount_the_model_repository_read_only() -> None:
         mounts = {m["name"]: m for m in container(spec, name)["volumeMounts"]}
         assert mounts["model-repository"]["mountPath"] == "/models"
         assert mounts["model-repository"]["readOnly"] is True
-        assert mounts["model-repository"]["subPath"] == "models"
+        assert mounts["model-repository"]["subPath"] == "models/v1"
 
 
 def test_probes() -> None:
@@ -319,10 +423,21 @@ def test_probes() -> None:
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # model load budget
 
     facade = container(spec, "facade")
-    # Liveness and start-up watch the process ("liveness" health name); readiness follows Triton.
+    # On the plaintext metrics port: the same probes whether the API speaks TLS, mTLS or neither.
+    # Liveness and start-up watch the process; readiness follows Triton.
+    for probe in ("startupProbe", "livenessProbe"):
+        assert facade[probe]["httpGet"] == {"path": "/health/live", "port": "metrics"}
+    assert facade["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "metrics"}
+
+    # Without the metrics port: native gRPC health ("liveness" name for the process).
+    facade = container(pod_spec(render(SCENARIOS["no-metrics-port"])), "facade")
     for probe in ("startupProbe", "livenessProbe"):
         assert facade[probe]["grpc"] == {"port": 50051, "service": "liveness"}
     assert facade["readinessProbe"]["grpc"] == {"port": 50051}
+    # A probe with its own handler is kept as given.
+    own = {"exec": {"command": ["true"]}, "periodSeconds": 7}
+    kept = container(pod_spec(render({"facade": {"livenessProbe": own}})), "facade")["livenessProbe"]
+    assert own.items() <= kept.items() and "httpGet" not in kept and "grpc" not in kept
 
 
 def test_startup_probe_budget_is_configurable() -> None:
@@ -355,6 +470,8 @@ def test_security_contexts() -> None:
     manifests = render(SCENARIOS["everything"])
     specs = dict(pod_specs(manifests))
     assert len(specs) == 3  # Deployment, export Job, helm test Pod
+    for name, spec in specs.items():
+        assert spec["imagePullSecrets"] == [{"name": "regcred"}], name
     for name, spec in specs.items():
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["runAsUser"] != 0, name
@@ -403,11 +520,13 @@ def test_facade_settings_map_becomes_env() -> None:
 
 def test_values_reach_the_manifests() -> None:
     values = {
+        **RWX,
         "replicaCount": 3,
         "facade": {
             "image": {"repository": "registry.example.com/ml/facade", "tag": "1.2.3"},
             "grpcPort": 50099,
             "httpPort": 8099,
+            "metricsPort": 9099,
             "maxInFlight": 200,
             "resources": {"requests": {"cpu": "3", "memory": "3Gi"}, "limits": {"cpu": "6", "memory": "5Gi"}},
         },
@@ -422,16 +541,16 @@ def test_values_reach_the_manifests() -> None:
         "model": {"name": "qwen3_embedding_8b"},
         "modelRepository": {"mountPath": "/srv/models"},
     }
-    manifests = render(values)
+    manifests = render(merged(values, RWX))
     deployment = only(manifests, "Deployment")
     assert deployment["spec"]["replicas"] == 3
     spec = deployment["spec"]["template"]["spec"]
 
     facade = container(spec, "facade")
     assert facade["image"] == "registry.example.com/ml/facade:1.2.3"
-    assert {p["name"]: p["containerPort"] for p in facade["ports"]} == {"grpc": 50099, "http": 8099}
+    assert {p["name"]: p["containerPort"] for p in facade["ports"]} == {"grpc": 50099, "http": 8099, "metrics": 9099}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert facade[probe]["grpc"]["port"] == 50099
+        assert facade[probe]["httpGet"]["port"] == "metrics"
     assert facade["resources"] == {
         "requests": {"cpu": "3", "memory": "3Gi"},
         "limits": {"cpu": "6", "memory": "5Gi"},
@@ -440,7 +559,8 @@ def test_values_reach_the_manifests() -> None:
     assert env["QWEN3_EMBED_GRPC_PORT"] == "50099"
     assert env["QWEN3_EMBED_HTTP_PORT"] == "8099"
     assert env["QWEN3_EMBED_MAX_IN_FLIGHT"] == "200"
-    assert env["QWEN3_EMBED_TRITON_URL"] == "localhost:9001"
+    assert env["QWEN3_EMBED_TRITON_URL"] == "127.0.0.1:9001"
+    assert env["QWEN3_EMBED_METRICS_PORT"] == "9099"
     assert env["QWEN3_EMBED_MODEL_REPOSITORY"] == "/srv/models"
     assert env["QWEN3_EMBED_MODEL_NAME"] == "qwen3_embedding_8b"
 
@@ -454,7 +574,7 @@ def test_values_reach_the_manifests() -> None:
         "--load-model=qwen3_embedding_8b",
     ):
         assert arg in triton["args"]
-    assert {p["containerPort"] for p in triton["ports"]} == {9000, 9001, 9002}
+    assert {p["containerPort"] for p in triton["ports"]} == {9000, 9002}
     assert triton["resources"]["requests"]["cpu"] == "6"
     assert triton["resources"]["limits"] == {"memory": "48Gi", "nvidia.com/gpu": 4}
 
@@ -465,10 +585,10 @@ def test_values_reach_the_manifests() -> None:
     }
     metrics = only(manifests, "Service", f"{FULLNAME}-metrics")
     assert {p["name"]: p["port"] for p in metrics["spec"]["ports"]} == {
-        "http-metrics": 8099,
+        "http-metrics": 9099,
         "triton-metrics": 9002,
     }
-    notes = render_raw(values)["qwen3-embedding/templates/NOTES.txt"]
+    notes = render_raw(merged(values, RWX))["qwen3-embedding/templates/NOTES.txt"]
     assert "localhost:443 list" in notes
 
 
@@ -535,7 +655,7 @@ def test_autoscaling_adds_an_hpa_and_removes_only_replicas(mode: str) -> None:
 
 
 def test_autoscaling_pods_default_metric_is_in_flight_requests() -> None:
-    hpa = only(render({"autoscaling": {"enabled": True, "metric": "pods"}}), "HorizontalPodAutoscaler")
+    hpa = only(render({**RWX, "autoscaling": {"enabled": True, "metric": "pods"}}), "HorizontalPodAutoscaler")
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "qwen3_embed_in_flight_requests"
 
 
@@ -563,7 +683,10 @@ def test_existing_claim() -> None:
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["model-repository"]["persistentVolumeClaim"]["claimName"] == "qwen3-models"
     mount = {m["name"]: m for m in container(spec, "facade")["volumeMounts"]}["model-repository"]
-    assert "subPath" not in mount
+    assert mount["subPath"] == "v1"  # <version> at the volume root
+    unversioned = merged(SCENARIOS["existing-claim"], {"model": {"version": ""}})
+    mount = {m["name"]: m for m in container(pod_spec(render(unversioned)), "facade")["volumeMounts"]}
+    assert "subPath" not in mount["model-repository"]
 
 
 def test_chart_pvc_is_kept_and_sized_from_values() -> None:
@@ -607,14 +730,19 @@ def test_export_job() -> None:
     pairs = dict(zip(args[::2], args[1::2], strict=True))
     assert pairs == {
         "--model": "Qwen/Qwen3-Embedding-4B",
-        "--output": "/workspace/models",
+        "--output": "/workspace/models/v1",
         "--name": "qwen3_embedding",
         "--backend": "onnxruntime",
         "--precision": "fp16",
-        "--max-batch-size": "32",
+        "--max-batch-size": "16",
         "--max-tokens": "8192",
         "--accelerator": "none",
+        "--device": "cpu",
     }
+    # The image's entrypoint is replaced by a shell that skips a version already published, then execs
+    # `qwen3-embed export` with these arguments.
+    assert export["command"][:2] == ["/bin/sh", "-c"]
+    assert 'exec qwen3-embed export "$@"' in export["command"][2]
     help_text = _export_help()
     for flag in pairs:
         assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text), f"export has no {flag}"
@@ -634,6 +762,7 @@ def test_export_job() -> None:
     assert server_volumes["model-repository"]["persistentVolumeClaim"]["claimName"] == claim
     [wait] = spec["initContainers"]
     assert "/models/qwen3_embedding/config.pbtxt" in " ".join(wait["command"])
+    assert "exit 1" in wait["command"][2]  # bounded: fails with a message, does not wait forever
     # RWO volume: the export pod is placed next to a server pod.
     affinity = job_spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
     server_labels = only(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
@@ -647,13 +776,14 @@ def test_export_job_name_follows_its_configuration() -> None:
 
     base = {"exportJob": {"enabled": True}}
     assert job_name(base) == job_name(copy.deepcopy(base))
-    assert job_name(base) != job_name(merged(base, {"exportJob": {"precision": "bf16"}}))
-    assert job_name(base) != job_name(merged(base, {"exportJob": {"model": "Qwen/Qwen3-Embedding-8B"}}))
+    assert job_name(base) != job_name(merged(base, {"exportJob": {"precision": "bf16", "device": "gpu"}}))
+    assert job_name(base) != job_name(merged(base, {"exportJob": {"model": "Qwen/Qwen3-Embedding-0.6B-x"}}))
 
 
-def test_no_export_job_by_default_and_no_token_without_a_secret() -> None:
-    assert not any(m.kind == "Job" for m in render({}))
-    assert "initContainers" not in pod_spec(render({}))
+def test_no_export_job_for_a_filled_volume_and_no_token_without_a_secret() -> None:
+    filled = {"exportJob": {"enabled": False}, "modelRepository": {"prepopulated": True}}
+    assert not any(m.kind == "Job" for m in render(filled))
+    assert "initContainers" not in pod_spec(render(filled))
     job = only(render({"exportJob": {"enabled": True}}), "Job")
     assert "HF_TOKEN" not in env_of(job["spec"]["template"]["spec"]["containers"][0])
 
@@ -752,3 +882,363 @@ def test_readme_documents_both_model_sources() -> None:
     readme = (CHART_DIR / "README.md").read_text()
     for needle in ("existingClaim", "exportJob.enabled", "hfTokenSecret", "triton.external.url", "helm test"):
         assert needle in readme, needle
+
+
+# ------------------------------------------------------------------------------- exposure: TLS, metrics
+
+
+@pytest.mark.parametrize("scenario", ["tls", "mtls-auth-monitor"])
+def test_tls_deployments_can_be_probed_and_scraped(scenario: str) -> None:
+    """TLS and mTLS: the facade gets the Secret's files; every probe and the metrics scrape use the plaintext
+    metrics port (kubelet gRPC probes speak no TLS, HTTP probes carry no client certificate, the scrape
+    sends no API key), and the facade's setting for that port is the port the probes use."""
+    manifests = render(SCENARIOS[scenario])
+    spec = pod_spec(manifests)
+    facade = container(spec, "facade")
+    env = env_of(facade)
+    mounts = {m["name"]: m for m in facade["volumeMounts"]}
+    assert env["QWEN3_EMBED_TLS_CERT"] == f"{mounts['tls']['mountPath']}/tls.crt"
+    assert env["QWEN3_EMBED_TLS_KEY"] == f"{mounts['tls']['mountPath']}/tls.key"
+    assert mounts["tls"]["readOnly"] is True
+    assert {v["name"]: v for v in spec["volumes"]}["tls"]["secret"]["secretName"] == "facade-tls"
+    mtls = scenario.startswith("mtls")
+    assert (env.get("QWEN3_EMBED_TLS_CLIENT_CA") == f"{mounts['tls']['mountPath']}/ca.crt") is mtls
+    ports = {p["name"]: p["containerPort"] for p in facade["ports"]}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        handler = facade[probe]
+        assert "grpc" not in handler and handler["httpGet"]["port"] == "metrics", probe
+        assert handler["httpGet"].get("scheme", "HTTP") == "HTTP"
+    assert ports["metrics"] == int(env["QWEN3_EMBED_METRICS_PORT"])
+    # What the facade makes of the environment: valid settings, metrics on their own listener.
+    settings = Settings(**{k.removeprefix("QWEN3_EMBED_").lower(): v for k, v in env.items()
+                           if k.startswith("QWEN3_EMBED_") and "KEYS" not in k})
+    assert settings.metrics_port == ports["metrics"] and settings.tls_cert is not None
+    metrics_service = only(manifests, "Service", f"{FULLNAME}-metrics")
+    scrape = next(p for p in metrics_service["spec"]["ports"] if p["name"] == "http-metrics")
+    assert scrape["targetPort"] == "metrics"
+    if mtls:
+        monitor = only(manifests, "ServiceMonitor")
+        endpoint = next(e for e in monitor["spec"]["endpoints"] if e["port"] == "http-metrics")
+        assert endpoint["scheme"] == "http" and endpoint["path"] == "/metrics"
+        # helm test presents a client certificate and an API key.
+        [test] = only(manifests, "Pod")["spec"]["containers"]
+        script = " ".join(test["command"])
+        assert "-cert /tls/tls.crt -key /tls/tls.key" in script and "-plaintext" not in script
+    else:
+        script = " ".join(only(manifests, "Pod")["spec"]["containers"][0]["command"])
+        assert "grpcurl -insecure" in script and "-plaintext" not in script
+
+
+def test_network_policy_admits_only_the_api_and_metrics() -> None:
+    """Triton has no auth or TLS: no other pod may reach it. Its gRPC port listens on the pod's loopback and
+    is not even a container port; its HTTP port is in no ingress rule (the kubelet's probes come from the
+    node); only the facade's API ports and the metrics ports are admitted."""
+    for scenario in ("default", "mtls-auth-monitor"):
+        manifests = render(SCENARIOS[scenario])
+        policy = only(manifests, "NetworkPolicy")
+        spec = pod_spec(manifests)
+        pod_labels = only(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        admitted = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        assert admitted == {"grpc", "http", "metrics", "triton-metrics"}
+        container_ports = {p["name"] for c in spec["containers"] for p in c["ports"]}
+        assert admitted <= container_ports
+        assert container_ports - admitted == {"triton-http"}
+        triton = container(spec, "triton")
+        assert "--grpc-address=127.0.0.1" in triton["args"]
+        assert triton["startupProbe"]["httpGet"]["port"] == "triton-http"  # the kubelet, from the node
+        if scenario == "default":
+            assert all("from" not in rule for rule in policy["spec"]["ingress"])
+        else:
+            api, metrics = policy["spec"]["ingress"]
+            assert api["from"] == SCENARIOS[scenario]["networkPolicy"]["apiFrom"]
+            assert metrics["from"] == SCENARIOS[scenario]["networkPolicy"]["metricsFrom"]
+    assert not any(m.kind == "NetworkPolicy" for m in render({"networkPolicy": {"enabled": False}}))
+    external = only(render(SCENARIOS["external-triton"]), "NetworkPolicy")
+    assert {p["port"] for rule in external["spec"]["ingress"] for p in rule["ports"]} == {"grpc", "http", "metrics"}
+
+
+# ------------------------------------------------------------------------- production install and upgrade
+
+
+RESTRICTED_VOLUME_TYPES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
+}
+
+
+def assert_pod_security_restricted(name: str, spec: dict[str, Any]) -> None:
+    """The Pod Security Standard "restricted" (v1.25+), as the admission controller checks it."""
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not spec.get(key), (name, key)
+    pod_sc = spec.get("securityContext", {})
+    for v in spec.get("volumes", []):
+        kinds_of = set(v) - {"name"}
+        assert kinds_of <= RESTRICTED_VOLUME_TYPES, (name, v["name"], kinds_of)
+    for c in all_containers(spec):
+        sc = c.get("securityContext", {})
+        where = (name, c["name"])
+        assert not sc.get("privileged"), where
+        assert sc.get("allowPrivilegeEscalation") is False, where
+        assert "ALL" in sc.get("capabilities", {}).get("drop", []), where
+        assert set(sc.get("capabilities", {}).get("add", [])) <= {"NET_BIND_SERVICE"}, where
+        assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, where
+        assert sc.get("runAsUser", pod_sc.get("runAsUser", 1)) != 0, where
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
+        assert seccomp.get("type") in {"RuntimeDefault", "Localhost"}, where
+        assert not any("hostPort" in p for p in c.get("ports", [])), where
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_every_pod_passes_pod_security_restricted(scenario: str) -> None:
+    specs = list(pod_specs(render(SCENARIOS[scenario])))
+    assert specs
+    for name, spec in specs:
+        assert_pod_security_restricted(name, spec)
+
+
+def test_the_restricted_check_catches_a_root_container() -> None:
+    spec = copy.deepcopy(pod_spec(render({})))
+    spec["containers"][0]["securityContext"]["runAsUser"] = 0
+    with pytest.raises(AssertionError):
+        assert_pod_security_restricted("x", spec)
+
+
+def _quantity_gib(q: str) -> float:
+    units = {"Ki": 1 / 1024**2, "Mi": 1 / 1024, "Gi": 1.0, "Ti": 1024.0}
+    return float(q[:-2]) * units[q[-2:]]
+
+
+@pytest.mark.parametrize(
+    ("size", "host_mem_gib", "export_mem_gib", "startup_s"),
+    # host: the fp16 weights (1.11 / 7.49 / 14.1 GiB) + ~2 GiB while Triton loads; export: 2.5 x weights
+    # (the exporter's pre-check), 23.0 GiB measured for 4B, >= 48 GiB for 8B on CPU (docs/export.md).
+    [("0.6b", 3.1, 2.8, 600), ("4b", 9.5, 23.0, 900), ("8b", 16.1, 48, 1200)],
+)
+def test_presets_size_export_and_server(
+    size: str, host_mem_gib: float, export_mem_gib: float, startup_s: int
+) -> None:
+    """The presets carry the figures they document: the export fits the measured / required peak (4B: 23.0 GiB
+    measured, 8B: >= 48 GiB on CPU, docs/export.md), host memory covers the weights while Triton loads, the
+    startup budget and the progress deadline cover the load."""
+    values = preset(size)
+    manifests = render(values)
+    deployment = only(manifests, "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    triton = container(spec, "triton")
+    startup = triton["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] == startup_s
+    assert deployment["spec"]["progressDeadlineSeconds"] > startup_s + values["exportJob"].get("waitSeconds", 3600)
+    assert _quantity_gib(triton["resources"]["limits"]["memory"]) >= host_mem_gib
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    shm = {v["name"]: v for v in spec["volumes"]}["dshm"]["emptyDir"]["sizeLimit"]
+    assert shm == values["triton"]["shmSize"]
+    job = only(manifests, "Job")["spec"]["template"]["spec"]
+    [export] = job["containers"]
+    pairs = dict(zip(export["args"][::2], export["args"][1::2], strict=True))
+    assert pairs["--model"] == values["exportJob"]["model"]
+    limit = _quantity_gib(export["resources"]["limits"]["memory"])
+    assert limit >= export_mem_gib
+    if values["exportJob"]["device"] == "gpu":
+        assert export["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert pairs["--device"] == "cuda" and export["image"].endswith("-cuda")
+    else:
+        assert "nvidia.com/gpu" not in export["resources"]["limits"]
+        assert pairs["--device"] == "cpu" and pairs["--precision"] != "bf16"
+    # The CPU sizing of every preset is enough for a CPU export too (8B: >= 48 GiB).
+    assert _quantity_gib(values["exportJob"]["resources"]["limits"]["memory"]) >= export_mem_gib
+
+
+def test_gpu_export_job_runs_on_a_gpu_without_waiting_for_a_server_pod() -> None:
+    manifests = render(SCENARIOS["preset-4b-gpu-export"])
+    job = only(manifests, "Job")["spec"]["template"]["spec"]
+    [export] = job["containers"]
+    assert export["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "--device" in export["args"] and export["args"][export["args"].index("--device") + 1] == "cuda"
+    assert "podAffinity" not in job.get("affinity", {})  # it runs while no server pod holds the GPU
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in job["tolerations"]
+    nvidia = render(merged(SCENARIOS["preset-4b-gpu-export"], {"runtimeClassName": "nvidia"}))
+    assert only(nvidia, "Job")["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+    assert pod_spec(nvidia)["runtimeClassName"] == "nvidia"
+    # A CPU export stays next to the server pod (ReadWriteOnce) and gets no GPU.
+    cpu_job = only(render({}), "Job")["spec"]["template"]["spec"]
+    assert "podAffinity" in cpu_job["affinity"] and "runtimeClassName" not in cpu_job
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"exportJob": {"image": {"tag": "0.2.0"}}},
+        {"exportJob": {"resources": {"limits": {"memory": "20Gi"}}}},
+        {"exportJob": {"hfTokenSecret": {"name": "other-token"}}},
+        {"imagePullSecrets": [{"name": "regcred"}]},
+        {"exportJob": {"activeDeadlineSeconds": 3600}},
+    ],
+    ids=lambda v: str(v)[:50],
+)
+def test_upgrade_with_a_changed_job_spec_creates_a_new_job(change: dict[str, Any]) -> None:
+    """A Job's pod template is immutable: `helm upgrade` must never patch it. The name hashes the whole spec,
+    so any change makes a new Job (Helm deletes the old one) and an unchanged spec keeps the name."""
+    first = only(render({}), "Job")
+    again = only(render({}), "Job")
+    second = only(render(change), "Job")
+    assert first["metadata"]["name"] == again["metadata"]["name"]
+    assert first["spec"] != second["spec"]
+    assert first["metadata"]["name"] != second["metadata"]["name"]
+    assert len(second["metadata"]["name"]) <= 63
+    long_name = only(render(merged(change, {"fullnameOverride": "x" * 80})), "Job")["metadata"]["name"]
+    assert len(long_name) <= 63
+    # The server pods are untouched by an export-only change.
+    if set(change) == {"exportJob"}:
+        before, after = only(render({}), "Deployment"), only(render(change), "Deployment")
+        assert before["spec"]["template"] == after["spec"]["template"]
+
+
+def test_export_job_as_a_hook_is_replaced_on_upgrade() -> None:
+    job = only(render(SCENARIOS["hook-export"]), "Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    assert "podAffinity" not in job["spec"]["template"]["spec"].get("affinity", {})
+    changed = only(render(merged(SCENARIOS["hook-export"], {"exportJob": {"image": {"tag": "9"}}})), "Job")
+    assert changed["metadata"]["name"] == job["metadata"]["name"]  # deleted and re-created by Helm
+
+
+def test_model_versions_switch_and_roll_back_by_values() -> None:
+    def where(version: str) -> tuple[str, str]:
+        manifests = render({"model": {"version": version}})
+        mount = {m["name"]: m for m in container(pod_spec(manifests), "triton")["volumeMounts"]}
+        args = only(manifests, "Job")["spec"]["template"]["spec"]["containers"][0]["args"]
+        return mount["model-repository"]["subPath"], args[args.index("--output") + 1]
+
+    assert where("v1") == ("models/v1", "/workspace/models/v1")
+    assert where("v2") == ("models/v2", "/workspace/models/v2")  # a new export never overwrites v1
+    # Export v2 while the pods still serve v1; then switch (and back) with model.version alone.
+    staged = render({"exportJob": {"version": "v2"}})
+    args = only(staged, "Job")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--output") + 1] == "/workspace/models/v2"
+    assert only(staged, "Deployment")["spec"]["template"] == only(render({}), "Deployment")["spec"]["template"]
+    job = only(render({}), "Job")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(job)["SKIP_IF_PRESENT"] == "true"  # re-running v1's Job does not re-export
+
+
+def test_deployment_settings_for_scarce_gpus() -> None:
+    deployment = only(render({}), "Deployment")
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    startup = container(deployment["spec"]["template"]["spec"], "triton")["startupProbe"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    # Startup budget + the export wait + 600 s, not Kubernetes' 600 s default.
+    assert deployment["spec"]["progressDeadlineSeconds"] == budget + 3600 + 600
+    assert only(render({"progressDeadlineSeconds": 5400}), "Deployment")["spec"]["progressDeadlineSeconds"] == 5400
+    spec = deployment["spec"]["template"]["spec"]
+    [spread] = spec["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert spread["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_multi_replica_needs_a_shared_volume() -> None:
+    deployment = only(render(SCENARIOS["multi-replica-rwx"]), "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    allowed = {"replicaCount": 2, "modelRepository": {"allowSingleNodeReplicas": True}}
+    assert only(render(allowed), "Deployment")["spec"]["replicas"] == 2
+    with pytest.raises(helm_python.HelmError, match="ReadWriteOnce model volume"):
+        render_raw({"replicaCount": 3})
+
+
+def test_pod_labels_carry_no_chart_version() -> None:
+    labels = only(render({}), "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert "helm.sh/chart" not in labels and "app.kubernetes.io/version" not in labels
+    # A chart or app version bump alone does not change the pod template.
+    bumped = copy.deepcopy(render({}))
+    assert only(bumped, "Deployment")["spec"]["template"] == only(render({}), "Deployment")["spec"]["template"]
+
+
+def test_keda_scales_on_in_flight_requests() -> None:
+    manifests = render(SCENARIOS["autoscaling-keda"])
+    assert not any(m.kind == "HorizontalPodAutoscaler" for m in manifests)  # KEDA owns the HPA
+    scaled = only(manifests, "ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": FULLNAME}
+    assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 4)
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    meta = trigger["metadata"]
+    assert "qwen3_embed_in_flight_requests" in meta["query"] and f'namespace="{NAMESPACE}"' in meta["query"]
+    assert meta["threshold"] == "32" and meta["serverAddress"].startswith("http")
+    assert all(isinstance(v, str) for v in meta.values())  # KEDA's metadata is map[string]string
+    behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 300
+    assert "replicas" not in only(manifests, "Deployment")["spec"]
+    queue = "sum(rate(nv_inference_queue_duration_us[1m]))"
+    custom = render(merged(SCENARIOS["autoscaling-keda"], {"autoscaling": {"keda": {"query": queue}}}))
+    assert only(custom, "ScaledObject")["spec"]["triggers"][0]["metadata"]["query"] == queue
+
+
+def test_grpc_ingress_and_grpc_route() -> None:
+    manifests = render(SCENARIOS["everything"])
+    ingress = only(manifests, "Ingress")
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+    [rule] = ingress["spec"]["rules"]
+    assert rule["http"]["paths"][0]["backend"]["service"] == {"name": FULLNAME, "port": {"name": "grpc"}}
+    assert ingress["spec"]["tls"][0]["secretName"] == "emb-tls"
+    tls = merged(SCENARIOS["tls"], {"ingress": {"enabled": True}})
+    grpcs = only(render(tls), "Ingress")["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"]
+    assert grpcs == "GRPCS"
+    route = only(manifests, "GRPCRoute")
+    assert route["spec"]["parentRefs"] == [{"name": "gw", "namespace": "gateways"}]
+    [backend] = route["spec"]["rules"][0]["backendRefs"]
+    assert backend == {"name": FULLNAME, "port": 50051}
+
+
+def test_tensorrt_engine_cache_lives_on_the_model_volume() -> None:
+    manifests = render(SCENARIOS["tensorrt-cache"])
+    spec = pod_spec(manifests)
+    mounts = [m for m in container(spec, "triton")["volumeMounts"] if m["name"] == "model-repository"]
+    cache = next(m for m in mounts if m["mountPath"] != "/models")
+    assert cache["subPath"] == "models/.trt-cache/v1" and not cache.get("readOnly")
+    assert next(m for m in mounts if m["mountPath"] == "/models")["readOnly"] is True
+    export = only(manifests, "Job")["spec"]["template"]["spec"]["containers"][0]
+    assert export["args"][export["args"].index("--trt-engine-cache") + 1] == cache["mountPath"]
+    assert "--trt-engine-cache" in _export_help()
+    # Without TensorRT the volume stays read-only for the server.
+    volume = {v["name"]: v for v in pod_spec(render({}))["volumes"]}["model-repository"]
+    assert volume["persistentVolumeClaim"]["readOnly"] is True
+
+
+def test_json_logs_option() -> None:
+    env = env_of(container(pod_spec(render({"facade": {"logFormat": "json"}})), "facade"))
+    assert env["QWEN3_EMBED_LOG_FORMAT"] == "json"
+    assert "QWEN3_EMBED_LOG_FORMAT" not in env_of(container(pod_spec(render({})), "facade"))
+
+
+def test_init_container_wait_is_bounded_and_says_why(tmp_path: Path) -> None:
+    """Run the rendered wait script with /bin/sh: it returns once the model is published and fails with a
+    message, instead of waiting forever, when the deadline passes."""
+    [wait] = pod_spec(render({"exportJob": {"waitSeconds": 60}}))["initContainers"]
+    script = wait["command"][2].replace("/models/", f"{tmp_path}/").replace("+ 60 ))", "+ 0 ))")
+    failed = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert failed.returncode == 1
+    assert "FATAL: no model at" in failed.stderr and "export Job" in failed.stderr
+    assert wait["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    (tmp_path / "qwen3_embedding").mkdir()
+    (tmp_path / "qwen3_embedding" / "config.pbtxt").write_text("")
+    assert subprocess.run(["/bin/sh", "-c", script], timeout=30).returncode == 0
+
+
+def test_export_wrapper_skips_a_published_version_and_passes_the_arguments(tmp_path: Path) -> None:
+    [export] = only(render({}), "Job")["spec"]["template"]["spec"]["containers"]
+    fake = tmp_path / "bin" / "qwen3-embed"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "ARGS $*"\n')
+    fake.chmod(0o755)
+    out = tmp_path / "models" / "v1"
+    env = {**env_of(export), "OUTPUT": str(out), "PATH": f"{fake.parent}:/usr/bin:/bin"}
+    cmd = [*export["command"], *export["args"]]
+    ran = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 0 and ran.stdout.startswith("ARGS export --model Qwen/Qwen3-Embedding-0.6B")
+    assert out.is_dir()
+    (out / "qwen3_embedding").mkdir()
+    (out / "qwen3_embedding" / "config.pbtxt").write_text("")
+    skipped = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+    assert skipped.returncode == 0 and "already published" in skipped.stdout and "ARGS" not in skipped.stdout

@@ -29,6 +29,15 @@ app.kubernetes.io/name: {{ include "qwen3-embedding.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/*
+Pod template labels: no chart version or app version, so a chart bump that changes nothing in the pod does
+not roll it (a GPU pod restart reloads the model for minutes).
+*/}}
+{{- define "qwen3-embedding.podLabels" -}}
+{{ include "qwen3-embedding.selectorLabels" . }}
+app.kubernetes.io/part-of: qwen3-embedding
+{{- end }}
+
 {{- define "qwen3-embedding.labels" -}}
 helm.sh/chart: {{ include "qwen3-embedding.chart" . }}
 {{ include "qwen3-embedding.selectorLabels" . }}
@@ -49,9 +58,6 @@ app.kubernetes.io/part-of: qwen3-embedding
 {{- printf "%s:%s" .Values.facade.image.repository (default .Chart.AppVersion .Values.facade.image.tag | toString) }}
 {{- end }}
 
-{{- define "qwen3-embedding.exportImage" -}}
-{{- printf "%s:%s" .Values.exportJob.image.repository (default .Chart.AppVersion .Values.exportJob.image.tag | toString) }}
-{{- end }}
 
 {{- define "qwen3-embedding.tritonImage" -}}
 {{- printf "%s:%s%s" .Values.triton.image.repository (.Values.triton.image.tag | toString) .Values.triton.image.suffix }}
@@ -67,7 +73,8 @@ app.kubernetes.io/part-of: qwen3-embedding
 {{- if .Values.triton.external.enabled }}
 {{- required "triton.external.url (host:port of Triton's gRPC endpoint) is required when triton.external.enabled" .Values.triton.external.url }}
 {{- else }}
-{{- printf "localhost:%d" (int .Values.triton.grpcPort) }}
+{{- /* 127.0.0.1, not localhost: Triton's gRPC listens on IPv4 loopback only. */}}
+{{- printf "127.0.0.1:%d" (int .Values.triton.grpcPort) }}
 {{- end }}
 {{- end }}
 
@@ -79,13 +86,95 @@ app.kubernetes.io/part-of: qwen3-embedding
 {{- end }}
 {{- end }}
 
+{{/*
+The served repository inside the volume: <modelRepository.subPath>/<model.version>. Each export writes a new
+version directory; the pods mount the one model.version names, so switching and rolling back is a values
+change (old versions stay on the volume until you delete them).
+*/}}
+{{- define "qwen3-embedding.repoSubPath" -}}
+{{- $parts := list }}
+{{- with trimAll "/" .Values.modelRepository.subPath }}{{ $parts = append $parts . }}{{ end }}
+{{- with trimAll "/" (toString .Values.model.version) }}{{ $parts = append $parts . }}{{ end }}
+{{- join "/" $parts }}
+{{- end }}
+
+{{/* The version the export Job writes: exportJob.version, else model.version (the one served). */}}
+{{- define "qwen3-embedding.exportVersion" -}}
+{{- default (toString .Values.model.version) (toString .Values.exportJob.version) }}
+{{- end }}
+
 {{/* The repository directory as seen by the export Job, which mounts the whole volume at /workspace. */}}
 {{- define "qwen3-embedding.exportOutput" -}}
-{{- printf "/workspace/%s" (trimAll "/" .Values.modelRepository.subPath) }}
+{{- $parts := list (trimAll "/" .Values.modelRepository.subPath) }}
+{{- with include "qwen3-embedding.exportVersion" . }}{{ $parts = append $parts . }}{{ end }}
+{{- printf "/workspace/%s" (join "/" $parts) }}
+{{- end }}
+
+{{/*
+TensorRT engine cache: a writable directory of the model volume, per model version
+(<subPath>/.trt-cache/<version>). Called with (dict "root" . "version" <version>).
+*/}}
+{{- define "qwen3-embedding.trtCacheSubPath" -}}
+{{- $parts := list }}
+{{- with trimAll "/" .root.Values.modelRepository.subPath }}{{ $parts = append $parts . }}{{ end }}
+{{- $parts = append $parts ".trt-cache" }}
+{{- with trimAll "/" (toString .version) }}{{ $parts = append $parts . }}{{ end }}
+{{- join "/" $parts }}
+{{- end }}
+
+{{- define "qwen3-embedding.trtCacheMount" -}}
+/var/cache/trt-engines
+{{- end }}
+
+{{/* The engine cache lives on the model volume when Triton runs here and the export uses TensorRT. */}}
+{{- define "qwen3-embedding.trtCacheOnVolume" -}}
+{{- if and (include "qwen3-embedding.tritonInPod" .) .Values.triton.engineCacheOnVolume (or (eq .Values.exportJob.accelerator "tensorrt") (eq .Values.exportJob.backend "tensorrt")) }}true{{ end }}
+{{- end }}
+
+{{/* Whether this release can run more than one server pod at a time. */}}
+{{- define "qwen3-embedding.multiReplica" -}}
+{{- if .Values.autoscaling.enabled }}
+{{- if gt (int .Values.autoscaling.maxReplicas) 1 }}true{{ end }}
+{{- else if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- end }}
+
+{{/* Startup budget of the Triton container in seconds (periodSeconds x failureThreshold). */}}
+{{- define "qwen3-embedding.startupBudget" -}}
+{{- $p := default dict .Values.triton.startupProbe }}
+{{- mul (int (default 10 $p.periodSeconds)) (int (default 3 $p.failureThreshold)) }}
+{{- end }}
+
+{{/*
+Deployment progress deadline: the value, else the Triton startup budget + the init container's wait for
+the export (when the export Job is on) + 10 minutes for image pulls and scheduling.
+*/}}
+{{- define "qwen3-embedding.progressDeadline" -}}
+{{- if .Values.progressDeadlineSeconds }}
+{{- .Values.progressDeadlineSeconds }}
+{{- else }}
+{{- $s := add (include "qwen3-embedding.startupBudget" . | int) 600 }}
+{{- if .Values.exportJob.enabled }}{{ $s = add $s (int .Values.exportJob.waitSeconds) }}{{ end }}
+{{- $s }}
+{{- end }}
+{{- end }}
+
+{{- define "qwen3-embedding.exportImage" -}}
+{{- $image := .Values.exportJob.image }}
+{{- $tag := default .Chart.AppVersion $image.tag | toString }}
+{{- if eq .Values.exportJob.device "gpu" }}
+{{- $image = .Values.exportJob.gpu.image }}
+{{- $tag = default (printf "%s-cuda" .Chart.AppVersion) $image.tag | toString }}
+{{- end }}
+{{- printf "%s:%s" $image.repository $tag }}
 {{- end }}
 
 {{- define "qwen3-embedding.apiKeysSecretName" -}}
 {{- default (printf "%s-api-keys" (include "qwen3-embedding.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+
+{{/* Where the facade reads its TLS Secret (tls.crt, tls.key, ca.crt). */}}
+{{- define "qwen3-embedding.tlsDir" -}}
+/etc/qwen3-embed/tls
 {{- end }}
 
 {{- define "qwen3-embedding.apiKeysDir" -}}
@@ -118,14 +207,42 @@ sleep plus its exit timeout (and a little slack) so Triton can finish in-flight 
 {{- end }}
 
 {{/* A facade probe; a grpc probe without a port gets the facade's gRPC port. */}}
+{{/*
+A facade probe: `probe` as given when it has a handler; otherwise httpGet on the plaintext metrics port
+(/health/ready for `kind` readiness, else /health/live) or, with metricsPort 0, native gRPC health. Fails
+for probes the kubelet cannot run: gRPC probes speak no TLS, HTTP probes carry no client certificate.
+*/}}
 {{- define "qwen3-embedding.facadeProbe" -}}
+{{- $facade := .root.Values.facade }}
 {{- $probe := deepCopy .probe }}
+{{- $ready := eq .kind "readiness" }}
+{{- $handled := false }}
+{{- range list "grpc" "httpGet" "exec" "tcpSocket" }}
+{{- if hasKey $probe . }}{{ $handled = true }}{{ end }}
+{{- end }}
+{{- if not $handled }}
+{{- if $facade.metricsPort }}
+{{- $_ := set $probe "httpGet" (dict "path" (ternary "/health/ready" "/health/live" $ready) "port" "metrics") }}
+{{- else }}
+{{- $_ := set $probe "grpc" (ternary (dict) (dict "service" "liveness") $ready) }}
+{{- end }}
+{{- end }}
 {{- if hasKey $probe "grpc" }}
+{{- if $facade.tls.enabled }}
+{{- fail (printf "facade.%sProbe: Kubernetes gRPC probes cannot speak TLS; set facade.metricsPort (plaintext /health/*)" .kind) }}
+{{- end }}
 {{- $grpc := default dict $probe.grpc }}
 {{- if not $grpc.port }}
-{{- $_ := set $grpc "port" (int .root.Values.facade.grpcPort) }}
+{{- $_ := set $grpc "port" (int $facade.grpcPort) }}
 {{- end }}
 {{- $_ := set $probe "grpc" $grpc }}
+{{- end }}
+{{- if and (hasKey $probe "httpGet") $facade.tls.enabled }}
+{{- $port := toString (default "" $probe.httpGet.port) }}
+{{- $https := eq (toString (default "HTTP" $probe.httpGet.scheme)) "HTTPS" }}
+{{- if and (or (eq $port "http") (eq $port (toString $facade.httpPort))) (or $facade.tls.clientAuth (not $https)) }}
+{{- fail (printf "facade.%sProbe: with facade.tls the HTTP port needs scheme HTTPS, and with clientAuth a client certificate the kubelet cannot send; probe the plaintext facade.metricsPort" .kind) }}
+{{- end }}
 {{- end }}
 {{- toYaml $probe }}
 {{- end }}
@@ -148,6 +265,12 @@ sleep plus its exit timeout (and a little slack) so Triton can finish in-flight 
 - {{ .Values.exportJob.maxTokens | int | quote }}
 - --accelerator
 - {{ .Values.exportJob.accelerator | quote }}
+- --device
+- {{ ternary "cuda" "cpu" (eq .Values.exportJob.device "gpu") | quote }}
+{{- if include "qwen3-embedding.trtCacheOnVolume" . }}
+- --trt-engine-cache
+- {{ include "qwen3-embedding.trtCacheMount" . | quote }}
+{{- end }}
 {{- range .Values.exportJob.extraArgs }}
 - {{ . | quote }}
 {{- end }}
