@@ -129,9 +129,12 @@ def tiny_inputs_message(size: int) -> bytes:
     return b"\x0a\x01a" * (size // 3)
 
 
+# Refusals must be quick: measured 0.03-0.24 s on an idle machine (docs/reliability.md); the assertion leaves
+# room for a loaded CI machine (0.8 s seen with other tests running beside it) without accepting a parse.
+REFUSAL_WALL_S = 1.5
 # A probe is "not held up" when its worst latency stays under this multiple of its idle median (floor for
 # scheduler noise on 2 shared cores). Measured figures are in docs/reliability.md.
-PROBE_MULTIPLE, PROBE_FLOOR_S = 10, 0.15
+PROBE_MULTIPLE, PROBE_FLOOR_S = 10, 0.5
 
 
 @pytest.mark.parametrize("size_mib", [60, 15])
@@ -163,7 +166,7 @@ def test_huge_grpc_message_is_refused_before_it_is_parsed(
         f"idle probe {idle * 1000:.1f} ms, worst probe {max(probe.latencies, default=0) * 1000:.1f} ms "
         f"({len(probe.latencies)} probes)"
     )
-    assert wall < 0.5
+    assert wall < REFUSAL_WALL_S
     assert rss.growth_mb < 100
     assert max(probe.latencies, default=0) < max(PROBE_MULTIPLE * idle, PROBE_FLOOR_S)
 
@@ -184,7 +187,7 @@ def test_huge_http_body_of_token_ids_is_refused_while_it_arrives(facade: Facade)
     )
     assert r.status_code == 400, r.text[:300]
     assert "JSON values" in r.json()["error"]["message"]
-    assert wall < 0.5
+    assert wall < REFUSAL_WALL_S
     assert rss.growth_mb < 100
     assert max(probe.latencies, default=0) < max(PROBE_MULTIPLE * idle, PROBE_FLOOR_S)
 
