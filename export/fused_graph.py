@@ -23,12 +23,12 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from export.onnx_graph import TWO_GB, save_with_external_data
 from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, Precision
 
 MS_DOMAIN = "com.microsoft"
 # Opset 17 for the standard ops: what the traced graph uses, and what Triton's ONNX Runtime builds accept.
 OPSET = 17
-TWO_GB = 2 * 1024**3
 
 
 class GraphBuilder:
@@ -194,14 +194,7 @@ def save_fused_graph(model: onnx.ModelProto, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
     if weight_bytes > TWO_GB - 64 * 1024**2:
-        onnx.save_model(
-            model,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=path.name + ".data",
-            size_threshold=1024,
-        )
+        save_with_external_data(model, path)
     else:
         onnx.save_model(model, str(path))
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,6 +57,13 @@ def _consolidate_external_data(path: Path) -> None:
     for stale in path.parent.iterdir():
         if stale != path and stale.suffix not in (".py", ".pbtxt"):
             stale.unlink()
+    save_with_external_data(model, path)
+
+
+def save_with_external_data(model: Any, path: Path) -> None:
+    """model.onnx plus one model.onnx.data beside it: the layout Triton's ONNX Runtime backend expects."""
+    import onnx
+
     onnx.save_model(
         model,
         str(path),
