@@ -1,6 +1,7 @@
 """Long inputs in process on the dev model: ONNX Runtime on the eager graph vs the fused graph vs torch SDPA.
 
     .venv/bin/python -m benchmarks.long_context [--lengths 1024,4096,8192,32768] [--threads 2]
+    .venv/bin/python -m benchmarks.long_context --real-config 0.6B --lengths 1024,4096 --repeat 1
 
 One batch-1 forward per (system, length), each in a fresh process, peak RSS from /proc/self/status VmHWM (per
 address space, unlike ru_maxrss, which a child inherits from the parent that forked it);
@@ -31,11 +32,11 @@ EAGER_MAX = 8192
 EOS = 151643
 
 
-def prepare(work: Path) -> None:
-    """The dev model and both of its graphs (cached)."""
+def prepare(work: Path, real_config: str | None = None) -> None:
+    """The dev model (or a real Qwen3-Embedding shape with random weights) and both of its graphs (cached)."""
     import torch
 
-    from export.dev_model import build_dev_model
+    from export.dev_model import REAL_SHAPES, DevModelShape, build_dev_model
     from export.fused_graph import build_fused_graph, save_fused_graph
     from export.graph import LastTokenEmbedder, load_backbone
     from export.onnx_graph import export_onnx
@@ -43,7 +44,7 @@ def prepare(work: Path) -> None:
 
     model = work / "dev-model"
     if not (model / "config.json").exists():
-        build_dev_model(model)
+        build_dev_model(model, REAL_SHAPES[real_config] if real_config else DevModelShape())
     if not (work / "eager" / "model.onnx").exists():
         export_onnx(LastTokenEmbedder(load_backbone(str(model), torch.float32)), work / "eager" / "model.onnx", EOS)
     if not (work / "fused" / "model.onnx").exists():
@@ -113,15 +114,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--work", type=Path, default=WORK)
+    parser.add_argument("--real-config", choices=("0.6B", "4B", "8B"), help="a real shape, random weights")
     parser.add_argument("--one", nargs=2, metavar=("SYSTEM", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.work, args.threads, args.repeat)))
         return
-    prepare(args.work)
+    if args.real_config:
+        args.work = args.work / args.real_config
+    prepare(args.work, args.real_config)
     lengths = [int(x) for x in args.lengths.split(",")]
+    shape = f"{args.real_config} config, random weights" if args.real_config else "dev model (2 layers, hidden 64)"
     print(
-        f"dev model (2 layers, hidden 64, 4/2 heads, head_dim 32), batch 1, {args.threads} threads, "
+        f"{shape}, batch 1, {args.threads} threads, "
         f"best of {args.repeat}, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     )
