@@ -170,6 +170,46 @@ def test_eval_two_systems_table_and_plot(facade: Facade, tmp_path: Path) -> None
     assert "qwen" in result.stdout and "openai-api" in result.stdout
 
 
+def test_eval_equals_the_library_on_sentence_transformers_vectors(
+    facade: Facade, reference: object, tmp_path: Path
+) -> None:
+    """`eval` through the service gives the metrics ir-measures computes from the reference model's own vectors
+    (sentence-transformers, query prompt for queries, document prompt for the corpus), at 64 and 32 dims."""
+    import ir_measures
+
+    from indexing.corpus import read_beir
+
+    data, out = tmp_path / "beir", tmp_path / "results"
+    write_beir(data)
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "service.cli", "eval", str(data), "--output-dir", str(out),
+            "--system", f"qwen=grpc://{facade.target}?dims=32,0", "--k", "1,10",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(",") for line in (out / "results.csv").read_text().splitlines()]
+    got = {int(r[2]): [float(x) for x in r[3:]] for r in rows[1:]}
+
+    beir = read_beir(data)
+    query_ids, doc_ids = list(beir.queries), list(beir.corpus)
+    q_full = reference.encode(list(beir.queries.values()), prompt_name="query")  # type: ignore[attr-defined]
+    d_full = reference.encode(list(beir.corpus.values()), prompt_name="document")  # type: ignore[attr-defined]
+    measures = [ir_measures.parse_measure(m) for m in ("nDCG@10", "R@1", "R@10", "RR")]
+    for dims in (64, 32):
+        q = q_full[:, :dims] / np.linalg.norm(q_full[:, :dims], axis=1, keepdims=True)
+        d = d_full[:, :dims] / np.linalg.norm(d_full[:, :dims], axis=1, keepdims=True)
+        scores = q @ d.T
+        run = {}
+        for qi, row in enumerate(scores):
+            top = np.argsort(-row)[:100]  # the same depth the command ranks to
+            run[query_ids[qi]] = {doc_ids[j]: float(row[j]) for j in top}
+        values = ir_measures.calc_aggregate(measures, beir.qrels, run)
+        expected = [float(values[m]) for m in measures]
+        assert got[dims] == pytest.approx(expected, abs=1e-4), (dims, got[dims], expected)
+
+
 def test_readme_python_client_block(facade: Facade, capsys: pytest.CaptureFixture[str]) -> None:
     """The README's 'Python client' block runs as written, aimed at the test facade."""
     import re
