@@ -356,11 +356,8 @@ class Guard:
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     """Framework errors (unknown path, wrong method) in OpenAI's shape too."""
     assert isinstance(exc, StarletteHTTPException)
-    cause = exc.__cause__
-    if isinstance(cause, BodyTooLarge) or (
-        isinstance(cause, BaseExceptionGroup) and cause.subgroup(BodyTooLarge) is not None
-    ):
-        return payload_too_large(request.app.state.ctx.settings.max_http_body_bytes)
+    # No route lets FastAPI read the body (the embeddings route reads and caps it itself), so no body error
+    # arrives here.
     message = "the request body could not be parsed" if exc.status_code == 400 else str(exc.detail)
     body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": str(exc.status_code)}}
     return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))

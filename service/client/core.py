@@ -98,6 +98,13 @@ class RetryPolicy:
         backoff = random.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
         return max(backoff, hint_s or 0.0) + (random.uniform(0, 0.05) if hint_s else 0.0)
 
+    def next_delay(self, error: EmbedError, attempt: int, hint_s: float | None) -> float:
+        """The wait before the next attempt, counted; raises `error` when it is final or attempts ran out."""
+        if not error.retryable or attempt == self.attempts - 1:
+            raise error
+        self.retries += 1
+        return self.delay(attempt, hint_s)
+
 
 def quantize(vectors: np.ndarray, encoding: str) -> np.ndarray:
     """The server's encodings applied to float vectors (for the HTTP API, which returns floats only): as
@@ -121,6 +128,12 @@ def _decode_grpc(response: pb.EmbedResponse, encoding: str) -> np.ndarray:
     dtype = dtypes[encoding]
     rows = [np.frombuffer(e.packed, dtype=dtype) for e in response.embeddings]
     return np.stack(rows) if rows else np.zeros((0, 0), dtype=dtype)
+
+
+def _grpc_failure(exc: grpc.RpcError) -> tuple[EmbedError, float | None]:
+    """A failed gRPC call as the client's error, and the server's retry hint."""
+    code = exc.code()
+    return EmbedError(code.name, exc.details() or "", code in RETRY_GRPC), _grpc_hint(exc)
 
 
 def _grpc_hint(exc: grpc.RpcError) -> float | None:
@@ -274,15 +287,10 @@ class Client(_Base):
             try:
                 return call()
             except grpc.RpcError as exc:
-                retryable = exc.code() in RETRY_GRPC
-                error = EmbedError(exc.code().name, exc.details() or "", retryable)
-                hint = _grpc_hint(exc)
+                error, hint = _grpc_failure(exc)
             except _RetryableHttp as exc:
                 error, hint = exc.error, exc.hint
-            if not error.retryable or attempt == self.retry.attempts - 1:
-                raise error
-            self.retry.retries += 1
-            time.sleep(self.retry.delay(attempt, hint))
+            time.sleep(self.retry.next_delay(error, attempt, hint))
         raise AssertionError("unreachable")
 
     def limits(self) -> Limits:
@@ -412,15 +420,10 @@ class AsyncClient(_Base):
                 async with self._gate:
                     return await call()
             except grpc.aio.AioRpcError as exc:
-                retryable = exc.code() in RETRY_GRPC
-                error = EmbedError(exc.code().name, exc.details() or "", retryable)
-                hint = _grpc_hint(exc)
+                error, hint = _grpc_failure(exc)
             except _RetryableHttp as exc:
                 error, hint = exc.error, exc.hint
-            if not error.retryable or attempt == self.retry.attempts - 1:
-                raise error
-            self.retry.retries += 1
-            await asyncio.sleep(self.retry.delay(attempt, hint))
+            await asyncio.sleep(self.retry.next_delay(error, attempt, hint))
         raise AssertionError("unreachable")
 
     async def limits(self) -> Limits:
