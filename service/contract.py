@@ -23,6 +23,26 @@ INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 EMBEDDING = "embedding"
 INPUT_NAMES = (INPUT_IDS, ATTENTION_MASK)
+# A reranker's graph (Qwen3-Reranker, a yes/no judge): float32 [batch, 2], the LM head's logits at the pooled
+# position for the tokens RERANK_LABELS, in that order. The score is sigmoid(yes - no) (the official
+# log_softmax over the two, exp of "yes"); the facade computes it, so raw scores (yes - no) stay exact.
+RERANK_LOGITS = "logits"
+RERANK_LABELS = ("no", "yes")
+
+
+class ModelKind(StrEnum):
+    """What a Triton model of this repository does: written by export as the `kind` parameter."""
+
+    EMBEDDING = "embedding"
+    RERANKER = "reranker"
+
+    @property
+    def output(self) -> str:
+        """The graph's output tensor."""
+        return EMBEDDING if self is ModelKind.EMBEDDING else RERANK_LOGITS
+
+    def output_width(self, hidden_size: int) -> int:
+        return hidden_size if self is ModelKind.EMBEDDING else len(RERANK_LABELS)
 
 
 class Precision(StrEnum):
@@ -65,6 +85,10 @@ class Param(StrEnum):
     # Where the facade puts padding: "right" for the fused-attention graph, "left" (also when absent: exports
     # from before the key) for the eager one.
     PADDING_SIDE = "padding_side"
+    # ModelKind; absent = embedding (every export before rerankers).
+    KIND = "kind"
+    # Rerankers: the token ids whose LM-head rows the graph keeps (RERANK_LABELS order), for GetInfo and checks.
+    RERANK_TOKEN_IDS = "rerank_token_ids"
 
 
 REQUIRED_PARAMS = (Param.HIDDEN_SIZE, Param.MAX_INPUT_TOKENS, Param.EMBEDDING_ROWS)
@@ -138,10 +162,13 @@ class ModelFacts:
     activation_bytes_per_score: int = 0
     ort_arena_keep_bytes: int = 0
     padding_side: str = "left"
+    kind: ModelKind = ModelKind.EMBEDDING
+    rerank_token_ids: str = ""  # rerankers: "no_id,yes_id"
 
     def __post_init__(self) -> None:
         # Callers may pass the plain string ("fp16"); the field is always the enum.
         object.__setattr__(self, "precision", Precision(self.precision))
+        object.__setattr__(self, "kind", ModelKind(self.kind))
         if self.padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side must be one of {PADDING_SIDES}, not {self.padding_side!r}")
 
@@ -214,6 +241,8 @@ _FIELD_KEYS: dict[str, Param] = {
     "activation_bytes_per_score": Param.ACTIVATION_BYTES_PER_SCORE,
     "ort_arena_keep_bytes": Param.ORT_ARENA_KEEP_BYTES,
     "padding_side": Param.PADDING_SIDE,
+    "kind": Param.KIND,
+    "rerank_token_ids": Param.RERANK_TOKEN_IDS,
 }
 _OPTIONAL_NUMBERS = {
     Param.MAX_BATCH_TOKENS,
@@ -222,7 +251,7 @@ _OPTIONAL_NUMBERS = {
     Param.ACTIVATION_BYTES_PER_SCORE,
     Param.ORT_ARENA_KEEP_BYTES,
 }
-_STRING_FIELDS = {"source_model", "backend", "padding_side"}
+_STRING_FIELDS = {"source_model", "backend", "padding_side", "rerank_token_ids"}
 
 
 def _encode(value: object) -> str:
@@ -236,6 +265,8 @@ def _decode(name: str, raw: str) -> Any:
         return raw
     if name == "precision":
         return Precision(raw)
+    if name == "kind":
+        return ModelKind(raw)
     if name == "prompts":
         return {str(k): str(v) for k, v in json.loads(raw or "{}").items()}
     return int(raw)
