@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65mbedding/v1/embedding.proto\x12\x0c\x65mbedding.v1\"\xea\x01\n\x0c\x45mbedRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\x13\n\x0bprompt_name\x18\x03 \x01(\t\x12\x12\n\ndimensions\x18\x04 \x01(\r\x12\x16\n\tnormalize\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12(\n\x08truncate\x18\x06 \x01(\x0e\x32\x16.embedding.v1.Truncate\x12(\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x16.embedding.v1.Encoding\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\x0c\n\n_normalize\":\n\tEmbedding\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12\x0e\n\x06packed\x18\x03 \x01(\x0c\"4\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\r\"F\n\x07Timings\x12\x13\n\x0btokenize_ms\x18\x01 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\x8d\x02\n\rEmbedResponse\x12+\n\nembeddings\x18\x01 \x03(\x0b\x32\x17.embedding.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.embedding.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12&\n\x07timings\x18\x06 \x01(\x0b\x32\x15.embedding.v1.Timings\x12(\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x16.embedding.v1.Encoding\x12\"\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x13.embedding.v1.Error\"5\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05param\x18\x03 \x01(\t\"\x8c\x01\n\x0fTokenizeRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\x13\n\x0bprompt_name\x18\x03 \x01(\t\x12(\n\x08truncate\x18\x04 \x01(\x0e\x32\x16.embedding.v1.Truncate\x12\x15\n\rreturn_tokens\x18\x05 \x01(\x08\"^\n\x0eTokenizedInput\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0b\n\x03ids\x18\x02 \x03(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x0e\n\x06tokens\x18\x04 \x03(\t\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"d\n\x10TokenizeResponse\x12,\n\x06inputs\x18\x01 \x03(\x0b\x32\x1c.embedding.v1.TokenizedInput\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.embedding.v1.Usage\"\x10\n\x0eGetInfoRequest\"\x81\x02\n\x0fGetInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0csource_model\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12\x16\n\x0emin_dimensions\x18\x04 \x01(\r\x12\x18\n\x10max_input_tokens\x18\x05 \x01(\r\x12\x18\n\x10max_batch_inputs\x18\x06 \x01(\r\x12\x14\n\x0cprompt_names\x18\x07 \x03(\t\x12\x11\n\tprecision\x18\x08 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\t \x01(\t\x12\x17\n\x0fservice_version\x18\n \x01(\t\x12\x16\n\x0elength_buckets\x18\x0b \x03(\r*C\n\x08Truncate\x12\x11\n\rTRUNCATE_NONE\x10\x00\x12\x10\n\x0cTRUNCATE_END\x10\x01\x12\x12\n\x0eTRUNCATE_START\x10\x02*_\n\x08\x45ncoding\x12\x12\n\x0e\x45NCODING_FLOAT\x10\x00\x12\x14\n\x10\x45NCODING_FLOAT16\x10\x01\x12\x13\n\x0f\x45NCODING_BINARY\x10\x02\x12\x14\n\x10\x45NCODING_UBINARY\x10\x03\x32\xb3\x02\n\x10\x45mbeddingService\x12@\n\x05\x45mbed\x12\x1a.embedding.v1.EmbedRequest\x1a\x1b.embedding.v1.EmbedResponse\x12J\n\x0b\x45mbedStream\x12\x1a.embedding.v1.EmbedRequest\x1a\x1b.embedding.v1.EmbedResponse(\x01\x30\x01\x12I\n\x08Tokenize\x12\x1d.embedding.v1.TokenizeRequest\x1a\x1e.embedding.v1.TokenizeResponse\x12\x46\n\x07GetInfo\x12\x1c.embedding.v1.GetInfoRequest\x1a\x1d.embedding.v1.GetInfoResponseBS\n\x0c\x65mbedding.v1P\x01ZAgithub.com/qwen3-embedding-service/proto/embedding/v1;embeddingv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65mbedding/v1/embedding.proto\x12\x0c\x65mbedding.v1\"\xf9\x01\n\x0c\x45mbedRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\x13\n\x0bprompt_name\x18\x03 \x01(\t\x12\x12\n\ndimensions\x18\x04 \x01(\r\x12\x16\n\tnormalize\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12(\n\x08truncate\x18\x06 \x01(\x0e\x32\x16.embedding.v1.Truncate\x12(\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x16.embedding.v1.Encoding\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\r\n\x05model\x18\t \x01(\tB\x0c\n\n_normalize\":\n\tEmbedding\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12\x0e\n\x06packed\x18\x03 \x01(\x0c\"4\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\r\"F\n\x07Timings\x12\x13\n\x0btokenize_ms\x18\x01 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\x8d\x02\n\rEmbedResponse\x12+\n\nembeddings\x18\x01 \x03(\x0b\x32\x17.embedding.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.embedding.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12&\n\x07timings\x18\x06 \x01(\x0b\x32\x15.embedding.v1.Timings\x12(\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x16.embedding.v1.Encoding\x12\"\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x13.embedding.v1.Error\"5\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05param\x18\x03 \x01(\t\"\x9b\x01\n\x0fTokenizeRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\x13\n\x0bprompt_name\x18\x03 \x01(\t\x12(\n\x08truncate\x18\x04 \x01(\x0e\x32\x16.embedding.v1.Truncate\x12\x15\n\rreturn_tokens\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\"^\n\x0eTokenizedInput\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0b\n\x03ids\x18\x02 \x03(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x0e\n\x06tokens\x18\x04 \x03(\t\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"d\n\x10TokenizeResponse\x12,\n\x06inputs\x18\x01 \x03(\x0b\x32\x1c.embedding.v1.TokenizedInput\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.embedding.v1.Usage\"\x10\n\x0eGetInfoRequest\"\xa3\x02\n\x10ModelDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.embedding.v1.ModelKind\x12\x14\n\x0csource_model\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x18\n\x10max_input_tokens\x18\x05 \x01(\r\x12\x18\n\x10max_batch_inputs\x18\x06 \x01(\r\x12\x11\n\tprecision\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x16\n\x0elength_buckets\x18\t \x03(\r\x12\x12\n\ndimensions\x18\n \x01(\r\x12\x16\n\x0emin_dimensions\x18\x0b \x01(\r\x12\x14\n\x0cprompt_names\x18\x0c \x03(\t\"\xb1\x02\n\x0fGetInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0csource_model\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12\x16\n\x0emin_dimensions\x18\x04 \x01(\r\x12\x18\n\x10max_input_tokens\x18\x05 \x01(\r\x12\x18\n\x10max_batch_inputs\x18\x06 \x01(\r\x12\x14\n\x0cprompt_names\x18\x07 \x03(\t\x12\x11\n\tprecision\x18\x08 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\t \x01(\t\x12\x17\n\x0fservice_version\x18\n \x01(\t\x12\x16\n\x0elength_buckets\x18\x0b \x03(\r\x12.\n\x06models\x18\x0c \x03(\x0b\x32\x1e.embedding.v1.ModelDescription*C\n\x08Truncate\x12\x11\n\rTRUNCATE_NONE\x10\x00\x12\x10\n\x0cTRUNCATE_END\x10\x01\x12\x12\n\x0eTRUNCATE_START\x10\x02*_\n\x08\x45ncoding\x12\x12\n\x0e\x45NCODING_FLOAT\x10\x00\x12\x14\n\x10\x45NCODING_FLOAT16\x10\x01\x12\x13\n\x0f\x45NCODING_BINARY\x10\x02\x12\x14\n\x10\x45NCODING_UBINARY\x10\x03*Z\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14MODEL_KIND_EMBEDDING\x10\x01\x12\x17\n\x13MODEL_KIND_RERANKER\x10\x02\x32\xb3\x02\n\x10\x45mbeddingService\x12@\n\x05\x45mbed\x12\x1a.embedding.v1.EmbedRequest\x1a\x1b.embedding.v1.EmbedResponse\x12J\n\x0b\x45mbedStream\x12\x1a.embedding.v1.EmbedRequest\x1a\x1b.embedding.v1.EmbedResponse(\x01\x30\x01\x12I\n\x08Tokenize\x12\x1d.embedding.v1.TokenizeRequest\x1a\x1e.embedding.v1.TokenizeResponse\x12\x46\n\x07GetInfo\x12\x1c.embedding.v1.GetInfoRequest\x1a\x1d.embedding.v1.GetInfoResponseBS\n\x0c\x65mbedding.v1P\x01ZAgithub.com/qwen3-embedding-service/proto/embedding/v1;embeddingv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,32 +32,36 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'embedding.v1.embedding_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014embedding.v1P\001ZAgithub.com/qwen3-embedding-service/proto/embedding/v1;embeddingv1'
-  _globals['_TRUNCATE']._serialized_start=1415
-  _globals['_TRUNCATE']._serialized_end=1482
-  _globals['_ENCODING']._serialized_start=1484
-  _globals['_ENCODING']._serialized_end=1579
+  _globals['_TRUNCATE']._serialized_start=1787
+  _globals['_TRUNCATE']._serialized_end=1854
+  _globals['_ENCODING']._serialized_start=1856
+  _globals['_ENCODING']._serialized_end=1951
+  _globals['_MODELKIND']._serialized_start=1953
+  _globals['_MODELKIND']._serialized_end=2043
   _globals['_EMBEDREQUEST']._serialized_start=47
-  _globals['_EMBEDREQUEST']._serialized_end=281
-  _globals['_EMBEDDING']._serialized_start=283
-  _globals['_EMBEDDING']._serialized_end=341
-  _globals['_USAGE']._serialized_start=343
-  _globals['_USAGE']._serialized_end=395
-  _globals['_TIMINGS']._serialized_start=397
-  _globals['_TIMINGS']._serialized_end=467
-  _globals['_EMBEDRESPONSE']._serialized_start=470
-  _globals['_EMBEDRESPONSE']._serialized_end=739
-  _globals['_ERROR']._serialized_start=741
-  _globals['_ERROR']._serialized_end=794
-  _globals['_TOKENIZEREQUEST']._serialized_start=797
-  _globals['_TOKENIZEREQUEST']._serialized_end=937
-  _globals['_TOKENIZEDINPUT']._serialized_start=939
-  _globals['_TOKENIZEDINPUT']._serialized_end=1033
-  _globals['_TOKENIZERESPONSE']._serialized_start=1035
-  _globals['_TOKENIZERESPONSE']._serialized_end=1135
-  _globals['_GETINFOREQUEST']._serialized_start=1137
-  _globals['_GETINFOREQUEST']._serialized_end=1153
-  _globals['_GETINFORESPONSE']._serialized_start=1156
-  _globals['_GETINFORESPONSE']._serialized_end=1413
-  _globals['_EMBEDDINGSERVICE']._serialized_start=1582
-  _globals['_EMBEDDINGSERVICE']._serialized_end=1889
+  _globals['_EMBEDREQUEST']._serialized_end=296
+  _globals['_EMBEDDING']._serialized_start=298
+  _globals['_EMBEDDING']._serialized_end=356
+  _globals['_USAGE']._serialized_start=358
+  _globals['_USAGE']._serialized_end=410
+  _globals['_TIMINGS']._serialized_start=412
+  _globals['_TIMINGS']._serialized_end=482
+  _globals['_EMBEDRESPONSE']._serialized_start=485
+  _globals['_EMBEDRESPONSE']._serialized_end=754
+  _globals['_ERROR']._serialized_start=756
+  _globals['_ERROR']._serialized_end=809
+  _globals['_TOKENIZEREQUEST']._serialized_start=812
+  _globals['_TOKENIZEREQUEST']._serialized_end=967
+  _globals['_TOKENIZEDINPUT']._serialized_start=969
+  _globals['_TOKENIZEDINPUT']._serialized_end=1063
+  _globals['_TOKENIZERESPONSE']._serialized_start=1065
+  _globals['_TOKENIZERESPONSE']._serialized_end=1165
+  _globals['_GETINFOREQUEST']._serialized_start=1167
+  _globals['_GETINFOREQUEST']._serialized_end=1183
+  _globals['_MODELDESCRIPTION']._serialized_start=1186
+  _globals['_MODELDESCRIPTION']._serialized_end=1477
+  _globals['_GETINFORESPONSE']._serialized_start=1480
+  _globals['_GETINFORESPONSE']._serialized_end=1785
+  _globals['_EMBEDDINGSERVICE']._serialized_start=2046
+  _globals['_EMBEDDINGSERVICE']._serialized_end=2353
 # @@protoc_insertion_point(module_scope)

@@ -19,6 +19,12 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_FLOAT16: _ClassVar[Encoding]
     ENCODING_BINARY: _ClassVar[Encoding]
     ENCODING_UBINARY: _ClassVar[Encoding]
+
+class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_KIND_UNSPECIFIED: _ClassVar[ModelKind]
+    MODEL_KIND_EMBEDDING: _ClassVar[ModelKind]
+    MODEL_KIND_RERANKER: _ClassVar[ModelKind]
 TRUNCATE_NONE: Truncate
 TRUNCATE_END: Truncate
 TRUNCATE_START: Truncate
@@ -26,9 +32,12 @@ ENCODING_FLOAT: Encoding
 ENCODING_FLOAT16: Encoding
 ENCODING_BINARY: Encoding
 ENCODING_UBINARY: Encoding
+MODEL_KIND_UNSPECIFIED: ModelKind
+MODEL_KIND_EMBEDDING: ModelKind
+MODEL_KIND_RERANKER: ModelKind
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("inputs", "instruction", "prompt_name", "dimensions", "normalize", "truncate", "encoding", "request_id")
+    __slots__ = ("inputs", "instruction", "prompt_name", "dimensions", "normalize", "truncate", "encoding", "request_id", "model")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +46,7 @@ class EmbedRequest(_message.Message):
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedScalarFieldContainer[str]
     instruction: str
     prompt_name: str
@@ -45,7 +55,8 @@ class EmbedRequest(_message.Message):
     truncate: Truncate
     encoding: Encoding
     request_id: str
-    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., instruction: _Optional[str] = ..., prompt_name: _Optional[str] = ..., dimensions: _Optional[int] = ..., normalize: _Optional[bool] = ..., truncate: _Optional[_Union[Truncate, str]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., instruction: _Optional[str] = ..., prompt_name: _Optional[str] = ..., dimensions: _Optional[int] = ..., normalize: _Optional[bool] = ..., truncate: _Optional[_Union[Truncate, str]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("index", "values", "packed")
@@ -106,18 +117,20 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., param: _Optional[str] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
-    __slots__ = ("inputs", "instruction", "prompt_name", "truncate", "return_tokens")
+    __slots__ = ("inputs", "instruction", "prompt_name", "truncate", "return_tokens", "model")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_NAME_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     RETURN_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedScalarFieldContainer[str]
     instruction: str
     prompt_name: str
     truncate: Truncate
     return_tokens: bool
-    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., instruction: _Optional[str] = ..., prompt_name: _Optional[str] = ..., truncate: _Optional[_Union[Truncate, str]] = ..., return_tokens: _Optional[bool] = ...) -> None: ...
+    model: str
+    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., instruction: _Optional[str] = ..., prompt_name: _Optional[str] = ..., truncate: _Optional[_Union[Truncate, str]] = ..., return_tokens: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class TokenizedInput(_message.Message):
     __slots__ = ("index", "ids", "count", "tokens", "truncated")
@@ -145,8 +158,36 @@ class GetInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ModelDescription(_message.Message):
+    __slots__ = ("name", "kind", "source_model", "is_default", "max_input_tokens", "max_batch_inputs", "precision", "backend", "length_buckets", "dimensions", "min_dimensions", "prompt_names")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    MAX_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    MIN_DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: ModelKind
+    source_model: str
+    is_default: bool
+    max_input_tokens: int
+    max_batch_inputs: int
+    precision: str
+    backend: str
+    length_buckets: _containers.RepeatedScalarFieldContainer[int]
+    dimensions: int
+    min_dimensions: int
+    prompt_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., source_model: _Optional[str] = ..., is_default: _Optional[bool] = ..., max_input_tokens: _Optional[int] = ..., max_batch_inputs: _Optional[int] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ..., length_buckets: _Optional[_Iterable[int]] = ..., dimensions: _Optional[int] = ..., min_dimensions: _Optional[int] = ..., prompt_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model", "source_model", "dimensions", "min_dimensions", "max_input_tokens", "max_batch_inputs", "prompt_names", "precision", "backend", "service_version", "length_buckets")
+    __slots__ = ("model", "source_model", "dimensions", "min_dimensions", "max_input_tokens", "max_batch_inputs", "prompt_names", "precision", "backend", "service_version", "length_buckets", "models")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +199,7 @@ class GetInfoResponse(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SERVICE_VERSION_FIELD_NUMBER: _ClassVar[int]
     LENGTH_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     model: str
     source_model: str
     dimensions: int
@@ -169,4 +211,5 @@ class GetInfoResponse(_message.Message):
     backend: str
     service_version: str
     length_buckets: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, model: _Optional[str] = ..., source_model: _Optional[str] = ..., dimensions: _Optional[int] = ..., min_dimensions: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_batch_inputs: _Optional[int] = ..., prompt_names: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ..., service_version: _Optional[str] = ..., length_buckets: _Optional[_Iterable[int]] = ...) -> None: ...
+    models: _containers.RepeatedCompositeFieldContainer[ModelDescription]
+    def __init__(self, model: _Optional[str] = ..., source_model: _Optional[str] = ..., dimensions: _Optional[int] = ..., min_dimensions: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_batch_inputs: _Optional[int] = ..., prompt_names: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ..., service_version: _Optional[str] = ..., length_buckets: _Optional[_Iterable[int]] = ..., models: _Optional[_Iterable[_Union[ModelDescription, _Mapping]]] = ...) -> None: ...
