@@ -1,4 +1,5 @@
-"""Resolves a hub id or local directory to a local checkpoint and checks it is a Qwen3 embedding model."""
+"""Resolves a hub id or local directory to a local checkpoint and checks it is a Qwen3 embedding model or a
+Qwen3 reranker (a Qwen3ForCausalLM judging yes/no, shared doc qwen3-reranker.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from export.errors import ExportError
 from export.prompts import OFFICIAL_PROMPTS
-from service.contract import SpecialIds
+from service.contract import RERANK_LABELS, ModelKind, SpecialIds
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
 
@@ -20,6 +21,21 @@ class Checkpoint:
     source: str  # what the user named (hub id or path)
     directory: Path
     config: dict[str, Any]
+
+    @property
+    def kind(self) -> ModelKind:
+        """A reranker: a causal LM (Qwen3-Reranker's config.json names Qwen3ForCausalLM) that is not a
+        sentence-transformers embedding checkpoint (Qwen3-Embedding ships modules.json; some of its configs name
+        Qwen3ForCausalLM too). Everything else is an embedding model."""
+        architectures = self.config.get("architectures") or []
+        causal = any(str(a).endswith("ForCausalLM") for a in architectures)
+        if causal and not (self.directory / "modules.json").exists():
+            return ModelKind.RERANKER
+        return ModelKind.EMBEDDING
+
+    @property
+    def tied_head(self) -> bool:
+        return bool(self.config.get("tie_word_embeddings", False))
 
     @property
     def hidden_size(self) -> int:
@@ -34,7 +50,20 @@ class Checkpoint:
         return int(self.config.get("max_position_embeddings", 32768))
 
     def parameter_count(self) -> int:
-        """Parameters of the bare Qwen3Model, from the config (no weights loaded)."""
+        """Parameters of the exported graph, from the config (no weights loaded): the bare Qwen3Model, plus for
+        a reranker the two LM-head rows it keeps."""
+        return self.backbone_parameter_count() + (
+            len(RERANK_LABELS) * self.hidden_size if self.kind is ModelKind.RERANKER else 0
+        )
+
+    def loaded_parameter_count(self) -> int:
+        """What the export loads: a reranker's whole causal LM, its untied LM head (vocab x hidden) included."""
+        if self.kind is ModelKind.RERANKER and not self.tied_head:
+            return self.backbone_parameter_count() + self.embedding_rows * self.hidden_size
+        return self.backbone_parameter_count()
+
+    def backbone_parameter_count(self) -> int:
+        """Parameters of the bare Qwen3Model."""
         c = self.config
         h, n_layers, inter = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"]
         heads, kv = c["num_attention_heads"], c.get("num_key_value_heads", c["num_attention_heads"])
@@ -44,7 +73,10 @@ class Checkpoint:
         return int(c["vocab_size"] * h + n_layers * per_layer + h)
 
     def prompts(self) -> dict[str, str]:
-        """Prompts from config_sentence_transformers.json; the official ones when the file has none."""
+        """Prompts from config_sentence_transformers.json; the official ones when the file has none. None for a
+        reranker: its template (prefix, instruction, suffix) is the facade's, the same for every Qwen3-Reranker."""
+        if self.kind is ModelKind.RERANKER:
+            return {}
         path = self.directory / "config_sentence_transformers.json"
         if path.exists():
             prompts = json.loads(path.read_text()).get("prompts") or {}
@@ -52,12 +84,55 @@ class Checkpoint:
                 return {str(k): str(v) for k, v in prompts.items()}
         return dict(OFFICIAL_PROMPTS)
 
+    def rerank_token_ids(self) -> tuple[int, int]:
+        """The ids of RERANK_LABELS ("no", "yes") in this checkpoint's tokenizer: the LM-head rows a reranker
+        graph keeps. Read from the tokenizer, never assumed (a hard-coded pair gives every input one score)."""
+        tok = self._tokenizer()
+        ids = [tok.token_to_id(label) for label in RERANK_LABELS]
+        missing = [label for label, i in zip(RERANK_LABELS, ids, strict=True) if i is None]
+        if missing:
+            raise ExportError(f"{self.source}: the tokenizer has no single token for {missing}; not a Qwen3 reranker")
+        if any(i >= self.embedding_rows for i in ids):
+            raise ExportError(f"{self.source}: token ids {ids} of {RERANK_LABELS} lie beyond the LM head")
+        return int(ids[0]), int(ids[1])
+
     def special_ids(self) -> SpecialIds:
-        """Pad and end-of-text ids from the checkpoint's tokenizer files (written into config.pbtxt)."""
+        """Pad and end-of-text ids from the checkpoint's tokenizer files (written into config.pbtxt).
+        A reranker's tokenizer appends nothing (its input ends with the official suffix), so its ids come from
+        the files: pad = tokenizer_config.json's pad_token (else config.json's pad_token_id, else eos), eos =
+        tokenizer_config.json's eos_token (else config.json's eos_token_id)."""
+        if self.kind is ModelKind.RERANKER:
+            return self._reranker_special_ids()
         try:
             return SpecialIds.from_checkpoint(self.directory)
         except ValueError as exc:
             raise ExportError(f"{self.source}: {exc}") from exc
+
+    def _tokenizer(self) -> Any:
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(self.directory / "tokenizer.json"))
+
+    def _reranker_special_ids(self) -> SpecialIds:
+        tok = self._tokenizer()
+        path = self.directory / "tokenizer_config.json"
+        tok_config = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+        def token_id(key: str) -> int | None:
+            token = tok_config.get(key)
+            if isinstance(token, dict):  # older files store the AddedToken as a dict
+                token = token.get("content")
+            found = tok.token_to_id(token) if isinstance(token, str) else None
+            if found is None:
+                value = self.config.get(f"{key}_id")
+                found = value[0] if isinstance(value, list) and value else value
+            return int(found) if isinstance(found, int) else None
+
+        eos = token_id("eos_token")
+        if eos is None:
+            raise ExportError(f"{self.source}: neither tokenizer_config.json nor config.json names an eos token")
+        pad = token_id("pad_token")
+        return SpecialIds(pad_id=eos if pad is None else pad, eos_id=eos)
 
     def tokenizer_files(self) -> list[Path]:
         names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -80,7 +155,7 @@ def resolve(model: str) -> Checkpoint:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ExportError(
             f"unsupported architecture {model_type!r} ({config.get('architectures')}) in {model}: "
-            f"this exporter handles Qwen3-Embedding checkpoints (model_type {SUPPORTED_MODEL_TYPES})"
+            f"this exporter handles Qwen3-Embedding and Qwen3-Reranker checkpoints (model_type {SUPPORTED_MODEL_TYPES})"
         )
     if not (directory / "tokenizer.json").exists():
         raise ExportError(f"{directory} has no tokenizer.json; the facade needs the fast tokenizer file")

@@ -38,9 +38,13 @@ def dev_model(
         str | None, typer.Option(help="Use a real Qwen3-Embedding shape: 0.6B, 4B or 8B (random weights)")
     ] = None,
     dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16")] = "float32",
+    reranker: Annotated[
+        bool, typer.Option(help="A Qwen3-Reranker-like checkpoint (Qwen3ForCausalLM, yes/no judge) instead")
+    ] = False,
 ) -> None:
-    """A small, randomly initialised Qwen3 embedding checkpoint with the real tokenizer, built offline."""
-    from export.dev_model import REAL_SHAPES, DevModelShape, build_dev_model
+    """A small, randomly initialised Qwen3 embedding (or --reranker: reranker) checkpoint with the real tokenizer,
+    built offline."""
+    from export.dev_model import REAL_SHAPES, DevModelShape, build_dev_model, build_dev_reranker
 
     if real_config is not None:
         if real_config not in REAL_SHAPES:
@@ -53,14 +57,21 @@ def dev_model(
     shape = replace(shape, seed=seed)
     if shape.hidden_size < 1 or shape.layers < 1 or shape.heads % max(shape.kv_heads, 1):
         raise typer.BadParameter("need hidden_size, layers >= 1 and heads divisible by kv_heads")
-    build_dev_model(output, shape, dtype=dtype)
-    typer.echo(f"dev model written to {output}")
+    (build_dev_reranker if reranker else build_dev_model)(output, shape, dtype=dtype)
+    typer.echo(f"dev {'reranker' if reranker else 'model'} written to {output}")
 
 
 def export(
-    model: Annotated[str, typer.Option(help="Hub id (e.g. Qwen/Qwen3-Embedding-4B) or local checkpoint dir")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Hub id (e.g. Qwen/Qwen3-Embedding-4B, Qwen/Qwen3-Reranker-0.6B) or local checkpoint dir"
+        ),
+    ],
     output: Annotated[Path, typer.Option(help="Triton model repository")] = Path("model_repository"),
-    name: str = "qwen3_embedding",
+    name: Annotated[
+        str, typer.Option(help="Triton model name; default qwen3_embedding, or qwen3_reranker for a reranker")
+    ] = "",
     backend: Annotated[str, typer.Option(help="python | onnxruntime | tensorrt")] = "python",
     precision: Annotated[Precision, typer.Option(help="Weights and activations")] = Precision.FP32,
     max_batch_size: int = 32,
@@ -98,7 +109,8 @@ def export(
         ),
     ] = "auto",
 ) -> None:
-    """Checkpoint -> verified ONNX (and TensorRT) -> Triton model repository with dynamic batching."""
+    """Checkpoint -> verified ONNX (and TensorRT) -> Triton model repository with dynamic batching. Embedding
+    checkpoints give an `embedding` model, Qwen3-Reranker checkpoints a `logits` (no, yes) one."""
     from rich.console import Console
 
     from export.errors import ExportError

@@ -1,7 +1,8 @@
-"""A small, randomly initialised Qwen3 embedding checkpoint with the real tokenizer, built offline.
+"""Small, randomly initialised Qwen3 checkpoints with the real tokenizer, built offline.
 
-It is a normal Hugging Face + sentence-transformers directory with the same meaning as the official
-checkpoints, so every code path (export, serving, reference comparison) is the one real checkpoints take.
+The embedding model is a normal Hugging Face + sentence-transformers directory with the same meaning as the
+official Qwen3-Embedding checkpoints; the reranker (build_dev_reranker) a Qwen3ForCausalLM directory like
+Qwen3-Reranker's. Every code path (export, serving, reference comparison) is the one real checkpoints take.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from export.prompts import OFFICIAL_PROMPTS
 from export.qwen_tokenizer_offline import ENDOFTEXT_ID, TOTAL_IDS, save_tokenizer
@@ -75,13 +77,10 @@ def write_sentence_transformers_files(directory: Path, hidden_size: int, max_seq
     (directory / "2_Normalize").mkdir(exist_ok=True)
 
 
-def build_dev_model(output: Path, shape: DevModelShape = DevModelShape(), dtype: str = "float32") -> Path:
-    """Writes config, weights (safetensors), tokenizer and sentence-transformers files to `output`."""
-    import torch
-    from transformers import Qwen3Config, Qwen3Model
+def qwen3_config(shape: DevModelShape, dtype: str, tie_word_embeddings: bool = True) -> Any:
+    from transformers import Qwen3Config
 
-    output.mkdir(parents=True, exist_ok=True)
-    config = Qwen3Config(
+    return Qwen3Config(
         vocab_size=shape.vocab_size,
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
@@ -92,7 +91,7 @@ def build_dev_model(output: Path, shape: DevModelShape = DevModelShape(), dtype:
         max_position_embeddings=shape.max_position_embeddings,
         rms_norm_eps=1e-6,
         initializer_range=shape.init_std,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
         # The id the dev tokenizer appends, as in the official config.json.
         bos_token_id=ENDOFTEXT_ID,
         eos_token_id=ENDOFTEXT_ID,
@@ -100,6 +99,15 @@ def build_dev_model(output: Path, shape: DevModelShape = DevModelShape(), dtype:
         # transformers 5 files this under rope_parameters; 4.x takes it as is.
         **{"rope_theta": 1_000_000.0},  # type: ignore[arg-type]
     )
+
+
+def build_dev_model(output: Path, shape: DevModelShape = DevModelShape(), dtype: str = "float32") -> Path:
+    """Writes config, weights (safetensors), tokenizer and sentence-transformers files to `output`."""
+    import torch
+    from transformers import Qwen3Model
+
+    output.mkdir(parents=True, exist_ok=True)
+    config = qwen3_config(shape, dtype)
     torch.manual_seed(shape.seed)
     previous = torch.get_default_dtype()
     # Build directly in the target dtype: a 4B/8B model built in fp32 first would need twice the RAM.
@@ -113,4 +121,68 @@ def build_dev_model(output: Path, shape: DevModelShape = DevModelShape(), dtype:
     model.save_pretrained(output, safe_serialization=True)
     save_tokenizer(output)
     write_sentence_transformers_files(output, shape.hidden_size)
+    return output
+
+
+# Spread of the dev reranker's logit difference (yes - no) across inputs: scores then cover much of (0, 1), so a
+# swapped head (score -> 1 - score), a wrong row or a wrong pooled token changes scores and their order.
+RERANK_LOGIT_SPREAD = 3.0
+# Pairs the dev reranker's head is fitted to spread (export/samples.py has the ones export verifies on).
+_SPREAD_PROBES = (
+    ("What is the capital of China?", "The capital of China is Beijing."),
+    ("What is the capital of China?", "Gravity is a force that attracts two bodies."),
+    ("how to sort a list in python", "sorted(xs) returns a new list; xs.sort() sorts in place."),
+    ("如何学习编程？", "多写代码，多读代码。"),
+    ("best pizza in Naples", "The Eiffel Tower is in Paris."),
+    ("symptoms of flu", "Fever, cough, sore throat and muscle aches are common flu symptoms."),
+    ("weather tomorrow", "def add(a, b):\n    return a + b"),
+    ("Who wrote Hamlet?", "Hamlet is a tragedy written by William Shakespeare."),
+)
+
+
+def build_dev_reranker(output: Path, shape: DevModelShape = DevModelShape(), dtype: str = "float32") -> Path:
+    """A Qwen3-Reranker-like checkpoint: Qwen3ForCausalLM (config, safetensors with `model.*` and `lm_head.*`)
+    and the Qwen3 base tokenizer (its post-processor appends nothing; the reranker's input is the official
+    prefix + body + suffix). The LM head is NOT tied to the embeddings (as in Qwen3-Reranker-4B/8B; 0.6B ties
+    them): a graph that took its head rows from the embedding table, or the wrong rows, gives other scores.
+
+    Random weights give every input about the same yes/no logits (the last token is always the suffix's), so
+    the "yes" row is set to "no" + w, with w along the direction in which the final hidden states of a few
+    formatted pairs differ most (orthogonal to their mean), scaled to RERANK_LOGIT_SPREAD: scores spread over
+    (0, 1) around 0.5."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    from export.qwen_tokenizer_offline import build_tokenizer
+    from export.samples import rerank_ids
+
+    output.mkdir(parents=True, exist_ok=True)
+    config = qwen3_config(shape, dtype, tie_word_embeddings=False)
+    tok = build_tokenizer(append_eos=False)
+    no_id, yes_id = (tok.token_to_id(label) for label in ("no", "yes"))
+    torch.manual_seed(shape.seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        with torch.no_grad():
+            model = Qwen3ForCausalLM(config).eval()
+            model.model.embed_tokens.weight.normal_(0.0, shape.embed_std)
+            states = torch.stack(
+                [
+                    model.model(input_ids=torch.tensor([rerank_ids(tok, q, d, 512)])).last_hidden_state[0, -1]
+                    for q, d in _SPREAD_PROBES
+                ]
+            ).double()
+            mean = states.mean(dim=0)
+            centered = states - mean
+            direction = torch.linalg.svd(centered, full_matrices=False).Vh[0]
+            # Orthogonal to the mean state: the difference is 0 there (about as many "yes" as "no").
+            direction = direction - (direction @ mean) / (mean @ mean) * mean
+            w = direction * (RERANK_LOGIT_SPREAD / max(float((centered @ direction).std()), 1e-6))
+            head = model.lm_head.weight
+            head[yes_id] = (head[no_id].double() + w).to(head.dtype)
+    finally:
+        torch.set_default_dtype(previous)
+    model.save_pretrained(output, safe_serialization=True)
+    save_tokenizer(output, append_eos=False)
     return output

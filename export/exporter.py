@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -17,16 +18,17 @@ from export.checkpoint import Checkpoint, resolve
 from export.errors import ExportError
 from export.memory import PeakMemory, gib
 from export.resources import available_memory_bytes
-from export.samples import SAMPLES, long_sample
+from export.samples import LONG_RERANK_QUERY, RERANK_SAMPLES, SAMPLES, long_sample, rerank_ids
 from export.triton_config import (
     BACKENDS,
+    DEFAULT_NAMES,
     RepoSettings,
     default_warmup_lengths,
     deployment_facts,
     resolved_instances,
     resolved_kind,
 )
-from service.contract import ModelFacts
+from service.contract import RERANK_LABELS, RERANK_LOGITS, ModelFacts, ModelKind, SpecialIds
 
 # Which graph an export writes (docs/export.md, "Two graphs"). fused: attention as ONNX Runtime's
 # GroupQueryAttention, memory linear in tokens, right padding (the python and onnxruntime backends).
@@ -86,14 +88,14 @@ def validate_options(opts: ExportOptions) -> None:
     ):
         if value < low:
             raise ExportError(f"{flag} must be >= {low}, got {value}")
-    if not r.name.replace("_", "").replace("-", "").isalnum():
+    if r.name and not r.name.replace("_", "").replace("-", "").isalnum():
         raise ExportError(f"--name must be letters, digits, '_' or '-', got {r.name!r}")
     if opts.device not in ("auto", "cpu", "cuda"):
         raise ExportError(f"--device must be auto, cpu or cuda, not {opts.device!r}")
 
 
 def check_resources(ckpt: Checkpoint, opts: ExportOptions) -> None:
-    weight_bytes = ckpt.parameter_count() * opts.repo.precision.itemsize
+    weight_bytes = ckpt.loaded_parameter_count() * opts.repo.precision.itemsize
     # The loaded model, the traced graph and its serialised proto coexist for a moment.
     need_ram = int(weight_bytes * 2.5)
     need_disk = int(weight_bytes * (2.2 if opts.repo.backend == "tensorrt" else 1.1))
@@ -137,6 +139,46 @@ def sample_ids(ckpt: Checkpoint, long_tokens: int) -> dict[str, list[int]]:
     return out
 
 
+def rerank_sample_ids(ckpt: Checkpoint, long_tokens: int) -> dict[str, list[int]]:
+    """The reranker's verification samples: (query, document) pairs formatted as the official usage does, plus
+    one long document cut to `long_tokens` in all."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(ckpt.directory / "tokenizer.json"))
+    out = {name: rerank_ids(tok, q, d, long_tokens) for name, (q, d) in RERANK_SAMPLES.items()}
+    out[f"long document (~{long_tokens} tokens)"] = rerank_ids(
+        tok, LONG_RERANK_QUERY, long_sample(long_tokens), long_tokens
+    )
+    return out
+
+
+def print_rerank_table(console: Console, verification: object) -> None:
+    from export.verify import RerankVerification
+
+    assert isinstance(verification, RerankVerification)
+    table = Table(
+        title=f"ONNX Runtime ({verification.provider}) vs transformers' causal LM, {verification.precision}, "
+        f"threshold |score diff| <= {verification.tolerance:g}, same ranking"
+    )
+    for col in ("sample", "tokens", "score (ref)", "|diff| alone", "|diff| batched", "max |logit diff|", "finite"):
+        table.add_column(col)
+    for r in verification.results:
+        ok = r.finite and r.score_diff <= verification.tolerance
+        table.add_row(
+            r.name,
+            str(r.tokens),
+            f"{r.reference_score:.6f}",
+            f"{abs(r.score_alone - r.reference_score):.2e}",
+            f"{abs(r.score_batched - r.reference_score):.2e}",
+            f"{r.max_logit_diff:.2e}",
+            "yes" if r.finite else "NO",
+            style="green" if ok else "bold red",
+        )
+    console.print(table)
+    if not verification.ranking_kept:
+        console.print("[bold red]the graph ranks the samples differently from the reference[/]")
+
+
 def print_table(console: Console, verification: object) -> None:
     from export.verify import Verification
 
@@ -163,22 +205,25 @@ def print_table(console: Console, verification: object) -> None:
 
 
 def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
-    """Returns the final model directory; raises ExportError (nothing final written) on any failure."""
+    """Returns the final model directory; raises ExportError (nothing final written) on any failure.
+    An embedding checkpoint gives the `embedding` graph, a reranker (Checkpoint.kind) the `logits` one."""
     import torch
 
-    from export.graph import LastTokenEmbedder, load_backbone
     from export.repository import publish, write_model_dir
-    from export.verify import reference_vectors, verify
 
     console = console or Console()
     validate_options(opts)
     started = time.perf_counter()
     with step(console, f"load {opts.model}"):
         ckpt = resolve(opts.model)
+        kind = ckpt.kind
         special = ckpt.special_ids()
+        token_ids = ckpt.rerank_token_ids() if kind is ModelKind.RERANKER else None
     if not opts.skip_resource_check:
         check_resources(ckpt, opts)
     repo = opts.repo
+    if not repo.name:
+        repo = replace(repo, name=DEFAULT_NAMES[kind])
     attention = resolved_attention(opts)
     fused = attention == "fused"
     requested = repo.max_input_tokens or (ckpt.max_position_embeddings if fused else EAGER_DEFAULT_MAX_TOKENS)
@@ -192,13 +237,6 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
     device = opts.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    with step(console, f"load weights ({repo.precision}, {device})"):
-        try:
-            # The fused graph is built from the weights, not traced: the reference may use SDPA, which runs
-            # the 16k-token verification sample without eager attention's GBs of scores.
-            backbone = load_backbone(str(ckpt.directory), dtype, attention="sdpa" if fused else "eager").to(device)
-        except (OSError, ValueError) as exc:
-            raise ExportError(f"could not load {ckpt.source}: {exc}") from exc
     final = opts.output / repo.name
     # Staged inside the repository (same filesystem, so publishing is one rename; works when the
     # repository is a volume mount point). Removed on success and on failure.
@@ -208,35 +246,15 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
     try:
         onnx_path = staging / "1" / "model.onnx"
         long_tokens = opts.verify_long_tokens or (FUSED_VERIFY_LONG_TOKENS if fused else EAGER_VERIFY_LONG_TOKENS)
-        samples = sample_ids(ckpt, min(long_tokens, max_tokens))
-        with step(console, "PyTorch reference on the verification samples"):
-            reference = reference_vectors(backbone, list(samples.values()))
-        if fused:
-            from export.fused_graph import build_fused_graph, save_fused_graph
-
-            with step(console, "build the fused-attention ONNX graph"):
-                save_fused_graph(
-                    build_fused_graph(backbone, repo.precision, ckpt.max_position_embeddings), onnx_path
-                )
-        else:
-            from export.onnx_graph import export_onnx
-
-            with step(console, "trace to ONNX"):
-                export_onnx(LastTokenEmbedder(backbone), onnx_path, special.eos_id, opset=opts.opset)
         padding_side = "right" if fused else "left"
-        # Free the PyTorch weights before ONNX Runtime loads its copy: halves peak memory at 4B/8B scale.
-        del backbone
+        # The helpers own the loaded weights (no reference to them is kept here), so they can free them before
+        # ONNX Runtime loads its copy: halves peak memory at 4B/8B scale.
+        graph_args = (console, opts, ckpt, dtype, device, onnx_path, min(long_tokens, max_tokens), fused, special)
+        if token_ids is not None:
+            verification = _reranker_graph(*graph_args, token_ids)
+        else:
+            verification = _embedding_graph(*graph_args)
         gc.collect()
-        with step(console, "verify ONNX Runtime against PyTorch"):
-            verification = verify(
-                onnx_path, reference, samples, repo.precision, pad_id=special.pad_id, padding_side=padding_side
-            )
-        print_table(console, verification)
-        if not verification.passed:
-            raise ExportError(
-                f"verification failed: worst cosine {verification.worst_cosine:.7f} < {verification.threshold}"
-                " or non-finite outputs; nothing was written"
-            )
         if repo.backend == "tensorrt":
             from export.tensorrt_plan import build_plan
 
@@ -256,19 +274,19 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
             pad_id=special.pad_id,
             eos_id=special.eos_id,
             padding_side=padding_side,
+            kind=kind,
+            rerank_token_ids=",".join(str(i) for i in token_ids) if token_ids is not None else "",
         )
         memory = PeakMemory.for_model(ckpt.config, ckpt.parameter_count(), repo.precision, fused=fused)
         facts = deployment_facts(repo, facts, memory)
         report = {
             "source_model": ckpt.source,
+            "kind": str(kind),
             "backend": repo.backend,
             "attention": attention,
             "padding_side": padding_side,
             "precision": repo.precision,
-            "provider": verification.provider,
-            "threshold": verification.threshold,
-            "worst_cosine": verification.worst_cosine,
-            "samples": [asdict(r) for r in verification.results],
+            **verification_report(verification),
             "export_seconds": round(time.perf_counter() - started, 1),
             "expected_peak_bytes_per_instance": facts.expected_peak_bytes_per_instance,
         }
@@ -281,6 +299,148 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
     console.print(memory_summary(repo, facts, memory))
     console.print(f"[bold green]verified export written to {final}[/]")
     return final
+
+
+def _load_weights(
+    console: Console, opts: ExportOptions, ckpt: Checkpoint, dtype: Any, device: str, fused: bool, causal: bool
+) -> Any:
+    """The bare Qwen3Model, or (causal) the whole causal LM of a reranker."""
+    from export import graph
+
+    with step(console, f"load weights ({opts.repo.precision}, {device})"):
+        try:
+            # The fused graph is built from the weights, not traced: the reference may use SDPA, which runs
+            # the 16k-token verification sample without eager attention's GBs of scores.
+            impl = "sdpa" if fused else "eager"
+            load = graph.load_causal_lm if causal else graph.load_backbone
+            return load(str(ckpt.directory), dtype, attention=impl).to(device)
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"could not load {ckpt.source}: {exc}") from exc
+
+
+def _embedding_graph(
+    console: Console,
+    opts: ExportOptions,
+    ckpt: Checkpoint,
+    dtype: Any,
+    device: str,
+    onnx_path: Path,
+    long_tokens: int,
+    fused: bool,
+    special: SpecialIds,
+) -> object:
+    """Reference vectors, the embedding graph, its verification (raises ExportError when it fails)."""
+    from export import graph
+    from export.verify import reference_vectors, verify
+
+    backbone = _load_weights(console, opts, ckpt, dtype, device, fused, causal=False)
+    pad_id, eos_id, padding_side = special.pad_id, special.eos_id, "right" if fused else "left"
+    samples = sample_ids(ckpt, long_tokens)
+    with step(console, "PyTorch reference on the verification samples"):
+        reference = reference_vectors(backbone, list(samples.values()))
+    if fused:
+        from export.fused_graph import build_fused_graph, save_fused_graph
+
+        with step(console, "build the fused-attention ONNX graph"):
+            save_fused_graph(build_fused_graph(backbone, opts.repo.precision, ckpt.max_position_embeddings), onnx_path)
+    else:
+        from export.onnx_graph import export_onnx
+
+        with step(console, "trace to ONNX"):
+            export_onnx(graph.LastTokenEmbedder(backbone), onnx_path, eos_id, opset=opts.opset)
+    # Free the PyTorch weights before ONNX Runtime loads its copy: halves peak memory at 4B/8B scale.
+    del backbone
+    gc.collect()
+    with step(console, "verify ONNX Runtime against PyTorch"):
+        verification = verify(
+            onnx_path, reference, samples, opts.repo.precision, pad_id=pad_id, padding_side=padding_side
+        )
+    print_table(console, verification)
+    if not verification.passed:
+        raise ExportError(
+            f"verification failed: worst cosine {verification.worst_cosine:.7f} < {verification.threshold}"
+            " or non-finite outputs; nothing was written"
+        )
+    return verification
+
+
+def _reranker_graph(
+    console: Console,
+    opts: ExportOptions,
+    ckpt: Checkpoint,
+    dtype: Any,
+    device: str,
+    onnx_path: Path,
+    long_tokens: int,
+    fused: bool,
+    special: SpecialIds,
+    token_ids: tuple[int, int],
+) -> object:
+    """Reference logits from the whole causal LM, the reranker graph (backbone + the two head rows), its
+    verification (raises ExportError when it fails)."""
+    from export import graph
+    from export.verify import reference_rerank_logits, verify_reranker
+
+    causal_lm = _load_weights(console, opts, ckpt, dtype, device, fused, causal=True)
+    pad_id, eos_id, padding_side = special.pad_id, special.eos_id, "right" if fused else "left"
+    samples = rerank_sample_ids(ckpt, long_tokens)
+    with step(console, "transformers reference (causal LM) on the formatted verification pairs"):
+        reference = reference_rerank_logits(causal_lm, list(samples.values()), token_ids)
+    rows = graph.rerank_head_rows(causal_lm, token_ids)
+    backbone: Any = causal_lm.model
+    if fused:
+        from export.fused_graph import RerankHead, build_fused_graph, save_fused_graph
+
+        title = f"build the fused-attention ONNX graph (reranker head: rows {token_ids} = {RERANK_LABELS})"
+        with step(console, title):
+            model = build_fused_graph(
+                backbone, opts.repo.precision, ckpt.max_position_embeddings, head=RerankHead(rows, token_ids)
+            )
+            save_fused_graph(model, onnx_path)
+            del model
+    else:
+        from export.onnx_graph import export_onnx
+
+        with step(console, "trace to ONNX"):
+            export_onnx(
+                graph.LastTokenReranker(backbone, rows), onnx_path, eos_id, opset=opts.opset,
+                output_name=RERANK_LOGITS,
+            )
+    del backbone, rows, causal_lm
+    gc.collect()
+    with step(console, "verify ONNX Runtime against transformers"):
+        verification = verify_reranker(
+            onnx_path, reference, samples, opts.repo.precision, pad_id=pad_id, padding_side=padding_side
+        )
+    print_rerank_table(console, verification)
+    if not verification.passed:
+        raise ExportError(
+            f"verification failed: worst |score diff| {verification.worst_score_diff:.2e} > "
+            f"{verification.tolerance:g}, a different ranking, or non-finite outputs; nothing was written"
+        )
+    return verification
+
+
+def verification_report(verification: object) -> dict[str, object]:
+    """The export_report.json fields of either verification."""
+    from export.verify import RerankVerification, Verification
+
+    if isinstance(verification, RerankVerification):
+        return {
+            "provider": verification.provider,
+            "score_tolerance": verification.tolerance,
+            "worst_score_diff": verification.worst_score_diff,
+            "max_logit_diff": verification.max_logit_diff,
+            "ranking_kept": verification.ranking_kept,
+            "samples": [asdict(r) for r in verification.results],
+        }
+    assert isinstance(verification, Verification)
+    return {
+        "provider": verification.provider,
+        "threshold": verification.threshold,
+        "worst_cosine": verification.worst_cosine,
+        "samples": [asdict(r) for r in verification.results],
+    }
 
 
 def memory_summary(repo: RepoSettings, facts: ModelFacts, memory: PeakMemory) -> str:

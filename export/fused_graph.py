@@ -7,6 +7,10 @@ sees), and the contrib ops take exactly the tensors Qwen3 has. The weights come 
 transformers module the PyTorch reference runs, and cos/sin from its own rotary module, so rope variants and
 head_dim != hidden / heads are taken as the checkpoint defines them.
 
+Heads: the same layers end either with the embedding head (pooled -> final norm -> `embedding` [batch, hidden]) or,
+for a Qwen3-Reranker, with the reranker head (pooled -> final norm -> MatMul with the LM head's rows for RERANK_LABELS
+("no", "yes") only -> `logits` [batch, 2]); the full vocab x hidden LM head never enters the graph.
+
 Padding: the graph wants RIGHT padding. Attention is causal, so padded positions after a row's last real token
 never reach a real one; GroupQueryAttention gets each row's length (seqlens_k = length - 1) and positions start at
 0 for every row. The pooled token is position length - 1, computed from the mask.
@@ -14,6 +18,7 @@ never reach a real one; GroupQueryAttention gets each row's length (seqlens_k = 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from export.onnx_graph import TWO_GB, save_with_external_data
-from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, Precision
+from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, RERANK_LABELS, RERANK_LOGITS, Precision
 
 MS_DOMAIN = "com.microsoft"
 # Opset 17 for the standard ops: what the traced graph uses, and what Triton's ONNX Runtime builds accept.
@@ -92,8 +97,38 @@ def pooled_position(b: GraphBuilder, last: str) -> str:
     return last
 
 
-def build_fused_graph(backbone: nn.Module, precision: Precision, max_positions: int) -> onnx.ModelProto:
-    """input_ids, attention_mask (int64 [batch, seq], right-padded) -> embedding float32 [batch, hidden]."""
+@dataclass(frozen=True)
+class RerankHead:
+    """The reranker's head: the LM head's rows for RERANK_LABELS, in that order ([2, hidden]), and their ids."""
+
+    rows: torch.Tensor
+    token_ids: tuple[int, int]
+
+
+def embedding_head(b: GraphBuilder, normed: str, hidden: int) -> onnx.ValueInfoProto:
+    """The normed last-token state as float32 `embedding` [batch, hidden]."""
+    b.nodes.append(helper.make_node("Cast", [normed], [EMBEDDING], name="to_fp32", to=TensorProto.FLOAT))
+    return helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, ["batch", hidden])
+
+
+def rerank_head(b: GraphBuilder, normed: str, head: RerankHead) -> onnx.ValueInfoProto:
+    """The LM head restricted to RERANK_LABELS: normed [batch, hidden] x rows^T [hidden, 2] -> float32 `logits`
+    [batch, 2] (the two logits the full head would give for those tokens, in the graph's precision)."""
+    labels = len(RERANK_LABELS)
+    if head.rows.shape[0] != labels:
+        raise ValueError(f"the reranker head needs {labels} rows ({RERANK_LABELS}), got {tuple(head.rows.shape)}")
+    weight = b.weight("rerank_head.weight", head.rows, transpose=True)
+    logits = b.one("MatMul", [normed, weight], "rerank_logits")
+    b.nodes.append(helper.make_node("Cast", [logits], [RERANK_LOGITS], name="to_fp32", to=TensorProto.FLOAT))
+    return helper.make_tensor_value_info(RERANK_LOGITS, TensorProto.FLOAT, ["batch", labels])
+
+
+def build_fused_graph(
+    backbone: nn.Module, precision: Precision, max_positions: int, head: RerankHead | None = None
+) -> onnx.ModelProto:
+    """input_ids, attention_mask (int64 [batch, seq], right-padded) -> embedding float32 [batch, hidden], or with
+    a reranker `head` -> logits float32 [batch, 2] (RERANK_LABELS order). `backbone` is the bare Qwen3Model (a
+    reranker's: its causal LM's `.model`)."""
     config: Any = backbone.config
     heads, kv_heads = int(config.num_attention_heads), int(config.num_key_value_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
@@ -167,16 +202,16 @@ def build_fused_graph(backbone: nn.Module, precision: Precision, max_positions: 
     index = b.one("Add", [b.one("Mul", [rows, width], "row_start"), position], "pool_index")
     pooled = b.one("Gather", [flat, index], "pooled", axis=0)
     normed = rms(pooled, b.weight("norm.weight", state["norm.weight"]), "final_norm")
-    b.nodes.append(helper.make_node("Cast", [normed], [EMBEDDING], name="to_fp32", to=TensorProto.FLOAT))
+    output = embedding_head(b, normed, hidden) if head is None else rerank_head(b, normed, head)
 
     graph = helper.make_graph(
         b.nodes,
-        "qwen3_embedding_fused",
+        "qwen3_embedding_fused" if head is None else "qwen3_reranker_fused",
         [
             helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "sequence"]),
             helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, ["batch", "sequence"]),
         ],
-        [helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, ["batch", hidden])],
+        [output],
         b.initializers,
     )
     model = helper.make_model(

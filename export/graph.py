@@ -1,4 +1,5 @@
-"""The exported graph: Qwen3Model + last-token pooling computed from the attention mask."""
+"""The traced (eager) graph: Qwen3Model + last-token pooling computed from the attention mask, ending with the
+embedding (LastTokenEmbedder) or with a reranker's two LM-head rows (LastTokenReranker)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,44 @@ class LastTokenEmbedder(nn.Module):
         pooled = hidden[rows, last_token_index(attention_mask)]
         # Always return fp32 so fp16/bf16 graphs normalise in full precision downstream.
         return pooled.float()
+
+
+class LastTokenReranker(nn.Module):
+    """input_ids, attention_mask (int64 [batch, seq]) -> logits float32 [batch, 2]: the LM head's logits of the
+    RERANK_LABELS tokens ("no", "yes") at the last real token. `rows` [2, hidden] are those LM-head rows."""
+
+    def __init__(self, model: nn.Module, rows: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.head = nn.Linear(rows.shape[1], rows.shape[0], bias=False, device=rows.device, dtype=rows.dtype)
+        with torch.no_grad():
+            self.head.weight.copy_(rows)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        pooled = hidden[rows, last_token_index(attention_mask)]
+        logits: torch.Tensor = self.head(pooled)
+        return logits.float()
+
+
+def rerank_head_rows(causal_lm: nn.Module, token_ids: tuple[int, int]) -> torch.Tensor:
+    """The LM-head rows of `token_ids` (RERANK_LABELS order), copied out of the causal LM: the reranker graph's
+    whole head. A function of its own so a test can break it and see verification refuse the export."""
+    lm: Any = causal_lm
+    head: Any = lm.get_output_embeddings()
+    return head.weight[list(token_ids)].detach().clone()
+
+
+def load_causal_lm(model_id: str, dtype: torch.dtype, attention: str = "eager", **kwargs: Any) -> nn.Module:
+    """A reranker checkpoint as transformers' causal LM (backbone `.model` + full LM head): the reference the
+    reranker graph is verified against, and where its two head rows come from."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, attn_implementation=attention, **kwargs)
+    return model.eval()
 
 
 def load_backbone(model_id: str, dtype: torch.dtype, attention: str = "eager", **kwargs: Any) -> nn.Module:

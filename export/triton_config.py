@@ -10,10 +10,12 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.errors import ExportError
 from export.memory import MIB, PeakMemory
-from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, INPUT_NAMES, ModelFacts, Precision
+from service.contract import ATTENTION_MASK, INPUT_IDS, INPUT_NAMES, ModelFacts, ModelKind, Precision
 from service.pipeline.batching import default_buckets
 
 BACKENDS = ("python", "onnxruntime", "tensorrt")
+# The Triton model name when none is given (RepoSettings.name ""; `export` without --name).
+DEFAULT_NAMES = {ModelKind.EMBEDDING: "qwen3_embedding", ModelKind.RERANKER: "qwen3_reranker"}
 
 # Triton's onnxruntime backend reads these model parameters (onnxruntime_backend README, "Model Config
 # Options"): the same memory behaviour model.py sets up for the Python backend, except that the backend
@@ -30,7 +32,8 @@ ORT_BACKEND_MEMORY_PARAMETERS = {
 
 @dataclass(frozen=True)
 class RepoSettings:
-    name: str = "qwen3_embedding"
+    # "" = by the checkpoint's kind (DEFAULT_NAMES), decided by the exporter.
+    name: str = DEFAULT_NAMES[ModelKind.EMBEDDING]
     backend: str = "python"
     precision: Precision = Precision.FP32
     max_batch_size: int = 32
@@ -147,7 +150,8 @@ def build_config(settings: RepoSettings, facts: ModelFacts) -> mc.ModelConfig:
     # onnx graph itself is int64 everywhere.
     for name in INPUT_NAMES:
         cfg.input.add(name=name, data_type=mc.TYPE_INT64, dims=[-1])
-    cfg.output.add(name=EMBEDDING, data_type=mc.TYPE_FP32, dims=[facts.hidden_size])
+    # embedding [hidden] or, for a reranker, logits [2] (RERANK_LABELS).
+    cfg.output.add(name=facts.kind.output, data_type=mc.TYPE_FP32, dims=[facts.kind.output_width(facts.hidden_size)])
 
     batching = cfg.dynamic_batching
     batching.max_queue_delay_microseconds = settings.max_queue_delay_us

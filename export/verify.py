@@ -1,7 +1,12 @@
 """ONNX Runtime vs PyTorch before anything is written as final.
 
-The reference is the backbone's last hidden state at the last token of each text run alone, unpadded:
-independent of the graph's pooling, so a pooling or padding bug in the graph shows up as a low cosine.
+Embedding models: the reference is the backbone's last hidden state at the last token of each text run alone,
+unpadded: independent of the graph's pooling, so a pooling or padding bug in the graph shows up as a low cosine.
+
+Rerankers: the reference is transformers' causal LM itself, its full LM head's logits at the last position of
+each formatted pair run alone, unpadded; the score is sigmoid(logit_yes - logit_no). The graph's two logits must
+give the same scores (alone and in a padded batch) and the same ranking: a wrong head row, pooled token or
+padding shows up as another score.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
-from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, Precision
+from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, RERANK_LOGITS, Precision
 from service.pipeline.batching import pad
 
 THRESHOLDS = {Precision.FP32: 0.99999, Precision.FP16: 0.999, Precision.BF16: 0.999}
+# Rerankers: the largest |score difference| (scores in [0, 1]) allowed against the reference.
+SCORE_TOLERANCES = {Precision.FP32: 1e-5, Precision.FP16: 1e-3, Precision.BF16: 1e-3}
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,19 @@ def ort_session(onnx_path: Path, precision: Precision) -> tuple[object, str]:
     return session, session.get_providers()[0]
 
 
+def run_alone_and_batched(
+    session: object, output: str, sequences: list[list[int]], pad_id: int, padding_side: str
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The graph's `output` for each sequence run alone, and for all of them in one padded batch."""
+
+    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run([output], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0])  # type: ignore[attr-defined]
+
+    alone = [run(*pad([s], len(s), pad_id, padding_side))[0] for s in sequences]
+    batched = run(*pad(sequences, max(len(s) for s in sequences), pad_id, padding_side))
+    return alone, batched
+
+
 def verify(
     onnx_path: Path,
     reference: list[np.ndarray],
@@ -93,12 +113,7 @@ def verify(
     session, provider = ort_session(onnx_path, precision)
     names = list(samples)
     sequences = [samples[n] for n in names]
-
-    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run([EMBEDDING], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0])  # type: ignore[attr-defined]
-
-    alone = [run(*pad([s], len(s), pad_id, padding_side))[0] for s in sequences]
-    batched = run(*pad(sequences, max(len(s) for s in sequences), pad_id, padding_side))
+    alone, batched = run_alone_and_batched(session, EMBEDDING, sequences, pad_id, padding_side)
     results = [
         SampleResult(
             name=name,
@@ -112,4 +127,111 @@ def verify(
     ]
     return Verification(
         precision=precision, threshold=THRESHOLDS[precision], provider=provider, results=results
+    )
+
+
+def rerank_score(logits: np.ndarray) -> np.ndarray:
+    """[..., 2] logits (RERANK_LABELS order: no, yes) -> sigmoid(yes - no) in float64, the official score
+    (log_softmax over the two, exp of "yes")."""
+    x = np.asarray(logits, dtype=np.float64)
+    return np.asarray(1.0 / (1.0 + np.exp(x[..., 0] - x[..., 1])))
+
+
+def reference_rerank_logits(
+    causal_lm: nn.Module, sequences: list[list[int]], token_ids: tuple[int, int]
+) -> list[np.ndarray]:
+    """The causal LM's own logits of `token_ids` at the last position of each sequence run alone, unpadded:
+    the full LM head (independent of the rows the graph keeps). Only the last position's logits are computed
+    (logits_to_keep), not [length, vocab]."""
+    device = next(causal_lm.parameters()).device
+    out = []
+    with torch.no_grad():
+        for seq in sequences:
+            ids = torch.tensor([seq], device=device)
+            result = causal_lm(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, logits_to_keep=1)
+            logits = result.logits[0, -1].float()
+            out.append(logits[list(token_ids)].cpu().numpy())
+    return out
+
+
+@dataclass(frozen=True)
+class RerankSampleResult:
+    name: str
+    tokens: int
+    reference_score: float
+    score_alone: float
+    score_batched: float
+    max_logit_diff: float  # |graph - reference| over both logits, alone and batched
+    finite: bool
+
+    @property
+    def score_diff(self) -> float:
+        return max(abs(self.score_alone - self.reference_score), abs(self.score_batched - self.reference_score))
+
+
+@dataclass(frozen=True)
+class RerankVerification:
+    precision: Precision
+    tolerance: float
+    provider: str
+    results: list[RerankSampleResult]
+
+    @property
+    def worst_score_diff(self) -> float:
+        return max(r.score_diff for r in self.results)
+
+    @property
+    def max_logit_diff(self) -> float:
+        return max(r.max_logit_diff for r in self.results)
+
+    @property
+    def ranking_kept(self) -> bool:
+        """The graph orders every pair of samples as the reference does, alone and batched. Pairs whose
+        reference scores lie within 2 x tolerance of each other are ties the tolerance allows to swap."""
+        for a in self.results:
+            for b in self.results:
+                if a.reference_score - b.reference_score > 2 * self.tolerance and not (
+                    a.score_alone > b.score_alone and a.score_batched > b.score_batched
+                ):
+                    return False
+        return True
+
+    @property
+    def passed(self) -> bool:
+        return (
+            all(r.finite for r in self.results) and self.worst_score_diff <= self.tolerance and self.ranking_kept
+        )
+
+
+def verify_reranker(
+    onnx_path: Path,
+    reference: list[np.ndarray],
+    samples: dict[str, list[int]],
+    precision: Precision,
+    pad_id: int,
+    padding_side: str = "left",
+) -> RerankVerification:
+    """`reference` comes from reference_rerank_logits() ([no, yes] per sample), computed before the causal LM was
+    freed. Padded the way the facade will pad for this graph."""
+    session, provider = ort_session(onnx_path, precision)
+    names = list(samples)
+    sequences = [samples[n] for n in names]
+    alone, batched = run_alone_and_batched(session, RERANK_LOGITS, sequences, pad_id, padding_side)
+    results = []
+    for i, (name, seq) in enumerate(zip(names, sequences, strict=True)):
+        ref = np.asarray(reference[i], dtype=np.float64)
+        ours = np.stack([alone[i], batched[i]]).astype(np.float64)
+        results.append(
+            RerankSampleResult(
+                name=name,
+                tokens=len(seq),
+                reference_score=float(rerank_score(ref)),
+                score_alone=float(rerank_score(alone[i])),
+                score_batched=float(rerank_score(batched[i])),
+                max_logit_diff=float(np.max(np.abs(ours - ref))),
+                finite=bool(np.isfinite(ours).all()),
+            )
+        )
+    return RerankVerification(
+        precision=precision, tolerance=SCORE_TOLERANCES[precision], provider=provider, results=results
     )

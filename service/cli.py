@@ -156,6 +156,25 @@ def embed(
     embed_cli(texts, instruction, prompt_name, dimensions, target, api_key, as_json)
 
 
+@app.command()
+def rerank(
+    documents: Annotated[list[str], typer.Argument(help="Documents to score against the query")],
+    query: Annotated[str, typer.Option(help="The search query")],
+    instruction: Annotated[str, typer.Option(help="Task instruction (default: the official one)")] = "",
+    top_n: Annotated[int, typer.Option(help="Show only the best N (0 = all)")] = 0,
+    truncate: Annotated[bool, typer.Option(help="Cut documents over the model's limit instead of failing")] = False,
+    raw_scores: Annotated[bool, typer.Option(help="yes - no logit difference instead of the probability")] = False,
+    model: Annotated[str, typer.Option(help="A served reranker (default: the default one)")] = "",
+    target: str = "localhost:50051",
+    api_key: Annotated[str | None, typer.Option(envvar="QWEN3_EMBED_API_KEY")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full response as JSON")] = False,
+) -> None:
+    """Ranks documents by relevance to a query through the gRPC API (a reranker model must be served)."""
+    from service.client import rerank_cli
+
+    rerank_cli(query, documents, instruction, top_n, truncate, raw_scores, model, target, api_key, as_json)
+
+
 def load_extensions(ext: Extensions) -> None:
     """Runs each `qwen3_embed.cli` entry point. The serving wheel names them but ships neither package, so
     one whose own module is missing is skipped; any other import error is a bug and surfaces."""

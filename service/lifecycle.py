@@ -11,19 +11,30 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from service.admission import Admission
+from service.models import Models
 from service.pipeline.embedder import Embedder, EmbedResult, Tokenized
 from service.pipeline.errors import ErrorKind, ServiceError
-from service.pipeline.params import EmbedParams
+from service.pipeline.params import EmbedParams, RerankParams
+from service.pipeline.reranker import Reranker, RerankResult
 from service.state import ServiceState
 
 T = TypeVar("T")
-Parse = Callable[[Embedder], Awaitable[EmbedParams]]
+# Reads and validates a request once it is admitted, against the models in force; params.model picks one.
+Parse = Callable[[Models], Awaitable[EmbedParams]]
+RerankParse = Callable[[Models], Awaitable[RerankParams]]
 
 
 @dataclass(frozen=True)
 class Embedded:
     params: EmbedParams
     result: EmbedResult
+    model: str
+
+
+@dataclass(frozen=True)
+class Reranked:
+    params: RerankParams
+    result: RerankResult
     model: str
 
 
@@ -39,14 +50,14 @@ class Lifecycle:
         return time.monotonic() + max(timeout, 0.0)
 
     @asynccontextmanager
-    async def admitted(self, deadline: float, stream: bool = False) -> AsyncIterator[Embedder]:
-        """A slot (refused at once for unary calls, awaited for stream messages), the model, and the
-        deadline as a cancellation of everything inside (asyncio's loop clock is time.monotonic)."""
+    async def admitted(self, deadline: float, stream: bool = False) -> AsyncIterator[Models]:
+        """A slot (refused at once for unary calls, awaited for stream messages), the models in force, and
+        the deadline as a cancellation of everything inside (asyncio's loop clock is time.monotonic)."""
         slot = self.admission.stream() if stream else self.admission.unary()
         try:
             async with asyncio.timeout_at(deadline):
                 async with slot:
-                    yield self.state.require_embedder()
+                    yield self.state.require_models()
         except TimeoutError:
             raise ServiceError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded") from None
 
@@ -60,14 +71,27 @@ class Lifecycle:
         """`parse` reads and validates the request once admitted, so refused requests cost no parsing.
         `abandoned` returns when the client has gone away (HTTP; gRPC cancels the call itself): the work
         is cancelled then, freeing the slot and sending nothing more to Triton."""
-        async with self.admitted(deadline, stream) as embedder:
-            params = await parse(embedder)
+        async with self.admitted(deadline, stream) as models:
+            params = await parse(models)
+            embedder = models.embedder(params.model)
             result = await until_abandoned(embedder.embed(params, deadline), abandoned)
         return Embedded(params, result, embedder.info.served_name)
 
     async def tokenize(self, parse: Parse, deadline: float) -> tuple[Tokenized, Embedder]:
-        async with self.admitted(deadline) as embedder:
-            return await embedder.tokenize(await parse(embedder), deadline), embedder
+        async with self.admitted(deadline) as models:
+            params = await parse(models)
+            embedder = models.embedder(params.model)
+            return await embedder.tokenize(params, deadline), embedder
+
+    async def rerank(
+        self, parse: RerankParse, deadline: float, abandoned: Callable[[], Awaitable[None]] | None = None
+    ) -> Reranked:
+        """As `embed`, for a reranker: params.model picks it (empty: the default reranker)."""
+        async with self.admitted(deadline) as models:
+            params = await parse(models)
+            reranker: Reranker = models.reranker(params.model)
+            result = await until_abandoned(reranker.rerank(params, deadline), abandoned)
+        return Reranked(params, result, reranker.info.served_name)
 
 
 async def until_abandoned(work: Awaitable[T], abandoned: Callable[[], Awaitable[None]] | None) -> T:

@@ -45,14 +45,19 @@ class Metrics:
         self.tokens = Histogram(
             "qwen3_embed_tokens_per_request", "Real tokens per request", buckets=TOKEN_BUCKETS, registry=r
         )
-        self.real_tokens = Counter(
-            "qwen3_embed_real_tokens", "Tokens sent to the model, without padding", registry=r
-        )
+        self.real_tokens = Counter("qwen3_embed_real_tokens", "Tokens sent to the model, without padding", registry=r)
         self.padded_tokens = Counter(
             "qwen3_embed_padded_tokens", "Tokens sent to the model, padding included", registry=r
         )
         self.triton_requests = Counter(
             "qwen3_embed_triton_requests", "Triton calls by padded length", ["bucket"], registry=r
+        )
+        self.rerank_documents = Histogram(
+            "qwen3_embed_rerank_documents_per_request",
+            "Documents per rerank request, by served model",
+            ["model"],
+            buckets=COUNT_BUCKETS,
+            registry=r,
         )
         self.in_flight = Gauge("qwen3_embed_in_flight_requests", "Requests being served", registry=r)
         self.triton_up = Gauge("qwen3_embed_triton_up", "1 when Triton and the model are ready", registry=r)

@@ -27,7 +27,7 @@ from service.metrics import Metrics
 from service.settings import ApiKeysError, Settings
 from service.state import ServiceState
 from service.triton.client import TritonBackend
-from service.triton.supervisor import Misconfiguration, TritonGaveUp, TritonSupervisor, read_model_config
+from service.triton.supervisor import Misconfiguration, TritonGaveUp, TritonSupervisor, read_model_configs
 
 log = logging.getLogger("qwen3_embed")
 
@@ -83,7 +83,7 @@ async def start_service(
             raise Misconfiguration(f"cannot set up the gRPC server: {exc}") from None
         if supervisor is not None:
             # Before Triton starts: a broken export or tokenizer fails start-up at once, with one message.
-            state.embedder = await state.load_model(read_model_config(settings))
+            state.install(read_model_configs(settings))
         # Listeners first (NOT_SERVING, liveness SERVING): a taken port fails before Triton's long start.
         await set_serving(health_servicer, False)
         await server.start()
@@ -157,8 +157,7 @@ async def start_service(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await backend.close()
-        if state.embedder is not None:
-            state.embedder.close()
+        state.close()
         if supervisor is not None:
             await supervisor.stop()
         if ops is not None:  # last: readiness probes saw 503 throughout the drain
@@ -200,8 +199,7 @@ async def _abort(
         if ops is not None:
             await ops.stop()
         await state.backend.close()
-    if state.embedder is not None:
-        state.embedder.close()
+    state.close()
 
 
 async def serve_forever(settings: Settings) -> None:

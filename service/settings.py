@@ -60,8 +60,16 @@ class Settings(BaseSettings):
 
     # Model and Triton
     model_repository: Path = Path("model_repository")
-    model_name: str = "qwen3_embedding"
-    served_model_name: str = Field("", description="Name clients see; default: the source model's basename")
+    model_name: str = Field("qwen3_embedding", description="The default embedding model (a Triton model name)")
+    served_model_name: str = Field(
+        "", description="Name clients see for model_name; default (every model): the source model's basename"
+    )
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Triton models to serve (embedding models and rerankers); empty = every model of the "
+        "repository (local Triton) or of Triton's repository index (triton_url)",
+    )
+    rerank_model_name: str = Field("", description="The default reranker; empty = the first one by name")
     triton_url: str = Field("", description="host:port of Triton's gRPC endpoint; empty = start one locally")
     triton_log: Path = Path(".cache/triton.log")
     triton_start_timeout_s: float = 180.0
@@ -154,7 +162,7 @@ class Settings(BaseSettings):
         1.0, gt=0, description="How often the API keys file is checked for changes (rotation without restart)"
     )
 
-    @field_validator("buckets", "api_keys", "auth_exempt", mode="before")
+    @field_validator("buckets", "api_keys", "auth_exempt", "models", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -181,8 +189,12 @@ class Settings(BaseSettings):
         no key. The result carries the file, so every KeyChecker built from it follows its rotation."""
         return ApiKeys(list(self.api_keys), self.api_keys_file, self.api_keys_reload_s)
 
-    def resolved_tokenizer_dir(self) -> Path:
-        return self.tokenizer_dir or self.model_repository / self.model_name / "tokenizer"
+    def resolved_tokenizer_dir(self, model: str = "") -> Path:
+        """tokenizer_dir applies to model_name; every other model reads the tokenizer its export wrote."""
+        model = model or self.model_name
+        if self.tokenizer_dir is not None and model == self.model_name:
+            return self.tokenizer_dir
+        return self.model_repository / model / "tokenizer"
 
     def describe(self) -> dict[str, Any]:
         """For the start-up log: secrets are counted, never printed."""

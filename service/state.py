@@ -1,5 +1,6 @@
-"""Process-wide serving state: the Triton backend, the Embedder once the model is known, readiness and
-draining. Admission lives in service/admission.py, the request lifecycle in service/lifecycle.py."""
+"""Process-wide serving state: the Triton backend, the served models (service/models.py) once Triton has
+described them, readiness and draining. Admission lives in service/admission.py, the request lifecycle in
+service/lifecycle.py."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from service.contract import ModelKind
 from service.metrics import Metrics
 from service.model_info import ModelInfo
+from service.models import Models, ServedModel
 from service.pipeline.embedder import Embedder
 from service.pipeline.errors import ErrorKind, ServiceError
 from service.pipeline.tokenization import TextTokenizer, load_tokenizer
 from service.settings import Settings
 from service.triton.client import TritonBackend
-from service.triton.supervisor import Misconfiguration
+from service.triton.supervisor import Misconfiguration, local_model_names
 
 log = logging.getLogger(__name__)
 
@@ -28,118 +31,168 @@ class ServiceState:
         self.settings = settings
         self.backend = backend
         self.metrics = metrics
-        self.embedder: Embedder | None = None
+        self.models: Models | None = None
         self.ready = False
         self.draining = False
         self.unready_reason = ""  # why the model facts in force cannot serve (logged once per reason)
 
-    async def load_model(self, config: Any = None) -> Embedder:
-        """The Embedder: the model description from Triton's model config (or `config`, read from a local
-        repository before Triton starts) and the tokenizer. Raises Misconfiguration when they are unusable,
-        which no retry fixes; a Triton that does not answer raises its client's (passing) error."""
+    @property
+    def embedder(self) -> Embedder | None:
+        """The default embedding model, when one is served."""
+        if self.models is None or ModelKind.EMBEDDING not in self.models.defaults:
+            return None
+        return self.models.embedder()
+
+    async def model_names(self) -> list[str]:
+        """The Triton models to serve: settings.models, else the local repository's (local Triton), else
+        Triton's repository index (a remote Triton)."""
         s = self.settings
-        if config is None:
-            config = await self.backend.model_config()
+        if s.models:
+            return list(s.models)
+        if not s.triton_url:
+            return local_model_names(s)
+        return await self.backend.model_names()
+
+    def build(self, config: Any) -> ServedModel:
+        """One served model from its Triton config: its facts and its tokenizer. Raises Misconfiguration
+        when they are unusable, which no retry fixes."""
+        s = self.settings
+        name = config.name
+        served_name = s.served_model_name if name == s.model_name else ""
         try:
-            info = ModelInfo.from_triton_config(config, s.served_model_name)
+            info = ModelInfo.from_triton_config(config, served_name)
         except (ValueError, KeyError) as exc:  # missing parameters, bad numbers or JSON
-            raise Misconfiguration(f"the model description of {s.model_name!r} is unusable: {exc}") from None
-        tokenizer_dir = s.resolved_tokenizer_dir()
+            raise Misconfiguration(f"the model description of {name!r} is unusable: {exc}") from None
+        tokenizer_dir = s.resolved_tokenizer_dir(name)
         try:
             tokenizer = TextTokenizer(load_tokenizer(tokenizer_dir, info.embedding_rows))
         except Exception as exc:  # missing, unreadable or corrupt files: none of it heals by itself
-            raise Misconfiguration(f"cannot load the tokenizer from {tokenizer_dir}: {exc}") from None
+            raise Misconfiguration(f"cannot load the tokenizer of {name!r} from {tokenizer_dir}: {exc}") from None
         log.info(
-            "model %s (%s): dim %d, min dim %d, max tokens %d, prompts %s",
+            "model %s (%s, %s): %s max tokens %d, prompts %s",
             info.served_name,
             info.source_model,
-            info.hidden_size,
-            info.min_dimensions,
+            info.kind.value,
+            f"dim {info.hidden_size}, min dim {info.min_dimensions}," if info.kind is ModelKind.EMBEDDING else "",
             info.max_input_tokens,
             sorted(info.prompts),
         )
+        kwargs: dict[str, Any] = {
+            "max_batch_inputs": s.max_batch_inputs,
+            "max_request_tokens": s.max_request_tokens,
+            "buckets": s.buckets,
+            "token_budget": s.token_budget,
+            "max_triton_batch": s.max_triton_batch,
+            "tokenizer_threads": s.tokenizer_threads,
+        }
+        backend = self.backend.for_model(info)
         try:
-            return Embedder(
-                info,
-                tokenizer,
-                self.backend,
-                self.metrics,
-                max_batch_inputs=s.max_batch_inputs,
-                max_request_tokens=s.max_request_tokens,
-                buckets=s.buckets,
-                token_budget=s.token_budget,
-                max_triton_batch=s.max_triton_batch,
-                tokenizer_threads=s.tokenizer_threads,
-            )
+            if info.kind is ModelKind.RERANKER:
+                from service.pipeline.reranker import Reranker
+
+                return Reranker(info, tokenizer, backend, self.metrics, **kwargs)  # type: ignore[no-any-return]
+            return Embedder(info, tokenizer, backend, self.metrics, **kwargs)
         except ValueError as exc:  # settings that do not fit this model (buckets)
-            raise Misconfiguration(f"settings do not fit model {s.model_name!r}: {exc}") from None
+            raise Misconfiguration(f"settings do not fit model {name!r}: {exc}") from None
+
+    def install(self, configs: dict[str, Any]) -> bool:
+        """Builds the served models from their Triton configs, reusing the ones whose facts did not change.
+        Returns whether anything changed. Raises Misconfiguration (nothing replaced) when one is unusable."""
+        s = self.settings
+        current = self.models.by_triton_name if self.models is not None else {}
+        served: dict[str, ServedModel] = {}
+        built: list[ServedModel] = []
+        try:
+            for name, config in configs.items():
+                old = current.get(name)
+                if old is not None and self._same_facts(old, config):
+                    served[name] = old
+                    continue
+                if old is not None:
+                    log.warning("Triton's model %r changed: reloading its facts", name)
+                model = self.build(config)
+                built.append(model)
+                served[name] = model
+        except Misconfiguration:
+            for model in built:
+                model.close()
+            raise
+        if not built and set(served) == set(current):
+            return False
+        infos = [m.info.served_name for m in served.values()]
+        clashes = {n for n in infos if infos.count(n) > 1}
+        if clashes:
+            for model in built:
+                model.close()
+            raise Misconfiguration(
+                f"several models would be served as {sorted(clashes)}: set served_model_name, or rename the "
+                "Triton models (export --name)"
+            )
+        retired = [m for n, m in current.items() if served.get(n) is not m]
+        self.models = Models(served.values(), s.model_name, s.rerank_model_name)
+        self._retire(retired)
+        return True
+
+    def _same_facts(self, model: ServedModel, config: Any) -> bool:
+        s = self.settings
+        try:
+            served_name = s.served_model_name if config.name == s.model_name else ""
+            return ModelInfo.from_triton_config(config, served_name) == model.info
+        except (ValueError, KeyError):
+            return False  # unusable: build() says why
 
     async def refresh(self) -> bool:
-        """Checks Triton; loads the model facts the first time it is ready, and again whenever Triton's model
-        config says something else (a redeploy with another export). Returns readiness. Raises
-        Misconfiguration when the model facts can never be loaded at start: better to exit than stay unready."""
-        ready = await self.backend.is_ready()
-        if ready and self.embedder is None and not self.unready_reason:
-            try:
-                self.embedder = await self.load_model()
-            except Misconfiguration:
-                raise
-            except Exception as exc:  # Triton went away between the two calls: the next poll retries
-                log.warning("could not read the model description from Triton: %s", exc)
-                ready = False
-        elif ready:
-            ready = await self._facts_current()
-        ready = ready and self.embedder is not None and not self.draining
+        """Checks Triton and every served model; loads their facts the first time they are ready, and again
+        whenever Triton's model config says something else (a redeploy with another export). Returns
+        readiness. Raises Misconfiguration when the facts can never be loaded at start: better to exit than
+        stay unready. A new export that cannot be used later leaves the facade NOT_SERVING with the reason
+        in the log, tried again on each poll (it may still be being published)."""
+        try:
+            names = await self.model_names()
+            ready = await self.backend.is_ready(names)
+        except Misconfiguration:
+            raise
+        except Exception as exc:  # Triton not answering its index: the next poll retries
+            log.debug("could not list Triton's models: %s", exc)
+            names, ready = [], False
+        if ready and names:
+            ready = await self._load(names, first=self.models is None and not self.unready_reason)
+        ready = ready and self.models is not None and bool(names) and not self.draining
         if ready != self.ready:
             log.log(logging.INFO if ready else logging.WARNING, "backend %s", "ready" if ready else "NOT ready")
         self.ready = ready
         self.metrics.triton_up.set(1 if ready else 0)
         return ready
 
-    async def _facts_current(self) -> bool:
-        """Compares the facts in force with Triton's model config (one cheap gRPC call per poll) and
-        rebuilds the Embedder when they differ: stale facts would fail every request (wrong hidden size)
-        or, worse, cut vectors wrongly. A new export that cannot be used leaves the facade NOT_SERVING
-        with the reason in the log, and is tried again on each poll (it may still be being published)."""
-        s = self.settings
+    async def _load(self, names: list[str], first: bool) -> bool:
         try:
-            config = await asyncio.wait_for(self.backend.model_config(), CONFIG_TIMEOUT_S)
+            configs = {
+                name: await asyncio.wait_for(self.backend.model_config(name), CONFIG_TIMEOUT_S) for name in names
+            }
         except Exception as exc:  # a slow or passing failure: keep the facts, Triton said it is ready
-            log.debug("could not re-read the model config: %s", exc)
-            return True
+            log.debug("could not read the model configs: %s", exc)
+            return self.models is not None
         try:
-            info: ModelInfo | None = ModelInfo.from_triton_config(config, s.served_model_name)
-        except (ValueError, KeyError):
-            info = None  # unusable: load_model below says why
-        if self.embedder is not None and info == self.embedder.info:
-            return True
-        if self.embedder is not None:
-            log.warning(
-                "Triton's model %r changed (hidden size %s -> %s, max tokens %s -> %s): reloading its facts",
-                s.model_name,
-                self.embedder.info.hidden_size,
-                info.hidden_size if info else "?",
-                self.embedder.info.max_input_tokens,
-                info.max_input_tokens if info else "?",
-            )
-        try:
-            embedder = await self.load_model(config)
+            self.install(configs)
         except Misconfiguration as exc:
-            self._retire()
-            reason = f"the model Triton now serves cannot be used: {exc}"
+            if first:
+                raise
+            self._retire(list(self.models.by_triton_name.values()) if self.models is not None else [])
+            self.models = None
+            reason = f"the models Triton now serves cannot be used: {exc}"
             if reason != self.unready_reason:
                 log.error("%s; NOT_SERVING until that changes", reason)
             self.unready_reason = reason
             return False
-        self._retire()
-        self.embedder, self.unready_reason = embedder, ""
+        self.unready_reason = ""
         return True
 
-    def _retire(self) -> None:
-        """Drops the Embedder in force; its threads end after the longest deadline its requests may have."""
-        old, self.embedder = self.embedder, None
-        if old is not None:
-            asyncio.get_running_loop().call_later(self.settings.default_timeout_s * 10, old.close)
+    def _retire(self, models: list[ServedModel]) -> None:
+        """Drops replaced models; their threads end after the longest deadline their requests may have."""
+        if models:
+            loop = asyncio.get_running_loop()
+            for model in models:
+                loop.call_later(self.settings.default_timeout_s * 10, model.close)
 
     async def watch(self, on_change: Callable[[bool], Awaitable[None]] | None = None) -> None:
         """Polls readiness until cancelled; calls on_change(ready) when it flips. Ends only by raising
@@ -161,11 +214,18 @@ class ServiceState:
             last = ready
             await asyncio.sleep(self.settings.health_poll_s)
 
-    def require_embedder(self) -> Embedder:
+    def require_models(self) -> Models:
         if self.draining:
             raise ServiceError(ErrorKind.UNAVAILABLE, "the server is shutting down; retry on another replica")
-        if self.embedder is None and self.unready_reason:
-            raise ServiceError(ErrorKind.UNAVAILABLE, "the served model changed and cannot be used yet; retry later")
-        if self.embedder is None:
-            raise ServiceError(ErrorKind.UNAVAILABLE, "the model is not loaded yet; retry shortly")
-        return self.embedder
+        if self.models is None and self.unready_reason:
+            raise ServiceError(ErrorKind.UNAVAILABLE, "the served models changed and cannot be used yet; retry later")
+        if self.models is None:
+            raise ServiceError(ErrorKind.UNAVAILABLE, "the models are not loaded yet; retry shortly")
+        return self.models
+
+    def require_embedder(self, name: str = "") -> Embedder:
+        return self.require_models().embedder(name)
+
+    def close(self) -> None:
+        if self.models is not None:
+            self.models.close()

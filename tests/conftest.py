@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from export.dev_model import build_dev_model
+from export.dev_model import build_dev_model, build_dev_reranker
 from export.exporter import ExportOptions, run_export
 from export.triton_config import RepoSettings
 from service.pipeline.batching import default_buckets
@@ -46,6 +46,18 @@ def export_dev(model_dir: Path, output: Path, attention: str = "auto", **repo: o
     )
     run_export(opts, Console(quiet=True))
     return output
+
+
+@pytest.fixture(scope="session")
+def dev_reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline dev reranker (Qwen3ForCausalLM, yes/no head rows spread, untied LM head)."""
+    return build_dev_reranker(tmp_path_factory.mktemp("dev-reranker"))
+
+
+def export_dev_reranker(model_dir: Path, output: Path, attention: str = "auto", **repo: object) -> Path:
+    """export_dev for the dev reranker: the same small limits; the model is named qwen3_reranker unless `name`
+    is given."""
+    return export_dev(model_dir, output, attention, **{"name": "", **repo})
 
 
 @pytest.fixture(scope="session")

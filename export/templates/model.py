@@ -21,12 +21,16 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-# The model-repository contract (service/contract.py: INPUT_IDS, ATTENTION_MASK, EMBEDDING and the Param keys).
-# This file runs in Triton's Python stub without the `service` package, so it repeats the names it uses;
-# tests/unit/test_contract.py checks each one equals the contract's.
+# The model-repository contract (service/contract.py: INPUT_IDS, ATTENTION_MASK, EMBEDDING, RERANK_LOGITS, the
+# ModelKind values and the Param keys). This file runs in Triton's Python stub without the `service` package, so
+# it repeats the names it uses; tests/unit/test_contract.py checks each one equals the contract's.
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 EMBEDDING = "embedding"
+RERANK_LOGITS = "logits"
+KIND_EMBEDDING = "embedding"
+KIND_RERANKER = "reranker"
+PARAM_KIND = "kind"
 PARAM_EMBEDDING_ROWS = "embedding_rows"
 PARAM_ORT_INTRA_OP_THREADS = "ort_intra_op_threads"
 PARAM_MAX_BATCH_TOKENS = "max_batch_tokens"
@@ -52,6 +56,9 @@ class _NoMetric:
 
 
 class TritonPythonModel:
+    # The graph's output: the config's output name (embedding, or logits for a reranker).
+    output_name = EMBEDDING
+
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
@@ -59,6 +66,11 @@ class TritonPythonModel:
         def number(key):
             return int(params.get(key, "0") or 0)
 
+        # One template for both kinds: the output is the config's (export writes the graph's output there); an
+        # older config without outputs is named by its kind (absent = embedding).
+        outputs = config.get("output") or []
+        by_kind = {KIND_EMBEDDING: EMBEDDING, KIND_RERANKER: RERANK_LOGITS}
+        self.output_name = outputs[0]["name"] if outputs else by_kind.get(params.get(PARAM_KIND, ""), EMBEDDING)
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         options = ort.SessionOptions()
         # Basic optimisations only: ORT's transformer fusions (O2+) do not support qwen3.
@@ -185,7 +197,8 @@ class TritonPythonModel:
             if problem or out is None:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(problem or "inference failed"))
             else:
-                responses[i] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(EMBEDDING, out[start:stop])])
+                tensor = pb_utils.Tensor(self.output_name, out[start:stop])
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[tensor])
             start = stop
 
     def _run(self, ids, mask):
@@ -194,7 +207,8 @@ class TritonPythonModel:
         # The export's estimate of this run's activations (export/memory.py); 0 coefficients: never release.
         estimate = tokens * self.bytes_per_token + tokens * width * self.bytes_per_score
         release = self.keep_bytes > 0 and estimate > self.keep_bytes
-        out = self.session.run([EMBEDDING], {INPUT_IDS: ids, ATTENTION_MASK: mask}, self.release if release else None)
+        feed = {INPUT_IDS: ids, ATTENTION_MASK: mask}
+        out = self.session.run([self.output_name], feed, self.release if release else None)
         self.runs.increment(1)
         if release:
             self.arena_releases.increment(1)

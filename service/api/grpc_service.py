@@ -17,11 +17,11 @@ from google.protobuf.message import DecodeError, Message
 from service.api.info import info_fields
 from service.api.wire import count_field
 from service.gen.embedding.v1 import embedding_pb2 as pb
-from service.lifecycle import Embedded, Lifecycle
-from service.pipeline.embedder import Embedder
+from service.lifecycle import Embedded, Lifecycle, Reranked
+from service.models import Models
 from service.pipeline.encoding import pack
 from service.pipeline.errors import ErrorKind, ServiceError, invalid
-from service.pipeline.params import EmbedParams, Encoding, Truncate
+from service.pipeline.params import EmbedParams, Encoding, RerankParams, Truncate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,6 +79,7 @@ def params_from_proto(request: pb.EmbedRequest) -> EmbedParams:
         truncate=_truncate(request.truncate),
         encoding=ENCODING[request.encoding],
         request_id=request.request_id,
+        model=request.model,
     )
 
 
@@ -97,6 +98,47 @@ def response_from_result(embedded: Embedded) -> pb.EmbedResponse:
     else:
         response.embeddings.extend(
             pb.Embedding(index=i, packed=data) for i, data in enumerate(pack(result.vectors, params.encoding))
+        )
+    return response
+
+
+DOCUMENTS_FIELD = 2  # `repeated string documents = 2` in RerankRequest
+
+
+def parse_rerank(raw: bytes, max_documents: int) -> RerankParams:
+    """As parse_request: the documents are counted on the wire before the message is parsed."""
+    if count_field(raw, DOCUMENTS_FIELD, max_documents) > max_documents:
+        raise invalid(f"more than the limit of {max_documents} documents per request; split them", "documents")
+    try:
+        request = pb.RerankRequest.FromString(raw)
+    except DecodeError:
+        raise invalid("the request is not a valid RerankRequest message") from None
+    return RerankParams(
+        query=request.query,
+        documents=tuple(request.documents),
+        instruction=request.instruction,
+        top_n=request.top_n,
+        return_documents=request.return_documents,
+        truncate=_truncate(request.truncate),
+        raw_scores=request.raw_scores,
+        model=request.model,
+        request_id=request.request_id,
+    )
+
+
+def rerank_response(reranked: Reranked) -> pb.RerankResponse:
+    params, result = reranked.params, reranked.result
+    response = pb.RerankResponse(
+        model=reranked.model,
+        request_id=params.request_id,
+        usage=pb.Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+        timings=pb.Timings(tokenize_ms=result.tokenize_ms, inference_ms=result.inference_ms, total_ms=result.total_ms),
+    )
+    for hit in result.hits:
+        response.results.add(
+            index=hit.index,
+            score=hit.raw_score if params.raw_scores else hit.score,
+            document=params.documents[hit.index] if params.return_documents else "",
         )
     return response
 
@@ -122,9 +164,9 @@ class EmbeddingService:
         remaining = context.time_remaining()
         return self.lifecycle.deadline(None if remaining is None else float(remaining))
 
-    def _parse_embed(self, raw: bytes) -> Callable[[Embedder], Awaitable[EmbedParams]]:
-        async def parse(embedder: Embedder) -> EmbedParams:
-            return params_from_proto(parse_request(raw, pb.EmbedRequest, embedder.max_batch_inputs))
+    def _parse_embed(self, raw: bytes) -> Callable[[Models], Awaitable[EmbedParams]]:
+        async def parse(models: Models) -> EmbedParams:
+            return params_from_proto(parse_request(raw, pb.EmbedRequest, self.state.settings.max_batch_inputs))
 
         return parse
 
@@ -176,9 +218,9 @@ class EmbeddingService:
             rid = ""
             try:
 
-                async def parse(embedder: Embedder) -> EmbedParams:
+                async def parse(models: Models) -> EmbedParams:
                     nonlocal rid
-                    params = await self._parse_embed(raw)(embedder)
+                    params = await self._parse_embed(raw)(models)
                     rid = params.request_id
                     return params
 
@@ -230,13 +272,14 @@ class EmbeddingService:
         async def work() -> pb.TokenizeResponse:
             request = pb.TokenizeRequest()
 
-            async def parse(embedder: Embedder) -> EmbedParams:
-                request.CopyFrom(parse_request(raw, pb.TokenizeRequest, embedder.max_batch_inputs))
+            async def parse(models: Models) -> EmbedParams:
+                request.CopyFrom(parse_request(raw, pb.TokenizeRequest, self.state.settings.max_batch_inputs))
                 return EmbedParams(
                     texts=tuple(request.inputs),
                     instruction=request.instruction,
                     prompt_name=request.prompt_name,
                     truncate=_truncate(request.truncate),
+                    model=request.model,
                 )
 
             tokenized, embedder = await self.lifecycle.tokenize(parse, deadline)
@@ -253,13 +296,30 @@ class EmbeddingService:
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.GetInfoResponse:
         async def work() -> pb.GetInfoResponse:
-            return pb.GetInfoResponse(**info_fields(self.state))
+            fields = info_fields(self.state)
+            described = fields.pop("models")
+            response = pb.GetInfoResponse(**fields)
+            for model in described:
+                kind = pb.MODEL_KIND_RERANKER if model.pop("kind") == "reranker" else pb.MODEL_KIND_EMBEDDING
+                response.models.add(kind=kind, **model)
+            return response
 
         return await self._guard("GetInfo", context, work)
 
+    async def Rerank(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
+        deadline = self._deadline(context)
+
+        async def parse(models: Models) -> RerankParams:
+            return parse_rerank(raw, self.state.settings.max_batch_inputs)
+
+        async def work() -> pb.RerankResponse:
+            return rerank_response(await self.lifecycle.rerank(parse, deadline))
+
+        return await self._guard("Rerank", context, work)
+
 
 def method_handlers(service: EmbeddingService) -> grpc.GenericRpcHandler:
-    """The service's handlers; Embed, EmbedStream and Tokenize take raw bytes (see the module doc)."""
+    """The service's handlers; Embed, EmbedStream, Tokenize and Rerank take raw bytes (see the module doc)."""
     handlers = {
         "Embed": grpc.unary_unary_rpc_method_handler(
             service.Embed, response_serializer=pb.EmbedResponse.SerializeToString
@@ -269,6 +329,9 @@ def method_handlers(service: EmbeddingService) -> grpc.GenericRpcHandler:
         ),
         "Tokenize": grpc.unary_unary_rpc_method_handler(
             service.Tokenize, response_serializer=pb.TokenizeResponse.SerializeToString
+        ),
+        "Rerank": grpc.unary_unary_rpc_method_handler(
+            service.Rerank, response_serializer=pb.RerankResponse.SerializeToString
         ),
         "GetInfo": grpc.unary_unary_rpc_method_handler(
             service.GetInfo,

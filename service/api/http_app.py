@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -25,6 +25,7 @@ from service.api.json_budget import ValueCounter
 from service.api.openai_schema import EmbeddingsRequest, EmbeddingsResponse, ErrorResponse
 from service.api.token_ids import check_token_ids_allowed
 from service.lifecycle import Lifecycle
+from service.models import Models, ServedModel
 from service.pipeline.embedder import Embedder
 from service.pipeline.encoding import float32_base64
 from service.pipeline.errors import ErrorKind, ServiceError, invalid
@@ -115,10 +116,11 @@ def validation_error(exc: ValidationError) -> ServiceError:
     return invalid(f"{'.'.join(loc) or 'body'}: {message}", loc[0] if loc else None)
 
 
-async def read_body(request: Request, embedder: Embedder, settings: Settings) -> bytes:
+async def read_body(request: Request, settings: Settings) -> bytes:
     """The body, counted as it arrives: once it holds more JSON values than the inputs and token ids the
     limits allow, it is refused without reading (or parsing) the rest."""
-    budget = embedder.max_batch_inputs + settings.max_request_tokens + FIELD_VALUES
+    max_inputs = settings.max_batch_inputs
+    budget = max_inputs + settings.max_request_tokens + FIELD_VALUES
     counter = ValueCounter()
     body = bytearray()
     over = False
@@ -139,7 +141,7 @@ async def read_body(request: Request, embedder: Embedder, settings: Settings) ->
         ) from None
     if over:
         raise invalid(
-            f"the body holds more than {budget} JSON values: more than {embedder.max_batch_inputs} "
+            f"the body holds more than {budget} JSON values: more than {max_inputs} "
             f"inputs with {settings.max_request_tokens} tokens in all can need; split the batch",
             "input",
         )
@@ -155,15 +157,6 @@ def parse_body(body: bytes) -> EmbeddingsRequest:
         raise invalid("the JSON body is nested too deeply") from None
 
 
-def check_model(name: str, embedder: Embedder) -> None:
-    info = embedder.info
-    if name not in (info.served_name, info.source_model, info.triton_name):
-        shown = name if len(name) <= 64 else name[:64] + "…"
-        raise ServiceError(
-            ErrorKind.NOT_FOUND, f"model {shown!r} is not served here; served models: {info.served_name}", "model"
-        )
-
-
 def check_dimensions(dimensions: int | None, embedder: Embedder) -> None:
     """HTTP has no "0 = full" (OpenAI's dimensions is positive), so its range message says so."""
     low, high = embedder.info.min_dimensions, embedder.info.hidden_size
@@ -171,8 +164,17 @@ def check_dimensions(dimensions: int | None, embedder: Embedder) -> None:
         raise invalid(f"dimensions must be between {low} and {high}, got {dimensions}", "dimensions")
 
 
-def model_card(embedder: Embedder) -> dict[str, Any]:
-    return {"id": embedder.info.served_name, "object": "model", "created": 0, "owned_by": "qwen3-embedding-service"}
+def model_card(model: ServedModel) -> dict[str, Any]:
+    """OpenAI's model object, plus what a client of several models needs: its kind and input limit."""
+    info = model.info
+    return {
+        "id": info.served_name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "qwen3-embedding-service",
+        "kind": info.kind.value,
+        "max_input_tokens": info.max_input_tokens,
+    }
 
 
 router = APIRouter()
@@ -193,12 +195,13 @@ async def embeddings(request: Request) -> Response:
     ctx: HttpContext = request.app.state.ctx
     parsed: list[EmbeddingsRequest] = []
 
-    async def parse(embedder: Embedder) -> EmbedParams:
-        req = parse_body(await read_body(request, embedder, ctx.settings))
-        check_model(req.model, embedder)
+    async def parse(models: Models) -> EmbedParams:
+        req = parse_body(await read_body(request, ctx.settings))
+        embedder = models.embedder(req.model)  # OpenAI's model is required: it picks the model
         check_dimensions(req.dimensions, embedder)
         parsed.append(req)
-        return check_token_ids_allowed(params_from_openai(req), ctx.settings)
+        params = check_token_ids_allowed(params_from_openai(req), ctx.settings)
+        return replace(params, model=embedder.info.triton_name)
 
     async def abandoned() -> None:
         # After the body, uvicorn's receive() returns only when the client disconnects.
@@ -222,16 +225,21 @@ async def embeddings(request: Request) -> Response:
 
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
-    embedder = request.app.state.ctx.lifecycle.state.require_embedder()
-    return {"object": "list", "data": [model_card(embedder)]}
+    models = request.app.state.ctx.lifecycle.state.require_models()
+    return {"object": "list", "data": [model_card(m) for m in models.all()]}
 
 
 @router.get("/v1/models/{model_id:path}", responses=ERROR_RESPONSES)
 async def model(model_id: str, request: Request) -> dict[str, Any]:
     """One model (the openai SDK's `models.retrieve`); the same names as the embeddings route accepts."""
-    embedder = request.app.state.ctx.lifecycle.state.require_embedder()
-    check_model(model_id, embedder)
-    return model_card(embedder)
+    models = request.app.state.ctx.lifecycle.state.require_models()
+    found = models.find(model_id)
+    if found is None:
+        shown = model_id if len(model_id) <= 64 else model_id[:64] + "…"
+        raise ServiceError(
+            ErrorKind.NOT_FOUND, f"model {shown!r} is not served here; served: {models.names()}", "model"
+        )
+    return model_card(found)
 
 
 @router.get("/health/live")
@@ -256,7 +264,16 @@ async def info(request: Request) -> dict[str, Any]:
     return info_fields(request.app.state.ctx.lifecycle.state)
 
 
-KNOWN_PATHS = {"/v1/embeddings", "/v1/models", "/health/live", "/health/ready", "/metrics", "/info"}
+KNOWN_PATHS = {
+    "/v1/embeddings",
+    "/v1/rerank",
+    "/rerank",
+    "/v1/models",
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/info",
+}
 
 
 def route_label(path: str) -> str:
@@ -393,6 +410,9 @@ def build_app(lifecycle: Lifecycle, settings: Settings) -> ASGIApp:
     ctx = HttpContext(lifecycle, settings)
     app.state.ctx = ctx
     app.include_router(router)
+    from service.api.http_rerank import router as rerank_router  # it imports this module's helpers
+
+    app.include_router(rerank_router)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(ServiceError, on_service_error)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]

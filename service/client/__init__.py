@@ -1,6 +1,6 @@
 """The Python client for other services (`Client`, `AsyncClient`) and `qwen3-embed embed` (`embed_cli`)."""
 
-from service.client.cli import embed_cli
+from service.client.cli import embed_cli, rerank_cli
 from service.client.core import (
     AsyncClient,
     Client,
@@ -8,6 +8,8 @@ from service.client.core import (
     EmbedError,
     EmbedOptions,
     Limits,
+    Reranked,
+    RerankHit,
     RetryPolicy,
     RowsEmbedded,
     chunks,
@@ -21,9 +23,12 @@ __all__ = [
     "EmbedOptions",
     "Embedded",
     "Limits",
+    "RerankHit",
+    "Reranked",
     "RetryPolicy",
     "RowsEmbedded",
     "chunks",
     "embed_cli",
     "quantize",
+    "rerank_cli",
 ]

@@ -1,4 +1,5 @@
-"""`qwen3-embed embed`: a small gRPC client for people (the library is service.client.Client)."""
+"""`qwen3-embed embed` and `qwen3-embed rerank`: small gRPC clients for people (the library is
+service.client.Client)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,7 @@ def embed_cli(
     metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.EmbeddingServiceStub(channel)
-        request = pb.EmbedRequest(
-            inputs=texts, instruction=instruction, prompt_name=prompt_name, dimensions=dimensions
-        )
+        request = pb.EmbedRequest(inputs=texts, instruction=instruction, prompt_name=prompt_name, dimensions=dimensions)
         start = time.perf_counter()
         try:
             response = stub.Embed(request, metadata=metadata, timeout=60)
@@ -41,6 +40,43 @@ def embed_cli(
     for text, emb in zip(texts, response.embeddings, strict=True):
         values = np.asarray(emb.values, dtype=np.float32)
         head = ", ".join(f"{v:+.4f}" for v in values[:4])
-        print(
-            f"[{emb.index}] dim {values.size}, norm {np.linalg.norm(values):.4f}, [{head}, ...]  {text[:60]!r}"
+        print(f"[{emb.index}] dim {values.size}, norm {np.linalg.norm(values):.4f}, [{head}, ...]  {text[:60]!r}")
+
+
+def rerank_cli(
+    query: str,
+    documents: list[str],
+    instruction: str,
+    top_n: int,
+    truncate: bool,
+    raw_scores: bool,
+    model: str,
+    target: str,
+    api_key: str | None,
+    as_json: bool,
+) -> None:
+    """`qwen3-embed rerank`: the documents by score against the query, best first."""
+    metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        request = pb.RerankRequest(
+            query=query,
+            documents=documents,
+            instruction=instruction,
+            top_n=top_n,
+            truncate=pb.TRUNCATE_END if truncate else pb.TRUNCATE_NONE,
+            raw_scores=raw_scores,
+            model=model,
         )
+        start = time.perf_counter()
+        try:
+            response = stub.Rerank(request, metadata=metadata, timeout=60)
+        except grpc.RpcError as exc:
+            raise SystemExit(f"{exc.code().name}: {exc.details()}") from None
+        latency_ms = (time.perf_counter() - start) * 1000
+    if as_json:
+        print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2))
+        return
+    print(f"model {response.model}, {response.usage.prompt_tokens} tokens, {latency_ms:.1f} ms")
+    for rank, result in enumerate(response.results, start=1):
+        print(f"{rank:>3}. [{result.index}] {result.score:.4f}  {documents[result.index][:60]!r}")

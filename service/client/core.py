@@ -85,6 +85,24 @@ class RowsEmbedded:
     prompt_tokens: int
 
 
+@dataclass(frozen=True)
+class RerankHit:
+    """One document's result: its position in the call's `documents`, its score, and its text when asked."""
+
+    index: int
+    score: float
+    document: str | None = None
+
+
+@dataclass
+class Reranked:
+    """Documents by score, highest first (top_n of them when set), and the tokens they cost."""
+
+    results: list[RerankHit]
+    prompt_tokens: int
+    model: str = ""
+
+
 @dataclass
 class RetryPolicy:
     attempts: int = 8
@@ -238,6 +256,54 @@ class _Base:
         vectors = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
         return Embedded(quantize(vectors, opts.encoding), int(payload.get("usage", {}).get("prompt_tokens", 0)))
 
+    def _rerank_request(
+        self, query: str, documents: Sequence[str], opts: dict[str, Any]
+    ) -> pb.RerankRequest | dict[str, Any]:
+        """The gRPC message, or the Cohere-shaped HTTP body (`/v1/rerank`) for one slice of the documents."""
+        truncate = str(opts["truncate"])
+        if truncate not in ("none", "end"):
+            raise ValueError("truncate must be 'none' or 'end' for reranking")
+        if self.api == "grpc":
+            return pb.RerankRequest(
+                query=query,
+                documents=list(documents),
+                instruction=opts["instruction"],
+                return_documents=opts["return_documents"],
+                truncate=pb.Truncate.Value(f"TRUNCATE_{truncate.upper()}"),
+                raw_scores=opts["raw_scores"],
+                model=opts["model"] or "",
+            )
+        if opts["raw_scores"]:
+            raise ValueError("raw_scores needs the gRPC API (the Cohere-shaped HTTP API returns probabilities)")
+        body: dict[str, Any] = {"query": query, "documents": list(documents)}
+        if opts["model"]:
+            body["model"] = opts["model"]
+        if opts["return_documents"]:
+            body["return_documents"] = True
+        if opts["instruction"]:
+            body["instruction"] = opts["instruction"]
+        if truncate != "none":
+            body["truncate"] = truncate.upper()
+        return body
+
+    @staticmethod
+    def _rerank_decode(payload: Any, offset: int) -> Reranked:
+        """A gRPC RerankResponse or an HTTP JSON body; indices shifted by the slice's offset."""
+        if isinstance(payload, pb.RerankResponse):
+            hits = [RerankHit(offset + r.index, r.score, r.document if r.document else None) for r in payload.results]
+            return Reranked(hits, payload.usage.prompt_tokens, payload.model)
+        hits = [
+            RerankHit(offset + int(r["index"]), float(r["relevance_score"]), (r.get("document") or {}).get("text"))
+            for r in payload["results"]
+        ]
+        return Reranked(hits, int(payload.get("usage", {}).get("prompt_tokens", 0)), str(payload.get("model", "")))
+
+    @staticmethod
+    def _rerank_merge(parts: list[Reranked], top_n: int) -> Reranked:
+        """Scores do not depend on the other documents of a call, so slices merge by a stable sort."""
+        hits = sorted((h for p in parts for h in p.results), key=lambda h: (-h.score, h.index))
+        return Reranked(hits[:top_n] if top_n else hits, sum(p.prompt_tokens for p in parts), parts[0].model)
+
     @staticmethod
     def _limits_from(fields: dict[str, Any]) -> Limits:
         return Limits(
@@ -378,6 +444,53 @@ class Client(_Base):
         for a, b in chunks(texts, self._batch(self.limits())):
             run(a, b)
         return out
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        instruction: str = "",
+        top_n: int = 0,
+        return_documents: bool = False,
+        truncate: str = "none",
+        raw_scores: bool = False,
+        model: str | None = None,
+    ) -> Reranked:
+        """`documents` scored against `query` by a served reranker, highest first (`top_n` of them, 0 = all).
+        Lists over the server's limit are split into calls and merged. Raises EmbedError."""
+        opts = {
+            "instruction": instruction,
+            "return_documents": return_documents,
+            "truncate": truncate,
+            "raw_scores": raw_scores,
+            "model": model,
+        }
+        ranges = chunks(documents, self._batch(self.limits()))
+        parts = [self._rerank_call(self._rerank_request(query, documents[a:b], opts), a) for a, b in ranges]
+        return self._rerank_merge(parts, top_n) if parts else Reranked([], 0)
+
+    def _rerank_call(self, request: Any, offset: int) -> Reranked:
+        if self._stub is not None:
+            stub = self._stub
+            response = self._with_retries(lambda: stub.Rerank(request, metadata=self._metadata, timeout=self.timeout_s))
+        else:
+            response = self._with_retries(lambda: self._http_post("/rerank", request))
+        return self._rerank_decode(response, offset)
+
+    def _http_post(self, path: str, body: Any) -> Any:
+        import httpx
+
+        try:
+            response = self._http.post(path, json=body)
+        except httpx.TransportError as exc:
+            raise _RetryableHttp(EmbedError("UNAVAILABLE", str(exc), True), None) from exc
+        if response.status_code != 200:
+            error = self._http_error(response.status_code, response.text)
+            if error.retryable:
+                raise _RetryableHttp(error, _http_hint(response.headers))
+            raise error
+        return response.json()
 
 
 class AsyncClient(_Base):
@@ -521,6 +634,57 @@ class AsyncClient(_Base):
 
         await self._gather(chunks(texts, self._batch(await self.limits())), run)
         return out
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        instruction: str = "",
+        top_n: int = 0,
+        return_documents: bool = False,
+        truncate: str = "none",
+        raw_scores: bool = False,
+        model: str | None = None,
+    ) -> Reranked:
+        """As Client.rerank; the calls of a long list run concurrently (within max_concurrency)."""
+        opts = {
+            "instruction": instruction,
+            "return_documents": return_documents,
+            "truncate": truncate,
+            "raw_scores": raw_scores,
+            "model": model,
+        }
+        ranges = chunks(documents, self._batch(await self.limits()))
+        parts: dict[int, Reranked] = {}
+
+        async def work(a: int, b: int) -> None:
+            request = self._rerank_request(query, documents[a:b], opts)
+            if self._stub is not None:
+                stub = self._stub
+                response = await self._with_retries(
+                    lambda: stub.Rerank(request, metadata=self._metadata, timeout=self.timeout_s)
+                )
+            else:
+                response = await self._with_retries(lambda: self._http_post("/rerank", request))
+            parts[a] = self._rerank_decode(response, a)
+
+        await self._gather(ranges, work)
+        return self._rerank_merge([parts[a] for a, _ in ranges], top_n) if parts else Reranked([], 0)
+
+    async def _http_post(self, path: str, body: Any) -> Any:
+        import httpx
+
+        try:
+            response = await self._http.post(path, json=body)
+        except httpx.TransportError as exc:
+            raise _RetryableHttp(EmbedError("UNAVAILABLE", str(exc), True), None) from exc
+        if response.status_code != 200:
+            error = self._http_error(response.status_code, response.text)
+            if error.retryable:
+                raise _RetryableHttp(error, _http_hint(response.headers))
+            raise error
+        return response.json()
 
 
 def _httpx() -> Any:

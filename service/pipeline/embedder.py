@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from service.metrics import Metrics
-from service.model_info import ModelInfo
-from service.pipeline.backend import InferenceBackend
-from service.pipeline.batching import Chunk, default_buckets, pad, plan_chunks
-from service.pipeline.errors import ErrorKind, ServiceError, invalid
+from service.pipeline.errors import invalid
+from service.pipeline.inference import INLINE_CHARS, ServedModel, check_unicode, resolve_buckets
 from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.postprocess import check_dimensions, finalize
 from service.pipeline.templating import apply_prefix, resolve_prefix
-from service.pipeline.tokenization import StopFlag, Stopped, TextTokenizer, never_stop
+from service.pipeline.tokenization import StopFlag, never_stop
 from service.pipeline.truncation import fit
 
-# Requests with at most this many characters (or token ids) are tokenized on the event loop: cheaper than
-# a thread hop, and they never queue behind a large request's tokenization.
-INLINE_CHARS = 4096
+# Re-exported: their home is service/pipeline/inference.py, shared with the reranker.
+__all__ = ["INLINE_CHARS", "EmbedResult", "Embedder", "Tokenized", "check_unicode", "request_size", "resolve_buckets"]
 
 
 @dataclass(frozen=True)
@@ -46,21 +39,6 @@ class EmbedResult:
     total_ms: float
 
 
-def resolve_buckets(configured: Sequence[int], max_tokens: int) -> list[int]:
-    edges = sorted({b for b in configured if b < max_tokens}) if configured else default_buckets(max_tokens)
-    if not edges or edges[-1] != max_tokens:
-        edges = [*edges, max_tokens]
-    return edges
-
-
-def check_unicode(text: str, what: str, param: str) -> None:
-    """JSON can smuggle lone surrogates (`"\\ud800"`) that no tokenizer accepts: refuse them by name."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise invalid(f"{what} is not valid Unicode (a lone surrogate at character {exc.start})", param) from None
-
-
 def request_size(params: EmbedParams) -> int:
     """Characters (or token ids) a request carries: decides inline vs thread tokenization."""
     if params.token_ids:
@@ -68,37 +46,8 @@ def request_size(params: EmbedParams) -> int:
     return sum(len(t) for t in params.texts) + len(params.instruction)
 
 
-class Embedder:
-    def __init__(
-        self,
-        info: ModelInfo,
-        tokenizer: TextTokenizer,
-        backend: InferenceBackend,
-        metrics: Metrics,
-        *,
-        max_batch_inputs: int,
-        max_request_tokens: int = 1 << 20,
-        buckets: Sequence[int] = (),
-        token_budget: int = 16384,
-        max_triton_batch: int = 0,
-        tokenizer_threads: int = 2,
-    ) -> None:
-        self.info = info
-        self.tokenizer = tokenizer
-        self.backend = backend
-        self.metrics = metrics
-        self.max_batch_inputs = max_batch_inputs
-        self.max_request_tokens = max_request_tokens
-        self.buckets = resolve_buckets(buckets, info.max_input_tokens)
-        # Never more per call than the model was exported to run at once (its own sub-run budget).
-        if info.max_batch_tokens:
-            token_budget = min(token_budget, info.max_batch_tokens)
-        self.token_budget = max(token_budget, self.buckets[0])
-        self.max_rows = min(max_triton_batch or info.max_batch_size, info.max_batch_size)
-        self.executor = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tokenize")
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+class Embedder(ServedModel):
+    """Texts (or token ids) -> vectors; the constructor and the model run are ServedModel's."""
 
     # -- validation and tokenization (pure CPU work) --
 
@@ -186,38 +135,9 @@ class Embedder:
     async def tokenize(self, params: EmbedParams, deadline: float | None = None) -> Tokenized:
         """Small requests inline; large ones on the tokenizer threads, stopped between steps when the caller
         goes away or the deadline passes, so abandoned work does not hold a thread."""
-        try:
-            if request_size(params) <= INLINE_CHARS:
-                return self.tokenize_sync(params)
-            stop = StopFlag(deadline)
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self.executor, self.tokenize_sync, params, stop)
-            try:
-                return await future
-            except asyncio.CancelledError:
-                stop.set()
-                raise
-        except Stopped:
-            raise ServiceError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded while tokenizing") from None
-        except (Exception, asyncio.CancelledError):
-            raise
-        except BaseException as exc:  # the Rust tokenizer panics (pyo3 PanicException) on some inputs
-            raise invalid(f"an input could not be tokenized ({type(exc).__name__}); shorten it", "input") from exc
-
-    # -- inference --
-
-    async def _run_chunk(self, chunk: Chunk, ids: list[list[int]], out: np.ndarray, deadline: float) -> None:
-        # The side the exported graph wants (the contract's padding_side): right for the fused graph.
-        batch_ids, mask = pad([ids[i] for i in chunk.indices], chunk.width, self.info.pad_id, self.info.padding_side)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ServiceError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded before the model was called")
-        start = time.perf_counter()
-        vectors = await self.backend.infer(batch_ids, mask, self.info.hidden_size, remaining)
-        label = str(chunk.width)
-        self.metrics.triton_seconds.labels(label).observe(time.perf_counter() - start)
-        self.metrics.triton_requests.labels(label).inc()
-        out[list(chunk.indices)] = vectors
+        return await self.run_tokenizer(
+            lambda stop: self.tokenize_sync(params, stop), request_size(params), deadline, "input"
+        )
 
     async def embed(self, params: EmbedParams, deadline: float) -> EmbedResult:
         """`deadline` is a time.monotonic() value; the backend gets the time left."""
@@ -225,25 +145,11 @@ class Embedder:
         dims = check_dimensions(params.dimensions, self.info.min_dimensions, self.info.hidden_size)
         tokenized = await self.tokenize(params, deadline)
         tokenized_at = time.perf_counter()
-        ids = tokenized.ids
-        chunks = plan_chunks([len(i) for i in ids], self.buckets, self.token_budget, self.max_rows)
-        out = np.empty((len(ids), self.info.hidden_size), dtype=np.float32)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for chunk in chunks:
-                    group.create_task(self._run_chunk(chunk, ids, out, deadline))
-        except* ServiceError as errors:
-            # Report the most actionable error: the first one that is not a side-effect cancellation.
-            first = next((e for e in errors.exceptions if isinstance(e, ServiceError)), None)
-            raise (first if first is not None else ServiceError(ErrorKind.INTERNAL, "inference failed")) from None
+        run = await self.run_model(tokenized.ids, self.info.hidden_size, deadline)
         inferred_at = time.perf_counter()
-        vectors = finalize(out, dims, params.normalize)
-        m = self.metrics
-        m.tokenize_seconds.observe(tokenized_at - started)
-        m.inputs.observe(len(ids))
-        m.tokens.observe(tokenized.token_count)
-        m.real_tokens.inc(tokenized.token_count)
-        m.padded_tokens.inc(sum(c.padded_tokens for c in chunks))
+        vectors = finalize(run.out, dims, params.normalize)
+        self.metrics.inputs.observe(len(tokenized.ids))
+        self.record(tokenized_at - started, tokenized.token_count, run)
         return EmbedResult(
             vectors=vectors,
             dimensions=dims,

@@ -1,4 +1,4 @@
-"""One embedding request, as both APIs hand it to the pipeline."""
+"""One embedding or rerank request, as the APIs hand it to the pipeline."""
 
 from __future__ import annotations
 
@@ -31,7 +31,29 @@ class EmbedParams:
     truncate: Truncate = Truncate.NONE
     encoding: Encoding = Encoding.FLOAT
     request_id: str = ""
+    model: str = ""  # a served embedding model's name; "" = the default one
 
     @property
     def count(self) -> int:
         return len(self.token_ids) if self.token_ids else len(self.texts)
+
+
+@dataclass(frozen=True)
+class RerankParams:
+    """One rerank request: the documents scored against the query with Qwen3-Reranker's template."""
+
+    query: str = ""
+    documents: tuple[str, ...] = ()
+    instruction: str = ""  # empty: the official default instruction
+    top_n: int = 0  # 0 = every document
+    return_documents: bool = False
+    # NONE refuses a document that does not fit the model's limit with the template; END cuts the end of the
+    # document (the official usage); START is refused (the official usage only cuts the end).
+    truncate: Truncate = Truncate.NONE
+    raw_scores: bool = False  # the logit difference yes - no instead of its sigmoid
+    model: str = ""  # empty: the default reranker
+    request_id: str = ""
+
+    @property
+    def count(self) -> int:
+        return len(self.documents)

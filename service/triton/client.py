@@ -1,4 +1,7 @@
-"""The facade's one Triton client: async gRPC inference with deadlines, readiness and error mapping."""
+"""The facade's one Triton client: async gRPC inference with deadlines, readiness and error mapping.
+
+One channel for every served model; `ModelBackend` binds it to one model and its output tensor (the
+pipeline's InferenceBackend)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS
+from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, ModelInfo
 from service.pipeline.errors import ErrorKind, ServiceError
 
 log = logging.getLogger(__name__)
@@ -55,44 +58,69 @@ class TritonBackend:
     async def close(self) -> None:
         await self.client.close()
 
-    async def is_ready(self) -> bool:
+    async def is_ready(self, models: list[str] | None = None) -> bool:
+        """Triton is ready and so is every model of `models` (default: the one named at construction)."""
         try:
-            return bool(
-                await self.client.is_server_ready(client_timeout=2.0)
-                and await self.client.is_model_ready(self.model_name, client_timeout=2.0)
-            )
+            if not await self.client.is_server_ready(client_timeout=2.0):
+                return False
+            for name in models if models is not None else [self.model_name]:
+                if not await self.client.is_model_ready(name, client_timeout=2.0):
+                    return False
+            return True
         except InferenceServerException:
             return False
 
-    async def model_config(self) -> Any:
-        response = await self.client.get_model_config(self.model_name, client_timeout=10.0)
+    async def model_config(self, name: str = "") -> Any:
+        response = await self.client.get_model_config(name or self.model_name, client_timeout=10.0)
         return response.config
 
+    async def model_names(self) -> list[str]:
+        """The models of Triton's repository index (loaded or not), by name."""
+        index = await self.client.get_model_repository_index(client_timeout=5.0)
+        return sorted({m.name for m in index.models})
+
+    def for_model(self, info: ModelInfo) -> ModelBackend:
+        return ModelBackend(self, info.triton_name, info.kind.output)
+
     async def infer(self, ids: np.ndarray, mask: np.ndarray, hidden: int, timeout_s: float) -> np.ndarray:
-        """[rows, width] int64 -> [rows, hidden] float32; checks the response's shape and values."""
+        """The model named at construction, its embedding output."""
+        return await self.infer_model(self.model_name, EMBEDDING, ids, mask, hidden, timeout_s)
+
+    async def infer_model(
+        self, model: str, output: str, ids: np.ndarray, mask: np.ndarray, width: int, timeout_s: float
+    ) -> np.ndarray:
+        """[rows, seq] int64 -> `output` [rows, width] float32; checks the response's shape and values."""
         inputs = [
             grpcclient.InferInput(INPUT_IDS, list(ids.shape), "INT64"),
             grpcclient.InferInput(ATTENTION_MASK, list(mask.shape), "INT64"),
         ]
         inputs[0].set_data_from_numpy(ids)
         inputs[1].set_data_from_numpy(mask)
-        outputs = [grpcclient.InferRequestedOutput(EMBEDDING)]
+        outputs = [grpcclient.InferRequestedOutput(output)]
         try:
-            result = await self.client.infer(
-                self.model_name, inputs, outputs=outputs, client_timeout=max(timeout_s, 0.001)
-            )
+            result = await self.client.infer(model, inputs, outputs=outputs, client_timeout=max(timeout_s, 0.001))
         except InferenceServerException as exc:
             raise map_triton_error(exc) from exc
-        out = result.as_numpy(EMBEDDING)
+        out = result.as_numpy(output)
         # Never return a wrong vector: a short, mis-shaped or non-finite response is an error.
-        if out is None or out.shape != (ids.shape[0], hidden):
+        if out is None or out.shape != (ids.shape[0], width):
             shape = None if out is None else out.shape
-            log.error(
-                "triton returned embedding shape %s for a [%d, %d] request", shape, ids.shape[0], hidden
-            )
+            log.error("triton model %s returned %s shape %s for a [%d, %d] request", model, output, shape, *ids.shape)
             raise ServiceError(ErrorKind.INTERNAL, "inference backend returned a malformed response")
         out = out.astype(np.float32, copy=False)
         if not np.isfinite(out).all():
-            log.error("triton returned non-finite values for a [%d, %d] request", *ids.shape)
+            log.error("triton model %s returned non-finite values for a [%d, %d] request", model, *ids.shape)
             raise ServiceError(ErrorKind.INTERNAL, "the model produced non-finite values for this input")
         return out
+
+
+class ModelBackend:
+    """The shared Triton channel bound to one model and its output: what an Embedder or Reranker calls."""
+
+    def __init__(self, triton: TritonBackend, model: str, output: str) -> None:
+        self.triton = triton
+        self.model = model
+        self.output = output
+
+    async def infer(self, ids: np.ndarray, mask: np.ndarray, width: int, timeout_s: float) -> np.ndarray:
+        return await self.triton.infer_model(self.model, self.output, ids, mask, width, timeout_s)

@@ -35,12 +35,34 @@ class TritonGaveUp(RuntimeError):
     """The local Triton failed too many times in a row: the facade exits (code 4) with this message."""
 
 
-def read_model_config(settings: Settings) -> Any:
-    """The model's config.pbtxt as Triton's ModelConfig message, read before Triton starts."""
+def local_model_names(settings: Settings) -> list[str]:
+    """The models a local Triton will serve: `settings.models`, else every directory of the repository with a
+    config.pbtxt (what Triton loads; the export's hidden staging directories excluded)."""
+    if settings.models:
+        return list(settings.models)
+    repo = settings.model_repository
+    found = sorted(
+        d.name for d in repo.iterdir() if not d.name.startswith(".") and (d / "config.pbtxt").is_file()
+    ) if repo.is_dir() else []
+    if not found:
+        raise Misconfiguration(
+            f"no model in {repo} (no <model>/config.pbtxt): export a model first (qwen3-embed export)"
+        )
+    return found
+
+
+def read_model_configs(settings: Settings) -> dict[str, Any]:
+    """Every served model's config.pbtxt as Triton's ModelConfig message, read before Triton starts."""
+    return {name: read_model_config(settings, name) for name in local_model_names(settings)}
+
+
+def read_model_config(settings: Settings, name: str = "") -> Any:
+    """One model's config.pbtxt (default: model_name) as Triton's ModelConfig message."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    path = settings.model_repository / settings.model_name / "config.pbtxt"
+    name = name or settings.model_name
+    path = settings.model_repository / name / "config.pbtxt"
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -55,7 +77,7 @@ def read_model_config(settings: Settings) -> Any:
     except text_format.ParseError as exc:
         raise Misconfiguration(f"{path} is not a valid Triton model config: {exc}") from None
     if not config.name:
-        config.name = settings.model_name  # Triton names a model after its directory
+        config.name = name  # Triton names a model after its directory
     return config
 
 

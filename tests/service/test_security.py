@@ -209,11 +209,18 @@ class ChangingBackend:
     def __init__(self, config: Any) -> None:
         self.config = config
 
-    async def is_ready(self) -> bool:
+    async def is_ready(self, models: list[str] | None = None) -> bool:
         return True
 
-    async def model_config(self) -> Any:
+    async def model_names(self) -> list[str]:
+        return [self.config.name]
+
+    async def model_config(self, name: str = "") -> Any:
+        assert name in ("", self.config.name)
         return self.config
+
+    def for_model(self, info: Any) -> Any:
+        return self
 
 
 def test_a_changed_model_config_is_reloaded_or_not_served(model_repository: Path) -> None:

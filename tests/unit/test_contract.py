@@ -38,8 +38,10 @@ def template_constants() -> dict[str, str]:
 
 def test_template_names_equal_the_contract() -> None:
     names = template_constants()
-    for tensor in ("INPUT_IDS", "ATTENTION_MASK", "EMBEDDING"):
+    for tensor in ("INPUT_IDS", "ATTENTION_MASK", "EMBEDDING", "RERANK_LOGITS"):
         assert names[tensor] == getattr(contract, tensor), tensor
+    kinds = {k.removeprefix("KIND_"): v for k, v in names.items() if k.startswith("KIND_")}
+    assert kinds == {kind.name: kind.value for kind in contract.ModelKind}
     params = {k.removeprefix("PARAM_"): v for k, v in names.items() if k.startswith("PARAM_")}
     assert params, "model.py reads its parameter keys through PARAM_* constants"
     for name, key in params.items():

@@ -21,7 +21,7 @@ def test_contract_names() -> None:
 
     service = pb.DESCRIPTOR.services_by_name["EmbeddingService"]
     assert service.full_name == "embedding.v1.EmbeddingService"
-    assert {m.name for m in service.methods} == {"Embed", "EmbedStream", "Tokenize", "GetInfo"}
+    assert {m.name for m in service.methods} == {"Embed", "EmbedStream", "Tokenize", "GetInfo", "Rerank"}
     stream = service.methods_by_name["EmbedStream"]
     assert stream.client_streaming and stream.server_streaming
     fields = set(pb.EmbedRequest.DESCRIPTOR.fields_by_name)
@@ -34,4 +34,5 @@ def test_contract_names() -> None:
         "truncate",
         "encoding",
         "request_id",
+        "model",
     }

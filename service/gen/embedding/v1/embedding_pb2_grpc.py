@@ -54,6 +54,11 @@ class EmbeddingServiceStub:
                 request_serializer=embedding_dot_v1_dot_embedding__pb2.GetInfoRequest.SerializeToString,
                 response_deserializer=embedding_dot_v1_dot_embedding__pb2.GetInfoResponse.FromString,
                 _registered_method=True)
+        self.Rerank = channel.unary_unary(
+                '/embedding.v1.EmbeddingService/Rerank',
+                request_serializer=embedding_dot_v1_dot_embedding__pb2.RerankRequest.SerializeToString,
+                response_deserializer=embedding_dot_v1_dot_embedding__pb2.RerankResponse.FromString,
+                _registered_method=True)
 
 
 class EmbeddingServiceServicer:
@@ -92,6 +97,14 @@ class EmbeddingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rerank(self, request, context):
+        """Scores 1..max_batch_inputs documents against a query with a reranker model (Qwen3-Reranker); results
+        come back by score, highest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbeddingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +127,11 @@ def add_EmbeddingServiceServicer_to_server(servicer, server):
                     servicer.GetInfo,
                     request_deserializer=embedding_dot_v1_dot_embedding__pb2.GetInfoRequest.FromString,
                     response_serializer=embedding_dot_v1_dot_embedding__pb2.GetInfoResponse.SerializeToString,
+            ),
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=embedding_dot_v1_dot_embedding__pb2.RerankRequest.FromString,
+                    response_serializer=embedding_dot_v1_dot_embedding__pb2.RerankResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +242,33 @@ class EmbeddingService:
             '/embedding.v1.EmbeddingService/GetInfo',
             embedding_dot_v1_dot_embedding__pb2.GetInfoRequest.SerializeToString,
             embedding_dot_v1_dot_embedding__pb2.GetInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedding.v1.EmbeddingService/Rerank',
+            embedding_dot_v1_dot_embedding__pb2.RerankRequest.SerializeToString,
+            embedding_dot_v1_dot_embedding__pb2.RerankResponse.FromString,
             options,
             channel_credentials,
             insecure,
