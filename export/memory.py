@@ -28,6 +28,10 @@ length, batch 1; peak RSS minus the loaded session's RSS): dev model (per-token 
 of the weights (ORT's first run), hence the weights term; the slope is 3.0 (dev) and 2.3-2.9 (wide) x the
 width's fp32 bytes per token -> FUSED_TOKEN_FACTOR 3.5 (the bound is 16 % above dev at 32k, 35 % above wide
 at 16k).
+
+Rerankers (a Qwen3-Reranker graph ending in two LM-head rows instead of the embedding) use the same formulas: the
+layers are the same, the head adds a [batch, 2] output, and `parameter_count` (Checkpoint.parameter_count) counts
+the backbone plus those 2 rows, never the full vocab x hidden head.
 """
 
 

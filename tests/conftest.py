@@ -1,4 +1,5 @@
-"""Session fixtures: the offline dev model, its verified export, a real Triton, the reference model.
+"""Session fixtures: the offline dev model and dev reranker, their verified exports in one repository, a real
+Triton serving both, the reference model.
 
 The session export is the graph that ships by default: fused attention (GroupQueryAttention), right padding."""
 
@@ -61,8 +62,11 @@ def export_dev_reranker(model_dir: Path, output: Path, attention: str = "auto", 
 
 
 @pytest.fixture(scope="session")
-def model_repository(dev_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_dev(dev_model_dir, tmp_path_factory.mktemp("repo") / "model_repository")
+def model_repository(dev_model_dir: Path, dev_reranker_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One repository, two kinds: the dev embedding model (qwen3_embedding, the default) and the dev reranker
+    (qwen3_reranker), served by the session's one Triton and facade."""
+    repo = export_dev(dev_model_dir, tmp_path_factory.mktemp("repo") / "model_repository")
+    return export_dev_reranker(dev_reranker_dir, repo)
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,9 @@ def check_result(line: str, output: str) -> None:
         assert ids[-1] == 151643 and len(result["inputs"][0]["tokens"]) == len(ids)
     elif symbol.endswith("/GetInfo"):
         assert result["dimensions"] == 64 and "query" in result["promptNames"]
+    elif symbol.endswith("/Rerank"):
+        (best,) = result["results"]  # top_n 1; proto3 JSON leaves out index 0
+        assert 0.0 <= best.get("score", 0.0) <= 1.0 and best["document"] and result["usage"]["promptTokens"] > 0
     elif symbol.endswith("Health/Check"):
         assert result["status"] == "SERVING"
     else:

@@ -167,7 +167,7 @@ def test_grpc_scores_equal_the_official_usage(
     assert_sorted_by_score([r.index for r in response.results], [r.score for r in response.results])
     assert all(r.document == documents[r.index] for r in response.results)
     lengths = [len(reference_reranker.ids(instruction, query, d)) for d in documents]
-    assert max(lengths) > 4 * min(lengths)  # documents of very different lengths in one request
+    assert max(lengths) - min(lengths) > 100  # documents of very different lengths in one request
     assert response.usage.prompt_tokens == response.usage.total_tokens == sum(lengths)
     assert response.timings.total_ms > 0
     # The default instruction is the official one: sending it gives the same scores.
@@ -286,7 +286,7 @@ def test_http_cohere_shape(facade: Facade, stub: pb_grpc.EmbeddingServiceStub, r
         ({"query": "q", "documents": ["d"], "rank_fields": ["x"]}, 400, "unknown parameter"),
         ({"query": "q", "documents": ["d"], "top_n": 0}, 400, "top_n"),
         ({"query": "q", "documents": ["d"], "top_n": "2"}, 400, "top_n"),
-        ({"query": "q", "documents": [{"text": "d", "title": "t"}]}, 400, "unknown parameter"),
+        ({"query": "q", "documents": [{"text": "d", "title": "t"}]}, 400, "documents"),
         ({"query": "q", "documents": [1]}, 400, "documents"),
         ({"query": "q", "documents": []}, 400, "no documents"),
         ({"query": "q\ud800", "documents": ["d"]}, 400, ""),
