@@ -23,8 +23,11 @@ from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, RERANK_LOGITS
 from service.pipeline.batching import pad
 
 THRESHOLDS = {Precision.FP32: 0.99999, Precision.FP16: 0.999, Precision.BF16: 0.999}
-# Rerankers: the largest |score difference| (scores in [0, 1]) allowed against the reference.
-SCORE_TOLERANCES = {Precision.FP32: 1e-5, Precision.FP16: 1e-3, Precision.BF16: 1e-3}
+# Rerankers: the largest |score difference| (scores in [0, 1]) allowed against the reference, which runs in the
+# graph's precision. In fp16 that reference is itself ~1e-3 from the fp32 scores (dev reranker, 512 tokens: up to
+# 3.1e-3, while ORT's fp16 graph was within 1.7e-3 of fp32 and 2.0e-3 of the fp16 reference), so 1e-3 would refuse
+# sound graphs; bf16 keeps 3 fewer mantissa bits than fp16 (8x the rounding).
+SCORE_TOLERANCES = {Precision.FP32: 1e-5, Precision.FP16: 5e-3, Precision.BF16: 2e-2}
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,19 @@ def test_a_wrong_head_is_refused_and_nothing_is_written(
     assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
 
 
+def test_fp16_reranker_export_verifies(
+    dev_reranker_dir: Path, tmp_path: Path, sequences: list[list[int]], reference: np.ndarray
+) -> None:
+    export_dev_reranker(dev_reranker_dir, tmp_path / "repo", precision="fp16", warmup_lengths=())
+    model_dir = tmp_path / "repo" / NAME
+    _, params = config_params(model_dir)
+    assert params[Param.PRECISION] == "fp16"
+    report = json.loads((model_dir / "export_report.json").read_text())
+    assert report["score_tolerance"] == 5e-3 and report["worst_score_diff"] <= 5e-3
+    logits = onnx_logits(model_dir, sequences, "right")
+    assert np.abs(scores(logits) - scores(reference)).max() <= 5e-3  # against the fp32 reference
+
+
 def test_eager_reranker_export_is_left_padded_and_matches(
     dev_reranker_dir: Path, tmp_path: Path, sequences: list[list[int]], reference: np.ndarray
 ) -> None:
