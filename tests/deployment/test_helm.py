@@ -116,6 +116,18 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "tensorrt-cache": {"exportJob": {"accelerator": "tensorrt"}},
     "hook-export": {"modelRepository": {"existingClaim": "qwen3-models"}, "exportJob": {"helmHook": True}},
     "multi-replica-rwx": {**RWX, "replicaCount": 3},
+    # The default embedding model, a reranker and a second embedding size behind one Triton and one facade.
+    "several-models": {
+        "extraModels": [
+            {"name": "qwen3_reranker", "export": {"model": "Qwen/Qwen3-Reranker-0.6B", "maxTokens": 4096}},
+            {
+                "name": "qwen3_embedding_4b",
+                "export": {"model": "Qwen/Qwen3-Embedding-4B", "maxBatchSize": 8, "extraArgs": ["--instances", "1"]},
+            },
+        ],
+        "rerankModel": "qwen3_reranker",
+        "exportJob": {"resources": {"limits": {"memory": "32Gi"}}},
+    },
 }
 
 
@@ -215,7 +227,7 @@ def test_chart_metadata() -> None:
     "scenario",
     [
         "default", "export-job", "external-triton", "everything", "mtls-auth-monitor",
-        "preset-0.6b", "preset-4b", "preset-8b", "hook-export", "autoscaling-keda",
+        "preset-0.6b", "preset-4b", "preset-8b", "hook-export", "autoscaling-keda", "several-models",
     ],
 )
 def test_lint_has_no_errors(scenario: str) -> None:
@@ -253,6 +265,17 @@ def test_lint_fails_on_a_broken_values_file() -> None:
         {"triton": {"image": {"tag": 25.01}}},
         {"auth": {"keys": ["two words"]}},
         {"unknownTopLevelKey": True},
+        # extraModels: a Triton name is one directory of the repository; every entry names its model.
+        {"extraModels": [{"name": "models/qwen3_reranker"}]},
+        {"extraModels": [{"name": ""}]},
+        {"extraModels": [{"export": {"model": "Qwen/Qwen3-Reranker-0.6B"}}]},
+        {"extraModels": [{"name": "qwen3_reranker", "servedName": "x", "export": {"model": "m"}}]},
+        {"extraModels": [{"name": "qwen3_reranker", "export": {"precision": "fp16"}}]},
+        {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "m", "precision": "int8"}}]},
+        {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "m", "device": "gpu"}}]},
+        {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "m", "maxTokens": "4096"}}]},
+        {"extraModels": {"name": "qwen3_reranker"}},
+        {"rerankModel": "../qwen3_reranker"},
     ],
     ids=lambda v: str(v)[:60],
 )
@@ -314,6 +337,34 @@ def test_values_schema_rejects(values: dict[str, Any]) -> None:
             {"facade": {"metricsPort": 0}, "auth": {"enabled": True, "keys": ["k"]},
              "metrics": {"serviceMonitor": {"enabled": True}}},
             "needs facade.metricsPort",
+        ),
+        # Several models: one name per model, a default reranker that is served, each export checked.
+        ({"extraModels": [{"name": "qwen3_embedding"}]}, 'extraModels[0].name "qwen3_embedding" is already served'),
+        (
+            {"extraModels": [{"name": "qwen3_reranker"}, {"name": "qwen3_reranker"}]},
+            'extraModels[1].name "qwen3_reranker" is already served',
+        ),
+        (
+            {"extraModels": [{"name": "qwen3_r", "export": {"model": "a"}},
+                             {"name": "Qwen3-R", "export": {"model": "b"}}]},
+            'gives the export container name "export-qwen3-r" of another model',
+        ),
+        ({"rerankModel": "qwen3_reranker"}, 'rerankModel "qwen3_reranker" is not a served model'),
+        (
+            {"extraModels": [{"name": "qwen3_reranker",
+                              "export": {"model": "Qwen/Qwen3-Reranker-0.6B", "precision": "bf16"}}]},
+            "extraModels qwen3_reranker: export.precision bf16 needs exportJob.device=gpu",
+        ),
+        (
+            {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "Qwen/Qwen3-Reranker-8B"}}],
+             "exportJob": {"resources": {"limits": {"memory": "32Gi"}}}},
+            "a CPU export of Qwen/Qwen3-Reranker-8B needs resources.limits.memory >= 48Gi",
+        ),
+        # The 4B preset's Triton holds one 4B model; with a 4B reranker the weights alone are 15 GiB.
+        (
+            {**preset("4b"),
+             "extraModels": [{"name": "qwen3_reranker", "export": {"model": "Qwen/Qwen3-Reranker-4B"}}]},
+            "triton.resources.limits.memory 16Gi is below what loading the 2 models needs",
         ),
     ],
 )
@@ -1242,3 +1293,190 @@ def test_export_wrapper_skips_a_published_version_and_passes_the_arguments(tmp_p
     (out / "qwen3_embedding" / "config.pbtxt").write_text("")
     skipped = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
     assert skipped.returncode == 0 and "already published" in skipped.stdout and "ARGS" not in skipped.stdout
+
+
+# ------------------------------------------------------------------------------------------ several models
+
+
+def export_containers(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The export Job's containers by the model each exports (its MODEL_NAME), in the order they run."""
+    spec = job["spec"]["template"]["spec"]
+    return {env_of(c)["MODEL_NAME"]: c for c in [*spec.get("initContainers", []), *spec["containers"]]}
+
+
+def test_several_models_are_loaded_exported_and_served() -> None:
+    manifests = render(SCENARIOS["several-models"])
+    names = ["qwen3_embedding", "qwen3_reranker", "qwen3_embedding_4b"]
+    spec = pod_spec(manifests)
+    triton = container(spec, "triton")
+    assert [a.removeprefix("--load-model=") for a in triton["args"] if a.startswith("--load-model=")] == names
+    env = env_of(container(spec, "facade"))
+    assert env["QWEN3_EMBED_MODEL_NAME"] == "qwen3_embedding"  # still the default embedding model
+    assert env["QWEN3_EMBED_MODELS"] == ",".join(names)
+    assert env["QWEN3_EMBED_RERANK_MODEL_NAME"] == "qwen3_reranker"
+    settings = Settings(**{k.removeprefix("QWEN3_EMBED_").lower(): v for k, v in env.items() if "MODEL" in k})
+    assert settings.models == names and settings.rerank_model_name == "qwen3_reranker"
+    assert settings.resolved_tokenizer_dir("qwen3_reranker") == Path("/models/qwen3_reranker/tokenizer")
+    [wait] = spec["initContainers"]
+    for name in names:
+        assert f'"/models/{name}/config.pbtxt"' in wait["command"][2], name
+
+    # One Job: the extra models in init containers, one after another, then the default model.
+    job = only(manifests, "Job")
+    by_model = export_containers(job)
+    assert list(by_model) == ["qwen3_reranker", "qwen3_embedding_4b", "qwen3_embedding"]
+    job_spec = job["spec"]["template"]["spec"]
+    assert [c["name"] for c in job_spec["initContainers"]] == ["export-qwen3-reranker", "export-qwen3-embedding-4b"]
+    assert [c["name"] for c in job_spec["containers"]] == ["export"]
+    pairs = {
+        model: dict(zip(c["args"][::2], c["args"][1::2], strict=True)) for model, c in by_model.items()
+    }
+    help_text = _export_help()
+    for model, args in pairs.items():
+        assert args["--name"] == model
+        assert args["--output"] == "/workspace/models/v1"  # one version directory for all
+        assert args["--device"] == "cpu" and args["--backend"] == "onnxruntime" and args["--precision"] == "fp16"
+        for flag in args:
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text), f"export has no {flag}"
+    assert pairs["qwen3_reranker"]["--model"] == "Qwen/Qwen3-Reranker-0.6B"
+    assert (pairs["qwen3_reranker"]["--max-tokens"], pairs["qwen3_reranker"]["--max-batch-size"]) == ("4096", "16")
+    assert pairs["qwen3_embedding_4b"]["--max-batch-size"] == "8"
+    assert pairs["qwen3_embedding_4b"]["--instances"] == "1"  # its own extraArgs
+    assert "--instances" not in pairs["qwen3_embedding"]
+    assert pairs["qwen3_embedding"]["--model"] == "Qwen/Qwen3-Embedding-0.6B"
+    # The same image, resources, mounts and skip logic for each model.
+    main = by_model["qwen3_embedding"]
+    for c in by_model.values():
+        assert c["image"] == main["image"] and c["resources"] == main["resources"] and c["command"] == main["command"]
+        assert c["volumeMounts"] == main["volumeMounts"]
+        assert {k: v for k, v in env_of(c).items() if k != "MODEL_NAME"} == {
+            k: v for k, v in env_of(main).items() if k != "MODEL_NAME"
+        }
+
+
+def test_default_values_render_as_without_extra_models() -> None:
+    """extraModels: [] and rerankModel: "" are today's chart: one model, one export container; the facade is told
+    to serve that one model (not every directory in Triton's repository index, which in explicit mode lists
+    models Triton did not load and would keep the facade unready)."""
+    default = render_raw({})
+    assert default == render_raw({"extraModels": [], "rerankModel": ""})
+    manifests = render({})
+    spec = pod_spec(manifests)
+    assert [a for a in container(spec, "triton")["args"] if a.startswith("--load-model")] == [
+        "--load-model=qwen3_embedding"
+    ]
+    env = env_of(container(spec, "facade"))
+    assert env["QWEN3_EMBED_MODELS"] == "qwen3_embedding" and "QWEN3_EMBED_RERANK_MODEL_NAME" not in env
+    job_spec = only(manifests, "Job")["spec"]["template"]["spec"]
+    assert "initContainers" not in job_spec and [c["name"] for c in job_spec["containers"]] == ["export"]
+    notes = default["qwen3-embedding/templates/NOTES.txt"]
+    assert "EmbeddingService/Rerank" not in notes and "served models" not in notes
+
+
+def test_adding_a_model_makes_a_new_job_that_skips_the_published_ones(tmp_path: Path) -> None:
+    """The Job's name hashes its spec: adding a reranker to a release makes a new Job; run as the kubelet would
+    (init containers, then the main one), it exports the reranker and skips the default model already
+    published in the version directory."""
+    values = {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "Qwen/Qwen3-Reranker-0.6B"}}]}
+    before, after = only(render({}), "Job"), only(render(values), "Job")
+    assert before["metadata"]["name"] != after["metadata"]["name"] and len(after["metadata"]["name"]) <= 63
+    fake = tmp_path / "bin" / "qwen3-embed"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "ARGS $*"\n')
+    fake.chmod(0o755)
+    out = tmp_path / "models" / "v1"
+    (out / "qwen3_embedding").mkdir(parents=True)
+    (out / "qwen3_embedding" / "config.pbtxt").write_text("")
+    ran = {}
+    for model, c in export_containers(after).items():
+        env = {**env_of(c), "OUTPUT": str(out), "PATH": f"{fake.parent}:/usr/bin:/bin"}
+        proc = subprocess.run([*c["command"], *c["args"]], env=env, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        ran[model] = proc.stdout
+    assert ran["qwen3_reranker"].startswith("ARGS export --model Qwen/Qwen3-Reranker-0.6B")
+    assert "--name qwen3_reranker" in ran["qwen3_reranker"]
+    assert "already published" in ran["qwen3_embedding"] and "ARGS" not in ran["qwen3_embedding"]
+
+
+def test_several_models_wait_script_waits_for_each(tmp_path: Path) -> None:
+    values = merged(SCENARIOS["several-models"], {"exportJob": {"waitSeconds": 60}})
+    [wait] = pod_spec(render(values))["initContainers"]
+    script = wait["command"][2].replace("/models/", f"{tmp_path}/").replace("+ 60 ))", "+ 0 ))")
+    names = ["qwen3_embedding", "qwen3_reranker", "qwen3_embedding_4b"]
+    for published in range(len(names)):
+        failed = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=30)
+        assert failed.returncode == 1
+        assert f"FATAL: no model at {tmp_path}/{names[published]}/config.pbtxt" in failed.stderr
+        (tmp_path / names[published]).mkdir()
+        (tmp_path / names[published] / "config.pbtxt").write_text("")
+    assert subprocess.run(["/bin/sh", "-c", script], timeout=30).returncode == 0
+
+
+def test_an_extra_model_without_export_is_served_not_exported() -> None:
+    """An entry without `export` is already in the repository (e.g. copied there): Triton loads it, the pods
+    wait for it, the Job does not export it; with no export Job at all the facade still lists it."""
+    values = {"extraModels": [{"name": "qwen3_reranker"}]}
+    manifests = render(values)
+    assert "initContainers" not in only(manifests, "Job")["spec"]["template"]["spec"]
+    spec = pod_spec(manifests)
+    assert "--load-model=qwen3_reranker" in container(spec, "triton")["args"]
+    assert "/models/qwen3_reranker/config.pbtxt" in spec["initContainers"][0]["command"][2]
+    claim = merged(SCENARIOS["existing-claim"], values)
+    env = env_of(container(pod_spec(render(claim)), "facade"))
+    assert env["QWEN3_EMBED_MODELS"] == "qwen3_embedding,qwen3_reranker"
+    external = merged(SCENARIOS["external-triton"], values)
+    assert env_of(container(pod_spec(render(external)), "facade"))["QWEN3_EMBED_MODELS"] == (
+        "qwen3_embedding,qwen3_reranker"
+    )
+
+
+def test_an_extra_model_on_tensorrt_gets_the_engine_cache() -> None:
+    values = {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "Qwen/Qwen3-Reranker-0.6B",
+                                                                      "accelerator": "tensorrt"}}]}
+    manifests = render(values)
+    mounts = [m for m in container(pod_spec(manifests), "triton")["volumeMounts"] if m["name"] == "model-repository"]
+    assert any(m.get("subPath") == "models/.trt-cache/v1" for m in mounts)
+    by_model = export_containers(only(manifests, "Job"))
+    assert "--trt-engine-cache" in by_model["qwen3_reranker"]["args"]
+    assert by_model["qwen3_reranker"]["args"][by_model["qwen3_reranker"]["args"].index("--accelerator") + 1] == (
+        "tensorrt"
+    )
+    assert "--trt-engine-cache" not in by_model["qwen3_embedding"]["args"]  # its export uses no TensorRT
+
+
+def test_notes_show_the_models_and_a_rerank_call() -> None:
+    from google.protobuf import json_format
+
+    from service.gen.embedding.v1 import embedding_pb2 as pb
+
+    notes = render_raw(SCENARIOS["several-models"])["qwen3-embedding/templates/NOTES.txt"]
+    assert "served models: qwen3_embedding, qwen3_reranker, qwen3_embedding_4b" in notes
+    assert "-c export-qwen3-reranker" in notes
+    pattern = r"grpcurl[^\n]*\\\n\s*-d '(\{.*\})' \\\n\s*localhost:50051 embedding\.v1\.EmbeddingService/Rerank"
+    rerank = re.search(pattern, notes)
+    assert rerank, notes
+    request = json_format.Parse(rerank.group(1), pb.RerankRequest())  # the proto's field names
+    assert request.query and len(request.documents) >= 2
+
+
+def test_readme_several_models_example_renders() -> None:
+    """The README's values file for embedding 4B + reranker 4B goes over presets/4b.yaml and passes the chart's
+    memory guard: Triton's host memory covers both models' weights."""
+    readme = (CHART_DIR / "README.md").read_text()
+    assert "## Several models" in readme
+    block = re.search(r"```yaml\n(# several-models\.yaml.*?)```", readme, re.S)
+    assert block, "no several-models.yaml example in the README"
+    values = merged(preset("4b"), yaml.safe_load(block.group(1)))
+    manifests = render(values)
+    for m in manifests:
+        if (m.doc["apiVersion"], m.kind) not in CRD_KINDS:
+            kubernetes_validate.validate(m.doc, KUBE_VERSIONS[-1], strict=True)
+    triton = container(pod_spec(manifests), "triton")
+    assert [a for a in triton["args"] if a.startswith("--load-model")] == [
+        "--load-model=qwen3_embedding", "--load-model=qwen3_reranker"
+    ]
+    # Host memory: 2 x 7.49 GiB of fp16 weights loaded at once + ~2 GiB.
+    assert _quantity_gib(triton["resources"]["limits"]["memory"]) >= 2 * 7.49 + 2
+    by_model = export_containers(only(manifests, "Job"))
+    assert by_model["qwen3_reranker"]["args"][1] == "Qwen/Qwen3-Reranker-4B"
+    assert _quantity_gib(by_model["qwen3_reranker"]["resources"]["limits"]["memory"]) >= 23.0

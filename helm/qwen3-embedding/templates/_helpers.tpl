@@ -126,9 +126,83 @@ TensorRT engine cache: a writable directory of the model volume, per model versi
 /var/cache/trt-engines
 {{- end }}
 
-{{/* The engine cache lives on the model volume when Triton runs here and the export uses TensorRT. */}}
+{{/* Whether an export setting (an item of qwen3-embedding.models' `export`) makes TensorRT engines. */}}
+{{- define "qwen3-embedding.usesTensorrt" -}}
+{{- if or (eq (toString .accelerator) "tensorrt") (eq (toString .backend) "tensorrt") }}true{{ end }}
+{{- end }}
+
+{{/* The engine cache lives on the model volume when Triton runs here and an export uses TensorRT. */}}
 {{- define "qwen3-embedding.trtCacheOnVolume" -}}
-{{- if and (include "qwen3-embedding.tritonInPod" .) .Values.triton.engineCacheOnVolume (or (eq .Values.exportJob.accelerator "tensorrt") (eq .Values.exportJob.backend "tensorrt")) }}true{{ end }}
+{{- $trt := false }}
+{{- range (include "qwen3-embedding.models" . | fromJson).models }}
+{{- if and .export (include "qwen3-embedding.usesTensorrt" .export) }}{{ $trt = true }}{{ end }}
+{{- end }}
+{{- if and (include "qwen3-embedding.tritonInPod" .) .Values.triton.engineCacheOnVolume $trt }}true{{ end }}
+{{- end }}
+
+{{/*
+Every model this release serves, as JSON {"models": [...]}: the default embedding model (model.name, exported
+with exportJob's settings) first, then extraModels in order. Each item: name (the Triton model), extra, export
+(the `qwen3-embed export` settings: an extraModels entry's export fields over exportJob's; absent for an entry
+without `export`, which must already be in the repository) and, for an exported extra model, container (the
+export Job's init container that exports it). Fails on a repeated name or container name.
+*/}}
+{{- define "qwen3-embedding.models" -}}
+{{- $job := .Values.exportJob }}
+{{- $keys := list "model" "backend" "precision" "accelerator" "maxBatchSize" "maxTokens" "extraArgs" }}
+{{- $default := dict }}
+{{- range $keys }}{{ $_ := set $default . (get $job .) }}{{ end }}
+{{- $models := list (dict "name" .Values.model.name "extra" false "export" $default) }}
+{{- $names := list .Values.model.name }}
+{{- $containers := list "export" }}
+{{- range $i, $m := .Values.extraModels }}
+{{- if has $m.name $names }}
+{{- fail (printf "extraModels[%d].name %q is already served (model.name or an earlier entry): each model needs its own Triton name" $i $m.name) }}
+{{- end }}
+{{- $names = append $names $m.name }}
+{{- $entry := dict "name" $m.name "extra" true }}
+{{- with $m.export }}
+{{- $export := dict }}
+{{- range $keys }}{{ $_ := set $export . (ternary (get $m.export .) (get $job .) (hasKey $m.export .)) }}{{ end }}
+{{- $container := printf "export-%s" ($m.name | lower | replace "_" "-") | trunc 63 | trimSuffix "-" }}
+{{- if has $container $containers }}
+{{- fail (printf "extraModels[%d].name %q gives the export container name %q of another model: names that differ only in case or _ versus - cannot share the export Job" $i $m.name $container) }}
+{{- end }}
+{{- $containers = append $containers $container }}
+{{- $_ := set $entry "export" $export }}
+{{- $_ := set $entry "container" $container }}
+{{- end }}
+{{- $models = append $models $entry }}
+{{- end }}
+{{- toJson (dict "models" $models) }}
+{{- end }}
+
+{{/* Triton names of every served model, default first. */}}
+{{- define "qwen3-embedding.modelNames" -}}
+{{- $names := list }}
+{{- range (include "qwen3-embedding.models" . | fromJson).models }}{{ $names = append $names .name }}{{ end }}
+{{- join "," $names }}
+{{- end }}
+
+{{/* A memory quantity in GiB (Ti, Gi, Mi suffixes); -1 for any other form (not checked). */}}
+{{- define "qwen3-embedding.quantityGiB" -}}
+{{- $q := toString . }}
+{{- $gib := -1.0 }}
+{{- if hasSuffix "Gi" $q }}{{ $gib = float64 (trimSuffix "Gi" $q) }}{{ else if hasSuffix "Ti" $q }}{{ $gib = mulf (float64 (trimSuffix "Ti" $q)) 1024 }}{{ else if hasSuffix "Mi" $q }}{{ $gib = divf (float64 (trimSuffix "Mi" $q)) 1024 }}{{ end }}
+{{- $gib }}
+{{- end }}
+
+{{/*
+GiB of weights Triton holds for an export setting (fp16/bf16: 0.6B 1.11, 4B 7.49, 8B 14.1 GiB, the figures of
+presets/ and export/memory.py; fp32 twice that); 0 when the size is not in the model id. Rerankers count the
+same: their graph keeps the backbone and two LM-head rows.
+*/}}
+{{- define "qwen3-embedding.weightsGiB" -}}
+{{- $gib := 0.0 }}
+{{- $model := toString .model }}
+{{- if regexMatch "(?i)-0[.]6B($|[^0-9])" $model }}{{ $gib = 1.11 }}{{ else if regexMatch "(?i)-4B($|[^0-9])" $model }}{{ $gib = 7.49 }}{{ else if regexMatch "(?i)-8B($|[^0-9])" $model }}{{ $gib = 14.1 }}{{ end }}
+{{- if eq (toString .precision) "fp32" }}{{ $gib = mulf $gib 2 }}{{ end }}
+{{- $gib }}
 {{- end }}
 
 {{/* Whether this release can run more than one server pod at a time. */}}
@@ -247,31 +321,35 @@ for probes the kubelet cannot run: gRPC probes speak no TLS, HTTP probes carry n
 {{- toYaml $probe }}
 {{- end }}
 
-{{/* `qwen3-embed export` arguments. */}}
+{{/*
+`qwen3-embed export` arguments of one model: (dict "root" . "name" <Triton name> "export" <its export settings
+from qwen3-embedding.models>).
+*/}}
 {{- define "qwen3-embedding.exportArgs" -}}
+{{- $e := .export -}}
 - --model
-- {{ .Values.exportJob.model | quote }}
+- {{ $e.model | quote }}
 - --output
-- {{ include "qwen3-embedding.exportOutput" . | quote }}
+- {{ include "qwen3-embedding.exportOutput" .root | quote }}
 - --name
-- {{ .Values.model.name | quote }}
+- {{ .name | quote }}
 - --backend
-- {{ .Values.exportJob.backend | quote }}
+- {{ $e.backend | quote }}
 - --precision
-- {{ .Values.exportJob.precision | quote }}
+- {{ $e.precision | quote }}
 - --max-batch-size
-- {{ .Values.exportJob.maxBatchSize | int | quote }}
+- {{ $e.maxBatchSize | int | quote }}
 - --max-tokens
-- {{ .Values.exportJob.maxTokens | int | quote }}
+- {{ $e.maxTokens | int | quote }}
 - --accelerator
-- {{ .Values.exportJob.accelerator | quote }}
+- {{ $e.accelerator | quote }}
 - --device
-- {{ ternary "cuda" "cpu" (eq .Values.exportJob.device "gpu") | quote }}
-{{- if include "qwen3-embedding.trtCacheOnVolume" . }}
+- {{ ternary "cuda" "cpu" (eq .root.Values.exportJob.device "gpu") | quote }}
+{{- if and (include "qwen3-embedding.trtCacheOnVolume" .root) (include "qwen3-embedding.usesTensorrt" $e) }}
 - --trt-engine-cache
-- {{ include "qwen3-embedding.trtCacheMount" . | quote }}
+- {{ include "qwen3-embedding.trtCacheMount" .root | quote }}
 {{- end }}
-{{- range .Values.exportJob.extraArgs }}
+{{- range $e.extraArgs }}
 - {{ . | quote }}
 {{- end }}
 {{- end }}
