@@ -51,7 +51,10 @@ class ServiceState:
             return list(s.models)
         if not s.triton_url:
             return local_model_names(s)
-        return await self.backend.model_names()
+        # A Triton in explicit model-control mode lists models it never loaded (or a folder being exported):
+        # serve what it has loaded, and wait for the default embedding model whatever its state.
+        states = await self.backend.model_states()
+        return sorted(n for n, state in states.items() if state == "READY" or n == s.model_name)
 
     def build(self, config: Any) -> ServedModel:
         """One served model from its Triton config: its facts and its tokenizer. Raises Misconfiguration

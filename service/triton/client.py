@@ -74,10 +74,10 @@ class TritonBackend:
         response = await self.client.get_model_config(name or self.model_name, client_timeout=10.0)
         return response.config
 
-    async def model_names(self) -> list[str]:
-        """The models of Triton's repository index (loaded or not), by name."""
+    async def model_states(self) -> dict[str, str]:
+        """Triton's repository index: every model it knows (loaded or not) and its state ("READY", ...)."""
         index = await self.client.get_model_repository_index(client_timeout=5.0)
-        return sorted({m.name for m in index.models})
+        return {m.name: m.state for m in index.models}
 
     def for_model(self, info: ModelInfo) -> ModelBackend:
         return ModelBackend(self, info.triton_name, info.kind.output)

@@ -212,8 +212,8 @@ class ChangingBackend:
     async def is_ready(self, models: list[str] | None = None) -> bool:
         return True
 
-    async def model_names(self) -> list[str]:
-        return [self.config.name]
+    async def model_states(self) -> dict[str, str]:
+        return {self.config.name: "READY", "never_loaded": "UNAVAILABLE"}
 
     async def model_config(self, name: str = "") -> Any:
         assert name in ("", self.config.name)
