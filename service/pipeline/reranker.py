@@ -16,6 +16,7 @@ the constructor checks it on the tokenizer it is given, falling back to whole bo
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from service.pipeline.inference import ServedModel, check_unicode
 from service.pipeline.params import RerankParams, Truncate
 from service.pipeline.rerank_template import DEFAULT_RERANK_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX
 from service.pipeline.tokenization import StopFlag, TextTokenizer, never_stop
+
+log = logging.getLogger(__name__)
 
 DOCUMENT_LABEL = "<Document>: "
 # Texts the constructor tokenizes both ways (head + tail and whole body) before it shares heads.
@@ -147,6 +150,12 @@ class Reranker(ServedModel):
             )
         self._check_template_tokens()
         self.shares_head = all(self._split_equals_whole(*probe) for probe in SHARING_PROBES)
+        if not self.shares_head:
+            log.warning(
+                "reranker %s: its tokenizer splits differently at the query/document boundary; every document's "
+                "whole body is tokenized (correct, slower for many documents)",
+                self.info.served_name,
+            )
 
     def _check_template_tokens(self) -> None:
         """The template's special tokens must be single ids (a tokenizer cut to a smaller table would spell

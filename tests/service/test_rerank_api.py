@@ -5,8 +5,10 @@ gRPC, Cohere/Jina `/v1/rerank` and TEI `/rerank`, against the official usage com
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
+import time
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from service.client import Client
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
 from service.pipeline.rerank_template import RERANK_PREFIX, RERANK_SUFFIX, rerank_body
-from tests.helpers import Facade, cosine
+from tests.helpers import ROOT, Facade, cosine
 
 TOLERANCE = 1e-5
 CODE_INSTRUCTION = "Given a question, retrieve code snippets that answer it"
@@ -221,6 +223,26 @@ def test_grpc_invalid_requests(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in (err.value.details() or "")
 
 
+def test_huge_inputs_are_answered_fast_and_bounded(stub: pb_grpc.EmbeddingServiceStub) -> None:
+    """10 MB documents or queries cost a prefix encode, not a full tokenization; the facade stays healthy."""
+    huge = "The capital of China is Beijing. " * 300_000  # ~10 MB
+    for kwargs, code in (
+        ({"query": "capital?", "documents": ["Beijing.", huge]}, grpc.StatusCode.INVALID_ARGUMENT),
+        ({"query": huge, "documents": ["Beijing."]}, grpc.StatusCode.INVALID_ARGUMENT),
+        ({"query": huge, "documents": ["Beijing."], "truncate": pb.TRUNCATE_END}, grpc.StatusCode.INVALID_ARGUMENT),
+        ({"query": "capital?", "documents": ["Beijing.", huge], "truncate": pb.TRUNCATE_END}, grpc.StatusCode.OK),
+    ):
+        started = time.monotonic()
+        try:
+            response = stub.Rerank(pb.RerankRequest(**kwargs), timeout=60)  # type: ignore[arg-type]
+            got = grpc.StatusCode.OK
+            assert len(response.results) == 2
+        except grpc.RpcError as exc:
+            got = exc.code()
+            assert len(exc.details() or "") < 300  # never echoes the input
+        assert got == code and time.monotonic() - started < 10
+
+
 def test_too_long_documents_are_named_or_cut_like_the_official_usage(
     facade: Facade, stub: pb_grpc.EmbeddingServiceStub, reference_reranker: Reference
 ) -> None:
@@ -289,16 +311,52 @@ def test_http_cohere_shape(facade: Facade, stub: pb_grpc.EmbeddingServiceStub, r
         ({"query": "q", "documents": [{"text": "d", "title": "t"}]}, 400, "documents"),
         ({"query": "q", "documents": [1]}, 400, "documents"),
         ({"query": "q", "documents": []}, 400, "no documents"),
-        ({"query": "q\ud800", "documents": ["d"]}, 400, ""),
+        ('{"query": "q\\ud800", "documents": ["d"]}', 400, ""),  # a lone surrogate: sent as raw JSON
         ({"query": "q", "documents": ["d"], "model": "no-such-model"}, 404, "not served"),
         ({"query": "q", "documents": ["d"], "truncate": "START"}, 400, "START"),
         ({"documents": ["d"]}, 400, "query"),
     ],
 )
-def test_http_cohere_errors(facade: Facade, body: dict[str, Any], status: int, fragment: str) -> None:
-    reply = httpx.post(f"{facade.base_url}/v1/rerank", json=body, timeout=30)
+def test_http_cohere_errors(facade: Facade, body: dict[str, Any] | str, status: int, fragment: str) -> None:
+    url = f"{facade.base_url}/v1/rerank"
+    if isinstance(body, str):
+        reply = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=30)
+    else:
+        reply = httpx.post(url, json=body, timeout=30)
     assert reply.status_code == status, reply.text
     assert fragment in reply.json()["error"]["message"]
+
+
+def test_cohere_sdk(facade: Facade, reranker_name: str) -> None:
+    """The official Cohere SDK (v1 `Client.rerank`, which posts `/v1/rerank`) against this server."""
+    cohere = pytest.importorskip("cohere")
+    client = cohere.Client(base_url=facade.base_url, api_key="EMPTY")
+    documents = ["The capital of China is Beijing.", "Gravity is a force.", "Beijing is a big city."]
+    query = "What is the capital of China?"
+    reply = client.rerank(model=reranker_name, query=query, documents=documents, top_n=2, return_documents=True)
+    ours = httpx.post(
+        f"{facade.base_url}/v1/rerank", json={"query": query, "documents": documents, "top_n": 2}, timeout=60
+    ).json()["results"]
+    assert [r.index for r in reply.results] == [r["index"] for r in ours]
+    assert [r.relevance_score for r in reply.results] == [r["relevance_score"] for r in ours]
+    assert all(r.document.text == documents[r.index] for r in reply.results)
+    assert reply.meta.billed_units.input_tokens > 0
+
+
+def test_readme_rerank_python_block_runs(
+    facade: Facade, reranker_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("cohere")
+    section = (ROOT / "README.md").read_text().split("### Rerank\n", 1)[1].split("\n### ", 1)[0]
+    [code] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    code = (
+        code.replace("http://localhost:8080", facade.base_url)
+        .replace("localhost:50051", facade.target)
+        .replace("Qwen3-Reranker-0.6B", reranker_name)
+    )
+    exec(compile(code, "README.md#rerank", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("0 ") and printed[-1].startswith("[RerankHit(index=0, score=")
 
 
 def test_http_tei_shape(facade: Facade, stub: pb_grpc.EmbeddingServiceStub) -> None:
@@ -331,8 +389,11 @@ def test_openapi_and_metrics_show_rerank(facade: Facade, stub: pb_grpc.Embedding
     rerank(stub, "q", ["a", "b", "c"])
     httpx.post(f"{facade.base_url}/rerank", json={"query": "q", "texts": ["a"]}, timeout=30)
     metrics = httpx.get(f"{facade.base_url}/metrics", timeout=30).text
-    assert 'qwen3_embed_requests_total{api="grpc",method="Rerank",code="OK"}' in metrics
-    assert 'qwen3_embed_requests_total{api="http",method="/rerank",code="200"}' in metrics
+    for labels in ('api="grpc"', 'method="Rerank"', 'code="OK"'), ('api="http"', 'method="/rerank"', 'code="200"'):
+        assert any(
+            ln.startswith("qwen3_embed_requests_total{") and all(label in ln for label in labels)
+            for ln in metrics.splitlines()
+        ), labels
     assert "qwen3_embed_rerank_documents_per_request_count" in metrics
 
 

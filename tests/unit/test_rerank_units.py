@@ -324,3 +324,48 @@ def test_a_tokenizer_whose_yes_no_ids_differ_is_refused(tokenizer: TextTokenizer
     wrong = ModelInfo(**{**info.__dict__, "rerank_token_ids": "1,2"})
     with pytest.raises(ValueError, match="do not match"):
         Reranker(wrong, tokenizer, FakeLogits(), Metrics(), max_batch_inputs=8)
+
+
+# -- the APIs' translation (no server) --
+
+
+def test_grpc_wire_precheck_counts_documents_before_parsing() -> None:
+    from service.api.grpc_service import parse_rerank
+    from service.gen.embedding.v1 import embedding_pb2 as pb
+
+    raw = pb.RerankRequest(query="q" * 100, documents=["d"] * 50, instruction="i", top_n=3).SerializeToString()
+    params = parse_rerank(raw, 50)
+    assert params.count == 50 and params.top_n == 3 and params.query == "q" * 100 and params.truncate is Truncate.NONE
+    with pytest.raises(ServiceError) as err:
+        parse_rerank(raw, 49)
+    assert err.value.param == "documents" and "49 documents" in err.value.message
+    with pytest.raises(ServiceError) as err:
+        parse_rerank(b"\xff\xff\xff", 10)
+    assert "not a valid RerankRequest" in err.value.message
+
+
+def test_http_shapes_translate_to_the_same_params() -> None:
+    from service.api.http_rerank import (
+        RerankRequest,
+        TeiRerankRequest,
+        inline_schema,
+        params_from_cohere,
+        params_from_tei,
+    )
+
+    cohere = RerankRequest.model_validate_json(
+        '{"query": "q", "documents": ["a", {"text": "b"}], "top_n": 1, "return_documents": true, "truncate": "END"}'
+    )
+    params = params_from_cohere(cohere)
+    assert params.documents == ("a", "b") and params.top_n == 1 and params.return_documents
+    assert params.truncate is Truncate.END and params.model == "" and not params.raw_scores
+    tei = params_from_tei(TeiRerankRequest.model_validate_json('{"query": "q", "texts": ["a"], "truncate": true}'))
+    assert tei.truncate is Truncate.END and tei.documents == ("a",)
+    with pytest.raises(ServiceError) as err:
+        params_from_tei(
+            TeiRerankRequest.model_validate_json(
+                '{"query": "q", "texts": ["a"], "truncate": true, "truncation_direction": "Left"}'
+            )
+        )
+    assert err.value.param == "truncation_direction"
+    assert "$ref" not in str(inline_schema(RerankRequest)) and "$defs" not in str(inline_schema(RerankRequest))
