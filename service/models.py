@@ -5,13 +5,14 @@ model from the snapshot in force when it was admitted, and a redeploy swaps in a
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from service.contract import ModelInfo, ModelKind
 from service.pipeline.errors import ErrorKind, ServiceError
 
 if TYPE_CHECKING:
     from service.pipeline.embedder import Embedder
+    from service.pipeline.reranker import Reranker
 
 
 class ServedModel(Protocol):
@@ -90,9 +91,8 @@ class Models:
     def embedder(self, name: str = "") -> Embedder:
         return self.pick(ModelKind.EMBEDDING, name)  # type: ignore[return-value]
 
-    def reranker(self, name: str = "") -> Any:
-        """The Reranker (service/pipeline/reranker.py) `name`, or the default one."""
-        return self.pick(ModelKind.RERANKER, name)
+    def reranker(self, name: str = "") -> Reranker:
+        return self.pick(ModelKind.RERANKER, name)  # type: ignore[return-value]
 
     def names(self, kind: ModelKind | None = None) -> str:
         return ", ".join(m.info.served_name for m in self.all() if kind is None or m.info.kind is kind)

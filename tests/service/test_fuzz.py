@@ -101,17 +101,28 @@ def schema(facade: Facade) -> Any:
 
 
 @pytest.fixture(scope="module")
-def served_model(facade: Facade) -> str:
-    return str(httpx.get(f"{facade.base_url}/v1/models").json()["data"][0]["id"])
+def served_model(facade: Facade) -> dict[str, str]:
+    """The first served model of each kind ("embedding", "reranker") by name."""
+    models = httpx.get(f"{facade.base_url}/v1/models").json()["data"]
+    return {kind: next(str(m["id"]) for m in models if m["kind"] == kind) for kind in ("embedding", "reranker")}
 
 
 # JSON endpoints whose responses the document describes; /metrics is Prometheus text and /health/ready
 # answers 503 (documented in the README, not in the document) only while not ready.
-SCHEMA_CHECKED = {"POST /v1/embeddings", "GET /v1/models", "GET /info", "GET /health/live"}
+SCHEMA_CHECKED = {
+    "POST /v1/embeddings",
+    "POST /v1/rerank",
+    "POST /rerank",
+    "GET /v1/models",
+    "GET /info",
+    "GET /health/live",
+}
+# Routes with a JSON body: negative cases (invalid per the schema) must be refused cleanly.
+BODY_ROUTES = {"POST /v1/embeddings", "POST /v1/rerank", "POST /rerank"}
 
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])
-def test_schemathesis_openapi(schema: Any, facade: Facade, served_model: str, mode: str) -> None:
+def test_schemathesis_openapi(schema: Any, facade: Facade, served_model: dict[str, str], mode: str) -> None:
     """Cases generated from /openapi.json (positive: valid per schema; negative: invalid), half of the
     embeddings bodies naming the served model so they reach the pipeline. No 5xx; documented status codes,
     content types and response bodies."""
@@ -120,19 +131,20 @@ def test_schemathesis_openapi(schema: Any, facade: Facade, served_model: str, mo
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.label for op in operations} >= {"POST /v1/embeddings", "GET /v1/models"}
     for operation in operations:
-        if mode == "negative" and operation.label != "POST /v1/embeddings":
+        if mode == "negative" and operation.label not in BODY_ROUTES:
             continue  # the GET endpoints take no parameters: nothing to negate
 
         checks = [not_a_server_error]
         if operation.label in SCHEMA_CHECKED:
             checks += [status_code_conformance, content_type_conformance, response_schema_conformance]
 
-        @settings(max_examples=40 if operation.label == "POST /v1/embeddings" else 3, deadline=None,
+        @settings(max_examples=40 if operation.label in BODY_ROUTES else 3, deadline=None,
                   database=None, derandomize=True, suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy(generation_mode=generation), use_model=st.booleans())
         def check(case: Any, use_model: bool) -> None:
             if use_model and isinstance(case.body, dict) and "model" in case.body:
-                case.body["model"] = served_model
+                kind = "reranker" if "rerank" in operation.label else "embedding"  # noqa: B023
+                case.body["model"] = served_model[kind]
             response = case.call(base_url=facade.base_url, timeout=60)
             statuses[response.status_code] += 1
             case.validate_response(response, checks=checks)  # noqa: B023 - called before the next loop turn

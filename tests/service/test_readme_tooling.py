@@ -121,3 +121,16 @@ def test_ghz_configs_decode_into_valid_requests(facade: Facade, name: str) -> No
         response = facade.stub(channel).Embed(request, timeout=30)
     assert len(response.embeddings) == len(request.inputs)
     assert response.dimensions == 64
+
+
+def test_ghz_rerank_config_decodes_into_a_valid_request(facade: Facade) -> None:
+    config = json.loads((ROOT / "tools" / "ghz" / "rerank.reflection.json").read_text())
+    assert config["call"] == "embedding.v1.EmbeddingService.Rerank"
+    data = json.loads(re.sub(r"\{\{[^}]*\}\}", "1", json.dumps(config["data"])))
+    request = json_format.ParseDict(data, pb.RerankRequest())
+    assert request.query and len(request.documents) > request.top_n > 0
+    with grpc.insecure_channel(facade.target) as channel:
+        response = facade.stub(channel).Rerank(request, timeout=30)
+    assert len(response.results) == request.top_n
+    assert sorted({r.index for r in response.results}) == sorted(r.index for r in response.results)
+    assert [r.score for r in response.results] == sorted((r.score for r in response.results), reverse=True)
