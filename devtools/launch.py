@@ -68,8 +68,10 @@ def facade_command(
 
 
 def loopback_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The current environment, listening on 127.0.0.1 only; `extra` QWEN3_EMBED_* settings win."""
-    return {**os.environ, "QWEN3_EMBED_HOST": "127.0.0.1", **(extra or {})}
+    """The current environment, listening on 127.0.0.1 only, one facade process (workers=1: the default,
+    one per CPU, would multiply start-up time and processes on a small test machine; a test or benchmark
+    asks for more); `extra` QWEN3_EMBED_* settings win."""
+    return {**os.environ, "QWEN3_EMBED_HOST": "127.0.0.1", "QWEN3_EMBED_WORKERS": "1", **(extra or {})}
 
 
 def wait_ready(facade: FacadeProcess, timeout: float) -> None:

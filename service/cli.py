@@ -60,6 +60,10 @@ def serve(
     http_port: Annotated[int | None, typer.Option(help="OpenAI HTTP API and /metrics; 0 disables")] = None,
     served_model_name: str | None = None,
     max_in_flight: int | None = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Facade processes on the same ports, sharing Triton; 0 = one per usable CPU (at most 8)"),
+    ] = None,
     api_keys_file: Path | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
@@ -81,6 +85,7 @@ def serve(
         http_port=http_port,
         served_model_name=served_model_name,
         max_in_flight=max_in_flight,
+        workers=workers,
         api_keys_file=api_keys_file,
         tls_cert=tls_cert,
         tls_key=tls_key,

@@ -1,8 +1,28 @@
-"""Prometheus metrics shared by the gRPC and HTTP APIs (one registry per facade process)."""
+"""Prometheus metrics shared by the gRPC and HTTP APIs (one registry per facade process).
+
+With `serve --workers N` every process keeps its values in files under PROMETHEUS_MULTIPROC_DIR (prometheus
+client's multiprocess mode) and /metrics, on any worker or the ops port, renders the sum over all of them."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def enable_multiprocess(path: str) -> None:
+    """Metrics created from now on, in this process and in the processes it starts (they inherit the
+    variable and read it when prometheus_client is imported), keep their values in files under `path`."""
+    os.environ[MULTIPROC_ENV] = path
+    values.ValueClass = values.MultiProcessValue()
+
+
+def multiprocess_dir() -> str | None:
+    path = os.environ.get(MULTIPROC_ENV)
+    return path if path and os.path.isdir(path) else None
+
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -12,6 +32,7 @@ TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess_dir = multiprocess_dir()
         r = self.registry
         self.requests = Counter(
             "qwen3_embed_requests",
@@ -59,8 +80,27 @@ class Metrics:
             buckets=COUNT_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("qwen3_embed_in_flight_requests", "Requests being served", registry=r)
-        self.triton_up = Gauge("qwen3_embed_triton_up", "1 when Triton and the model are ready", registry=r)
+        # Gauge modes say how the values of several worker processes combine (ignored with one process).
+        self.in_flight = Gauge(
+            "qwen3_embed_in_flight_requests", "Requests being served", registry=r, multiprocess_mode="livesum"
+        )
+        self.triton_up = Gauge(
+            "qwen3_embed_triton_up",
+            "1 when Triton and the model are ready (in some worker, with several)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.worker_processes = Gauge(
+            "qwen3_embed_worker_processes",
+            "Facade processes serving the API (serve --workers N; 1 with one process)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.worker_restarts = Counter(
+            "qwen3_embed_worker_restarts",
+            "Facade worker processes started again after they died (serve --workers N)",
+            registry=r,
+        )
         # Supervision of the local Triton (both stay 0 with --triton-url).
         self.triton_restarts = Counter(
             "qwen3_embed_triton_restarts",
@@ -72,7 +112,12 @@ class Metrics:
             "Local Triton deaths and failed starts since it last stayed up a minute; "
             "past triton_max_restarts the facade exits non-zero",
             registry=r,
+            multiprocess_mode="livemax",
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, self.multiprocess_dir)
+        return generate_latest(merged)

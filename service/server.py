@@ -2,8 +2,13 @@
 tracking and graceful shutdown on SIGTERM/SIGINT.
 
 Exit codes of `qwen3-embed serve`: 0 after SIGTERM/SIGINT, 2 on a permanent misconfiguration (one
-message, at start-up), 4 when the local Triton cannot be kept up (an orchestrator then restarts the pod).
-Whatever the path, the local tritonserver does not outlive the facade (see service/triton/runtime.py).
+message, at start-up), 4 when the local Triton cannot be kept up (an orchestrator then restarts the pod),
+5 when worker processes (`--workers N`) keep dying. Whatever the path, the local tritonserver does not
+outlive the facade (see service/triton/runtime.py).
+
+With more than one worker (settings.workers, default: one per usable CPU) serve_forever hands over to
+service/workers.py: a parent that owns the ports and the local Triton, and N processes each running
+start_service below with a WorkerBinding.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -35,6 +41,15 @@ EXIT_MISCONFIGURED = 2
 EXIT_TRITON_GAVE_UP = 4  # not 3: uvicorn exits 3 when it cannot start
 
 
+@dataclass(frozen=True)
+class WorkerBinding:
+    """How a worker of `serve --workers N` listens: on the gRPC port its parent holds, shared with its
+    siblings (SO_REUSEPORT), and on the HTTP socket its parent bound and passed down (None: HTTP off).
+    The parent serves the metrics/health port; a worker answers only once its first readiness check ran."""
+
+    http_socket: socket.socket | None
+
+
 @dataclass
 class RunningService:
     """Handles to a started facade, for the CLI and for tests."""
@@ -51,11 +66,11 @@ class RunningService:
 
 
 async def start_service(
-    settings: Settings, stop_event: asyncio.Event | None = None
+    settings: Settings, stop_event: asyncio.Event | None = None, worker: WorkerBinding | None = None
 ) -> tuple[RunningService, Callable[[], Awaitable[None]]]:
     """Starts everything and returns (handles, shutdown coroutine function). Raises Misconfiguration or
     TritonGaveUp when start-up cannot succeed; what was started is stopped first, Triton included (also
-    when cancelled)."""
+    when cancelled). `worker`: one process of `serve --workers N` (see WorkerBinding)."""
     metrics = Metrics()
     supervisor = None if settings.triton_url else TritonSupervisor(settings, metrics)
     url = supervisor.grpc_url if supervisor is not None else settings.triton_url
@@ -74,7 +89,7 @@ async def start_service(
         except ApiKeysError as exc:
             raise Misconfiguration(str(exc)) from None
         try:
-            server, health_servicer, grpc_port = build_grpc_server(lifecycle, settings)
+            server, health_servicer, grpc_port = build_grpc_server(lifecycle, settings, worker=worker is not None)
         except (OSError, RuntimeError) as exc:  # TLS files unreadable, port taken
             if "Failed to bind" in str(exc):  # grpc's own text points at debug logs; say what happened
                 raise Misconfiguration(
@@ -86,9 +101,11 @@ async def start_service(
             state.install(read_model_configs(settings))
         # Listeners first (NOT_SERVING, liveness SERVING): a taken port fails before Triton's long start.
         await set_serving(health_servicer, False)
+        if worker is not None:  # joining siblings that serve: take connections only once ready
+            await state.refresh()
         await server.start()
         if settings.metrics_port:  # before Triton's start, so that liveness probes answer meanwhile
-            ops = OpsServer(state, settings.metrics_host or settings.host, settings.metrics_port)
+            ops = OpsServer.for_state(state, settings.metrics_host or settings.host, settings.metrics_port)
             try:
                 metrics_port = await ops.start()
             except OSError as exc:
@@ -98,12 +115,15 @@ async def start_service(
         if settings.http_port:
             from service.api.http_server import start_http
 
-            check_port_free(settings.host, settings.http_port)
-            http_server, http_task, http_port = await start_http(lifecycle, settings)
+            if worker is None:
+                check_port_free(settings.host, settings.http_port)
+            sock = worker.http_socket if worker is not None else None
+            http_server, http_task, http_port = await start_http(lifecycle, settings, sock)
         if supervisor is not None:
             await supervisor.start()
         await state.refresh()
         await set_serving(health_servicer, state.ready)
+        metrics.worker_processes.set(1)
     except BaseException:
         await _abort(supervisor, server, http_server, http_task, state, ops)
         raise
@@ -143,6 +163,7 @@ async def start_service(
     async def shutdown() -> None:
         log.info("shutting down: NOT_SERVING, draining for up to %.0f s", settings.drain_seconds)
         state.draining = True
+        metrics.worker_processes.set(0)
         await health_servicer.enter_graceful_shutdown()
         # Let load balancers see NOT_SERVING before the listener closes.
         await asyncio.sleep(min(1.0, settings.drain_seconds))
@@ -202,15 +223,25 @@ async def _abort(
     state.close()
 
 
-async def serve_forever(settings: Settings) -> None:
+async def serve_forever(settings: Settings, worker: WorkerBinding | None = None) -> None:
     """Serves until SIGTERM/SIGINT. Exits non-zero (SystemExit) on a permanent misconfiguration or when the
-    local Triton cannot be kept up; see the module docstring for the codes."""
+    local Triton cannot be kept up; see the module docstring for the codes. With settings.workers other
+    than 1, the worker processes of service/workers.py do the serving."""
+    if worker is None:
+        from service.workers import resolve_workers
+
+        count = resolve_workers(settings.workers)
+        if count > 1:
+            from service.workers import serve_workers
+
+            await serve_workers(settings, count)
+            return
     loop = asyncio.get_running_loop()
     stop_event = asyncio.Event()
     # Handled from the very start: a stop during start-up still stops Triton.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_event.set)
-    starting = asyncio.create_task(start_service(settings, stop_event))
+    starting = asyncio.create_task(start_service(settings, stop_event, worker))
     stopped = asyncio.create_task(stop_event.wait())
     await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
@@ -224,8 +255,11 @@ async def serve_forever(settings: Settings) -> None:
         running, shutdown = starting.result()
     except (Misconfiguration, TritonGaveUp) as exc:
         exit_for(exc)
-    log.info("settings %s", json.dumps(settings.describe(), default=str))
-    print_endpoints(running)
+    if worker is None:
+        log.info("settings %s", json.dumps(settings.describe(), default=str))
+        print_endpoints(settings, running.grpc_port, running.http_port, running.metrics_port)
+    else:
+        log.info("worker pid %d serving (%s)", os.getpid(), "ready" if running.state.ready else "not ready yet")
     await stop_event.wait()
     await shutdown()
     if running.fatal is not None:
@@ -243,27 +277,24 @@ def exit_for(exc: BaseException) -> NoReturn:
     raise SystemExit(1)  # an unexpected error, logged with its traceback where it happened
 
 
-def print_endpoints(running: RunningService) -> None:
+def print_endpoints(settings: Settings, grpc_port: int, http_port: int, metrics_port: int) -> None:
     """The banner: what a user can paste, true to the listeners (TLS, keys, bind address)."""
-    settings = running.settings
     host = "localhost" if settings.host in ("0.0.0.0", "::", "127.0.0.1") else settings.host
     tls = settings.tls_cert is not None
     scheme = "https" if tls else "http"
     extras = "health, reflection, TLS" if tls else "health, reflection"
-    lines = [f"gRPC  {host}:{running.grpc_port}  (embedding.v1.EmbeddingService, {extras})"]
-    if running.http_port:
-        lines.append(
-            f"HTTP  {scheme}://{host}:{running.http_port}/v1/embeddings  (OpenAI API; /metrics, /openapi.json)"
-        )
-    if running.metrics_port:
-        lines.append(f"ops   http://{host}:{running.metrics_port}/metrics  (plaintext, no key; /health/*)")
+    lines = [f"gRPC  {host}:{grpc_port}  (embedding.v1.EmbeddingService, {extras})"]
+    if http_port:
+        lines.append(f"HTTP  {scheme}://{host}:{http_port}/v1/embeddings  (OpenAI API; /metrics, /openapi.json)")
+    if metrics_port:
+        lines.append(f"ops   http://{host}:{metrics_port}/metrics  (plaintext, no key; /health/*)")
     transport = "-cacert <ca.pem>" if tls else "-plaintext"
     if settings.tls_client_ca is not None:
         transport += " -cert <client.pem> -key <client-key.pem>"
     auth = " -H 'authorization: Bearer <key>'" if settings.api_keys or settings.api_keys_file else ""
     lines.append(
         f'try:  grpcurl {transport}{auth} -d \'{{"inputs": ["How are you today?"], "prompt_name": "query"}}\' '
-        f"{host}:{running.grpc_port} embedding.v1.EmbeddingService/Embed"
+        f"{host}:{grpc_port} embedding.v1.EmbeddingService/Embed"
     )
     for line in lines:
         log.info(line)

@@ -110,13 +110,32 @@ class Settings(BaseSettings):
 
     # Pipeline
     buckets: Annotated[list[int], NoDecode] = Field(
-        default_factory=list, description="Padded lengths; default: powers of two from 16 to max tokens"
+        default_factory=list,
+        description="Padded lengths; default: the model's length_buckets parameter (export writes 4 per octave "
+        "from 16 to max tokens, multiples of 8)",
     )
     token_budget: int = Field(16384, ge=16, description="Padded tokens per Triton request")
     max_triton_batch: int = Field(
         0, ge=0, description="Rows per Triton request; 0 = the model's max_batch_size"
     )
     tokenizer_threads: int = Field(2, ge=1)
+    triton_calls_in_flight: int = Field(
+        2,
+        ge=0,
+        description="Triton calls in flight per model before requests' rows of one padded width are "
+        "gathered into the next call (fewer, fuller calls under load; about the model's instance count); "
+        "0 = no limit, one call per chunk",
+    )
+
+    # Processes
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Facade worker processes on the same gRPC and HTTP ports, sharing only Triton; 0 = auto "
+        "(the usable CPUs: affinity and cgroup quota, at most 8). Every request limit (max_in_flight, HTTP "
+        "connections, ...) applies per worker",
+    )
 
     # Lifecycle
     drain_seconds: float = Field(10.0, ge=0)

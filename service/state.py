@@ -70,7 +70,7 @@ class ServiceState:
         try:
             tokenizer = TextTokenizer(load_tokenizer(tokenizer_dir, info.embedding_rows))
         except Exception as exc:  # missing, unreadable or corrupt files: none of it heals by itself
-            raise Misconfiguration(f"cannot load the tokenizer of {name!r} from {tokenizer_dir}: {exc}") from None
+            raise Misconfiguration(f"cannot load the tokenizer from {tokenizer_dir} (model {name!r}): {exc}") from None
         log.info(
             "model %s (%s, %s): %s max tokens %d, prompts %s",
             info.served_name,
@@ -87,6 +87,7 @@ class ServiceState:
             "token_budget": s.token_budget,
             "max_triton_batch": s.max_triton_batch,
             "tokenizer_threads": s.tokenizer_threads,
+            "max_calls_in_flight": s.triton_calls_in_flight,
         }
         backend = self.backend.for_model(info)
         try:

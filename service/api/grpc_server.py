@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -15,6 +19,33 @@ from service.settings import Settings
 # Health name for liveness probes: SERVING while the process runs, whatever Triton's state, so a
 # Triton outage makes pods unready (no traffic) without restarting the facade.
 LIVENESS_NAME = "liveness"
+# Trailing metadata (gRPC) and response header (HTTP) naming the worker process that answered (--workers N).
+WORKER_PID_KEY = "x-worker-pid"
+
+
+class WorkerPidInterceptor(grpc.aio.ServerInterceptor):
+    """Adds `x-worker-pid` to the trailers of every unary call that returns normally (workers only)."""
+
+    def __init__(self) -> None:
+        self.pid = str(os.getpid())
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behavior = handler.unary_unary
+        pid = self.pid
+
+        async def tagged(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            response = await behavior(request, context)
+            context.set_trailing_metadata((*(context.trailing_metadata() or ()), (WORKER_PID_KEY, pid)))
+            return response
+
+        return handler._replace(unary_unary=tagged)  # type: ignore[attr-defined,no-any-return]
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -35,12 +66,14 @@ def max_concurrent_rpcs(settings: Settings) -> int:
 
 
 def build_grpc_server(
-    lifecycle: Lifecycle, settings: Settings
+    lifecycle: Lifecycle, settings: Settings, worker: bool = False
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
-    """Returns the (not yet started) server, its health servicer and the bound port."""
+    """Returns the (not yet started) server, its health servicer and the bound port. A `worker` of
+    `serve --workers N` shares the port with its siblings (SO_REUSEPORT); its parent has bound the port
+    first without that option and holds it, so no other process can join (service/workers.py)."""
     state = lifecycle.state
     checker = KeyChecker(settings.all_api_keys(), settings.auth_exempt)
-    interceptors = []
+    interceptors: list[grpc.aio.ServerInterceptor] = []
     if checker.enabled:
         interceptors.append(
             AuthInterceptor(
@@ -55,11 +88,14 @@ def build_grpc_server(
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         # Responses are bounded by max_batch_inputs x dimensions; the server never refuses its own.
         ("grpc.max_send_message_length", -1),
-        # Off: with SO_REUSEPORT a second facade on the same port would silently share its traffic.
-        ("grpc.so_reuseport", 0),
+        # Off for a lone facade: with SO_REUSEPORT a second one on the same port would silently share its
+        # traffic. On for workers, whose parent excludes every other process from the port.
+        ("grpc.so_reuseport", 1 if worker else 0),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
+    if worker:
+        interceptors.append(WorkerPidInterceptor())
     server = grpc.aio.server(
         interceptors=interceptors, options=options, maximum_concurrent_rpcs=max_concurrent_rpcs(settings)
     )

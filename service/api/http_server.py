@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
+import socket
 import ssl
 from collections.abc import Iterator
 from typing import Any
@@ -104,6 +106,31 @@ class LimitedH11Protocol(H11Protocol):
             super().connection_lost(exc)
 
 
+def http_backlog(max_connections: int) -> int:
+    """asyncio accepts up to `backlog` sockets per wake-up: a small burst keeps descriptors within the cap."""
+    return max(16, min(2048, max_connections // 2))
+
+
+class WorkerPidHeader:
+    """ASGI wrapper adding `x-worker-pid` to every response (workers of `serve --workers N` only)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.header = (b"x-worker-pid", str(os.getpid()).encode())
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def tagged(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, tagged)
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handlers: the facade owns SIGTERM and drains both APIs."""
 
@@ -112,7 +139,11 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def start_http(lifecycle: Lifecycle, settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+async def start_http(
+    lifecycle: Lifecycle, settings: Settings, sock: socket.socket | None = None
+) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    """Serves on settings.host/http_port, or on `sock`: the listening socket a worker of `serve --workers N`
+    inherits from its parent and accepts from beside its siblings (its responses then name its pid)."""
     kwargs: dict[str, Any] = {}
     if settings.tls_cert and settings.tls_key:
         kwargs = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
@@ -120,8 +151,9 @@ async def start_http(lifecycle: Lifecycle, settings: Settings) -> tuple[uvicorn.
             kwargs |= {"ssl_ca_certs": str(settings.tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
     limits = {"max_connections": max_http_connections(settings), "request_timeout_s": settings.http_request_timeout_s}
     protocol: type[LimitedH11Protocol] = type("Protocol", (LimitedH11Protocol,), limits)
+    app: Any = build_app(lifecycle, settings)
     config = uvicorn.Config(
-        build_app(lifecycle, settings),
+        app if sock is None else WorkerPidHeader(app),
         host=settings.host,
         port=settings.http_port,
         http=protocol,
@@ -129,13 +161,12 @@ async def start_http(lifecycle: Lifecycle, settings: Settings) -> tuple[uvicorn.
         access_log=False,
         lifespan="off",
         timeout_keep_alive=int(settings.http_keepalive_s) or 1,
-        # asyncio accepts up to `backlog` sockets per wake-up: a small burst keeps descriptors within the cap.
-        backlog=max(16, min(2048, protocol.max_connections // 2)),
+        backlog=http_backlog(protocol.max_connections),
         timeout_graceful_shutdown=int(settings.drain_seconds) or None,
         **kwargs,
     )
     server = _Server(config)
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=None if sock is None else [sock]))
     while not server.started:
         if task.done():
             task.result()  # raises the start-up error (port in use, bad certificate)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -26,12 +27,20 @@ PATHS = ("/metrics", "/health/live", "/health/ready")
 
 
 class OpsServer:
-    def __init__(self, state: ServiceState, host: str, port: int) -> None:
-        self.state = state
+    """`render` gives /metrics, `is_ready` /health/ready: a facade process's own (for_state), or with
+    `serve --workers N` the parent's view of all workers (service/workers.py)."""
+
+    def __init__(self, render: Callable[[], bytes], is_ready: Callable[[], bool], host: str, port: int) -> None:
+        self.render = render
+        self.is_ready = is_ready
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
         self._open = 0
+
+    @classmethod
+    def for_state(cls, state: ServiceState, host: str, port: int) -> OpsServer:
+        return cls(state.metrics.render, lambda: state.ready and not state.draining, host, port)
 
     async def start(self) -> int:
         """Binds (OSError when the port is taken) and returns the bound port."""
@@ -55,10 +64,10 @@ class OpsServer:
         if method not in ("GET", "HEAD"):
             return 405, b'{"error": "method not allowed"}', "application/json"
         if path == "/metrics":
-            return 200, self.state.metrics.render(), CONTENT_TYPE_LATEST
+            return 200, self.render(), CONTENT_TYPE_LATEST
         if path == "/health/live":
             return 200, b'{"status": "live"}', "application/json"
-        ready = self.state.ready and not self.state.draining
+        ready = self.is_ready()
         body = json.dumps({"status": "ready" if ready else "not ready"}).encode()
         return (200 if ready else 503), body, "application/json"
 

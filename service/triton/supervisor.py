@@ -44,9 +44,12 @@ def local_model_names(settings: Settings) -> list[str]:
     found = sorted(
         d.name for d in repo.iterdir() if not d.name.startswith(".") and (d / "config.pbtxt").is_file()
     ) if repo.is_dir() else []
-    if not found:
+    if settings.model_name not in found:
+        # The default embedding model is what clients without a `model` field get: its absence is a
+        # deployment mistake (a wrong name or a missing export), not a reranker-only service.
+        others = f" (the repository holds {', '.join(found)}; set QWEN3_EMBED_MODEL_NAME)" if found else ""
         raise Misconfiguration(
-            f"no model in {repo} (no <model>/config.pbtxt): export a model first (qwen3-embed export)"
+            f"no model {settings.model_name!r} in {repo}{others}: export a model first (qwen3-embed export)"
         )
     return found
 

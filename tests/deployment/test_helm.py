@@ -276,6 +276,8 @@ def test_lint_fails_on_a_broken_values_file() -> None:
         {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "m", "maxTokens": "4096"}}]},
         {"extraModels": {"name": "qwen3_reranker"}},
         {"rerankModel": "../qwen3_reranker"},
+        {"facade": {"workers": -1}},
+        {"facade": {"workers": "2"}},
     ],
     ids=lambda v: str(v)[:60],
 )
@@ -553,6 +555,35 @@ def test_facade_env_names_are_settings_fields() -> None:
     fields = set(Settings.model_fields)
     unknown = [n for n in names if n.removeprefix("QWEN3_EMBED_").lower() not in fields]
     assert unknown == []
+
+
+@pytest.mark.parametrize(
+    ("facade", "workers", "cpu_request"),
+    [
+        ({}, "2", "2"),  # the default: 2 worker processes, 2 CPUs requested
+        ({"workers": 3}, "3", "3"),
+        ({"workers": 1}, "1", "1"),
+        ({"workers": 0}, "0", "4"),  # auto: one per CPU of the limit
+        ({"workers": 0, "resources": {"limits": {"cpu": "1500m"}}}, "0", "1"),
+        ({"workers": 0, "resources": {"limits": {"cpu": None}}}, "0", "1"),
+        ({"workers": 4, "resources": {"requests": {"cpu": "500m"}}}, "4", "500m"),  # an explicit request wins
+    ],
+    ids=str,
+)
+def test_facade_workers_and_the_cpu_request_that_follows(
+    facade: dict[str, Any], workers: str, cpu_request: str
+) -> None:
+    facade_container = container(pod_spec(render({"facade": facade})), "facade")
+    assert env_of(facade_container)["QWEN3_EMBED_WORKERS"] == workers
+    assert facade_container["resources"]["requests"] == {"cpu": cpu_request, "memory": "1Gi"}
+    assert Settings.model_validate({"workers": workers}).workers == int(workers)
+
+
+def test_facade_workers_beyond_the_cpu_limit_fail() -> None:
+    with pytest.raises(helm_python.HelmError, match=re.escape("facade.workers (5) is more than facade.resources")):
+        render_raw({"facade": {"workers": 5}})
+    with pytest.raises(helm_python.HelmError, match=re.escape("facade.workers (2) is more than")):
+        render_raw({"facade": {"resources": {"limits": {"cpu": "1500m"}}}})
 
 
 def test_facade_settings_map_becomes_env() -> None:

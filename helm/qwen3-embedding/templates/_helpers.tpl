@@ -367,3 +367,43 @@ from qwen3-embedding.models>).
   {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* A CPU quantity ("4", 4, "1.5", "500m") as a number of cores. */}}
+{{- define "qwen3-embedding.cpuCores" -}}
+{{- $q := toString . -}}
+{{- if hasSuffix "m" $q -}}
+{{- divf (trimSuffix "m" $q | float64) 1000 -}}
+{{- else -}}
+{{- $q | float64 -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+The facade's resources, with requests.cpu following the worker processes when not set: facade.workers, or
+for 0 (auto: one per CPU of the CPU limit, at most 8) that count, or 1 without a CPU limit. More workers than
+the CPU limit fail the render.
+*/}}
+{{- define "qwen3-embedding.facadeResources" -}}
+{{- $res := deepCopy (.Values.facade.resources | default dict) -}}
+{{- $requests := get $res "requests" | default dict -}}
+{{- $limits := get $res "limits" | default dict -}}
+{{- $workers := .Values.facade.workers | default 0 | int -}}
+{{- $limit := 0.0 -}}
+{{- if get $limits "cpu" -}}
+{{- $limit = include "qwen3-embedding.cpuCores" (get $limits "cpu") | float64 -}}
+{{- end -}}
+{{- if and $workers $limit (gt (float64 $workers) $limit) -}}
+{{- fail (printf "facade.workers (%d) is more than facade.resources.limits.cpu (%v): each worker process wants a CPU; raise the limit or lower facade.workers" $workers (get $limits "cpu")) -}}
+{{- end -}}
+{{- if not (get $requests "cpu") -}}
+{{- if $workers -}}
+{{- $_ := set $requests "cpu" (toString $workers) -}}
+{{- else if $limit -}}
+{{- $_ := set $requests "cpu" (toString (max 1 (min 8 (int (floor $limit))))) -}}
+{{- else -}}
+{{- $_ := set $requests "cpu" "1" -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $res "requests" $requests -}}
+{{- toYaml $res -}}
+{{- end }}

@@ -1,0 +1,483 @@
+"""`qwen3-embed serve --workers N`: N facade processes on the same ports, sharing nothing but Triton.
+
+Process tree: the parent (WorkerPool) owns the ports, the metrics/health port and the local Triton when
+there is one (its supervisor, service/triton/supervisor.py); each worker (`python -m service.workers`) is
+the single-process facade of service/server.py against that Triton's URL, with its own event loop,
+admission, tokenizer threads and connections, so every request limit applies per worker.
+
+Ports. The parent proves each port free with a bind that does not share (no SO_REUSEPORT), as a lone
+facade does, so any process already there makes start-up fail with one message (exit 2), then keeps it
+for its whole life:
+- gRPC: grpc's Python server cannot take a socket, so workers bind the port themselves with SO_REUSEPORT
+  (the kernel spreads new connections over them). The parent's socket stays bound, never listening (it
+  gets no connections), with SO_REUSEPORT switched on after its bind and SO_REUSEADDR off: a facade that
+  does not share, or any socket with SO_REUSEADDR, fails to bind beside it, even while no worker listens.
+- HTTP: the parent binds and listens, and every worker accepts from that one socket (inherited): nothing
+  else can bind it, and connections queued while a worker restarts are served by the others.
+- metrics/health (metrics_port): served by the parent. /metrics is the sum over all workers (prometheus
+  multiprocess mode, a fresh directory per parent, removed at exit); /health/ready says ready while at least
+  one worker is ready (a dead worker takes no connections: its listener is gone) and the parent is not
+  draining; /health/live while the parent runs.
+
+Workers that die are started again (at once, then 1, 2, 4 ... 30 s apart); more than MAX_RESTARTS deaths
+in a row of one worker (each within STABLE_S of its start) end the parent with exit code 5; a worker that
+exits 2 (a misconfiguration it reported) ends it with 2. SIGTERM/SIGINT: the parent closes its HTTP socket,
+every worker drains (NOT_SERVING, in-flight work finishes within drain_seconds) and exits, then Triton stops.
+Workers die with the parent (PR_SET_PDEATHSIG), whatever ended it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import multiprocess
+
+from service.metrics import Metrics, enable_multiprocess
+from service.settings import ApiKeysError, Settings
+from service.triton.runtime import describe_exit
+from service.triton.supervisor import Misconfiguration, TritonGaveUp, TritonSupervisor, local_model_names
+
+log = logging.getLogger("qwen3_embed")
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+MAX_AUTO_WORKERS = 8
+EXIT_WORKERS_GAVE_UP = 5
+# A worker up this long has recovered: its failure series (and backoff) ends.
+STABLE_S = 60.0
+MAX_RESTARTS = 5
+BACKOFF_S = 1.0
+BACKOFF_MAX_S = 30.0
+# Beyond the workers' own drain bound (about 1 + 2 x drain_seconds) before they are killed.
+STOP_MARGIN_S = 10.0
+PR_SET_PDEATHSIG = 1
+READY_METRIC = "qwen3_embed_triton_up"
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs the cgroup's quota allows (v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us); None: no quota."""
+    try:
+        fields = (root / "cpu.max").read_text().split()
+    except OSError:
+        fields = []
+    if fields:
+        if fields[0] == "max":
+            return None
+        try:
+            return int(fields[0]) / int(fields[1] if len(fields) > 1 else 100_000)
+        except (ValueError, ZeroDivisionError):
+            return None
+    for sub in ("cpu", "cpu,cpuacct"):
+        try:
+            quota = int((root / sub / "cpu.cfs_quota_us").read_text())
+            period = int((root / sub / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota / period if quota > 0 and period > 0 else None
+    return None
+
+
+def usable_cpus(root: Path = CGROUP_ROOT) -> int:
+    """CPUs this process may run on (affinity), fewer when a cgroup quota allows fewer (rounded down)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_limit(root)
+    if quota is not None:
+        cpus = min(cpus, math.floor(quota))
+    return max(1, cpus)
+
+
+def resolve_workers(workers: int, root: Path = CGROUP_ROOT) -> int:
+    """settings.workers, or for 0 (auto) one per usable CPU, at most MAX_AUTO_WORKERS."""
+    return workers if workers > 0 else min(MAX_AUTO_WORKERS, usable_cpus(root))
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def hold_grpc_port(host: str, port: int) -> socket.socket:
+    """The parent's claim on the gRPC port (see the module doc). Raises Misconfiguration when it is taken."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        # SO_REUSEADDR for the bind only: a TIME_WAIT connection of a previous run must not block it, but no
+        # other socket may bind beside this one later (the kernel checks the flag of the socket bound first).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # now the workers' listeners may join
+    except OSError:
+        sock.close()
+        raise Misconfiguration(f"cannot listen for gRPC on {host}:{port}: address in use or not available") from None
+    return sock
+
+
+def bind_http(settings: Settings) -> socket.socket:
+    """The HTTP listener every worker accepts from. Raises Misconfiguration when the port is taken."""
+    from service.api.http_server import http_backlog, max_http_connections
+
+    host, port = settings.host, settings.http_port
+    try:
+        sock = socket.create_server(
+            (host, port), family=_family(host), backlog=http_backlog(max_http_connections(settings))
+        )
+    except OSError as exc:
+        raise Misconfiguration(f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+METRICS_DIR_PREFIX = "qwen3-embed-metrics-"
+
+
+def remove_stale_metrics_dirs(tmp: Path | None = None) -> None:
+    """Metrics directories of parents that are gone (SIGKILL, OOM: no clean-up ran). They are named after their
+    parent's pid; one that names this process is stale too (a container restarted with the same pids)."""
+    for path in Path(tmp or tempfile.gettempdir()).glob(f"{METRICS_DIR_PREFIX}*-*"):
+        pid = path.name.removeprefix(METRICS_DIR_PREFIX).split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            alive = int(pid) != os.getpid()
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:  # another user's process
+            alive = True
+        if not alive:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class WorkerMisconfigured(RuntimeError):
+    """A worker exited with code 2: it logged why; the parent stops and exits 2 too."""
+
+
+class WorkersGaveUp(RuntimeError):
+    """A worker died too often in a row: the parent stops and exits 5 (the orchestrator restarts the pod)."""
+
+
+@dataclass
+class Worker:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    failures: int = 0  # deaths since it last stayed up STABLE_S
+
+
+class WorkerPool:
+    """The parent: start() (ports, Triton, workers), run() in the background, shutdown(), close()."""
+
+    def __init__(self, settings: Settings, count: int, stop_event: asyncio.Event) -> None:
+        self.settings = settings
+        self.stop_event = stop_event
+        remove_stale_metrics_dirs()
+        self.metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
+        enable_multiprocess(self.metrics_dir)  # before any metric of this process exists
+        self.metrics = Metrics()
+        self.supervisor = None if settings.triton_url else TritonSupervisor(settings, self.metrics)
+        self.workers = [Worker(i) for i in range(count)]
+        self.grpc_holder: socket.socket | None = None
+        self.http_socket: socket.socket | None = None
+        self.ops: Any = None
+        self.grpc_port = 0
+        self.http_port = 0
+        self.metrics_port = 0
+        self.models: list[str] = list(settings.models)
+        self.stopping = False
+        self.stopped = False  # shutdown() finished: nothing left to kill
+        self.fatal: BaseException | None = None
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    # -------------------------------------------------------------------------------------------- start
+
+    async def start(self) -> None:
+        """The checks of a lone facade, in its order, then Triton, then the workers. Raises Misconfiguration
+        or TritonGaveUp; whatever was started is stopped first (also when cancelled)."""
+        from service.api.grpc_server import server_credentials
+        from service.api.ops_server import OpsServer
+
+        s = self.settings
+        try:
+            try:
+                s.all_api_keys()
+            except ApiKeysError as exc:
+                raise Misconfiguration(str(exc)) from None
+            try:
+                server_credentials(s)
+            except OSError as exc:
+                raise Misconfiguration(f"cannot set up the gRPC server: {exc}") from None
+            self.grpc_holder = hold_grpc_port(s.host, s.grpc_port)
+            self.grpc_port = int(self.grpc_holder.getsockname()[1])
+            if self.supervisor is not None:
+                await self._check_models()
+            if s.metrics_port:
+                self.ops = OpsServer(self.metrics.render, self.ready, s.metrics_host or s.host, s.metrics_port)
+                try:
+                    self.metrics_port = await self.ops.start()
+                except OSError as exc:
+                    raise Misconfiguration(
+                        f"cannot listen for metrics on {self.ops.host}:{self.ops.port}: {exc.strerror or exc}"
+                    ) from None
+            if s.http_port:
+                self.http_socket = bind_http(s)
+                self.http_port = s.http_port
+            if self.supervisor is not None:
+                await self.supervisor.start()
+            for worker in self.workers:
+                await self._spawn(worker)
+        except BaseException:
+            self._kill_all()
+            if self.ops is not None:
+                with contextlib.suppress(Exception):
+                    await self.ops.stop()
+            raise
+
+    async def _check_models(self) -> None:
+        """What a lone facade checks before its Triton starts: every model's config and tokenizer."""
+        from service.state import ServiceState
+        from service.triton.client import TritonBackend
+        from service.triton.supervisor import read_model_configs
+
+        assert self.supervisor is not None
+        s = self.settings
+        self.models = self.models or local_model_names(s)
+        configs = read_model_configs(s)
+        backend = TritonBackend(self.supervisor.grpc_url, s.model_name, s.max_message_bytes)
+        state = ServiceState(s, backend, self.metrics)
+        try:
+            state.install(configs)
+        finally:
+            state.close()
+            with contextlib.suppress(Exception):
+                await backend.close()
+
+    def _worker_payload(self) -> bytes:
+        """Sent on the worker's stdin (not its environment: it holds the API keys)."""
+        values = self.settings.model_dump(mode="json")
+        values.update(workers=1, metrics_port=0, grpc_port=self.grpc_port, http_port=self.http_port)
+        if self.supervisor is not None:
+            values.update(triton_url=self.supervisor.grpc_url, models=self.models)
+        fd = self.http_socket.fileno() if self.http_socket is not None else None
+        return json.dumps({"settings": values, "http_fd": fd, "parent": os.getpid()}).encode()
+
+    async def _spawn(self, worker: Worker) -> None:
+        env = dict(os.environ)
+        # The workers import this very package, wherever the parent found it.
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        fds = (self.http_socket.fileno(),) if self.http_socket is not None else ()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service.workers", stdin=asyncio.subprocess.PIPE, pass_fds=fds, env=env
+        )
+        assert process.stdin is not None
+        process.stdin.write(self._worker_payload())
+        with contextlib.suppress(ConnectionError):
+            await process.stdin.drain()
+        process.stdin.close()
+        worker.process = process
+        worker.started_at = time.monotonic()
+        log.info("worker %d started (pid %d)", worker.index, process.pid)
+
+    # ---------------------------------------------------------------------------------------------- run
+
+    def run(self) -> None:
+        """Background tasks: one watcher per worker, the Triton supervisor, the readiness log. One that
+        ends by raising ends the parent (stop_event; see fatal)."""
+        tasks = [asyncio.create_task(self._watch(w), name=f"worker {w.index}") for w in self.workers]
+        if self.supervisor is not None:
+            tasks.append(asyncio.create_task(self.supervisor.run(), name="Triton supervisor"))
+        tasks.append(asyncio.create_task(self._log_readiness(), name="readiness log"))
+        for task in tasks:
+            task.add_done_callback(self._end_on_failure)
+        self.tasks += tasks
+
+    def _end_on_failure(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        if not isinstance(exc, Misconfiguration | TritonGaveUp | WorkerMisconfigured | WorkersGaveUp):
+            log.error("%s failed", task.get_name(), exc_info=exc)
+        self.fatal = self.fatal or exc
+        self.stop_event.set()
+
+    async def _watch(self, worker: Worker) -> None:
+        while True:
+            process = worker.process
+            assert process is not None
+            code = await process.wait()
+            multiprocess.mark_process_dead(process.pid, self.metrics_dir)
+            if self.stopping:
+                return
+            why = f"worker {worker.index} (pid {process.pid}) ended: {describe_exit(code)}"
+            if code == 2:
+                raise WorkerMisconfigured(why)
+            if time.monotonic() - worker.started_at >= STABLE_S:
+                worker.failures = 0
+            worker.failures += 1
+            if worker.failures > MAX_RESTARTS:
+                raise WorkersGaveUp(f"{why}, {worker.failures} times in a row (at most {MAX_RESTARTS} restarts)")
+            delay = 0.0 if worker.failures <= 1 else min(BACKOFF_S * 2 ** (worker.failures - 2), BACKOFF_MAX_S)
+            log.error("%s; starting it again%s", why, f" in {delay:.0f} s" if delay else "")
+            await asyncio.sleep(delay)
+            if self.stopping:
+                return
+            self.metrics.worker_restarts.inc()
+            await self._spawn(worker)
+
+    async def _log_readiness(self) -> None:
+        last: bool | None = None
+        while True:
+            ready = self.ready()
+            if ready != last:
+                log.log(logging.INFO if ready else logging.WARNING, "service %s", "ready" if ready else "NOT ready")
+            last = ready
+            await asyncio.sleep(self.settings.health_poll_s)
+
+    def gauge(self, name: str) -> float:
+        """A gauge as /metrics shows it: the workers' values combined by its multiprocess mode."""
+        for metric in multiprocess.MultiProcessCollector(None, self.metrics_dir).collect():
+            if metric.name == name:
+                return max((sample.value for sample in metric.samples), default=0.0)
+        return 0.0
+
+    def ready(self) -> bool:
+        return not self.stopping and self.gauge(READY_METRIC) >= 1
+
+    # ------------------------------------------------------------------------------------------ shutdown
+
+    async def shutdown(self) -> None:
+        """Every worker drains and exits (killed past its bound), then Triton stops, the ops port last."""
+        s = self.settings
+        self.stopping = True
+        processes = [w.process for w in self.workers if w.process is not None and w.process.returncode is None]
+        log.info("shutting down: %d workers draining for up to %.0f s", len(processes), s.drain_seconds)
+        if self.http_socket is not None:  # the workers keep their copies until they have drained
+            self.http_socket.close()
+            self.http_socket = None
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        if processes:
+            waits = [asyncio.create_task(p.wait()) for p in processes]
+            _, pending = await asyncio.wait(waits, timeout=1 + 2 * s.drain_seconds + STOP_MARGIN_S)
+            if pending:
+                log.error("%d workers still running after the drain: killing them", len(pending))
+                for process in processes:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                await asyncio.wait(waits)
+        for process in processes:
+            multiprocess.mark_process_dead(process.pid, self.metrics_dir)
+        for task in self.tasks:  # the supervisor among them: no Triton restart from here on
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        if self.ops is not None:  # last: readiness probes saw 503 throughout the drain
+            await self.ops.stop()
+        self.stopped = True
+        log.info("stopped")
+
+    def _kill_all(self) -> None:
+        """Immediate stop (failed or cancelled start-up, or after shutdown): no await, nothing left."""
+        self.stopping = True
+        if self.supervisor is not None:
+            self.supervisor.kill()
+        for worker in self.workers:
+            if worker.process is not None and worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+
+    def close(self) -> None:
+        if not self.stopped:
+            self._kill_all()
+        for sock in (self.grpc_holder, self.http_socket):
+            if sock is not None:
+                sock.close()
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+
+async def serve_workers(settings: Settings, count: int) -> None:
+    """serve_forever with `count` worker processes; the same exit codes, plus 5 (WorkersGaveUp)."""
+    from service.server import EXIT_MISCONFIGURED, exit_for, print_endpoints
+
+    loop = asyncio.get_running_loop()
+    stop_event = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_event.set)
+    pool = WorkerPool(settings, count, stop_event)
+    try:
+        starting = asyncio.create_task(pool.start())
+        stopped = asyncio.create_task(stop_event.wait())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not starting.done():
+            log.info("stop requested during start-up")
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return
+        try:
+            starting.result()
+        except (Misconfiguration, TritonGaveUp) as exc:
+            exit_for(exc)
+        log.info("settings %s", json.dumps(settings.describe(), default=str))
+        log.info("%d worker processes (max_in_flight and the other request limits apply to each)", count)
+        print_endpoints(settings, pool.grpc_port, pool.http_port, pool.metrics_port)
+        pool.run()
+        await stop_event.wait()
+        await pool.shutdown()
+    finally:
+        pool.close()
+    fatal = pool.fatal
+    if isinstance(fatal, WorkerMisconfigured):
+        log.error("stopped: %s (its reason is above)", fatal)
+        raise SystemExit(EXIT_MISCONFIGURED)
+    if isinstance(fatal, WorkersGaveUp):
+        log.error("giving up, exiting so that the pod is restarted: %s", fatal)
+        raise SystemExit(EXIT_WORKERS_GAVE_UP)
+    if fatal is not None:
+        exit_for(fatal)
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM (a drain) when the parent dies, whatever killed it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before prctl
+        raise SystemExit(1)
+
+
+def worker_main() -> None:
+    """One worker: settings and the HTTP socket's descriptor from the parent (stdin), then a facade."""
+    # Ctrl-C in a terminal reaches the whole process group: until serve_forever handles SIGINT (a drain),
+    # a worker leaves it to the parent, which stops every worker with SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    payload = json.loads(sys.stdin.buffer.read())
+    _die_with_parent(int(payload["parent"]))
+    from service.logs import configure_logging
+    from service.server import WorkerBinding, serve_forever
+
+    settings = Settings(**payload["settings"])
+    configure_logging(settings.log_level, settings.log_format)
+    fd = payload["http_fd"]
+    sock = socket.socket(fileno=int(fd)) if fd is not None else None
+    asyncio.run(serve_forever(settings, WorkerBinding(sock)))
+
+
+if __name__ == "__main__":
+    worker_main()
