@@ -82,7 +82,7 @@ REAL_FULL = Sizes(
     length_requests=1,
     best_batch_tokens=1024,
     tuning=True,
-    tuning_variants=("default", "buckets 4/octave"),
+    tuning_variants=("default", "buckets powers of two"),
     tuning_workloads=("mixed",),
 )
 SMOKE = Sizes(
@@ -348,20 +348,20 @@ def measure_infinity(ctx: Context, results: dict[str, Any]) -> None:
         log(f"  Infinity failed: {str(exc)[-400:]}")
 
 
-def geometric_buckets(per_octave: int, max_tokens: int, smallest: int = 16) -> str:
-    """Edges `per_octave` to each doubling, rounded to multiples of 8 (finer edges: less padding, but fewer
-    equal shapes for Triton to batch together)."""
-    edges, k = set(), 0
-    while (edge := smallest * 2 ** (k / per_octave)) < max_tokens:
-        edges.add(int(round(edge / 8) * 8))
-        k += 1
-    return ",".join(str(e) for e in sorted(edges))
+def geometric_buckets(per_octave: int, max_tokens: int) -> str:
+    """QWEN3_EMBED_BUCKETS for a ladder of `per_octave` edges to each doubling on multiples of 8 (the default
+    is 3; finer edges: less padding, but fewer equal shapes for Triton to batch together)."""
+    from service.pipeline.batching import default_buckets
+
+    return ",".join(str(e) for e in default_buckets(max_tokens, per_octave=per_octave))
 
 
 def tuning_variants(max_tokens: int) -> list[tuple[str, dict[str, str], dict[str, int]]]:
     """(label, facade environment, Triton config changes); the default first."""
     return [
         ("default", {}, {}),
+        # The default before the 3-per-octave ladder (benchmarks/ladders.py measured the choice).
+        ("buckets powers of two", {"QWEN3_EMBED_BUCKETS": geometric_buckets(1, max_tokens)}, {}),
         ("buckets 2/octave", {"QWEN3_EMBED_BUCKETS": geometric_buckets(2, max_tokens)}, {}),
         ("buckets 4/octave", {"QWEN3_EMBED_BUCKETS": geometric_buckets(4, max_tokens)}, {}),
         ("token budget 4096", {"QWEN3_EMBED_TOKEN_BUDGET": "4096"}, {}),
@@ -410,12 +410,12 @@ async def measure_tuning(ctx: Context, base_triton: str, results: dict[str, Any]
 
 def make_context(name: str, ckpt: Path, repo: Path, sizes: Sizes, logs: Path) -> Context:
     from export.triton_config import parse_pbtxt
+    from service.contract import ModelInfo
     from service.pipeline.embedder import resolve_buckets
     from service.settings import Settings
 
     hidden, max_batch = model_facts(repo)
-    cfg = parse_pbtxt((repo / "qwen3_embedding" / "config.pbtxt").read_text())
-    max_tokens = int(cfg.parameters["max_input_tokens"].string_value)
+    info = ModelInfo.from_triton_config(parse_pbtxt((repo / "qwen3_embedding" / "config.pbtxt").read_text()))
     settings = Settings.model_validate({})  # the facade's defaults (and any QWEN3_EMBED_* set for this run)
     return Context(
         name,
@@ -423,7 +423,7 @@ def make_context(name: str, ckpt: Path, repo: Path, sizes: Sizes, logs: Path) ->
         repo,
         sizes,
         hidden,
-        resolve_buckets(settings.buckets, max_tokens),
+        resolve_buckets(settings.buckets, info.max_input_tokens, info.length_buckets),
         settings.token_budget,
         max_batch,
         systems.Tokenize(repo / "qwen3_embedding"),

@@ -25,6 +25,7 @@ from export.triton_config import (
     RepoSettings,
     default_warmup_lengths,
     deployment_facts,
+    length_ladder,
     resolved_instances,
     resolved_kind,
 )
@@ -229,8 +230,8 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
     requested = repo.max_input_tokens or (ckpt.max_position_embeddings if fused else EAGER_DEFAULT_MAX_TOKENS)
     max_tokens = min(requested, ckpt.max_position_embeddings)
     repo = replace(repo, max_input_tokens=max_tokens)
-    if opts.auto_warmup:
-        repo = replace(repo, warmup_lengths=tuple(default_warmup_lengths(max_tokens)))
+    if opts.auto_warmup:  # the ladder deployment_facts writes as length_buckets: what the facade will send
+        repo = replace(repo, warmup_lengths=tuple(default_warmup_lengths(length_ladder(repo, max_tokens))))
     if repo.warmup_lengths and max(repo.warmup_lengths) > max_tokens:
         raise ExportError(f"warm-up lengths must be <= --max-tokens ({max_tokens})")
     dtype = getattr(torch, repo.precision.dtype_name)

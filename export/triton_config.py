@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from google.protobuf import text_format
@@ -56,6 +57,8 @@ class RepoSettings:
     accelerator: str = "none"  # onnxruntime backend: none | tensorrt
     trt_engine_cache: str = "/tmp/trt-cache"
     warmup_lengths: tuple[int, ...] = field(default_factory=tuple)
+    # The facade's padded lengths, written as the length_buckets parameter; () = default_buckets(max tokens).
+    length_buckets: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         # Callers may pass the flag's string ("fp16"); the field is always the enum.
@@ -91,14 +94,25 @@ def resolved_ort_threads(settings: RepoSettings) -> int:
     return 1 if resolved_kind(settings) == "CPU" and resolved_instances(settings) > 1 else 0
 
 
+def length_ladder(settings: RepoSettings, max_input_tokens: int) -> list[int]:
+    """The bucket ladder an export writes (Param.LENGTH_BUCKETS) and warms up: settings.length_buckets below
+    max_input_tokens, then max_input_tokens; without them the default ladder, the one the facade computes
+    for exports that carry none."""
+    if not settings.length_buckets:
+        return default_buckets(max_input_tokens)
+    return [*sorted({b for b in settings.length_buckets if 0 < b < max_input_tokens}), max_input_tokens]
+
+
 def deployment_facts(settings: RepoSettings, facts: ModelFacts, memory: PeakMemory | None = None) -> ModelFacts:
-    """The checkpoint's facts plus what these settings decide: backend, thread count, token budget and the
-    expected peak per instance (from `memory`; without it the facts' own memory fields stay as they are)."""
+    """The checkpoint's facts plus what these settings decide: backend, thread count, token budget, the length
+    buckets and the expected peak per instance (from `memory`; without it the facts' own memory fields stay
+    as they are)."""
     facts = replace(
         facts,
         backend=settings.backend,
         precision=settings.precision,
         ort_intra_op_threads=resolved_ort_threads(settings),
+        length_buckets=tuple(length_ladder(settings, facts.max_input_tokens)),
     )
     python = settings.backend == "python"
     # Only model.py splits batches by tokens and reads the arena knobs; the other backends run Triton's batch.
@@ -121,14 +135,29 @@ def deployment_facts(settings: RepoSettings, facts: ModelFacts, memory: PeakMemo
     )
 
 
-# Warm-up runs every default bucket up to here, not the longest ones: a warm-up run sets up ORT's kernels and
-# the stub's buffers for a shape (the same for every length, memory patterns being off), while a 32k-token run
-# would only add its seconds to every start of every instance.
+# Warm-up stops here, not at the longest rungs: a 32k-token run would only add its seconds to every start of
+# every instance.
 WARMUP_MAX_TOKENS = 8192
 
 
-def default_warmup_lengths(max_input_tokens: int) -> list[int]:
-    return default_buckets(min(max_input_tokens, WARMUP_MAX_TOKENS))
+def default_warmup_lengths(ladder: Sequence[int]) -> list[int]:
+    """The lengths Triton runs once per instance before READY, all rungs of the model's ladder (the
+    length_buckets export writes, so shapes the facade will send): one rung per octave up to WARMUP_MAX_TOKENS
+    and the largest rung there (with the default ladder: the powers of two, as before the finer ladder).
+
+    Why not every rung (benchmarks/warmup_cost.py, docs/benchmarks.md "Warm-up"): what a warm-up buys on ONNX
+    Runtime is the first run of an instance (~150 ms on the dev model), not a shape; a rung first seen after
+    warm-up ran no slower than a warmed one, while warming all 27 rungs of a 3-per-octave ladder to 8192 started
+    Triton 1.5x slower.
+    Ending at the largest rung also leaves TensorRT's shape range covering every rung below it."""
+    rungs = [b for b in ladder if b <= WARMUP_MAX_TOKENS]
+    out: list[int] = []
+    for b in rungs:
+        if not out or b >= 2 * out[-1]:
+            out.append(b)
+    if rungs and out[-1] != rungs[-1]:
+        out.append(rungs[-1])
+    return out
 
 
 def warmup_file(length: int) -> str:

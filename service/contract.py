@@ -89,6 +89,9 @@ class Param(StrEnum):
     KIND = "kind"
     # Rerankers: the token ids whose LM-head rows the graph keeps (RERANK_LABELS order), for GetInfo and checks.
     RERANK_TOKEN_IDS = "rerank_token_ids"
+    # The padded lengths the facade sends ("16,24,32,...,max_input_tokens"), the ladder export warmed up;
+    # absent (exports before the key): the facade computes the same default (service/pipeline/batching.py).
+    LENGTH_BUCKETS = "length_buckets"
 
 
 REQUIRED_PARAMS = (Param.HIDDEN_SIZE, Param.MAX_INPUT_TOKENS, Param.EMBEDDING_ROWS)
@@ -164,6 +167,7 @@ class ModelFacts:
     padding_side: str = "left"
     kind: ModelKind = ModelKind.EMBEDDING
     rerank_token_ids: str = ""  # rerankers: "no_id,yes_id"
+    length_buckets: tuple[int, ...] = ()  # () = not written: the default ladder for max_input_tokens
 
     def __post_init__(self) -> None:
         # Callers may pass the plain string ("fp16"); the field is always the enum.
@@ -171,11 +175,25 @@ class ModelFacts:
         object.__setattr__(self, "kind", ModelKind(self.kind))
         if self.padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side must be one of {PADDING_SIDES}, not {self.padding_side!r}")
+        buckets = tuple(int(b) for b in self.length_buckets)
+        if buckets and (
+            any(b < 1 for b in buckets)
+            or list(buckets) != sorted(set(buckets))
+            or buckets[-1] != self.max_input_tokens
+        ):
+            raise ValueError(
+                f"length_buckets must ascend from >= 1 to max_input_tokens ({self.max_input_tokens}), not {buckets}"
+            )
+        object.__setattr__(self, "length_buckets", buckets)
 
     def to_parameters(self) -> dict[str, str]:
         out = {key.value: _encode(getattr(self, name)) for name, key in _FIELD_KEYS.items()}
-        # Optional numbers left at 0 are left out: a reader takes the same default.
-        return {k: v for k, v in out.items() if not (k in _OPTIONAL_NUMBERS and v == "0")}
+        # Optional numbers left at 0 (and an empty ladder) are left out: a reader takes the same default.
+        return {
+            k: v
+            for k, v in out.items()
+            if not ((k in _OPTIONAL_NUMBERS and v == "0") or (k in _OPTIONAL_LISTS and v == ""))
+        }
 
     @classmethod
     def from_parameters(cls, params: Mapping[str, str], model_name: str = "") -> ModelFacts:
@@ -243,6 +261,7 @@ _FIELD_KEYS: dict[str, Param] = {
     "padding_side": Param.PADDING_SIDE,
     "kind": Param.KIND,
     "rerank_token_ids": Param.RERANK_TOKEN_IDS,
+    "length_buckets": Param.LENGTH_BUCKETS,
 }
 _OPTIONAL_NUMBERS = {
     Param.MAX_BATCH_TOKENS,
@@ -251,12 +270,15 @@ _OPTIONAL_NUMBERS = {
     Param.ACTIVATION_BYTES_PER_SCORE,
     Param.ORT_ARENA_KEEP_BYTES,
 }
+_OPTIONAL_LISTS = {Param.LENGTH_BUCKETS}
 _STRING_FIELDS = {"source_model", "backend", "padding_side", "rerank_token_ids"}
 
 
 def _encode(value: object) -> str:
     if isinstance(value, dict):
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
     return str(value)
 
 
@@ -269,4 +291,6 @@ def _decode(name: str, raw: str) -> Any:
         return ModelKind(raw)
     if name == "prompts":
         return {str(k): str(v) for k, v in json.loads(raw or "{}").items()}
+    if name == "length_buckets":
+        return tuple(int(v) for v in raw.split(",") if v.strip())
     return int(raw)

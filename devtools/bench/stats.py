@@ -100,3 +100,59 @@ def format_summary(summary: Summary, label: str = "") -> str:
         f"{summary.tokens_per_s:.0f} tokens/s | latency ms p50 {summary.p50_ms:.2f} p90 {summary.p90_ms:.2f} "
         f"p99 {summary.p99_ms:.2f} max {summary.max_ms:.2f} | errors: {errs}"
     )
+
+
+@dataclass(frozen=True)
+class Bin:
+    """Latencies up to `upper_ms` (above the previous bin's upper bound) and how many requests had them."""
+
+    upper_ms: float
+    count: int
+
+
+def latency_histogram(latencies_ms: Sequence[float], bins: int = 10) -> list[Bin]:
+    """ghz's "Response time histogram": `bins` equal-width bins from the fastest to the slowest latency, each
+    labelled by its upper edge; the counts add up to len(latencies_ms). One bin when all are equal, none for
+    no latencies."""
+    if not latencies_ms:
+        return []
+    if bins < 1:
+        raise ValueError("bins must be >= 1")
+    low, high = min(latencies_ms), max(latencies_ms)
+    if high == low:
+        return [Bin(high, len(latencies_ms))]
+    width = (high - low) / bins
+    counts = [0] * bins
+    for value in latencies_ms:
+        # A latency on an edge counts in the bin that edge labels ("up to upper_ms").
+        counts[min(max(math.ceil((value - low) / width) - 1, 0), bins - 1)] += 1
+    return [Bin(low + width * (i + 1), n) for i, n in enumerate(counts)]
+
+
+def format_histogram(hist: Sequence[Bin], bar_width: int = 40) -> str:
+    """The text block ghz prints: upper bound in ms, [count], a bar scaled to the largest bin."""
+    if not hist:
+        return "Response time histogram: no successful requests"
+    top = max(b.count for b in hist) or 1
+    label_width = max(len(f"{b.upper_ms:.3f}") for b in hist)
+    count_width = max(len(str(b.count)) for b in hist)
+    lines = ["Response time histogram (ms):"]
+    for b in hist:
+        bar = "∎" * (round(bar_width * b.count / top) if b.count else 0)
+        lines.append(f"  {b.upper_ms:>{label_width}.3f} [{b.count:>{count_width}}]\t|{bar}")
+    return "\n".join(lines)
+
+
+DISTRIBUTION = (10, 25, 50, 75, 90, 95, 99)
+
+
+def latency_distribution(latencies_ms: Sequence[float]) -> list[tuple[int, float]]:
+    """(percent, ms) for ghz's "Latency distribution" percents; empty for no latencies."""
+    return [(q, percentile(latencies_ms, q)) for q in DISTRIBUTION] if latencies_ms else []
+
+
+def format_distribution(distribution: Sequence[tuple[int, float]]) -> str:
+    """ghz's "Latency distribution" block: the latency under which each share of requests finished."""
+    if not distribution:
+        return "Latency distribution: no successful requests"
+    return "\n".join(["Latency distribution:", *(f"  {q}% in {ms:.2f} ms" for q, ms in distribution)])

@@ -17,7 +17,7 @@ from export.exporter import ExportOptions, run_export
 from export.triton_config import ORT_BACKEND_MEMORY_PARAMETERS, RepoSettings, build_config, parse_pbtxt, to_pbtxt
 from service.cli import app
 from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, ModelFacts, Param
-from service.pipeline.batching import pad
+from service.pipeline.batching import default_buckets, pad
 from tests.conftest import TEST_MAX_TOKENS, export_dev
 from tests.helpers import cosine
 
@@ -68,7 +68,10 @@ def test_python_backend_repository_layout(model_repository: Path) -> None:
     assert int(params[Param.ACTIVATION_BYTES_PER_TOKEN]) > 0 and int(params[Param.ORT_ARENA_KEEP_BYTES]) > 0
     # The fused graph: no [L, L] scores to budget for, and the facade must pad on the right.
     assert Param.ACTIVATION_BYTES_PER_SCORE not in params and params[Param.PADDING_SIDE] == "right"
-    assert len(cfg.model_warmup) == 6  # one per bucket 16..512
+    # The ladder the facade uses, written for it, and warmed up rung by rung (conftest: every rung to 512).
+    ladder = default_buckets(TEST_MAX_TOKENS)
+    assert params[Param.LENGTH_BUCKETS] == ",".join(str(b) for b in ladder)
+    assert [w.name for w in cfg.model_warmup] == [f"warmup_len_{n}" for n in ladder]
 
 
 def test_onnx_graph_contract(model_repository: Path) -> None:

@@ -13,7 +13,16 @@ from typing import Any
 import pytest
 
 from devtools.bench.clients import check_vectors
-from devtools.bench.stats import Sample, percentile, ratio, summarize
+from devtools.bench.stats import (
+    Bin,
+    Sample,
+    format_histogram,
+    latency_histogram,
+    percentile,
+    ratio,
+    summarize,
+)
+from devtools.bench.sweep import knee, parse_concurrencies, parse_protocols
 from devtools.bench.workload import LengthSpec, batches, make_texts, sample_lengths, spec_for
 
 
@@ -42,6 +51,32 @@ def test_summarize_counts_errors_apart_from_throughput() -> None:
     empty = summarize([Sample(0.0, 1.0, "UNAVAILABLE", 1, 1)], wall_s=1.0)
     assert empty.ok == 0 and empty.as_dict()["p50_ms"] is None
     assert math.isnan(ratio(1.0, 0.0)) and ratio(3.0, 2.0) == 1.5
+
+
+def test_latency_histogram_counts_every_latency() -> None:
+    values = [1.0, 1.5, 2.0, 9.0, 10.0, 10.0, 3.3]
+    hist = latency_histogram(values, bins=9)
+    assert len(hist) == 9 and sum(b.count for b in hist) == len(values)
+    # Equal-width bins labelled by their upper edge, a latency on an edge counted in the bin it labels.
+    assert hist[0] == Bin(2.0, 3) and hist[-2] == Bin(9.0, 1) and hist[-1] == Bin(10.0, 2)
+    assert [b.upper_ms for b in hist] == sorted(b.upper_ms for b in hist)
+    assert latency_histogram([4.0, 4.0]) == [Bin(4.0, 2)] and latency_histogram([]) == []
+    text = format_histogram(hist)
+    assert text.startswith("Response time histogram") and "[3]" in text and "∎" in text
+    assert "no successful requests" in format_histogram([])
+
+
+def test_sweep_knee_and_arguments() -> None:
+    # Throughput grows to concurrency 8, then flattens: 8 is the first within 90% of the best.
+    assert knee([(1, 100.0), (2, 190.0), (4, 300.0), (8, 380.0), (16, 400.0), (32, 395.0)]) == 8
+    assert knee([(1, 50.0), (2, 40.0)]) == 1 and knee([(1, 0.0)]) is None and knee([]) is None
+    assert parse_concurrencies("8, 1,2,2") == [1, 2, 8]
+    assert parse_protocols("grpc,http") == ["grpc", "http"] and parse_protocols("http") == ["http"]
+    for bad in ("", "0,1", "a"):
+        with pytest.raises(ValueError):
+            parse_concurrencies(bad)
+    with pytest.raises(ValueError):
+        parse_protocols("grpc,ftp")
 
 
 def test_check_vectors() -> None:
@@ -104,6 +139,71 @@ async def test_bench_closed_and_open_loop_against_the_facade(facade: Any) -> Non
         protocol="grpc", concurrency=1, rate=0.0, requests=2, **{**common, "dimensions": 3}
     )
     assert wrong["ok"] == 0 and wrong["errors"] == {"BAD_RESPONSE": 2}
+
+
+async def test_bench_sweep_against_the_facade(facade: Any, tmp_path: Path) -> None:
+    """A tiny sweep, both protocols: one point per concurrency each, histograms that count every request,
+    the JSON and the plot written."""
+    from devtools.bench.cli import run_bench
+    from devtools.bench.sweep import run_sweep, write_sweep
+
+    texts = make_texts(spec_for("short"), 8)
+
+    async def point(protocol: str, concurrency: int) -> dict[str, Any]:
+        return await run_bench(
+            protocol=protocol,
+            target=facade.target,
+            base_url=facade.base_url,
+            path="/v1/embeddings",
+            texts=texts,
+            batch=1,
+            concurrency=concurrency,
+            rate=0.0,
+            requests=6,
+            duration=0.0,
+            warmup=1,
+            api_key=None,
+            dimensions=None,
+            model=None,
+            encoding="float",
+            seed=0,
+        )
+
+    sweep = await run_sweep(["grpc", "http"], [1, 2], point)
+    json_path, png_path = write_sweep(sweep, tmp_path / "out" / "sweep")
+    assert png_path.stat().st_size > 0 and png_path.read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads(json_path.read_text())
+    assert [(p["protocol"], p["concurrency"]) for p in saved["points"]] == [
+        ("grpc", 1),
+        ("grpc", 2),
+        ("http", 1),
+        ("http", 2),
+    ]
+    for p in saved["points"]:
+        assert p["ok"] == p["requests"] == 6 and p["inputs_per_s"] > 0
+        assert sum(b["count"] for b in p["histogram"]) == p["requests"]
+        assert [d["percent"] for d in p["distribution"]] == [10, 25, 50, 75, 90, 95, 99]
+    assert set(saved["knee"]) == {"grpc", "http"} and all(k in (1, 2) for k in saved["knee"].values())
+
+
+def test_bench_command_sweep_and_histogram(facade: Any, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    common = ["bench", "--target", facade.target, "--base-url", facade.base_url, "--workload", "fixed:12"]
+    common += ["--texts", "4", "--requests", "4", "--warmup", "1"]
+    stem = tmp_path / "sweep"
+    result = CliRunner().invoke(app, [*common, "--protocol", "grpc,http", "--sweep", "1,2", "--sweep-out", str(stem)])
+    assert result.exit_code == 0, result.output
+    assert "knee (grpc): concurrency" in result.output and "knee (http): concurrency" in result.output
+    assert stem.with_suffix(".png").stat().st_size > 0
+    assert len(json.loads(stem.with_suffix(".json").read_text())["points"]) == 4
+    single = CliRunner().invoke(app, [*common, "--concurrency", "2"])
+    assert single.exit_code == 0, single.output
+    assert "Response time histogram (ms):" in single.output and "99% in" in single.output
+    refused = CliRunner().invoke(app, [*common, "--protocol", "grpc,http"])
+    assert refused.exit_code != 0 and "--sweep" in refused.output
 
 
 def test_bench_command_json(facade: Any) -> None:

@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2
 from sentence_transformers import SentenceTransformer
 
 from service.gen.embedding.v1 import embedding_pb2 as pb
+from service.pipeline.batching import default_buckets
 from service.pipeline.encoding import unpack
 from service.pipeline.params import Encoding
 from tests.conftest import TEST_MAX_TOKENS
@@ -142,7 +143,8 @@ def test_get_info(stub) -> None:  # type: ignore[no-untyped-def]
     assert (info.dimensions, info.min_dimensions, info.max_input_tokens) == (64, 32, TEST_MAX_TOKENS)
     assert info.max_batch_inputs == 2048 and set(info.prompt_names) == {"query", "document"}
     assert info.precision == "fp32" and info.backend == "python" and info.service_version
-    assert list(info.length_buckets) == [16, 32, 64, 128, 256, 512]
+    # The ladder the export wrote (config.pbtxt length_buckets): the default for the test's max tokens.
+    assert list(info.length_buckets) == default_buckets(TEST_MAX_TOKENS)
 
 
 def test_embed_stream_100_messages(stub) -> None:  # type: ignore[no-untyped-def]

@@ -69,6 +69,7 @@ def facts(**overrides: object) -> ModelFacts:
         activation_bytes_per_token=7,
         activation_bytes_per_score=9,
         ort_arena_keep_bytes=11,
+        length_buckets=(16, 24, 32, 8192),
     )
     values.update(overrides)
     return ModelFacts(**values)  # type: ignore[arg-type]

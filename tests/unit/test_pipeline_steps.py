@@ -51,10 +51,11 @@ def test_truncation_policies_keep_eos_last() -> None:
 
 
 def test_buckets_and_chunks() -> None:
-    assert default_buckets(512) == [16, 32, 64, 128, 256, 512]
-    assert default_buckets(300) == [16, 32, 64, 128, 256, 300]
+    # Powers of two (the ladder before 3 per octave became the default: tests/unit/test_buckets.py).
+    assert default_buckets(512, per_octave=1) == [16, 32, 64, 128, 256, 512]
+    assert default_buckets(300, per_octave=1) == [16, 32, 64, 128, 256, 300]
     assert resolve_buckets([64, 8, 1000], 512) == [8, 64, 512]
-    buckets = default_buckets(512)
+    buckets = default_buckets(512, per_octave=1)
     assert bucket_for(1, buckets) == 16 and bucket_for(17, buckets) == 32 and bucket_for(512, buckets) == 512
     with pytest.raises(ValueError):
         bucket_for(513, buckets)
