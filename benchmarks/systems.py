@@ -157,8 +157,10 @@ async def run_direct_triton(url: str, model: str, hidden: int, plans: Sequence[P
 # -- (c, d) the facade, and (f) peers, through the load generator's own clients -----------------------
 
 
-async def run_grpc(target: str, hidden: int, requests: Sequence[list[str]], spec: LoadSpec, warmup: int = 4) -> Summary:
-    sender = GrpcSender(target, hidden)
+async def run_grpc(
+    target: str, hidden: int, requests: Sequence[list[str]], spec: LoadSpec, warmup: int = 4, connections: int = 1
+) -> Summary:
+    sender = GrpcSender(target, hidden, connections=connections)
     try:
         if warmup:
             await run_load(sender.send, requests, LoadSpec(concurrency=min(spec.concurrency, warmup), requests=warmup))

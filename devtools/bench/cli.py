@@ -33,6 +33,7 @@ async def run_bench(
     model: str | None,
     encoding: str,
     seed: int,
+    connections: int = 1,
 ) -> dict[str, Any]:
     """Runs one load test and returns the JSON-able report (the suite calls this in-process)."""
     from devtools.bench.clients import GrpcSender, HttpSender, Sender, grpc_info, http_info
@@ -48,7 +49,7 @@ async def run_bench(
             if dimensions is None
             else {"model": "", "dimensions": dimensions}
         )
-        sender = GrpcSender(target, info["dimensions"], api_key, encoding=encoding)
+        sender = GrpcSender(target, info["dimensions"], api_key, encoding=encoding, connections=connections)
     elif protocol == "http":
         info = {"model": model, "dimensions": dimensions}
         if model is None or dimensions is None:
@@ -81,6 +82,7 @@ async def run_bench(
         "dimensions": info["dimensions"],
         "batch": batch,
         "concurrency": None if rate > 0 else concurrency,
+        "connections": connections if protocol == "grpc" else None,
         "rate": rate or None,
         **result.summary.as_dict(),
         "first_error": result.first_error,
@@ -117,6 +119,9 @@ def bench(
     model: Annotated[str | None, typer.Option(help="HTTP `model` field (default: ask the server)")] = None,
     encoding: Annotated[str, typer.Option(help="float | float16 (gRPC) | base64 (HTTP)")] = "float",
     seed: int = 0,
+    connections: Annotated[
+        int, typer.Option(min=1, help="gRPC connections, requests round-robin (several reach several workers)")
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
     sweep: Annotated[
         str,
@@ -164,6 +169,7 @@ def bench(
             model=model,
             encoding=encoding,
             seed=seed,
+            connections=connections,
         )
         return {**report, "workload": workload_name}
 

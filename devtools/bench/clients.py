@@ -53,14 +53,20 @@ class GrpcSender:
         timeout_s: float = 120.0,
         prompt_name: str = "",
         encoding: str = "float",
+        connections: int = 1,
     ) -> None:
-        # One channel, multiplexed: that is how a real async client talks to the facade.
+        # One channel per connection, multiplexed, requests round-robin over them. One is how a single async
+        # client talks to the facade; several (ghz's --connections) reach several facade workers, since the
+        # kernel spreads connections, not requests, over the processes sharing the port.
         options = [
             ("grpc.max_receive_message_length", 256 << 20),
             ("grpc.max_send_message_length", 256 << 20),
+            # Without it, channels with equal arguments share one TCP connection.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
-        self.channel = grpc.aio.insecure_channel(target, options=options)
-        self.stub = pb_grpc.EmbeddingServiceStub(self.channel)
+        self.channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(max(1, connections))]
+        self.stubs = [pb_grpc.EmbeddingServiceStub(c) for c in self.channels]
+        self.sent = 0
         self.dimensions = dimensions
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else None
         self.timeout_s = timeout_s
@@ -69,8 +75,10 @@ class GrpcSender:
 
     async def send(self, texts: list[str]) -> Outcome:
         request = pb.EmbedRequest(inputs=texts, prompt_name=self.prompt_name, encoding=self.encoding)
+        stub = self.stubs[self.sent % len(self.stubs)]
+        self.sent += 1
         try:
-            response = await self.stub.Embed(request, timeout=self.timeout_s, metadata=self.metadata)
+            response = await stub.Embed(request, timeout=self.timeout_s, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             return Outcome(exc.code().name, detail=str(exc.details()))
         if self.encoding == pb.ENCODING_FLOAT16:
@@ -83,7 +91,8 @@ class GrpcSender:
         return Outcome("OK", tokens=response.usage.prompt_tokens)
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
 
 
 def vector_length(item: Any) -> int:

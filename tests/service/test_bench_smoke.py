@@ -129,8 +129,8 @@ async def test_bench_closed_and_open_loop_against_the_facade(facade: Any) -> Non
         encoding="float",
         seed=0,
     )
-    closed = await run_bench(protocol="grpc", concurrency=3, rate=0.0, requests=10, **common)
-    assert closed["ok"] == closed["requests"] == 10 and closed["errors"] == {}
+    closed = await run_bench(protocol="grpc", concurrency=3, rate=0.0, requests=10, connections=2, **common)
+    assert closed["ok"] == closed["requests"] == 10 and closed["errors"] == {} and closed["connections"] == 2
     assert closed["inputs_per_s"] > 0 and closed["p50_ms"] is not None and closed["tokens_per_s"] > 0
     opened = await run_bench(protocol="http", concurrency=1, rate=50.0, requests=6, **common)
     assert opened["ok"] == 6 and opened["errors"] == {} and opened["rate"] == 50.0
