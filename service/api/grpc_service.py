@@ -1,7 +1,8 @@
 """embedding.v1.EmbeddingService: the gRPC transport over the shared request lifecycle.
 
 Requests arrive as raw bytes (the method handlers have no deserializer): their size and input count are
-checked on the wire before anything is parsed, and only after authentication (an interceptor).
+checked on the wire before anything is parsed, and only after authentication (an interceptor). Embed answers
+with bytes too: the vectors are written into the serialized EmbedResponse directly (encode_response).
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from service.api.info import info_fields
@@ -83,9 +85,10 @@ def params_from_proto(request: pb.EmbedRequest) -> EmbedParams:
     )
 
 
-def response_from_result(embedded: Embedded) -> pb.EmbedResponse:
+def _response_fields(embedded: Embedded) -> pb.EmbedResponse:
+    """An EmbedResponse with everything but the embeddings."""
     params, result = embedded.params, embedded.result
-    response = pb.EmbedResponse(
+    return pb.EmbedResponse(
         model=embedded.model,
         dimensions=result.dimensions,
         request_id=params.request_id,
@@ -93,6 +96,12 @@ def response_from_result(embedded: Embedded) -> pb.EmbedResponse:
         usage=pb.Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
         timings=pb.Timings(tokenize_ms=result.tokenize_ms, inference_ms=result.inference_ms, total_ms=result.total_ms),
     )
+
+
+def response_from_result(embedded: Embedded) -> pb.EmbedResponse:
+    """The response as a message (a Python float per value; the handlers send encode_response's bytes)."""
+    params, result = embedded.params, embedded.result
+    response = _response_fields(embedded)
     if params.encoding is Encoding.FLOAT:
         response.embeddings.extend(pb.Embedding(index=i, values=row) for i, row in enumerate(result.vectors.tolist()))
     else:
@@ -100,6 +109,50 @@ def response_from_result(embedded: Embedded) -> pb.EmbedResponse:
             pb.Embedding(index=i, packed=data) for i, data in enumerate(pack(result.vectors, params.encoding))
         )
     return response
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# Wire tags (field number << 3 | wire type 2 = length-delimited) of EmbedResponse.embeddings and of
+# Embedding's packed `values` and `packed`; Embedding.index is a varint (wire type 0).
+_EMBEDDINGS_TAG = b"\x0a"
+_INDEX_TAG = b"\x08"
+_VALUES_TAG = b"\x12"
+_PACKED_TAG = b"\x1a"
+
+
+def _embedding(index: int, tag: bytes, data: bytes) -> bytes:
+    """One serialized `Embedding` as EmbedResponse's field 1, fields in number order and proto3 defaults
+    (index 0, empty bytes) left out: the bytes protobuf's own serializer writes."""
+    body = (_INDEX_TAG + _varint(index) if index else b"") + (tag + _varint(len(data)) + data if data else b"")
+    return _EMBEDDINGS_TAG + _varint(len(body)) + body
+
+
+def encode_response(embedded: Embedded) -> bytes:
+    """response_from_result(embedded).SerializeToString(), without a Python float per value: each row's
+    float32 values are copied once into a packed `repeated float` (little-endian, as the wire wants). The
+    embeddings (field 1) come first, then the other fields as protobuf serializes them: byte for byte what
+    the message would serialize to."""
+    params, result = embedded.params, embedded.result
+    if params.encoding is Encoding.FLOAT:
+        vectors = np.ascontiguousarray(result.vectors, dtype="<f4")
+        rows = [_embedding(i, _VALUES_TAG, row.tobytes()) for i, row in enumerate(vectors)]
+    else:
+        rows = [_embedding(i, _PACKED_TAG, data) for i, data in enumerate(pack(result.vectors, params.encoding))]
+    rows.append(_response_fields(embedded).SerializeToString())
+    return b"".join(rows)
+
+
+def serialize_embed(response: bytes | pb.EmbedResponse) -> bytes:
+    """EmbedStream's messages: encoded vectors (bytes) or an error reply (a message)."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
 
 
 DOCUMENTS_FIELD = 2  # `repeated string documents = 2` in RerankRequest
@@ -159,6 +212,8 @@ class EmbeddingService:
         self.lifecycle = lifecycle
         self.state = lifecycle.state
         self.stream_window = stream_window
+        self._seconds_children: dict[str, Any] = {}
+        self._count_children: dict[tuple[str, str], Any] = {}
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -172,9 +227,8 @@ class EmbeddingService:
 
     async def _guard(self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
         """Runs one call: ServiceError -> its status code; anything else -> INTERNAL (a bug), logged."""
-        metrics = self.state.metrics
         code = grpc.StatusCode.OK
-        with metrics.request_seconds.labels("grpc", method).time():
+        with self._seconds(method).time():
             try:
                 return await work()
             except ServiceError as exc:
@@ -190,32 +244,46 @@ class EmbeddingService:
                 log.exception("unexpected error in %s", method)
                 await context.abort(code, "internal error; it was logged")
             finally:
-                metrics.requests.labels("grpc", method, code.name).inc()
+                self._count(method, code.name).inc()
         raise AssertionError("unreachable")
 
-    async def Embed(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+    # The metrics' children per label set, looked up once (labels() takes a lock and walks a dict per call).
+    def _seconds(self, method: str) -> Any:
+        child = self._seconds_children.get(method)
+        if child is None:
+            child = self._seconds_children[method] = self.state.metrics.request_seconds.labels("grpc", method)
+        return child
+
+    def _count(self, method: str, code: str) -> Any:
+        child = self._count_children.get((method, code))
+        if child is None:
+            child = self._count_children[method, code] = self.state.metrics.requests.labels("grpc", method, code)
+        return child
+
+    async def Embed(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """The serialized EmbedResponse (encode_response): the handler has no response serializer."""
         deadline = self._deadline(context)
 
-        async def work() -> pb.EmbedResponse:
-            return response_from_result(await self.lifecycle.embed(self._parse_embed(raw), deadline))
+        async def work() -> bytes:
+            return encode_response(await self.lifecycle.embed(self._parse_embed(raw), deadline))
 
         return await self._guard("Embed", context, work)
 
     async def EmbedStream(
         self, raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.EmbedResponse]:
+    ) -> AsyncIterator[bytes | pb.EmbedResponse]:
         """Each message is embedded on its own, at most `stream_window` at a time; a window slot is freed
         when its response has been handed to the transport, so a client that stops reading stops the
         stream's work. Every message read gets one response: its vectors, or `error` set (the stream goes
         on), matched by request_id."""
         window = asyncio.Semaphore(self.stream_window)
-        done: asyncio.Queue[pb.EmbedResponse | None] = asyncio.Queue()
+        done: asyncio.Queue[bytes | pb.EmbedResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         started = 0
-        metrics = self.state.metrics
 
         async def one(raw: bytes) -> None:
             rid = ""
+            response: bytes | pb.EmbedResponse
             try:
 
                 async def parse(models: Models) -> EmbedParams:
@@ -225,14 +293,14 @@ class EmbeddingService:
                     return params
 
                 embedded = await self.lifecycle.embed(parse, self._deadline(context), stream=True)
-                response = response_from_result(embedded)
+                response = encode_response(embedded)
             except ServiceError as exc:
                 response = error_reply(rid, exc)
             except Exception:
                 log.exception("unexpected error in EmbedStream")
                 response = error_reply(rid, ServiceError(ErrorKind.INTERNAL, "internal error; it was logged"))
-            code = response.error.code if response.HasField("error") else "OK"
-            metrics.requests.labels("grpc", "EmbedStream", code).inc()
+            code = "OK" if isinstance(response, bytes) else response.error.code
+            self._count("EmbedStream", code).inc()
             done.put_nowait(response)
 
         async def reader() -> None:
@@ -321,12 +389,8 @@ class EmbeddingService:
 def method_handlers(service: EmbeddingService) -> grpc.GenericRpcHandler:
     """The service's handlers; Embed, EmbedStream, Tokenize and Rerank take raw bytes (see the module doc)."""
     handlers = {
-        "Embed": grpc.unary_unary_rpc_method_handler(
-            service.Embed, response_serializer=pb.EmbedResponse.SerializeToString
-        ),
-        "EmbedStream": grpc.stream_stream_rpc_method_handler(
-            service.EmbedStream, response_serializer=pb.EmbedResponse.SerializeToString
-        ),
+        "Embed": grpc.unary_unary_rpc_method_handler(service.Embed),
+        "EmbedStream": grpc.stream_stream_rpc_method_handler(service.EmbedStream, response_serializer=serialize_embed),
         "Tokenize": grpc.unary_unary_rpc_method_handler(
             service.Tokenize, response_serializer=pb.TokenizeResponse.SerializeToString
         ),

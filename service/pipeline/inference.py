@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from service.metrics import Metrics
 from service.model_info import ModelInfo
 from service.pipeline.backend import InferenceBackend
 from service.pipeline.batching import Chunk, default_buckets, pad, plan_chunks
+from service.pipeline.coalescer import Coalescer
 from service.pipeline.errors import ErrorKind, ServiceError, invalid
 from service.pipeline.tokenization import StopFlag, Stopped, TextTokenizer
 
@@ -27,8 +28,17 @@ T = TypeVar("T")
 INLINE_CHARS = 4096
 
 
-def resolve_buckets(configured: Sequence[int], max_tokens: int) -> list[int]:
-    edges = sorted({b for b in configured if b < max_tokens}) if configured else default_buckets(max_tokens)
+def resolve_buckets(configured: Sequence[int], max_tokens: int, exported: Sequence[int] = ()) -> list[int]:
+    """The padded lengths a model's requests use: `configured` (settings.buckets) when set; else the ladder the
+    export wrote into config.pbtxt (ModelFacts.length_buckets, the one Triton warmed up); else (exports from
+    before that key) the default ladder for max_tokens, the same one export would have written. Always ending
+    at max_tokens."""
+    if configured:
+        edges = sorted({b for b in configured if b < max_tokens})
+    elif exported:
+        edges = sorted({b for b in exported if b < max_tokens})
+    else:
+        edges = default_buckets(max_tokens)
     if not edges or edges[-1] != max_tokens:
         edges = [*edges, max_tokens]
     return edges
@@ -71,6 +81,7 @@ class ServedModel:
         token_budget: int = 16384,
         max_triton_batch: int = 0,
         tokenizer_threads: int = 2,
+        max_calls_in_flight: int = 2,
     ) -> None:
         self.info = info
         self.tokenizer = tokenizer
@@ -78,13 +89,19 @@ class ServedModel:
         self.metrics = metrics
         self.max_batch_inputs = max_batch_inputs
         self.max_request_tokens = max_request_tokens
-        self.buckets = resolve_buckets(buckets, info.max_input_tokens)
+        self.buckets = resolve_buckets(buckets, info.max_input_tokens, info.length_buckets)
         # Never more per call than the model was exported to run at once (its own sub-run budget).
         if info.max_batch_tokens:
             token_budget = min(token_budget, info.max_batch_tokens)
         self.token_budget = max(token_budget, self.buckets[0])
         self.max_rows = min(max_triton_batch or info.max_batch_size, info.max_batch_size)
         self.executor = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tokenize")
+        # The backend's output row width: the hidden size for an embedder, the reranker's 2 logits.
+        self.out_width = info.kind.output_width(info.hidden_size)
+        self.coalescer = Coalescer(
+            self._call, max_in_flight=max_calls_in_flight, token_budget=self.token_budget, max_rows=self.max_rows
+        )
+        self._width_metrics: dict[int, tuple[Any, Any]] = {}
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -114,35 +131,57 @@ class ServedModel:
             raise invalid(f"an input could not be tokenized ({type(exc).__name__}); shorten it", param) from exc
 
     async def run_model(self, ids: list[list[int]], width: int, deadline: float) -> ModelRun:
-        """Every sequence through the backend: bucketed, split under the token budget and the model's batch
-        size, padded on the model's side, the calls concurrent; rows come back in `ids` order. One failed call
-        fails the request (no partial result), reporting its most actionable error."""
+        """`width` is the model's output row width (self.out_width). Every sequence through the backend:
+        bucketed, split under the token budget and the model's batch size, padded on the model's side, the
+        chunks concurrent (and sent with other requests' chunks of their width while the model's calls in
+        flight are at their limit: the coalescer); rows come back in `ids` order. One failed call fails the
+        request (no partial result), reporting its most actionable error."""
         chunks = plan_chunks([len(i) for i in ids], self.buckets, self.token_budget, self.max_rows)
+        if len(chunks) == 1 and len(chunks[0].indices) == len(ids):
+            # One chunk of every row, in order (plan_chunks keeps a bucket's rows in request order).
+            chunk = chunks[0]
+            rows = await self.coalescer.run(chunk.width, [ids[i] for i in chunk.indices], deadline)
+            if list(chunk.indices) == list(range(len(ids))):
+                return ModelRun(np.ascontiguousarray(rows, dtype=np.float32), chunks)
+            out = np.empty((len(ids), width), dtype=np.float32)
+            out[list(chunk.indices)] = rows
+            return ModelRun(out, chunks)
         out = np.empty((len(ids), width), dtype=np.float32)
         try:
             async with asyncio.TaskGroup() as group:
                 for chunk in chunks:
-                    group.create_task(self._run_chunk(chunk, ids, out, width, deadline))
+                    group.create_task(self._run_chunk(chunk, ids, out, deadline))
         except* ServiceError as errors:
             # The first one that is not a side-effect cancellation.
             first = next((e for e in errors.exceptions if isinstance(e, ServiceError)), None)
             raise (first if first is not None else ServiceError(ErrorKind.INTERNAL, "inference failed")) from None
         return ModelRun(out, chunks)
 
-    async def _run_chunk(
-        self, chunk: Chunk, ids: list[list[int]], out: np.ndarray, width: int, deadline: float
-    ) -> None:
-        # The side the exported graph wants (the contract's padding_side): right for the fused graph.
-        batch_ids, mask = pad([ids[i] for i in chunk.indices], chunk.width, self.info.pad_id, self.info.padding_side)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+    async def _run_chunk(self, chunk: Chunk, ids: list[list[int]], out: np.ndarray, deadline: float) -> None:
+        out[list(chunk.indices)] = await self.coalescer.run(chunk.width, [ids[i] for i in chunk.indices], deadline)
+
+    async def _call(self, width: int, sequences: list[Sequence[int]], timeout_s: float) -> np.ndarray:
+        """One backend call (the coalescer's): `sequences` padded to `width`, on the side the exported graph
+        wants (the contract's padding_side: right for the fused graph)."""
+        if timeout_s <= 0:
             raise ServiceError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded before the model was called")
+        batch_ids, mask = pad(sequences, width, self.info.pad_id, self.info.padding_side)
         start = time.perf_counter()
-        rows = await self.backend.infer(batch_ids, mask, width, remaining)
-        label = str(chunk.width)
-        self.metrics.triton_seconds.labels(label).observe(time.perf_counter() - start)
-        self.metrics.triton_requests.labels(label).inc()
-        out[list(chunk.indices)] = rows
+        rows = await self.backend.infer(batch_ids, mask, self.out_width, timeout_s)
+        seconds, requests = self._call_metrics(width)
+        seconds.observe(time.perf_counter() - start)
+        requests.inc()
+        return rows
+
+    def _call_metrics(self, width: int) -> tuple[Any, Any]:
+        """The per-width Triton call metrics' children, looked up once per width (labels() costs a lock and
+        a dict walk per call)."""
+        children = self._width_metrics.get(width)
+        if children is None:
+            label = str(width)
+            children = (self.metrics.triton_seconds.labels(label), self.metrics.triton_requests.labels(label))
+            self._width_metrics[width] = children
+        return children
 
     def record(self, tokenize_s: float, tokens: int, run: ModelRun) -> None:
         """The metrics every kind of request feeds once it succeeded."""

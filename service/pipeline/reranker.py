@@ -122,6 +122,7 @@ class Reranker(ServedModel):
         token_budget: int = 16384,
         max_triton_batch: int = 0,
         tokenizer_threads: int = 2,
+        max_calls_in_flight: int = 2,
     ) -> None:
         """The Embedder's signature (ServiceState builds either from a model's facts). Raises ValueError when
         the tokenizer or the limits cannot serve Qwen3-Reranker's template."""
@@ -136,6 +137,7 @@ class Reranker(ServedModel):
             token_budget=token_budget,
             max_triton_batch=max_triton_batch,
             tokenizer_threads=tokenizer_threads,
+            max_calls_in_flight=max_calls_in_flight,
         )
         tok = self.tokenizer
         self.prefix_ids = tok.content_ids([RERANK_PREFIX])[0]

@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import grpc
 import numpy as np
-import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, ModelInfo
 from service.pipeline.errors import ErrorKind, ServiceError
@@ -54,9 +56,13 @@ class TritonBackend:
             ("grpc.max_reconnect_backoff_ms", 2000),
         ]
         self.client = aioclient.InferenceServerClient(url, channel_args=channel_args)
+        # Inference has its own channel (same arguments) and calls Triton's generated stub directly.
+        self._channel = grpc.aio.insecure_channel(url, options=channel_args)
+        self._model_infer = service_pb2_grpc.GRPCInferenceServiceStub(self._channel).ModelInfer
 
     async def close(self) -> None:
         await self.client.close()
+        await self._channel.close()
 
     async def is_ready(self, models: list[str] | None = None) -> bool:
         """Triton is ready and so is every model of `models` (default: the one named at construction)."""
@@ -89,19 +95,25 @@ class TritonBackend:
     async def infer_model(
         self, model: str, output: str, ids: np.ndarray, mask: np.ndarray, width: int, timeout_s: float
     ) -> np.ndarray:
-        """[rows, seq] int64 -> `output` [rows, width] float32; checks the response's shape and values."""
-        inputs = [
-            grpcclient.InferInput(INPUT_IDS, list(ids.shape), "INT64"),
-            grpcclient.InferInput(ATTENTION_MASK, list(mask.shape), "INT64"),
-        ]
-        inputs[0].set_data_from_numpy(ids)
-        inputs[1].set_data_from_numpy(mask)
-        outputs = [grpcclient.InferRequestedOutput(output)]
+        """[rows, seq] int64 -> `output` [rows, width] float32; checks the response's shape and values.
+
+        Straight through Triton's generated stub (tritonclient's own service_pb2): the tensors go out as
+        raw_input_contents and the output is a view on the response's bytes, without the InferInput /
+        InferResult wrappers' Python work per call."""
+        request = pb.ModelInferRequest(
+            model_name=model,
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(name=INPUT_IDS, datatype="INT64", shape=ids.shape),
+                pb.ModelInferRequest.InferInputTensor(name=ATTENTION_MASK, datatype="INT64", shape=mask.shape),
+            ],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=output)],
+            raw_input_contents=[_int64_bytes(ids), _int64_bytes(mask)],
+        )
         try:
-            result = await self.client.infer(model, inputs, outputs=outputs, client_timeout=max(timeout_s, 0.001))
-        except InferenceServerException as exc:
-            raise map_triton_error(exc) from exc
-        out = result.as_numpy(output)
+            response = await self._model_infer(request, timeout=max(timeout_s, 0.001))
+        except grpc.RpcError as exc:
+            raise map_triton_error(rpc_exception(exc)) from exc
+        out = output_array(response, output)
         # Never return a wrong vector: a short, mis-shaped or non-finite response is an error.
         if out is None or out.shape != (ids.shape[0], width):
             shape = None if out is None else out.shape
@@ -112,6 +124,35 @@ class TritonBackend:
             log.error("triton model %s returned non-finite values for a [%d, %d] request", model, *ids.shape)
             raise ServiceError(ErrorKind.INTERNAL, "the model produced non-finite values for this input")
         return out
+
+
+def _int64_bytes(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array, dtype="<i8").tobytes()
+
+
+def rpc_exception(exc: grpc.RpcError) -> InferenceServerException:
+    """A gRPC error as tritonclient reports it (what map_triton_error reads)."""
+    # grpc.aio's AioRpcError has code() and details() without being a grpc.Call.
+    code = exc.code() if callable(getattr(exc, "code", None)) else None  # type: ignore[attr-defined]
+    details = exc.details() if callable(getattr(exc, "details", None)) else None  # type: ignore[attr-defined]
+    return InferenceServerException(msg=details or str(exc), status=str(code))
+
+
+def output_array(response: pb.ModelInferResponse, name: str) -> np.ndarray | None:
+    """The output tensor `name` of a response, as a read-only view on its raw bytes (no copy); None when it
+    is missing or its bytes do not fill its shape."""
+    for index, tensor in enumerate(response.outputs):
+        if tensor.name != name:
+            continue
+        if index >= len(response.raw_output_contents) or tensor.datatype == "BYTES":
+            return None
+        dtype = np.dtype(triton_to_np_dtype(tensor.datatype)).newbyteorder("<")
+        raw = response.raw_output_contents[index]
+        shape = tuple(int(d) for d in tensor.shape)
+        if len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            return None
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return None
 
 
 class ModelBackend:

@@ -95,6 +95,8 @@ def facade_env(model_repository: Path, **extra: str) -> dict[str, str]:
         "QWEN3_EMBED_MODEL_NAME": FAULTY,
         "QWEN3_EMBED_TOKENIZER_DIR": str(model_repository / "qwen3_embedding" / "tokenizer"),
         "QWEN3_EMBED_HEALTH_POLL_S": "0.5",
+        # The faults key on a Triton request's rows: one request, one call (no coalescing of requests).
+        "QWEN3_EMBED_TRITON_CALLS_IN_FLIGHT": "0",
         **extra,
     }
 
@@ -144,9 +146,9 @@ def test_malformed_triton_responses_are_internal_never_a_wrong_vector(
             assert_rows_match(got, picked, expected)
 
         log_lines = {
-            SHORT: r"triton returned embedding shape \(2, 64\) for a \[3, \d+\] request|triton error",
-            WIDE: r"triton returned embedding shape \(5, 65\) for a \[5, \d+\] request|triton error",
-            NAN: r"triton returned non-finite values for a \[7, \d+\] request",
+            SHORT: r"triton model \S+ returned embedding shape \(2, 64\) for a \[3, \d+\] request|triton error",
+            WIDE: r"triton model \S+ returned embedding shape \(5, 65\) for a \[5, \d+\] request|triton error",
+            NAN: r"triton model \S+ returned non-finite values for a \[7, \d+\] request",
         }
 
         def good_call(k: int) -> None:
