@@ -1,14 +1,16 @@
 """Long inputs in process on the dev model: ONNX Runtime on the eager graph vs the fused graph vs torch SDPA.
 
     .venv/bin/python -m benchmarks.long_context [--lengths 1024,4096,8192,32768] [--threads 2]
-    .venv/bin/python -m benchmarks.long_context --real-config 0.6B --lengths 1024,4096 --repeat 1
+    .venv/bin/python -m benchmarks.long_context --real-config 0.6B --lengths 1024,4096 --systems ort-fused,torch-sdpa
 
 One batch-1 forward per (system, length), each in a fresh process, peak RSS from /proc/self/status VmHWM (per
 address space, unlike ru_maxrss, which a child inherits from the parent that forked it);
 a 16-token run first, so one-time set-up is not counted in the time; the best of --repeat runs (the machine
 may be shared). Prints a markdown table (seconds, peak RSS,
 RSS growth over the loaded model). The eager graph runs up to 8192 tokens only (its [L, L] scores would need
-~50 GB at 32k); SDPA and the eager graph are the baselines the fused graph replaces.
+~50 GB at 32k); SDPA and the eager graph are the baselines the fused graph replaces. --systems picks some
+(ort-NAME runs the graph in <work>/NAME/model.onnx, e.g. an older fused graph kept beside the new one).
+ONNX Runtime and torch get the same intra-op thread count (--threads).
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ EAGER_MAX = 8192
 EOS = 151643
 
 
-def prepare(work: Path, real_config: str | None = None) -> None:
-    """The dev model (or a real Qwen3-Embedding shape with random weights) and both of its graphs (cached)."""
+def prepare(work: Path, real_config: str | None = None, eager: bool = True) -> None:
+    """The dev model (or a real Qwen3-Embedding shape with random weights) and its graphs (cached; the fused
+    graph is rebuilt when export/fused_graph.py changed since it was written)."""
+    import hashlib
+
     import torch
 
     from export.dev_model import REAL_SHAPES, DevModelShape, build_dev_model
@@ -45,11 +50,14 @@ def prepare(work: Path, real_config: str | None = None) -> None:
     model = work / "dev-model"
     if not (model / "config.json").exists():
         build_dev_model(model, REAL_SHAPES[real_config] if real_config else DevModelShape())
-    if not (work / "eager" / "model.onnx").exists():
+    if eager and not (work / "eager" / "model.onnx").exists():
         export_onnx(LastTokenEmbedder(load_backbone(str(model), torch.float32)), work / "eager" / "model.onnx", EOS)
-    if not (work / "fused" / "model.onnx").exists():
+    source = hashlib.sha256((ROOT / "export" / "fused_graph.py").read_bytes()).hexdigest()
+    stamp = work / "fused" / "fused_graph.sha256"
+    if not (work / "fused" / "model.onnx").exists() or not stamp.exists() or stamp.read_text() != source:
         backbone = load_backbone(str(model), torch.float32, attention="sdpa")
         save_fused_graph(build_fused_graph(backbone, Precision.FP32, 32768), work / "fused" / "model.onnx")
+        stamp.write_text(source)
 
 
 def peak_rss() -> int:
@@ -80,7 +88,10 @@ def measure(system: str, length: int, work: Path, threads: int, repeat: int) -> 
         def run(n: int) -> None:
             ids, mask = feed(n)
             with torch.inference_mode():
-                model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state[:, -1]
+                # use_cache=False: as the export's reference runs it (no KV cache to fill).
+                model(
+                    input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), use_cache=False
+                ).last_hidden_state[:, -1]
 
     else:
         import onnxruntime as ort
@@ -114,6 +125,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--work", type=Path, default=WORK)
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated; ort-NAME: <work>/NAME graph")
     parser.add_argument("--real-config", choices=("0.6B", "4B", "8B"), help="a real shape, random weights")
     parser.add_argument("--one", nargs=2, metavar=("SYSTEM", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -122,7 +134,8 @@ def main() -> None:
         return
     if args.real_config:
         args.work = args.work / args.real_config
-    prepare(args.work, args.real_config)
+    systems = args.systems.split(",")
+    prepare(args.work, args.real_config, eager="ort-eager" in systems)
     lengths = [int(x) for x in args.lengths.split(",")]
     shape = f"{args.real_config} config, random weights" if args.real_config else "dev model (2 layers, hidden 64)"
     print(
@@ -133,8 +146,8 @@ def main() -> None:
     print("| tokens | system | seconds | peak RSS (MiB) | growth over loaded (MiB) |")
     print("|---|---|---|---|---|")
     for length in lengths:
-        for system in SYSTEMS:
-            if length > EAGER_MAX and system != "ort-fused":
+        for system in systems:
+            if length > EAGER_MAX and not system.startswith("ort-fused"):
                 continue  # eager: quadratic scores; 32k is the fused graph's alone (the brief's comparison)
             out = subprocess.run(
                 [

@@ -141,11 +141,37 @@ def build_fused_graph(
         # stash_type 1: the mean of squares in fp32 whatever the activations' type (as transformers does).
         return b.one("SimplifiedLayerNormalization", [x, weight], hint, axis=-1, epsilon=eps, stash_type=1)
 
-    def linear(x: str, prefix: str, hint: str) -> str:
-        out = b.one("MatMul", [x, b.weight(f"{prefix}.weight", state[f"{prefix}.weight"], transpose=True)], hint)
-        if f"{prefix}.bias" in state:
-            out = b.one("Add", [out, b.weight(f"{prefix}.bias", state[f"{prefix}.bias"])], hint + "_b")
-        return out
+    def skip_rms(x: str, branch: str, weight: str, hint: str) -> tuple[str, str]:
+        """The residual add x + branch and its RMSNorm in one com.microsoft.SkipSimplifiedLayerNormalization:
+        (normed, sum). One pass over the hidden states instead of two; the sum is the new residual stream."""
+        normed, total = b.name(hint), b.name(hint + "_sum")
+        b.nodes.append(
+            helper.make_node(
+                "SkipSimplifiedLayerNormalization",
+                [x, branch, weight],
+                [normed, "", "", total],
+                name=b.name("SkipSimplifiedLayerNormalization"),
+                domain=MS_DOMAIN,
+                epsilon=eps,
+            )
+        )
+        return normed, total
+
+    def linears(x: str, prefixes: list[str], hint: str) -> list[str]:
+        """Projections of the same input as one MatMul over their concatenated weights, then Split: one larger
+        GEMM instead of several (q/k/v, gate/up). Each output column is the same dot product either way."""
+        weights = [state[f"{p}.weight"] for p in prefixes]
+        fused = torch.cat(weights, dim=0) if len(weights) > 1 else weights[0]
+        key = f"{prefixes[0]}.weight" if len(prefixes) == 1 else "+".join(prefixes) + ".weight"
+        out = b.one("MatMul", [x, b.weight(key, fused, transpose=True)], hint)
+        biases = [state.get(f"{p}.bias") for p in prefixes]
+        if any(t is not None for t in biases):
+            full = [t if t is not None else torch.zeros(w.shape[0]) for t, w in zip(biases, weights, strict=True)]
+            out = b.one("Add", [out, b.weight(key.removesuffix(".weight") + ".bias", torch.cat(full))], hint + "_b")
+        if len(prefixes) == 1:
+            return [out]
+        sizes = b.const(b.name("sizes"), np.array([int(w.shape[0]) for w in weights], np.int64))
+        return b.node("Split", [out, sizes], hint + "_split", outputs=len(prefixes), axis=-1)
 
     def per_head_rms(x: str, n: int, weight_key: str, hint: str) -> str:
         """Qwen3's q_norm / k_norm: RMSNorm over each head's head_dim values, before rotary."""
@@ -165,14 +191,18 @@ def build_fused_graph(
     total = b.one("Cast", [width], "total_len", to=TensorProto.INT32)
 
     x = b.one("Gather", [b.weight("embed_tokens.weight", state["embed_tokens.weight"]), INPUT_IDS], "embed", axis=0)
-    for i in range(int(config.num_hidden_layers)):
+    layers = int(config.num_hidden_layers)
+    branch: str | None = None  # the previous layer's MLP output, added to x by this layer's first norm
+    for i in range(layers):
         p = f"layers.{i}"
-        h = rms(x, b.weight(f"{p}.input_layernorm.weight", state[f"{p}.input_layernorm.weight"]), f"l{i}_ln1")
-        q = linear(h, f"{p}.self_attn.q_proj", f"l{i}_q")
+        ln1 = b.weight(f"{p}.input_layernorm.weight", state[f"{p}.input_layernorm.weight"])
+        if branch is None:
+            h = rms(x, ln1, f"l{i}_ln1")
+        else:
+            h, x = skip_rms(x, branch, ln1, f"l{i}_ln1")
+        q, k, v = linears(h, [f"{p}.self_attn.{n}_proj" for n in "qkv"], f"l{i}_qkv")
         q = per_head_rms(q, heads, f"{p}.self_attn.q_norm.weight", f"l{i}_qn")
-        k = linear(h, f"{p}.self_attn.k_proj", f"l{i}_k")
         k = per_head_rms(k, kv_heads, f"{p}.self_attn.k_norm.weight", f"l{i}_kn")
-        v = linear(h, f"{p}.self_attn.v_proj", f"l{i}_v")
         attn = b.node(
             "GroupQueryAttention",
             [q, k, v, "", "", seqlens_k, total, cos_name, sin_name],
@@ -185,13 +215,15 @@ def build_fused_graph(
             do_rotary=1,
             rotary_interleaved=0,
         )[0]
-        x = b.one("Add", [x, linear(attn, f"{p}.self_attn.o_proj", f"l{i}_o")], f"l{i}_res1")
+        (o,) = linears(attn, [f"{p}.self_attn.o_proj"], f"l{i}_o")
         post = f"{p}.post_attention_layernorm.weight"
-        h = rms(x, b.weight(post, state[post]), f"l{i}_ln2")
-        gate = linear(h, f"{p}.mlp.gate_proj", f"l{i}_gate")
-        act = b.one("Mul", [gate, b.one("Sigmoid", [gate], f"l{i}_sig")], f"l{i}_silu")
-        up = b.one("Mul", [act, linear(h, f"{p}.mlp.up_proj", f"l{i}_up")], f"l{i}_gu")
-        x = b.one("Add", [x, linear(up, f"{p}.mlp.down_proj", f"l{i}_down")], f"l{i}_res2")
+        h, x = skip_rms(x, o, b.weight(post, state[post]), f"l{i}_ln2")
+        gate, up = linears(h, [f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"], f"l{i}_gu")
+        # SiLU(gate) = gate * sigmoid(gate): com.microsoft.QuickGelu with alpha 1, one pass instead of two.
+        act = b.one("QuickGelu", [gate], f"l{i}_silu", domain=MS_DOMAIN, alpha=1.0)
+        (branch,) = linears(b.one("Mul", [act, up], f"l{i}_gu"), [f"{p}.mlp.down_proj"], f"l{i}_down")
+    if branch is not None:
+        x = b.one("Add", [x, branch], "last_res")
 
     # Pool before the final norm (it is per token): row * width + pooled position in the flattened states.
     flat = b.one("Reshape", [x, b.const("flat_shape", np.array([-1, hidden], np.int64))], "flat")
