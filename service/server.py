@@ -20,9 +20,9 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import uvicorn
 
@@ -36,6 +36,8 @@ from service.triton.client import TritonBackend
 from service.triton.supervisor import Misconfiguration, TritonGaveUp, TritonSupervisor, read_model_configs
 
 log = logging.getLogger("qwen3_embed")
+
+T = TypeVar("T")
 
 EXIT_MISCONFIGURED = 2
 EXIT_TRITON_GAVE_UP = 4  # not 3: uvicorn exits 3 when it cannot start
@@ -236,25 +238,11 @@ async def serve_forever(settings: Settings, worker: WorkerBinding | None = None)
 
             await serve_workers(settings, count)
             return
-    loop = asyncio.get_running_loop()
-    stop_event = asyncio.Event()
-    # Handled from the very start: a stop during start-up still stops Triton.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop_event.set)
-    starting = asyncio.create_task(start_service(settings, stop_event, worker))
-    stopped = asyncio.create_task(stop_event.wait())
-    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    if not starting.done():
-        log.info("stop requested during start-up")
-        starting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await starting
+    stop_event = stop_on_signals()
+    started = await start_unless_stopped(start_service(settings, stop_event, worker), stop_event)
+    if started is None:
         return
-    try:
-        running, shutdown = starting.result()
-    except (Misconfiguration, TritonGaveUp) as exc:
-        exit_for(exc)
+    running, shutdown = started
     if worker is None:
         log.info("settings %s", json.dumps(settings.describe(), default=str))
         print_endpoints(settings, running.grpc_port, running.http_port, running.metrics_port)
@@ -264,6 +252,35 @@ async def serve_forever(settings: Settings, worker: WorkerBinding | None = None)
     await shutdown()
     if running.fatal is not None:
         exit_for(running.fatal)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set, handled from the very start: a stop during start-up still stops
+    Triton (and the workers)."""
+    loop = asyncio.get_running_loop()
+    stop_event = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_event.set)
+    return stop_event
+
+
+async def start_unless_stopped(start: Coroutine[Any, Any, T], stop_event: asyncio.Event) -> T | None:
+    """Runs start-up until it is done, or cancels it (it undoes itself) when a stop comes first: None then.
+    A start-up that cannot succeed exits with its code (exit_for)."""
+    starting = asyncio.create_task(start)
+    stopped = asyncio.create_task(stop_event.wait())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not starting.done():
+        log.info("stop requested during start-up")
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return None
+    try:
+        return starting.result()
+    except (Misconfiguration, TritonGaveUp) as exc:
+        exit_for(exc)
 
 
 def exit_for(exc: BaseException) -> NoReturn:

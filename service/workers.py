@@ -413,28 +413,18 @@ class WorkerPool:
 
 async def serve_workers(settings: Settings, count: int) -> None:
     """serve_forever with `count` worker processes; the same exit codes, plus 5 (WorkersGaveUp)."""
-    from service.server import EXIT_MISCONFIGURED, exit_for, print_endpoints
+    from service.server import EXIT_MISCONFIGURED, exit_for, print_endpoints, start_unless_stopped, stop_on_signals
 
-    loop = asyncio.get_running_loop()
-    stop_event = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop_event.set)
+    stop_event = stop_on_signals()
     pool = WorkerPool(settings, count, stop_event)
+
+    async def start() -> bool:
+        await pool.start()
+        return True
+
     try:
-        starting = asyncio.create_task(pool.start())
-        stopped = asyncio.create_task(stop_event.wait())
-        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        if not starting.done():
-            log.info("stop requested during start-up")
-            starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
+        if await start_unless_stopped(start(), stop_event) is None:
             return
-        try:
-            starting.result()
-        except (Misconfiguration, TritonGaveUp) as exc:
-            exit_for(exc)
         log.info("settings %s", json.dumps(settings.describe(), default=str))
         log.info("%d worker processes (max_in_flight and the other request limits apply to each)", count)
         print_endpoints(settings, pool.grpc_port, pool.http_port, pool.metrics_port)

@@ -319,6 +319,16 @@ class _Base:
     def _http_error(status: int, body: str) -> EmbedError:
         return EmbedError(str(status), body[:500], retryable=status in RETRY_HTTP)
 
+    @classmethod
+    def _http_json(cls, response: Any) -> Any:
+        """A 200's JSON body; otherwise the error, marked retryable with the server's hint where it is."""
+        if response.status_code != 200:
+            error = cls._http_error(response.status_code, response.text)
+            if error.retryable:
+                raise _RetryableHttp(error, _http_hint(response.headers))
+            raise error
+        return response.json()
+
 
 class Client(_Base):
     """Blocking client; use as a context manager or call `close()`."""
@@ -459,13 +469,7 @@ class Client(_Base):
     ) -> Reranked:
         """`documents` scored against `query` by a served reranker, highest first (`top_n` of them, 0 = all).
         Lists over the server's limit are split into calls and merged. Raises EmbedError."""
-        opts = {
-            "instruction": instruction,
-            "return_documents": return_documents,
-            "truncate": truncate,
-            "raw_scores": raw_scores,
-            "model": model,
-        }
+        opts = _rerank_options(instruction, return_documents, truncate, raw_scores, model)
         ranges = chunks(documents, self._batch(self.limits()))
         parts = [self._rerank_call(self._rerank_request(query, documents[a:b], opts), a) for a, b in ranges]
         return self._rerank_merge(parts, top_n) if parts else Reranked([], 0)
@@ -485,12 +489,7 @@ class Client(_Base):
             response = self._http.post(path, json=body)
         except httpx.TransportError as exc:
             raise _RetryableHttp(EmbedError("UNAVAILABLE", str(exc), True), None) from exc
-        if response.status_code != 200:
-            error = self._http_error(response.status_code, response.text)
-            if error.retryable:
-                raise _RetryableHttp(error, _http_hint(response.headers))
-            raise error
-        return response.json()
+        return self._http_json(response)
 
 
 class AsyncClient(_Base):
@@ -648,13 +647,7 @@ class AsyncClient(_Base):
         model: str | None = None,
     ) -> Reranked:
         """As Client.rerank; the calls of a long list run concurrently (within max_concurrency)."""
-        opts = {
-            "instruction": instruction,
-            "return_documents": return_documents,
-            "truncate": truncate,
-            "raw_scores": raw_scores,
-            "model": model,
-        }
+        opts = _rerank_options(instruction, return_documents, truncate, raw_scores, model)
         ranges = chunks(documents, self._batch(await self.limits()))
         parts: dict[int, Reranked] = {}
 
@@ -679,12 +672,19 @@ class AsyncClient(_Base):
             response = await self._http.post(path, json=body)
         except httpx.TransportError as exc:
             raise _RetryableHttp(EmbedError("UNAVAILABLE", str(exc), True), None) from exc
-        if response.status_code != 200:
-            error = self._http_error(response.status_code, response.text)
-            if error.retryable:
-                raise _RetryableHttp(error, _http_hint(response.headers))
-            raise error
-        return response.json()
+        return self._http_json(response)
+
+
+def _rerank_options(
+    instruction: str, return_documents: bool, truncate: str, raw_scores: bool, model: str | None
+) -> dict[str, Any]:
+    return {
+        "instruction": instruction,
+        "return_documents": return_documents,
+        "truncate": truncate,
+        "raw_scores": raw_scores,
+        "model": model,
+    }
 
 
 def _httpx() -> Any:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -110,35 +110,11 @@ class Reranker(ServedModel):
     """A query and documents -> relevance scores from a Qwen3-Reranker graph (`logits` [batch, 2])."""
 
     def __init__(
-        self,
-        info: ModelInfo,
-        tokenizer: TextTokenizer,
-        backend: InferenceBackend,
-        metrics: Metrics,
-        *,
-        max_batch_inputs: int,
-        max_request_tokens: int = 1 << 20,
-        buckets: Sequence[int] = (),
-        token_budget: int = 16384,
-        max_triton_batch: int = 0,
-        tokenizer_threads: int = 2,
-        max_calls_in_flight: int = 2,
+        self, info: ModelInfo, tokenizer: TextTokenizer, backend: InferenceBackend, metrics: Metrics, **limits: Any
     ) -> None:
-        """The Embedder's signature (ServiceState builds either from a model's facts). Raises ValueError when
-        the tokenizer or the limits cannot serve Qwen3-Reranker's template."""
-        super().__init__(
-            info,
-            tokenizer,
-            backend,
-            metrics,
-            max_batch_inputs=max_batch_inputs,
-            max_request_tokens=max_request_tokens,
-            buckets=buckets,
-            token_budget=token_budget,
-            max_triton_batch=max_triton_batch,
-            tokenizer_threads=tokenizer_threads,
-            max_calls_in_flight=max_calls_in_flight,
-        )
+        """ServedModel's signature (ServiceState builds an Embedder or a Reranker from a model's facts). Raises
+        ValueError when the tokenizer or the limits cannot serve Qwen3-Reranker's template."""
+        super().__init__(info, tokenizer, backend, metrics, **limits)
         tok = self.tokenizer
         self.prefix_ids = tok.content_ids([RERANK_PREFIX])[0]
         self.suffix_ids = tok.content_ids([RERANK_SUFFIX])[0]

@@ -157,7 +157,8 @@ def test_serve_help_works_and_the_export_commands_are_absent(slim: Slim) -> None
     top = slim.run("-c", SCRIPT_MAIN, "--help")
     assert top.returncode == 0, top.stderr
     commands = {name for name in re.findall(r"^│ (\S+)\s", top.stdout, flags=re.M) if not name.startswith("-")}
-    assert commands == {"serve", "triton", "embed", "rerank"}, top.stdout  # no export, dev-model or bench without their code
+    # No export, dev-model or bench without their code.
+    assert commands == {"serve", "triton", "embed", "rerank"}, top.stdout
     serve = slim.run("-c", SCRIPT_MAIN, "serve", "--help")
     assert serve.returncode == 0, serve.stderr
     assert "--triton-url" in serve.stdout
