@@ -453,3 +453,45 @@ def test_cli_rerank(facade: Facade) -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("model ") and len(lines) == 3 and lines[1].lstrip().startswith("1. [")
+
+
+# -- the README's curl commands --
+
+
+def readme_rerank_curls() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    lines = [ln.strip() for block in blocks for ln in block.replace("\\\n", " ").splitlines()]
+    return [ln for ln in lines if ln.startswith("curl ") and "rerank" in ln]
+
+
+def test_readme_has_both_rerank_curls() -> None:
+    paths = {re.search(r"localhost:8080(/\S+)", ln).group(1) for ln in readme_rerank_curls()}  # type: ignore[union-attr]
+    assert paths == {"/v1/rerank", "/rerank"}
+
+
+@pytest.mark.parametrize("line", readme_rerank_curls())
+def test_readme_rerank_curl_commands(facade: Facade, reranker_name: str, line: str) -> None:
+    """Each README curl line's path and body, sent to the live facade (the README's model name is the real
+    checkpoint's: the dev reranker's served name stands in for it)."""
+    import json
+    import shlex
+
+    words = shlex.split(line)
+    path = re.search(r"localhost:8080(/\S+)", line).group(1)  # type: ignore[union-attr]
+    body = json.loads(words[words.index("-d") + 1])
+    if "model" in body:
+        assert body["model"].startswith("Qwen3-Reranker")
+        body["model"] = reranker_name
+    reply = httpx.post(f"{facade.base_url}{path}", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    data = reply.json()
+    if path == "/v1/rerank":
+        results = data["results"]
+        assert len(results) == body.get("top_n", len(body["documents"]))
+        assert results[0]["document"]["text"] == body["documents"][results[0]["index"]]
+        assert data["usage"]["prompt_tokens"] > 0
+    else:
+        assert sorted(r["index"] for r in data) == list(range(len(body["texts"])))
+        assert all(r["text"] == body["texts"][r["index"]] for r in data)
+        assert [r["score"] for r in data] == sorted((r["score"] for r in data), reverse=True)
