@@ -128,14 +128,25 @@ def build_fused_graph(
 ) -> onnx.ModelProto:
     """input_ids, attention_mask (int64 [batch, seq], right-padded) -> embedding float32 [batch, hidden], or with
     a reranker `head` -> logits float32 [batch, 2] (RERANK_LABELS order). `backbone` is the bare Qwen3Model (a
-    reranker's: its causal LM's `.model`)."""
+    reranker's: its causal LM's `.model`). The backbone's weights move into the graph: the module is spent
+    afterwards (compute any reference with it first)."""
     config: Any = backbone.config
     heads, kv_heads = int(config.num_attention_heads), int(config.num_key_value_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     hidden = int(config.hidden_size)
     eps = float(config.rms_norm_eps)
-    state = {k: v for k, v in backbone.state_dict().items()}
+    state = dict(backbone.state_dict())
+    params = dict(backbone.named_parameters())
     b = GraphBuilder(precision)
+
+    def take(key: str) -> torch.Tensor:
+        """The weight `key`, handed over to the graph: the module lets go of it, so that its memory is freed
+        once the graph holds its copy. Without this the module and the graph hold every weight at once: a 4B
+        fp16 export was killed at 24 GiB while building the graph. The backbone is spent afterwards."""
+        tensor = state.pop(key)
+        if key in params:
+            params[key].data = torch.empty(0, dtype=tensor.dtype)
+        return tensor
 
     def rms(x: str, weight: str, hint: str) -> str:
         # stash_type 1: the mean of squares in fp32 whatever the activations' type (as transformers does).
@@ -160,11 +171,11 @@ def build_fused_graph(
     def linears(x: str, prefixes: list[str], hint: str) -> list[str]:
         """Projections of the same input as one MatMul over their concatenated weights, then Split: one larger
         GEMM instead of several (q/k/v, gate/up). Each output column is the same dot product either way."""
-        weights = [state[f"{p}.weight"] for p in prefixes]
+        weights = [take(f"{p}.weight") for p in prefixes]
         fused = torch.cat(weights, dim=0) if len(weights) > 1 else weights[0]
         key = f"{prefixes[0]}.weight" if len(prefixes) == 1 else "+".join(prefixes) + ".weight"
         out = b.one("MatMul", [x, b.weight(key, fused, transpose=True)], hint)
-        biases = [state.get(f"{p}.bias") for p in prefixes]
+        biases = [take(f"{p}.bias") if f"{p}.bias" in state else None for p in prefixes]
         if any(t is not None for t in biases):
             full = [t if t is not None else torch.zeros(w.shape[0]) for t, w in zip(biases, weights, strict=True)]
             out = b.one("Add", [out, b.weight(key.removesuffix(".weight") + ".bias", torch.cat(full))], hint + "_b")
@@ -176,7 +187,7 @@ def build_fused_graph(
     def per_head_rms(x: str, n: int, weight_key: str, hint: str) -> str:
         """Qwen3's q_norm / k_norm: RMSNorm over each head's head_dim values, before rotary."""
         split = b.one("Reshape", [x, b.const(b.name("shape"), np.array([0, 0, n, head_dim], np.int64))], hint)
-        normed = rms(split, b.weight(weight_key, state[weight_key]), hint + "_n")
+        normed = rms(split, b.weight(weight_key, take(weight_key)), hint + "_n")
         return b.one("Reshape", [normed, b.const(b.name("shape"), np.array([0, 0, n * head_dim], np.int64))], hint)
 
     cos, sin = rotary_cache(backbone, max_positions)
@@ -190,12 +201,12 @@ def build_fused_graph(
     width = b.one("Gather", [shape, b.const("idx1", np.array(1, np.int64))], "width", axis=0)
     total = b.one("Cast", [width], "total_len", to=TensorProto.INT32)
 
-    x = b.one("Gather", [b.weight("embed_tokens.weight", state["embed_tokens.weight"]), INPUT_IDS], "embed", axis=0)
+    x = b.one("Gather", [b.weight("embed_tokens.weight", take("embed_tokens.weight")), INPUT_IDS], "embed", axis=0)
     layers = int(config.num_hidden_layers)
     branch: str | None = None  # the previous layer's MLP output, added to x by this layer's first norm
     for i in range(layers):
         p = f"layers.{i}"
-        ln1 = b.weight(f"{p}.input_layernorm.weight", state[f"{p}.input_layernorm.weight"])
+        ln1 = b.weight(f"{p}.input_layernorm.weight", take(f"{p}.input_layernorm.weight"))
         if branch is None:
             h = rms(x, ln1, f"l{i}_ln1")
         else:
@@ -217,7 +228,7 @@ def build_fused_graph(
         )[0]
         (o,) = linears(attn, [f"{p}.self_attn.o_proj"], f"l{i}_o")
         post = f"{p}.post_attention_layernorm.weight"
-        h, x = skip_rms(x, o, b.weight(post, state[post]), f"l{i}_ln2")
+        h, x = skip_rms(x, o, b.weight(post, take(post)), f"l{i}_ln2")
         gate, up = linears(h, [f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"], f"l{i}_gu")
         # SiLU(gate) = gate * sigmoid(gate): com.microsoft.QuickGelu with alpha 1, one pass instead of two.
         act = b.one("QuickGelu", [gate], f"l{i}_silu", domain=MS_DOMAIN, alpha=1.0)
@@ -233,7 +244,7 @@ def build_fused_graph(
     position = pooled_position(b, last)
     index = b.one("Add", [b.one("Mul", [rows, width], "row_start"), position], "pool_index")
     pooled = b.one("Gather", [flat, index], "pooled", axis=0)
-    normed = rms(pooled, b.weight("norm.weight", state["norm.weight"]), "final_norm")
+    normed = rms(pooled, b.weight("norm.weight", take("norm.weight")), "final_norm")
     output = embedding_head(b, normed, hidden) if head is None else rerank_head(b, normed, head)
 
     graph = helper.make_graph(
