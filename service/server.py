@@ -86,10 +86,7 @@ async def start_service(
     ops: OpsServer | None = None
     metrics_port = 0
     try:
-        try:
-            settings.all_api_keys()  # a keys file that is unreadable or holds no key: never serve without auth
-        except ApiKeysError as exc:
-            raise Misconfiguration(str(exc)) from None
+        check_api_keys(settings)
         try:
             server, health_servicer, grpc_port = build_grpc_server(lifecycle, settings, worker=worker is not None)
         except (OSError, RuntimeError) as exc:  # TLS files unreadable, port taken
@@ -108,12 +105,7 @@ async def start_service(
         await server.start()
         if settings.metrics_port:  # before Triton's start, so that liveness probes answer meanwhile
             ops = OpsServer.for_state(state, settings.metrics_host or settings.host, settings.metrics_port)
-            try:
-                metrics_port = await ops.start()
-            except OSError as exc:
-                raise Misconfiguration(
-                    f"cannot listen for metrics on {ops.host}:{ops.port}: {exc.strerror or exc}"
-                ) from None
+            metrics_port = await start_ops(ops)
         if settings.http_port:
             from service.api.http_server import start_http
 
@@ -188,6 +180,22 @@ async def start_service(
         log.info("stopped")
 
     return running, shutdown
+
+
+def check_api_keys(settings: Settings) -> None:
+    """A keys file that is unreadable or holds no key stops start-up: never serve without auth."""
+    try:
+        settings.all_api_keys()
+    except ApiKeysError as exc:
+        raise Misconfiguration(str(exc)) from None
+
+
+async def start_ops(ops: OpsServer) -> int:
+    """Starts the metrics/health listener; a port it cannot take is a Misconfiguration. Returns its port."""
+    try:
+        return await ops.start()
+    except OSError as exc:
+        raise Misconfiguration(f"cannot listen for metrics on {ops.host}:{ops.port}: {exc.strerror or exc}") from None
 
 
 def check_port_free(host: str, port: int) -> None:

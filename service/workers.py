@@ -48,7 +48,7 @@ from typing import Any
 from prometheus_client import multiprocess
 
 from service.metrics import Metrics, enable_multiprocess
-from service.settings import ApiKeysError, Settings
+from service.settings import Settings
 from service.triton.runtime import describe_exit
 from service.triton.supervisor import Misconfiguration, TritonGaveUp, TritonSupervisor, local_model_names
 
@@ -207,13 +207,11 @@ class WorkerPool:
         or TritonGaveUp; whatever was started is stopped first (also when cancelled)."""
         from service.api.grpc_server import server_credentials
         from service.api.ops_server import OpsServer
+        from service.server import check_api_keys, start_ops
 
         s = self.settings
         try:
-            try:
-                s.all_api_keys()
-            except ApiKeysError as exc:
-                raise Misconfiguration(str(exc)) from None
+            check_api_keys(s)
             try:
                 server_credentials(s)
             except OSError as exc:
@@ -224,12 +222,7 @@ class WorkerPool:
                 await self._check_models()
             if s.metrics_port:
                 self.ops = OpsServer(self.metrics.render, self.ready, s.metrics_host or s.host, s.metrics_port)
-                try:
-                    self.metrics_port = await self.ops.start()
-                except OSError as exc:
-                    raise Misconfiguration(
-                        f"cannot listen for metrics on {self.ops.host}:{self.ops.port}: {exc.strerror or exc}"
-                    ) from None
+                self.metrics_port = await start_ops(self.ops)
             if s.http_port:
                 self.http_socket = bind_http(s)
                 self.http_port = s.http_port

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -14,7 +15,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -149,13 +150,28 @@ async def read_body(request: Request, settings: Settings) -> bytes:
     return bytes(body)
 
 
-def parse_body(body: bytes) -> EmbeddingsRequest:
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_json(model: type[M], body: bytes) -> M:
+    """The body as `model` (strict: unknown fields are named in the 400)."""
     try:
-        return EmbeddingsRequest.model_validate_json(body)
+        return model.model_validate_json(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
     except RecursionError:
         raise invalid("the JSON body is nested too deeply") from None
+
+
+def disconnected(request: Request) -> Callable[[], Awaitable[None]]:
+    """Returns when the client has gone away: the lifecycle then cancels the request's work."""
+
+    async def abandoned() -> None:
+        # After the body, uvicorn's receive() returns only when the client disconnects.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    return abandoned
 
 
 def check_dimensions(dimensions: int | None, embedder: Embedder) -> None:
@@ -197,19 +213,14 @@ async def embeddings(request: Request) -> Response:
     parsed: list[EmbeddingsRequest] = []
 
     async def parse(models: Models) -> EmbedParams:
-        req = parse_body(await read_body(request, ctx.settings))
+        req = parse_json(EmbeddingsRequest, await read_body(request, ctx.settings))
         embedder = models.embedder(req.model)  # OpenAI's model is required: it picks the model
         check_dimensions(req.dimensions, embedder)
         parsed.append(req)
         params = check_token_ids_allowed(params_from_openai(req), ctx.settings)
         return replace(params, model=embedder.info.triton_name)
 
-    async def abandoned() -> None:
-        # After the body, uvicorn's receive() returns only when the client disconnects.
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=abandoned)
+    embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
     result = embedded.result
     body = embeddings_json(result.vectors, parsed[0].encoding_format, embedded.model, result.prompt_tokens)
     return Response(body, media_type="application/json")

@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.http_app import ERROR_RESPONSES, HttpContext, read_body, validation_error
+from service.api.http_app import ERROR_RESPONSES, HttpContext, disconnected, parse_json, read_body
 from service.lifecycle import Reranked
 from service.models import Models
 from service.pipeline.errors import invalid
 from service.pipeline.params import RerankParams, Truncate
 
-M = TypeVar("M", bound=BaseModel)
 STRICT = ConfigDict(extra="forbid", strict=True)
 
 
@@ -125,15 +124,6 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(model)}}}}
 
 
-def parse_json(model: type[M], body: bytes) -> M:
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-    except RecursionError:
-        raise invalid("the JSON body is nested too deeply") from None
-
-
 def params_from_cohere(body: RerankRequest) -> RerankParams:
     return RerankParams(
         query=body.query,
@@ -162,15 +152,6 @@ def params_from_tei(body: TeiRerankRequest) -> RerankParams:
         raw_scores=body.raw_scores,
         model=body.model or "",
     )
-
-
-def disconnected(request: Request) -> Callable[[], Awaitable[None]]:
-    async def abandoned() -> None:
-        # After the body, uvicorn's receive() returns only when the client disconnects.
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    return abandoned
 
 
 async def serve(request: Request, parse: Callable[[bytes], RerankParams]) -> Reranked:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.pipeline.errors import invalid
-from service.pipeline.inference import INLINE_CHARS, ServedModel, check_unicode, resolve_buckets
+from service.pipeline.inference import INLINE_CHARS, ServedModel, Tokenized, check_unicode, resolve_buckets
 from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.postprocess import check_dimensions, finalize
 from service.pipeline.templating import apply_prefix, resolve_prefix
@@ -17,16 +17,6 @@ from service.pipeline.truncation import fit
 
 # Re-exported: their home is service/pipeline/inference.py, shared with the reranker.
 __all__ = ["INLINE_CHARS", "EmbedResult", "Embedder", "Tokenized", "check_unicode", "request_size", "resolve_buckets"]
-
-
-@dataclass(frozen=True)
-class Tokenized:
-    ids: list[list[int]]  # what the model sees, each ending in EOS
-    truncated: list[bool]
-
-    @property
-    def token_count(self) -> int:
-        return sum(len(i) for i in self.ids)
 
 
 @dataclass(frozen=True)
@@ -145,7 +135,7 @@ class Embedder(ServedModel):
         dims = check_dimensions(params.dimensions, self.info.min_dimensions, self.info.hidden_size)
         tokenized = await self.tokenize(params, deadline)
         tokenized_at = time.perf_counter()
-        run = await self.run_model(tokenized.ids, self.info.hidden_size, deadline)
+        run = await self.run_model(tokenized.ids, deadline)
         inferred_at = time.perf_counter()
         vectors = finalize(run.out, dims, params.normalize)
         self.metrics.inputs.observe(len(tokenized.ids))

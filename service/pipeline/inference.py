@@ -53,6 +53,19 @@ def check_unicode(text: str, what: str, param: str) -> None:
 
 
 @dataclass(frozen=True)
+class Tokenized:
+    """A request's token sequences as the model sees them (embeddings: each ending in EOS; reranks: prefix +
+    body + suffix per document), in input order."""
+
+    ids: list[list[int]]
+    truncated: list[bool]
+
+    @property
+    def token_count(self) -> int:
+        return sum(len(i) for i in self.ids)
+
+
+@dataclass(frozen=True)
 class ModelRun:
     """The backend's rows for a request's sequences, in request order, and the calls that made them."""
 
@@ -130,8 +143,8 @@ class ServedModel:
         except BaseException as exc:  # the Rust tokenizer panics (pyo3 PanicException) on some inputs
             raise invalid(f"an input could not be tokenized ({type(exc).__name__}); shorten it", param) from exc
 
-    async def run_model(self, ids: list[list[int]], width: int, deadline: float) -> ModelRun:
-        """`width` is the model's output row width (self.out_width). Every sequence through the backend:
+    async def run_model(self, ids: list[list[int]], deadline: float) -> ModelRun:
+        """Every sequence through the backend (rows of self.out_width values):
         bucketed, split under the token budget and the model's batch size, padded on the model's side, the
         chunks concurrent (and sent with other requests' chunks of their width while the model's calls in
         flight are at their limit: the coalescer); rows come back in `ids` order. One failed call fails the
@@ -143,10 +156,10 @@ class ServedModel:
             rows = await self.coalescer.run(chunk.width, [ids[i] for i in chunk.indices], deadline)
             if list(chunk.indices) == list(range(len(ids))):
                 return ModelRun(np.ascontiguousarray(rows, dtype=np.float32), chunks)
-            out = np.empty((len(ids), width), dtype=np.float32)
+            out = np.empty((len(ids), self.out_width), dtype=np.float32)
             out[list(chunk.indices)] = rows
             return ModelRun(out, chunks)
-        out = np.empty((len(ids), width), dtype=np.float32)
+        out = np.empty((len(ids), self.out_width), dtype=np.float32)
         try:
             async with asyncio.TaskGroup() as group:
                 for chunk in chunks:

@@ -27,7 +27,7 @@ from service.metrics import Metrics
 from service.model_info import ModelInfo
 from service.pipeline.backend import InferenceBackend
 from service.pipeline.errors import ErrorKind, ServiceError, invalid
-from service.pipeline.inference import ServedModel, check_unicode
+from service.pipeline.inference import ServedModel, Tokenized, check_unicode
 from service.pipeline.params import RerankParams, Truncate
 from service.pipeline.rerank_template import DEFAULT_RERANK_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX
 from service.pipeline.tokenization import StopFlag, TextTokenizer, never_stop
@@ -72,16 +72,6 @@ def ranking(raw: np.ndarray, top_n: int) -> list[int]:
     ties in input order; the first `top_n` (0 = all)."""
     order = np.argsort(-raw, kind="stable").tolist()
     return order[:top_n] if top_n > 0 else order
-
-
-@dataclass(frozen=True)
-class RerankTokenized:
-    ids: list[list[int]]  # prefix + body + suffix per document, in input order
-    truncated: list[bool]
-
-    @property
-    def token_count(self) -> int:
-        return sum(len(i) for i in self.ids)
 
 
 @dataclass(frozen=True)
@@ -237,7 +227,7 @@ class Reranker(ServedModel):
                 out[i] = (ids[:cap], True)
         return [o for o in out if o is not None]
 
-    def tokenize_sync(self, params: RerankParams, stop: StopFlag | None = None) -> RerankTokenized:
+    def tokenize_sync(self, params: RerankParams, stop: StopFlag | None = None) -> Tokenized:
         self.check_params(params)
         head = rerank_head(params.instruction, params.query)
         head_ids = self._head_ids(head, stop)
@@ -247,7 +237,7 @@ class Reranker(ServedModel):
             shared, tails = [], [head + rerank_tail(d) for d in params.documents]
         bodies = self._tail_ids(tails, self.body_limit - len(shared), params.truncate, stop)
         ids = [[*self.prefix_ids, *shared, *tail, *self.suffix_ids] for tail, _ in bodies]
-        tokenized = RerankTokenized(ids, [cut for _, cut in bodies])
+        tokenized = Tokenized(ids, [cut for _, cut in bodies])
         if tokenized.token_count > self.max_request_tokens:
             raise invalid(
                 f"the request has {tokenized.token_count} tokens (the query and the template count once per "
@@ -256,7 +246,7 @@ class Reranker(ServedModel):
             )
         return tokenized
 
-    async def tokenize(self, params: RerankParams, deadline: float | None = None) -> RerankTokenized:
+    async def tokenize(self, params: RerankParams, deadline: float | None = None) -> Tokenized:
         return await self.run_tokenizer(
             lambda stop: self.tokenize_sync(params, stop), rerank_size(params), deadline, "documents"
         )
@@ -268,7 +258,7 @@ class Reranker(ServedModel):
         started = time.perf_counter()
         tokenized = await self.tokenize(params, deadline)
         tokenized_at = time.perf_counter()
-        run = await self.run_model(tokenized.ids, 2, deadline)
+        run = await self.run_model(tokenized.ids, deadline)
         inferred_at = time.perf_counter()
         logits = run.out
         if not np.isfinite(logits).all():
