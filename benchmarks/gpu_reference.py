@@ -42,7 +42,7 @@ class Cell:
 
 
 def model_flops(shape: DevModelShape, batch: int, length: int) -> float:
-    """Forward FLOPs: 2 per weight per token for the linear layers, plus causal attention (QK^T and PV, half the square)."""
+    """Forward FLOPs: 2 per weight per token in the linear layers, plus causal attention (QK^T, PV; half the square)."""
     h, d = shape.hidden_size, shape.head_dim
     q, kv = shape.heads * d, shape.kv_heads * d
     per_layer = h * (q + 2 * kv) + q * h + 3 * h * shape.intermediate_size
@@ -155,8 +155,14 @@ def main(argv: list[str] | None = None) -> None:
                 peak = (torch.cuda.max_memory_allocated(device) - weights) / 2**30
                 flops = model_flops(shape, batch, length)
                 cell = Cell(
-                    name, batch, length, seconds, batch * length / seconds, flops / seconds / 1e12,
-                    flops / seconds / 1e12 / rate, peak,
+                    name,
+                    batch,
+                    length,
+                    seconds,
+                    batch * length / seconds,
+                    flops / seconds / 1e12,
+                    flops / seconds / 1e12 / rate,
+                    peak,
                 )
                 cells.append(cell)
                 print(
