@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import resource
 import shutil
 import time
 from collections.abc import Iterator
@@ -122,7 +123,9 @@ def step(console: Console, title: str) -> Iterator[None]:
     start = time.perf_counter()
     with console.status(f"[bold]{title}…"):
         yield
-    console.print(f"[green]✓[/] {title} ({time.perf_counter() - start:.1f} s)")
+    # The process's peak RSS so far: at 4B/8B scale it shows which step needs the memory.
+    peak = gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    console.print(f"[green]✓[/] {title} ({time.perf_counter() - start:.1f} s, peak RSS {peak})")
 
 
 def sample_ids(ckpt: Checkpoint, long_tokens: int) -> dict[str, list[int]]:
