@@ -88,8 +88,13 @@ async def sweep(
     reqs = batches(texts, 1)
     plans = systems.plan_requests(reqs, systems.Tokenize(repo / MODEL), ladder, 16384, max_rows)
     points: list[dict[str, Any]] = []
-    facades = {"facade (workers auto)": {}, "facade (1 worker)": {"QWEN3_EMBED_WORKERS": "1"}}
-    for label, env in facades.items():
+    # label: (environment, which APIs to load). The h11 facade is the HTTP parser before httptools (A/B).
+    facades: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+        "facade (workers auto)": ({}, ("gRPC", "HTTP")),
+        "facade (1 worker)": ({"QWEN3_EMBED_WORKERS": "1"}, ("gRPC", "HTTP")),
+        "facade (workers auto, h11 parser)": ({"QWEN3_EMBED_HTTP_PARSER": "h11"}, ("HTTP",)),
+    }
+    for label, (env, apis) in facades.items():
         with systems.facade(repo, triton_url, logs, {"QWEN3_EMBED_WORKERS": "0", **env}) as fac:
             model = (await http_info(fac.base_url))["model"]
             for c in concurrencies:
@@ -97,10 +102,12 @@ async def sweep(
                 if label.endswith("auto)"):  # direct Triton once, interleaved with the default facade
                     direct = await systems.run_direct_triton(triton_url, MODEL, hidden, plans, spec)
                     points.append(point("direct Triton", c, direct))
-                g = await systems.run_grpc(fac.target, hidden, reqs, spec, warmup=8, connections=connections)
-                points.append(point(f"{label} gRPC", c, g, connections=connections))
-                h, _ = await systems.run_http(fac.base_url, model, hidden, reqs, spec)
-                points.append(point(f"{label} HTTP", c, h))
+                if "gRPC" in apis:
+                    g = await systems.run_grpc(fac.target, hidden, reqs, spec, warmup=8, connections=connections)
+                    points.append(point(f"{label} gRPC", c, g, connections=connections))
+                if "HTTP" in apis:
+                    h, _ = await systems.run_http(fac.base_url, model, hidden, reqs, spec)
+                    points.append(point(f"{label} HTTP", c, h))
                 print(
                     f"  c={c:>3} {label}: "
                     + ", ".join(
@@ -206,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         "added p50 at concurrency 1, gRPC (ms)": at1["facade (workers auto) gRPC"] - at1["direct Triton"],
         "facade HTTP / facade gRPC (best each)": http_best["inputs_per_s"] / grpc_best["inputs_per_s"],
         "workers auto / 1 worker, gRPC (best each)": grpc_best["inputs_per_s"] / one_best["inputs_per_s"],
+        "HTTP, httptools / h11 parser (best each)": http_best["inputs_per_s"]
+        / best(points, "facade (workers auto, h11 parser) HTTP")["inputs_per_s"],
         "mixed padding ratio, default ladder": pads[0]["padding_ratio"],
         "mixed inputs/s, default ladder / powers of two": pads[0]["inputs_per_s"] / pads[1]["inputs_per_s"],
     }

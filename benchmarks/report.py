@@ -287,7 +287,7 @@ def write_report(results: dict[str, Any], doc: Path, img: Path) -> None:
         "## Command",
         "",
         "```bash",
-        ".venv/bin/pip install -e '.[dev]'          # bench extra: httpx, matplotlib",
+        ".venv/bin/pip install -e '.[dev]'          # bench extra: aiohttp, httpx, matplotlib",
         "bash benchmarks/peers.sh                   # Infinity in .cache/peers/infinity (optional)",
         f".venv/bin/{results['command']}",
         "```",

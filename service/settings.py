@@ -107,6 +107,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Time a client has to send a whole request (headers and body)"
     )
     http_keepalive_s: float = Field(5.0, gt=0, description="Idle time before a kept-alive connection is closed")
+    http_parser: Literal["httptools", "h11"] = Field(
+        "httptools", description="HTTP/1.1 parser: httptools (C, llhttp) or h11 (pure Python, slower)"
+    )
 
     # Pipeline
     buckets: Annotated[list[int], NoDecode] = Field(

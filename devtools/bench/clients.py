@@ -1,4 +1,4 @@
-"""One request over gRPC (grpc.aio) or the OpenAI HTTP API (httpx), with the response checked.
+"""One request over gRPC (grpc.aio) or the OpenAI HTTP API (aiohttp), with the response checked.
 
 A response counts as OK only if it carries exactly one vector per input, each of the expected size: a
 load generator that counts malformed answers as throughput would flatter a broken server.
@@ -11,8 +11,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import aiohttp
 import grpc
 import httpx
+import orjson
 
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
@@ -106,6 +108,9 @@ def vector_length(item: Any) -> int:
 
 
 class HttpSender:
+    """aiohttp with a keep-alive pool: its C parser costs the shared CPU about a third of what httpx did per
+    request (docs/benchmarks.md), so the load generator takes less from the server it measures."""
+
     def __init__(
         self,
         base_url: str,
@@ -117,26 +122,39 @@ class HttpSender:
         encoding_format: str = "float",
         connections: int = 256,
     ) -> None:
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        self.client = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_s, limits=limits)
-        self.path = path
+        self.headers = {"content-type": "application/json"}
+        if api_key:
+            self.headers["authorization"] = f"Bearer {api_key}"
+        self.url = base_url.rstrip("/") + path
+        self.connections = connections
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
         self.model = model
         self.dimensions = dimensions
         self.encoding_format = encoding_format
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        # Created on first use: a session belongs to the event loop that runs the requests.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=self.connections)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
+        return self._session
+
     async def send(self, texts: list[str]) -> Outcome:
-        body = {"input": texts, "model": self.model, "encoding_format": self.encoding_format}
+        body = orjson.dumps({"input": texts, "model": self.model, "encoding_format": self.encoding_format})
         try:
-            response = await self.client.post(self.path, json=body)
-        except httpx.HTTPError as exc:
+            async with self.session.post(self.url, data=body, headers=self.headers) as response:
+                raw = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
             return Outcome("TRANSPORT", detail=f"{type(exc).__name__}: {exc}")
-        if response.status_code != 200:
-            return Outcome(str(response.status_code), detail=response.text[:200])
+        if status != 200:
+            return Outcome(str(status), detail=raw[:200].decode(errors="replace"))
         try:
-            payload = response.json()
+            payload = orjson.loads(raw)
             data = sorted(payload["data"], key=lambda d: d.get("index", 0))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             return Outcome("BAD_RESPONSE", detail=f"unparseable body: {exc}")
         problem = check_vectors([vector_length(d) for d in data], len(texts), self.dimensions)
         if problem:
@@ -145,7 +163,8 @@ class HttpSender:
         return Outcome("OK", tokens=int(usage.get("prompt_tokens") or 0))
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 async def grpc_info(target: str, api_key: str | None = None) -> dict[str, Any]:
