@@ -238,9 +238,9 @@ async def serve_forever(settings: Settings, worker: WorkerBinding | None = None)
     local Triton cannot be kept up; see the module docstring for the codes. With settings.workers other
     than 1, the worker processes of service/workers.py do the serving."""
     if worker is None:
-        from service.workers import resolve_workers
+        from service.workers import resolve_workers, triton_shares_cpus
 
-        count = resolve_workers(settings.workers)
+        count = resolve_workers(settings.workers, triton_local=triton_shares_cpus(settings.triton_url))
         if count > 1:
             from service.workers import serve_workers
 

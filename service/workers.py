@@ -44,6 +44,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import multiprocess
 
@@ -100,9 +101,28 @@ def usable_cpus(root: Path = CGROUP_ROOT) -> int:
     return max(1, cpus)
 
 
-def resolve_workers(workers: int, root: Path = CGROUP_ROOT) -> int:
-    """settings.workers, or for 0 (auto) one per usable CPU, at most MAX_AUTO_WORKERS."""
-    return workers if workers > 0 else min(MAX_AUTO_WORKERS, usable_cpus(root))
+LOOPBACK_HOSTS = ("localhost", "::1")
+
+
+def triton_shares_cpus(triton_url: str) -> bool:
+    """Triton runs on this host: started by the facade (no URL) or reached over loopback."""
+    if not triton_url:
+        return True
+    host = urlsplit("//" + triton_url.split("://", 1)[-1]).hostname or ""
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def resolve_workers(workers: int, root: Path = CGROUP_ROOT, triton_local: bool = False) -> int:
+    """settings.workers, or for 0 (auto) one per usable CPU, at most MAX_AUTO_WORKERS. Half as many when
+    Triton runs on the same CPUs (`triton_local`, no cgroup CPU quota): on 2 cores with Triton beside them,
+    2 workers served 0.69-0.86x what 1 did (docs/benchmarks.md). A quota means a container whose CPUs are the
+    facade's own (Triton in its own container, e.g. a sidecar with its own limit): all of them."""
+    if workers > 0:
+        return workers
+    cpus = usable_cpus(root)
+    if triton_local and cgroup_cpu_limit(root) is None:
+        cpus = max(1, cpus // 2)
+    return min(MAX_AUTO_WORKERS, cpus)
 
 
 def _family(host: str) -> socket.AddressFamily:

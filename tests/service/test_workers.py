@@ -36,6 +36,7 @@ from service.workers import (
     cgroup_cpu_limit,
     remove_stale_metrics_dirs,
     resolve_workers,
+    triton_shares_cpus,
     usable_cpus,
 )
 from tests.helpers import ROOT, cosine, run_facade, vectors, wait_for
@@ -234,6 +235,11 @@ def test_worker_count_follows_affinity_and_the_cgroup_quota(tmp_path: Path) -> N
     assert usable_cpus(tmp_path) == cpus
     (tmp_path / "cpu.max").write_text("150000 100000\n")
     assert cgroup_cpu_limit(tmp_path) == 1.5 and usable_cpus(tmp_path) == 1 and resolve_workers(0, tmp_path) == 1
+    # Triton on the same CPUs: half of them on a bare host, all of a container's quota.
+    assert resolve_workers(0, tmp_path, triton_local=True) == 1
+    (tmp_path / "cpu.max").unlink()
+    assert resolve_workers(0, tmp_path, triton_local=True) == max(1, min(8, cpus // 2))
+    assert resolve_workers(2, tmp_path, triton_local=True) == 2
     v1 = tmp_path / "v1"
     (v1 / "cpu").mkdir(parents=True)
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
@@ -241,6 +247,13 @@ def test_worker_count_follows_affinity_and_the_cgroup_quota(tmp_path: Path) -> N
     assert cgroup_cpu_limit(v1) is None
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
     assert usable_cpus(v1) == 1  # half a CPU still gets one worker
+
+
+def test_triton_on_this_host_is_told_from_its_url() -> None:
+    for url in ("", "localhost:8001", "127.0.0.1:8001", "[::1]:8001", "grpc://127.0.0.2:9000"):
+        assert triton_shares_cpus(url), url
+    for url in ("triton:8001", "10.0.0.5:8001", "triton.svc.cluster.local:8001"):
+        assert not triton_shares_cpus(url), url
 
 
 def test_metrics_dirs_of_dead_parents_are_removed(tmp_path: Path) -> None:
