@@ -89,6 +89,10 @@ def ort_session(onnx_path: Path, precision: Precision) -> tuple[object, str]:
     # find nothing more to fuse there (same nodes with ORT 1.32). The traced eager graph stays on the level it
     # has always been verified at (the offline transformer fusions do not support qwen3, onnxruntime#25083).
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    # ONNX Runtime's CPU provider has no fp16 MatMul: it casts each fp16 weight to fp32 at run time, and in
+    # the default order every such Cast runs first, holding fp32 copies of all weights at once (a 4B fp16
+    # verification was killed at 24 GiB). Priority order runs each Cast just before its MatMul.
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     session = ort.InferenceSession(str(onnx_path), options, providers=providers)
     return session, session.get_providers()[0]
 

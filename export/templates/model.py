@@ -81,6 +81,9 @@ class TritonPythonModel:
             options.intra_op_num_threads = threads
         # Shapes change with every batch: a cached allocation pattern per shape only holds memory.
         options.enable_mem_pattern = False
+        # An fp16 graph on CPU: each weight is cast to fp32 at run time; priority order casts it just before
+        # its MatMul instead of all weights first (fp32 copies of every weight at once).
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         self._same_as_requested_cpu_arena(options)
         providers = ["CPUExecutionProvider"]
         device_id = int(args.get("model_instance_device_id", 0))
