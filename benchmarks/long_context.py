@@ -100,6 +100,7 @@ def measure(system: str, length: int, work: Path, threads: int, repeat: int) -> 
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.enable_mem_pattern = False  # as the Python backend runs it
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # likewise
         graph = work / system.removeprefix("ort-") / "model.onnx"
         session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 

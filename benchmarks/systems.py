@@ -93,6 +93,7 @@ def ort_session(onnx_path: Path, threads: int = 0) -> Any:
     # Same options as the Triton Python-backend model (export/templates/model.py).
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # as export/templates/model.py
     if threads > 0:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
