@@ -45,8 +45,8 @@ EXIT_TRITON_GAVE_UP = 4  # not 3: uvicorn exits 3 when it cannot start
 
 @dataclass(frozen=True)
 class WorkerBinding:
-    """How a worker of `serve --workers N` listens: on the gRPC port its parent holds, shared with its
-    siblings (SO_REUSEPORT), and on the HTTP socket its parent bound and passed down (None: HTTP off).
+    """How a worker of `serve --workers N` listens: on the gRPC and HTTP ports its parent holds, shared with
+    its siblings (SO_REUSEPORT); `http_socket` is its own HTTP listener there (None: HTTP off).
     The parent serves the metrics/health port; a worker answers only once its first readiness check ran."""
 
     http_socket: socket.socket | None

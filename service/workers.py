@@ -8,12 +8,13 @@ admission, tokenizer threads and connections, so every request limit applies per
 Ports. The parent proves each port free with a bind that does not share (no SO_REUSEPORT), as a lone
 facade does, so any process already there makes start-up fail with one message (exit 2), then keeps it
 for its whole life:
-- gRPC: grpc's Python server cannot take a socket, so workers bind the port themselves with SO_REUSEPORT
-  (the kernel spreads new connections over them). The parent's socket stays bound, never listening (it
-  gets no connections), with SO_REUSEPORT switched on after its bind and SO_REUSEADDR off: a facade that
-  does not share, or any socket with SO_REUSEADDR, fails to bind beside it, even while no worker listens.
-- HTTP: the parent binds and listens, and every worker accepts from that one socket (inherited): nothing
-  else can bind it, and connections queued while a worker restarts are served by the others.
+- gRPC and HTTP alike: each worker binds the port itself with SO_REUSEPORT and listens, so the kernel spreads
+  new connections evenly over the workers. The parent's socket stays bound, never listening (it gets no
+  connections), with SO_REUSEPORT switched on after its bind and SO_REUSEADDR off: a facade that does not
+  share, or any socket with SO_REUSEADDR, fails to bind beside it, even while no worker listens. (HTTP was
+  once one listening socket that every worker accepted from. The worker that woke first took the whole
+  burst: 16 connections opened together all went to one of 2 workers in 2 of 3 tries.) Connections
+  still queued on a worker that dies are reset; new ones go to the workers that listen.
 - metrics/health (metrics_port): served by the parent. /metrics is the sum over all workers (prometheus
   multiprocess mode, a fresh directory per parent, removed at exit); /health/ready says ready while at least
   one worker is ready (a dead worker takes no connections: its listener is gone) and the parent is not
@@ -21,8 +22,8 @@ for its whole life:
 
 Workers that die are started again (at once, then 1, 2, 4 ... 30 s apart); more than MAX_RESTARTS deaths
 in a row of one worker (each within STABLE_S of its start) end the parent with exit code 5; a worker that
-exits 2 (a misconfiguration it reported) ends it with 2. SIGTERM/SIGINT: the parent closes its HTTP socket,
-every worker drains (NOT_SERVING, in-flight work finishes within drain_seconds) and exits, then Triton stops.
+exits 2 (a misconfiguration it reported) ends it with 2. SIGTERM/SIGINT: every worker closes its listeners and
+drains (NOT_SERVING, in-flight work finishes within drain_seconds) and exits, then Triton stops.
 Workers die with the parent (PR_SET_PDEATHSIG), whatever ended it.
 """
 
@@ -129,8 +130,8 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def hold_grpc_port(host: str, port: int) -> socket.socket:
-    """The parent's claim on the gRPC port (see the module doc). Raises Misconfiguration when it is taken."""
+def hold_port(host: str, port: int, api: str) -> socket.socket:
+    """The parent's claim on a port (see the module doc). Raises Misconfiguration when it is taken."""
     sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
         # SO_REUSEADDR for the bind only: a TIME_WAIT connection of a previous run must not block it, but no
@@ -141,22 +142,17 @@ def hold_grpc_port(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # now the workers' listeners may join
     except OSError:
         sock.close()
-        raise Misconfiguration(f"cannot listen for gRPC on {host}:{port}: address in use or not available") from None
+        raise Misconfiguration(f"cannot listen for {api} on {host}:{port}: address in use or not available") from None
     return sock
 
 
-def bind_http(settings: Settings) -> socket.socket:
-    """The HTTP listener every worker accepts from. Raises Misconfiguration when the port is taken."""
+def listen_shared_http(settings: Settings) -> socket.socket:
+    """A worker's own HTTP listener on the port its parent holds, beside its siblings' (SO_REUSEPORT)."""
     from service.api.http_server import http_backlog, max_http_connections
 
     host, port = settings.host, settings.http_port
-    try:
-        sock = socket.create_server(
-            (host, port), family=_family(host), backlog=http_backlog(max_http_connections(settings))
-        )
-    except OSError as exc:
-        raise Misconfiguration(f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
+    backlog = http_backlog(max_http_connections(settings))
+    return socket.create_server((host, port), family=_family(host), backlog=backlog, reuse_port=True)
 
 
 METRICS_DIR_PREFIX = "qwen3-embed-metrics-"
@@ -209,7 +205,7 @@ class WorkerPool:
         self.supervisor = None if settings.triton_url else TritonSupervisor(settings, self.metrics)
         self.workers = [Worker(i) for i in range(count)]
         self.grpc_holder: socket.socket | None = None
-        self.http_socket: socket.socket | None = None
+        self.http_holder: socket.socket | None = None
         self.ops: Any = None
         self.grpc_port = 0
         self.http_port = 0
@@ -236,7 +232,7 @@ class WorkerPool:
                 server_credentials(s)
             except OSError as exc:
                 raise Misconfiguration(f"cannot set up the gRPC server: {exc}") from None
-            self.grpc_holder = hold_grpc_port(s.host, s.grpc_port)
+            self.grpc_holder = hold_port(s.host, s.grpc_port, "gRPC")
             self.grpc_port = int(self.grpc_holder.getsockname()[1])
             if self.supervisor is not None:
                 await self._check_models()
@@ -244,7 +240,7 @@ class WorkerPool:
                 self.ops = OpsServer(self.metrics.render, self.ready, s.metrics_host or s.host, s.metrics_port)
                 self.metrics_port = await start_ops(self.ops)
             if s.http_port:
-                self.http_socket = bind_http(s)
+                self.http_holder = hold_port(s.host, s.http_port, "HTTP")
                 self.http_port = s.http_port
             if self.supervisor is not None:
                 await self.supervisor.start()
@@ -282,17 +278,15 @@ class WorkerPool:
         values.update(workers=1, metrics_port=0, grpc_port=self.grpc_port, http_port=self.http_port)
         if self.supervisor is not None:
             values.update(triton_url=self.supervisor.grpc_url, models=self.models)
-        fd = self.http_socket.fileno() if self.http_socket is not None else None
-        return json.dumps({"settings": values, "http_fd": fd, "parent": os.getpid()}).encode()
+        return json.dumps({"settings": values, "parent": os.getpid()}).encode()
 
     async def _spawn(self, worker: Worker) -> None:
         env = dict(os.environ)
         # The workers import this very package, wherever the parent found it.
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        fds = (self.http_socket.fileno(),) if self.http_socket is not None else ()
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service.workers", stdin=asyncio.subprocess.PIPE, pass_fds=fds, env=env
+            sys.executable, "-m", "service.workers", stdin=asyncio.subprocess.PIPE, env=env
         )
         assert process.stdin is not None
         process.stdin.write(self._worker_payload())
@@ -376,9 +370,6 @@ class WorkerPool:
         self.stopping = True
         processes = [w.process for w in self.workers if w.process is not None and w.process.returncode is None]
         log.info("shutting down: %d workers draining for up to %.0f s", len(processes), s.drain_seconds)
-        if self.http_socket is not None:  # the workers keep their copies until they have drained
-            self.http_socket.close()
-            self.http_socket = None
         for process in processes:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
@@ -418,7 +409,7 @@ class WorkerPool:
     def close(self) -> None:
         if not self.stopped:
             self._kill_all()
-        for sock in (self.grpc_holder, self.http_socket):
+        for sock in (self.grpc_holder, self.http_holder):
             if sock is not None:
                 sock.close()
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
@@ -466,7 +457,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def worker_main() -> None:
-    """One worker: settings and the HTTP socket's descriptor from the parent (stdin), then a facade."""
+    """One worker: settings from the parent (stdin), its own HTTP listener on the shared port, then a facade."""
     # Ctrl-C in a terminal reaches the whole process group: until serve_forever handles SIGINT (a drain),
     # a worker leaves it to the parent, which stops every worker with SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -477,8 +468,11 @@ def worker_main() -> None:
 
     settings = Settings(**payload["settings"])
     configure_logging(settings.log_level, settings.log_format)
-    fd = payload["http_fd"]
-    sock = socket.socket(fileno=int(fd)) if fd is not None else None
+    try:
+        sock = listen_shared_http(settings) if settings.http_port else None
+    except OSError as exc:
+        log.error("cannot listen for HTTP on %s:%d: %s", settings.host, settings.http_port, exc.strerror or exc)
+        raise SystemExit(2) from None
     asyncio.run(serve_forever(settings, WorkerBinding(sock)))
 
 

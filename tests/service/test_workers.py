@@ -1,15 +1,17 @@
 """`qwen3-embed serve --workers N`: several facade processes on the same ports, sharing only Triton.
 
 Real processes throughout: a 2-worker facade against the session Triton (parity and order under concurrent
-gRPC and HTTP clients on fresh connections, which the kernel spreads over the workers; metrics summed; no
-second facade on its ports), and a 2-worker facade that owns its Triton (a SIGKILLed worker is replaced;
-SIGTERM with requests in flight on both workers drains them all and leaves no process behind).
+gRPC and HTTP clients on fresh connections, which the kernel spreads over the workers, a burst of HTTP
+connections included; metrics summed; no second facade on its ports), and a 2-worker facade that owns its
+Triton (a SIGKILLed worker is replaced; SIGTERM with requests in flight on both workers drains them all and
+leaves no process behind).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -205,6 +207,35 @@ def serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "service.cli", "serve", "--triton-url", "127.0.0.1:1", *args]
     full_env = {**os.environ, "QWEN3_EMBED_HOST": "127.0.0.1", **env}
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_burst_of_http_connections_is_spread_over_the_workers(workers: Workers) -> None:
+    """16 connections opened at once, then one request on each. With one listening socket that every worker
+    accepted from, the first worker to wake took the whole burst (2 of 3 tries here); with a listener per
+    worker (SO_REUSEPORT) the kernel hashes each connection to one: a worker with fewer than 2 of 16 would
+    happen by chance once in 2,000 runs."""
+    url = httpx.URL(workers.facade.base_url)
+    socks = [socket.create_connection((url.host, url.port), timeout=10) for _ in range(16)]
+    pids = []
+    try:
+        for sock in socks:
+            sock.sendall(f"GET /v1/models HTTP/1.1\r\nhost: {url.host}\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(65536)
+                assert chunk, "connection closed before a response"
+                head += chunk
+            headers = dict(
+                line.split(": ", 1) for line in head.split(b"\r\n\r\n")[0].decode().split("\r\n")[1:]
+            )
+            pids.append(int(headers["x-worker-pid"]))
+    finally:
+        for sock in socks:
+            sock.close()
+    share = {pid: pids.count(pid) for pid in set(pids)}
+    print(f"16 HTTP connections opened together, per worker pid: {share}")
+    assert set(share) == workers.worker_pids()
+    assert min(share.values()) >= 2
 
 
 @pytest.mark.parametrize("second", [1, 2])
