@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from export.dev_model import REAL_SHAPES, DevModelShape
+from export.dev_model import REAL_SHAPES, DevModelShape, qwen3_config
 
 
 @dataclass
@@ -68,20 +68,10 @@ def matmul_rate(device: torch.device, n: int = 8192, repeat: int = 10) -> float:
 
 
 def build(shape: DevModelShape, device: torch.device) -> torch.nn.Module:
-    from transformers import Qwen3Config, Qwen3Model
+    from transformers import Qwen3Model
 
-    config = Qwen3Config(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden_size,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        head_dim=shape.head_dim,
-        intermediate_size=shape.intermediate_size,
-        max_position_embeddings=shape.max_position_embeddings,
-        rope_theta=1000000.0,
-        attn_implementation="sdpa",
-    )
+    config = qwen3_config(shape, "bfloat16")
+    config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with device:
         model = Qwen3Model(config).to(torch.bfloat16)
