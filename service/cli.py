@@ -62,7 +62,10 @@ def serve(
     max_in_flight: int | None = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Facade processes on the same ports, sharing Triton; 0 = one per usable CPU (at most 8)"),
+        typer.Option(
+            help="Facade processes on the same ports, sharing Triton; 0 = one per usable CPU, half when Triton "
+            "shares them (at most 8)"
+        ),
     ] = None,
     api_keys_file: Path | None = None,
     tls_cert: Path | None = None,

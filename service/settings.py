@@ -136,8 +136,8 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         description="Facade worker processes on the same gRPC and HTTP ports, sharing only Triton; 0 = auto "
-        "(the usable CPUs: affinity and cgroup quota, at most 8). Every request limit (max_in_flight, HTTP "
-        "connections, ...) applies per worker",
+        "(the usable CPUs: affinity and cgroup quota, halved when Triton shares them, at most 8). Every request "
+        "limit (max_in_flight, HTTP connections, ...) applies per worker",
     )
 
     # Lifecycle
