@@ -26,34 +26,31 @@ class LastTokenEmbedder(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The hidden state at each row's last real token, in the model's dtype."""
         hidden = self.model(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        pooled = hidden[rows, last_token_index(attention_mask)]
+        return hidden[rows, last_token_index(attention_mask)]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # Always return fp32 so fp16/bf16 graphs normalise in full precision downstream.
-        return pooled.float()
+        return self.pool(input_ids, attention_mask).float()
 
 
-class LastTokenReranker(nn.Module):
+class LastTokenReranker(LastTokenEmbedder):
     """input_ids, attention_mask (int64 [batch, seq]) -> logits float32 [batch, 2]: the LM head's logits of the
     RERANK_LABELS tokens ("no", "yes") at the last real token. `rows` [2, hidden] are those LM-head rows."""
 
     def __init__(self, model: nn.Module, rows: torch.Tensor) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.head = nn.Linear(rows.shape[1], rows.shape[0], bias=False, device=rows.device, dtype=rows.dtype)
         with torch.no_grad():
             self.head.weight.copy_(rows)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        pooled = hidden[rows, last_token_index(attention_mask)]
-        logits: torch.Tensor = self.head(pooled)
+        logits: torch.Tensor = self.head(self.pool(input_ids, attention_mask))
         return logits.float()
 
 
