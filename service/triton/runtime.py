@@ -83,10 +83,23 @@ def triton_env() -> dict[str, str]:
 LOOPBACK = "127.0.0.1"
 
 
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now that this process has not handed out before: the kernel may give the same ephemeral
+    port to two binds in a row once the first socket is closed (a test once drew its metrics port and the
+    facade's HTTP port alike), and Triton's three ports are chosen this way one after another."""
+    for _ in range(64):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with _handed_out_lock:
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise OSError("no free port left that this process has not handed out already")
 
 
 # The facade died: Triton's time to stop gracefully before the guardian kills its whole group.
