@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # The directory `serve --model dev` builds the offline development model in (relative: `make serve` runs from
 # the checkout).
-DEV_MODEL_DIR = Path(".cache/dev-model")
+DEV_MODEL_DIR = Path(".cache/dev-embedding")
 
 
 def dev_model(
