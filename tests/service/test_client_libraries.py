@@ -1,4 +1,4 @@
-"""LangChain, LlamaIndex and LiteLLM, configured as the README says (its code blocks run as they are, aimed at
+"""LangChain, LlamaIndex and LiteLLM, configured as docs/clients.md says (its code blocks run as they are, aimed at
 a test facade), get the vectors gRPC Embed returns; LangChain's default configuration, which sends OpenAI
 tiktoken ids, gets a clear 400 rather than wrong vectors.
 
@@ -7,7 +7,6 @@ Offline: tiktoken's cl100k_base file comes from the copy llama-index-core ships 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -21,22 +20,21 @@ import pytest
 
 from service.settings import Settings
 from service.triton.runtime import TritonProcess
-from tests.helpers import ROOT, Facade, cosine, embed, run_facade, vectors
+from tests.doc_pages import CLIENTS, code_blocks, section
+from tests.helpers import Facade, cosine, embed, run_facade, vectors
 
 # litellm's own pydantic models warn when first used (ReadOnly TypedDict items): nothing of ours.
 pytestmark = pytest.mark.filterwarnings("ignore:.*ReadOnly.*:UserWarning")
 
 SAME = 0.99999
-SECTION = "### Using it from LangChain, LlamaIndex, LiteLLM"
+SECTION = "## Using it from LangChain, LlamaIndex, LiteLLM"
 LIBRARIES = ["langchain_openai", "llama_index", "litellm"]
 TEXTS = ["How are you today?", "The capital of China is Beijing."]
 
 
 def readme_blocks() -> dict[str, str]:
     """The section's Python blocks, by the library each imports."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split(SECTION, 1)[1].split("\n### ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    blocks = code_blocks(section(CLIENTS, SECTION), "python")
     return {next(lib for lib in LIBRARIES if f"import {lib}" in b or f"from {lib}" in b): b for b in blocks}
 
 
@@ -110,7 +108,7 @@ def test_readme_block_gives_the_grpc_vectors(strict: Facade, library: str, litel
         assert readme in code, f"the {library} block lacks {readme!r}"
         code = code.replace(readme, here)
     namespace: dict[str, Any] = {}
-    exec(compile(code, f"README.md ({library})", "exec"), namespace)
+    exec(compile(code, f"{CLIENTS} ({library})", "exec"), namespace)
     texts, question = namespace["texts"], namespace["question"]
     assert_same(namespace["doc_vectors"], grpc_vectors(strict, texts))
     assert_same([namespace["query_vector"]], grpc_vectors(strict, [question], prompt_name="query", dimensions=32))

@@ -211,12 +211,11 @@ def test_eval_equals_the_library_on_sentence_transformers_vectors(
 
 
 def test_readme_python_client_block(facade: Facade, capsys: pytest.CaptureFixture[str]) -> None:
-    """The README's 'Python client' block runs as written, aimed at the test facade."""
-    import re
+    """The 'Python client' block of docs/clients.md runs as written, aimed at the test facade."""
+    from tests.doc_pages import CLIENTS, code_blocks, section
 
-    section = (ROOT / "README.md").read_text().split("### Python client", 1)[1].split("\n### ", 1)[0]
-    [code] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    exec(compile(code.replace("localhost:50051", facade.target), "README.md (Python client)", "exec"), {})
+    [code] = code_blocks(section(CLIENTS, "## Python client"), "python")
+    exec(compile(code.replace("localhost:50051", facade.target), f"{CLIENTS} (Python client)", "exec"), {})
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("(1000, 64) ") and lines[1] == "{1: 'input 0 is an empty string'}"
     assert lines[2] == "(1, 64)"

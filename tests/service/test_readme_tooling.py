@@ -1,5 +1,6 @@
-"""The README's grpcurl commands, run by the real grpcurl against the live service through reflection and
-from the proto file, print the same JSON field names; the ghz configs decode into valid requests."""
+"""The grpcurl commands of the README and docs/clients.md, run by the real grpcurl against the live service
+through reflection and from the proto file, print the same JSON field names; the ghz configs decode into valid
+requests."""
 
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ from service.client import Client
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
 from service.pipeline.rerank_template import RERANK_PREFIX, RERANK_SUFFIX, rerank_body
-from tests.helpers import ROOT, Facade, cosine
+from tests.doc_pages import CLIENTS, code_blocks, page, section, shell_lines
+from tests.helpers import Facade, cosine
 
 TOLERANCE = 1e-5
 CODE_INSTRUCTION = "Given a question, retrieve code snippets that answer it"
@@ -347,14 +348,13 @@ def test_readme_rerank_python_block_runs(
     facade: Facade, reranker_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("cohere")
-    section = (ROOT / "README.md").read_text().split("### Rerank\n", 1)[1].split("\n### ", 1)[0]
-    [code] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    [code] = code_blocks(section(CLIENTS, "## Rerank"), "python")
     code = (
         code.replace("http://localhost:8080", facade.base_url)
         .replace("localhost:50051", facade.target)
         .replace("Qwen3-Reranker-0.6B", reranker_name)
     )
-    exec(compile(code, "README.md#rerank", "exec"), {})
+    exec(compile(code, f"{CLIENTS}#rerank", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("0 ") and printed[-1].startswith("[RerankHit(index=0, score=")
 
@@ -455,14 +455,11 @@ def test_cli_rerank(facade: Facade) -> None:
     assert lines[0].startswith("model ") and len(lines) == 3 and lines[1].lstrip().startswith("1. [")
 
 
-# -- the README's curl commands --
+# -- the rerank curl commands of docs/clients.md --
 
 
 def readme_rerank_curls() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
-    lines = [ln.strip() for block in blocks for ln in block.replace("\\\n", " ").splitlines()]
-    return [ln for ln in lines if ln.startswith("curl ") and "rerank" in ln]
+    return [ln for ln in shell_lines(page(CLIENTS), "curl") if "rerank" in ln]
 
 
 def test_readme_has_both_rerank_curls() -> None:
@@ -472,7 +469,7 @@ def test_readme_has_both_rerank_curls() -> None:
 
 @pytest.mark.parametrize("line", readme_rerank_curls())
 def test_readme_rerank_curl_commands(facade: Facade, reranker_name: str, line: str) -> None:
-    """Each README curl line's path and body, sent to the live facade (the README's model name is the real
+    """Each rerank curl line's path and body, sent to the live facade (the README's model name is the real
     checkpoint's: the dev reranker's served name stands in for it)."""
     import json
     import shlex
