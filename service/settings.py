@@ -168,7 +168,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line")
 
-    # Network exposure: what listens where (docs/reliability.md, README "Security")
+    # Network exposure: what listens where (docs/reliability.md, docs/security.md)
     metrics_port: int = Field(
         0,
         ge=0,

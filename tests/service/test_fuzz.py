@@ -108,7 +108,7 @@ def served_model(facade: Facade) -> dict[str, str]:
 
 
 # JSON endpoints whose responses the document describes; /metrics is Prometheus text and /health/ready
-# answers 503 (documented in the README, not in the document) only while not ready.
+# answers 503 (documented in docs/clients.md, not in the document) only while not ready.
 SCHEMA_CHECKED = {
     "POST /v1/embeddings",
     "POST /v1/rerank",
