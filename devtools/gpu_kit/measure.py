@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -271,7 +272,11 @@ class Run:
     def save(self) -> None:
         self.out_json.parent.mkdir(parents=True, exist_ok=True)
         self.out_json.write_text(json.dumps(self.result, indent=1, default=str) + "\n")
-        self.out_txt.write_text(text_report(self.result))
+        try:
+            text = text_report(self.result)
+        except Exception as exc:  # the JSON is what counts; a table that cannot be drawn must not lose it
+            text = f"no table: {type(exc).__name__}: {exc}\n"
+        self.out_txt.write_text(text)
 
 
 # -- 1. export with this project's exporter -------------------------------------------------------------------
@@ -405,15 +410,24 @@ def in_process(run: Run, name: str, engines: Engines) -> dict[str, Any]:
         engines.torch_run(long_ids)
     row["peak_gib_at_long"]["torch"] = round(sampler.gib, 3)
     all_cos: list[float] = []
+    row["errors"] = []
     for n in s.cosine_lengths:
-        ids = random_ids(vocab, 1, n, seed=n)
-        c = cosines(engines.ort_run(ids), engines.torch_run(ids))[0]
+        try:
+            ids = random_ids(vocab, 1, n, seed=n)
+            c = cosines(engines.ort_run(ids), engines.torch_run(ids))[0]
+        except Exception as exc:  # e.g. out of memory: recorded, the other lengths still measured
+            row["errors"].append(f"cosine at {n}: {type(exc).__name__}: {exc}")
+            continue
         row["cosine"][cell_label(1, n)] = c
         all_cos.append(c)
     for batch, tokens in (s.batch_cell, s.long_cell):
-        ids = random_ids(vocab, batch, tokens, seed=batch * tokens)
-        t_torch, ref = timed(engines.torch_run, ids, s.warmup, s.repeat)
-        t_ort, got = timed(engines.ort_run, ids, s.warmup, s.repeat)
+        try:
+            ids = random_ids(vocab, batch, tokens, seed=batch * tokens)
+            t_torch, ref = timed(engines.torch_run, ids, s.warmup, s.repeat)
+            t_ort, got = timed(engines.ort_run, ids, s.warmup, s.repeat)
+        except Exception as exc:
+            row["errors"].append(f"{cell_label(batch, tokens)}: {type(exc).__name__}: {exc}")
+            continue
         cell_cos = cosines(got, ref)
         all_cos += cell_cos
         row["cells"][cell_label(batch, tokens)] = {
@@ -424,7 +438,7 @@ def in_process(run: Run, name: str, engines: Engines) -> dict[str, Any]:
             "ort_ms": t_ort * 1000,
             "cosine_min": min(cell_cos),
         }
-    row["cosine_min"] = min(all_cos)
+    row["cosine_min"] = min(all_cos) if all_cos else None
     return row
 
 
@@ -449,6 +463,18 @@ def model_shape(model_dir: Path) -> ModelShape:
     ladder = resolve_buckets([], info.max_input_tokens, info.length_buckets)
     budget = int(Settings.model_fields["token_budget"].default)
     return ModelShape(ladder, info.hidden_size, info.max_batch_size, budget)
+
+
+@contextmanager
+def client_cpu() -> Iterator[dict[str, float]]:
+    """CPU seconds this process (the load generator: one Python process, asyncio) spent per wall second over
+    the block. Near 1.0 the client, not the service, may be what limits a point."""
+    import psutil
+
+    proc, box = psutil.Process(), dict[str, float]()
+    t0, c0 = time.monotonic(), sum(proc.cpu_times()[:2])
+    yield box
+    box["client_cpu_share"] = round((sum(proc.cpu_times()[:2]) - c0) / max(1e-9, time.monotonic() - t0), 3)
 
 
 def point(summary: Any, **extra: Any) -> dict[str, Any]:
@@ -497,10 +523,11 @@ async def service(run: Run, model_dir: Path, engines: Engines) -> None:
         top = max(s.short_concurrencies)
         plans = systems.plan_requests(short, tokenize, shape.ladder, shape.budget, shape.max_rows)
         with run.section("direct Triton, short"):
-            direct = await systems.run_direct_triton(
-                triton.grpc_url, MODEL, shape.hidden, plans, LoadSpec(concurrency=top, duration_s=s.point_s)
-            )
-            res["direct_triton_short"] = point(direct, concurrency=top)
+            with client_cpu() as cpu:
+                direct = await systems.run_direct_triton(
+                    triton.grpc_url, MODEL, shape.hidden, plans, LoadSpec(concurrency=top, duration_s=s.point_s)
+                )
+            res["direct_triton_short"] = point(direct, concurrency=top, **cpu)
         default_workers = resolve_workers(0, triton_local=triton_shares_cpus(triton.grpc_url))
         res["default_workers"] = default_workers
         first = min(s.short_concurrencies)
@@ -513,9 +540,12 @@ async def service(run: Run, model_dir: Path, engines: Engines) -> None:
             for c in s.short_concurrencies:
                 spec = LoadSpec(concurrency=c, duration_s=s.point_s)
                 conns = max(4, 2 * default_workers)
-                g = await systems.run_grpc(fac.target, shape.hidden, short, spec, warmup=8, connections=conns)
-                h, _ = await systems.run_http(fac.base_url, model, shape.hidden, short, spec, warmup=8)
-                points += [point(g, protocol="grpc", concurrency=c), point(h, protocol="http", concurrency=c)]
+                with client_cpu() as g_cpu:
+                    g = await systems.run_grpc(fac.target, shape.hidden, short, spec, warmup=8, connections=conns)
+                with client_cpu() as h_cpu:
+                    h, _ = await systems.run_http(fac.base_url, model, shape.hidden, short, spec, warmup=8)
+                points += [point(g, protocol="grpc", concurrency=c, **g_cpu),
+                           point(h, protocol="http", concurrency=c, **h_cpu)]  # fmt: skip
                 print(f"  short c={c}: gRPC {g.inputs_per_s:.0f} q/s p50 {g.p50_ms:.2f} ms, "
                       f"HTTP {h.inputs_per_s:.0f} q/s p50 {h.p50_ms:.2f} ms", flush=True)  # fmt: skip
             res["short"] = points
@@ -552,11 +582,12 @@ async def service(run: Run, model_dir: Path, engines: Engines) -> None:
                 for w in others:
                     with systems.facade(repo, triton.grpc_url, logs, {"QWEN3_EMBED_WORKERS": str(w)}) as fac:
                         spec = LoadSpec(concurrency=top, duration_s=s.point_s)
-                        g = await systems.run_grpc(
-                            fac.target, shape.hidden, short, spec, warmup=8, connections=max(4, 2 * w)
-                        )
+                        with client_cpu() as cpu:
+                            g = await systems.run_grpc(
+                                fac.target, shape.hidden, short, spec, warmup=8, connections=max(4, 2 * w)
+                            )
                     share = g.inputs_per_s / direct.inputs_per_s if direct.inputs_per_s else 0.0
-                    sweep.append(point(g, workers=w, concurrency=top, vs_direct_triton=share))
+                    sweep.append(point(g, workers=w, concurrency=top, vs_direct_triton=share, **cpu))
                     print(f"  {w} worker(s): {g.inputs_per_s:.0f} q/s = {share:.2f} x direct Triton", flush=True)
         sweep.sort(key=lambda p: p["workers"])
         limited = [p["workers"] for p in sweep if p["vs_direct_triton"] >= CARD_LIMIT_SHARE]
@@ -600,24 +631,36 @@ def measure(run: Run, commit: str | None, command: str) -> dict[str, Any]:
     order = [s.service_shape, *(n for n in s.shapes if n != s.service_shape)]
     per_shape: dict[str, Any] = {}
     res["in_process"] = per_shape
+    errors: list[str] = res.setdefault("errors", [])
     for name in order:
         if name != s.service_shape and not run.fits(f"shape {name}", 150 if name != "dev" else 10):
             continue
-        with run.section(f"export {name}"):
-            ckpt, model_dir = export_shape(run, name)
-        with run.section(f"in process {name}: ONNX Runtime vs torch"):
-            engines = Engines(run.device, ckpt, model_dir, s.precision)
-            per_shape[name] = in_process(run, name, engines)
-            engines.close_torch()
-        if name == s.service_shape:
-            head = per_shape[name]
-            res["cosine_min"] = head["cosine_min"]
-            res["ort_vs_torch"] = {k: v["ort_vs_torch"] for k, v in head["cells"].items()}
-            res["peak_gib_at_long"] = head["peak_gib_at_long"]
-            asyncio.run(service(run, model_dir, engines))
-        del engines
-        run.device.release()
-    res["cosine_min_all_shapes"] = min(v["cosine_min"] for v in per_shape.values())
+        engines: Engines | None = None
+        # One failure costs its own figures only: the GPU run is one shot, so the others are still measured.
+        try:
+            with run.section(f"export {name}"):
+                ckpt, model_dir = export_shape(run, name)
+            with run.section(f"in process {name}: ONNX Runtime vs torch"):
+                engines = Engines(run.device, ckpt, model_dir, s.precision)
+                try:
+                    per_shape[name] = in_process(run, name, engines)
+                finally:
+                    engines.close_torch()
+                errors += [f"{name}: {e}" for e in per_shape[name]["errors"]]
+            if name == s.service_shape:
+                head = per_shape[name]
+                res["cosine_min"] = head["cosine_min"]
+                res["ort_vs_torch"] = {k: v["ort_vs_torch"] for k, v in head["cells"].items()}
+                res["peak_gib_at_long"] = head["peak_gib_at_long"]
+                asyncio.run(service(run, model_dir, engines))
+        except Exception as exc:
+            traceback.print_exc()
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+        finally:
+            del engines
+            run.device.release()
+    found = [v["cosine_min"] for v in per_shape.values() if v.get("cosine_min") is not None]
+    res["cosine_min_all_shapes"] = min(found) if found else None
     res["goals_met"] = goals_met(res)
     res["total_s"] = round(time.monotonic() - run.started, 1)
     run.save()
@@ -626,14 +669,20 @@ def measure(run: Run, commit: str | None, command: str) -> dict[str, Any]:
 
 def goals_met(res: dict[str, Any]) -> dict[str, bool | None]:
     limited, default = res.get("card_limits_from_workers"), res.get("default_workers")
+    ratios = res.get("ort_vs_torch") or {}
     return {
-        "ort_vs_torch": all(v >= GOALS["ort_vs_torch"] for v in res.get("ort_vs_torch", {}).values()) or None,
-        "cosine": res.get("cosine_min_all_shapes", 0.0) >= GOALS["cosine"],
+        "ort_vs_torch": all(v >= GOALS["ort_vs_torch"] for v in ratios.values()) if ratios else None,
+        "cosine": (res.get("cosine_min_all_shapes") or 0.0) >= GOALS["cosine"],
         "service_vs_ceiling_mixed": res.get("service_vs_ceiling_mixed", 0.0) >= GOALS["service_vs_ceiling_mixed"],
         "short_p50_ms_c1": (res.get("short_p50_ms_c1") or 1e9) <= GOALS["short_p50_ms_c1"],
         "card_limits_at_default_workers": None if default is None or "workers" not in res
         else limited is not None and limited <= default,
     }
+
+
+def _n(value: Any, spec: str) -> str:
+    """A figure, or "-" where none was measured (no successful request gives no latency)."""
+    return "-" if value is None else format(value, spec)
 
 
 def text_report(res: dict[str, Any]) -> str:
@@ -653,8 +702,9 @@ def text_report(res: dict[str, Any]) -> str:
         lines.append("## The service, short queries (8-32 tokens, batch 1)")
         lines.append("| protocol | concurrency | queries/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
         for p in res["short"]:
-            lines.append(f"| {p['protocol']} | {p['concurrency']} | {p['inputs_per_s']:,.0f} | {p['p50_ms']:.2f} | "
-                         f"{p['p99_ms']:.2f} | {p['errors'] or 'none'} |")  # fmt: skip
+            lines.append(f"| {p['protocol']} | {p['concurrency']} | {p['inputs_per_s']:,.0f} | "
+                         f"{_n(p['p50_ms'], '.2f')} | {_n(p['p99_ms'], '.2f')} | "
+                         f"{p['errors'] or 'none'} |")  # fmt: skip
         d = res.get("direct_triton_short", {})
         lines.append(f"direct Triton at concurrency {d.get('concurrency')}: {d.get('inputs_per_s', 0):,.0f} q/s")
         lines.append("")
@@ -667,11 +717,12 @@ def text_report(res: dict[str, Any]) -> str:
     if res.get("workers"):
         lines.append("\n| facade workers | queries/s | p50 ms | p99 ms | x direct Triton |\n|---|---|---|---|---|")
         for p in res["workers"]:
-            lines.append(f"| {p['workers']} | {p['inputs_per_s']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "
-                         f"{p['vs_direct_triton']:.2f} |")  # fmt: skip
+            lines.append(f"| {p['workers']} | {p['inputs_per_s']:,.0f} | {_n(p['p50_ms'], '.2f')} | "
+                         f"{_n(p['p99_ms'], '.2f')} | {p['vs_direct_triton']:.2f} |")  # fmt: skip
         lines.append(f"card, not facade, limits from {res.get('card_limits_from_workers')} worker(s); "
                      f"default {res.get('default_workers')}")  # fmt: skip
     lines.append(f"\ngoals met: {res.get('goals_met')}; skipped: {res.get('skipped') or 'nothing'}")
+    lines.append(f"errors: {res.get('errors') or 'none'}")
     lines.append(f"section seconds: {res.get('section_s')}")
     return "\n".join(lines) + "\n"
 
@@ -694,10 +745,12 @@ def main(argv: list[str] | None = None) -> int:
         out_json=args.out_dir / f"gpu-service-{stamp}.json", out_txt=args.out_dir / f"gpu-service-{stamp}.txt",
     )  # fmt: skip
     command = "python3 -m devtools.gpu_kit.measure " + " ".join(argv if argv is not None else sys.argv[1:])
-    measure(run, args.commit or git_commit(), command)
+    res = measure(run, args.commit or git_commit(), command)
     print(run.out_txt.read_text())
     print(f"wrote {run.out_json}")
-    return 0
+    for error in res["errors"]:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if res["errors"] else 0
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def test_measure_dry_run_on_cpu_writes_every_figure(tmp_path: Path) -> None:
 
     # The keys other tools read, with sane values.
     assert r["provider"] == "cpu" and r["device"].startswith("CPU")
-    assert r["skipped"] == [] and list(r["section_s"]) == SECTIONS  # nothing left out: every line ran
+    assert r["skipped"] == [] and r["errors"] == []
+    assert list(r["section_s"]) == SECTIONS  # nothing left out: every section ran
     assert r["cosine_min"] >= 0.999 and r["cosine_min_all_shapes"] >= 0.999
     assert set(r["in_process"]["dev"]["cosine"]) == {"1x32", "1x128", "1x256"}
     assert set(r["ort_vs_torch"]) == {"4x64", "1x256"} and all(v > 0 for v in r["ort_vs_torch"].values())
@@ -59,6 +60,7 @@ def test_measure_dry_run_on_cpu_writes_every_figure(tmp_path: Path) -> None:
     assert r["mixed"]["ceiling"]["tokens_per_s"] > 0 and r["long"]["ceiling"]["tokens_per_s"] > 0
     assert sorted(p["workers"] for p in r["workers"]) == sorted({1, 2, r["default_workers"]})
     assert all(p["vs_direct_triton"] > 0 for p in r["workers"])
+    assert all(0 < p["client_cpu_share"] < 4 for p in [*r["short"], r["direct_triton_short"]])
     assert r["triton"]["library_dirs"] == [] and r["triton_errors"] == ""
     assert set(r["goals_met"]) == {
         "ort_vs_torch", "cosine", "service_vs_ceiling_mixed", "short_p50_ms_c1", "card_limits_at_default_workers",
