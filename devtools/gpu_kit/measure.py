@@ -246,6 +246,8 @@ class Run:
     work: Path
     out_json: Path
     out_txt: Path
+    # A rerun on the same machine: take the exports an earlier run of this work folder finished.
+    reuse_exports: bool = False
     started: float = field(default_factory=time.monotonic)
     result: dict[str, Any] = field(default_factory=dict)
 
@@ -288,20 +290,65 @@ def shape_of(name: str) -> Any:
     return DevModelShape() if name == "dev" else REAL_SHAPES[name]
 
 
+DONE = ".complete"
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text().strip()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def checkpoint(work: Path, name: str, dtype: str) -> tuple[Path, str]:
+    """The random-weight checkpoint of a shape (the dev model's builder), built once per work folder: a build
+    that `--prebuild` started in an earlier device run (a process of its own session, it outlives that run) is
+    waited for and reused. Returns (folder, how: built | prebuilt | waited for)."""
+    from export.dev_model import build_dev_model
+
+    ckpt = work / f"ckpt-{name}-{dtype}"
+    lock = work / f"ckpt-{name}-{dtype}.building"
+    how = "prebuilt"
+    while not (ckpt / DONE).exists() and lock.exists() and _alive(lock):
+        how = "waited for"
+        time.sleep(1)
+    if (ckpt / DONE).exists():
+        return ckpt, how
+    work.mkdir(parents=True, exist_ok=True)
+    lock.write_text(str(os.getpid()))
+    try:
+        build_dev_model(ckpt, shape_of(name), dtype=dtype)
+        (ckpt / DONE).touch()
+    finally:
+        lock.unlink(missing_ok=True)
+    return ckpt, "built"
+
+
+def dtype_name(precision: str) -> str:
+    return {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[precision]
+
+
+def prebuild(sizes: Sizes, work: Path) -> None:
+    """Every shape's checkpoint, the service shape first: CPU work (torch, transformers, tokenizers; nothing from
+    the kit), so a device run can start it before the kit is installed."""
+    for name in [sizes.service_shape, *(n for n in sizes.shapes if n != sizes.service_shape)]:
+        t0 = time.monotonic()
+        ckpt, how = checkpoint(work, name, dtype_name(sizes.precision))
+        print(f"{name}: {ckpt} {how} in {time.monotonic() - t0:.1f} s", flush=True)
+
+
 def export_shape(run: Run, name: str) -> tuple[Path, Path]:
     """Random weights of the shape (the dev model's builder, in the run's precision) -> the fused graph in a
     Triton repository, verified by the exporter. Returns (checkpoint, model dir)."""
     from rich.console import Console
 
-    from export.dev_model import build_dev_model
     from export.exporter import ExportOptions, run_export
     from export.triton_config import RepoSettings
 
     s = run.sizes
-    dtype = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[s.precision]
-    ckpt = run.work / f"ckpt-{name}"
     t0 = time.monotonic()
-    build_dev_model(ckpt, shape_of(name), dtype=dtype)
+    ckpt, how = checkpoint(run.work, name, dtype_name(s.precision))
     built = time.monotonic() - t0
     repo = RepoSettings(
         name=MODEL, backend="python", precision=s.precision,  # type: ignore[arg-type]
@@ -312,10 +359,16 @@ def export_shape(run: Run, name: str) -> tuple[Path, Path]:
         verify_long_tokens=s.verify_long_tokens, auto_warmup=True,
     )  # fmt: skip
     t0 = time.monotonic()
-    model_dir = run_export(opts, Console(stderr=True, width=140))
+    model_dir = opts.output / MODEL
+    # The exporter publishes the model folder whole (a rename) once verified: a report there is a finished export.
+    reused = run.reuse_exports and (model_dir / "export_report.json").exists()
+    if not reused:
+        model_dir = run_export(opts, Console(stderr=True, width=140))
     report = json.loads((model_dir / "export_report.json").read_text())
     run.result.setdefault("export", {})[name] = {
-        "checkpoint_build_s": round(built, 1),
+        "reused": reused,
+        "checkpoint": how,
+        "checkpoint_s": round(built, 1),
         "export_s": round(time.monotonic() - t0, 1),
         "verified_on": report.get("provider"),
         "worst_cosine": report.get("worst_cosine"),
@@ -633,7 +686,7 @@ def measure(run: Run, commit: str | None, command: str) -> dict[str, Any]:
     res["in_process"] = per_shape
     errors: list[str] = res.setdefault("errors", [])
     for name in order:
-        if name != s.service_shape and not run.fits(f"shape {name}", 150 if name != "dev" else 10):
+        if name != s.service_shape and not run.fits(f"shape {name}", 90 if name != "dev" else 10):
             continue
         engines: Engines | None = None
         # One failure costs its own figures only: the GPU run is one shot, so the others are still measured.
@@ -729,20 +782,28 @@ def text_report(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--provider", choices=("cuda", "cpu"), required=True)
+    parser.add_argument("--provider", choices=("cuda", "cpu"), help="required unless --prebuild")
+    parser.add_argument("--prebuild", action="store_true", help="only build the shapes' checkpoints, then exit")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="h200")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one size")
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpukit-work"), help="checkpoints, exports, logs")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--commit", default=None, help="the commit measured (default: git rev-parse HEAD)")
+    parser.add_argument("--reuse-exports", action="store_true", help="a rerun: keep the exports already in --work")
     args = parser.parse_args(argv)
     sizes = PRESETS[args.preset]
     for text in args.set:
         sizes = parse_override(sizes, text)
+    if args.prebuild:
+        prebuild(sizes, args.work)
+        return 0
+    if args.provider is None:
+        parser.error("--provider is required")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run = Run(
         sizes=sizes, device=Device.for_provider(args.provider), work=args.work,
         out_json=args.out_dir / f"gpu-service-{stamp}.json", out_txt=args.out_dir / f"gpu-service-{stamp}.txt",
+        reuse_exports=args.reuse_exports,
     )  # fmt: skip
     command = "python3 -m devtools.gpu_kit.measure " + " ".join(argv if argv is not None else sys.argv[1:])
     res = measure(run, args.commit or git_commit(), command)

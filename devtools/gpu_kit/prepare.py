@@ -52,6 +52,9 @@ KIT: dict[str, str] = {
     "typing-extensions": "4.16.0",
     "opentelemetry-api": "1.45.2",
     "importlib-metadata": "8.9.0",
+    # onnx imports ml_dtypes; the machine's (jax's) may be a numpy-2-only build, and the kit's numpy is 1.26.
+    # 0.5.4 works with numpy >= 1.26 on Python 3.12, and tritonclient asks for <= 0.5.4 anyway.
+    "ml-dtypes": "0.5.4",
 }
 # Extras the project asks for (pyproject: tritonclient[grpc]); other extras' requirements are not needed.
 EXTRAS: dict[str, frozenset[str]] = {"tritonclient": frozenset({"grpc"})}

@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from devtools.gpu_kit import measure
 from tests.helpers import ROOT
 
 SECTIONS = [
@@ -23,13 +26,17 @@ SECTIONS = [
 ]
 
 
-def test_measure_dry_run_on_cpu_writes_every_figure(tmp_path: Path) -> None:
+def test_measure_dry_run_on_cpu_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     cmd = [
         sys.executable, "-m", "devtools.gpu_kit.measure", "--provider", "cpu", "--preset", "cpu-dry",
         "--work", str(tmp_path / "work"), "--out-dir", str(out), "--set", "point_s=0.5",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    # Device run 1 starts the checkpoints' build in the background; the last run's measure reuses it. Here in
+    # this process (torch is imported already), through the same command line.
+    assert measure.main(["--prebuild", "--preset", "cpu-dry", "--work", str(tmp_path / "work")]) == 0
+    assert " built in " in capsys.readouterr().out
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     [json_path] = out.glob("gpu-service-*.json")
@@ -47,6 +54,7 @@ def test_measure_dry_run_on_cpu_writes_every_figure(tmp_path: Path) -> None:
         assert cell["torch_tokens_per_s"] > 0 and cell["ort_tokens_per_s"] > 0 and cell["cosine_min"] >= 0.999
     assert set(r["peak_gib_at_long"]) == {"ort", "torch"}
     assert r["export"]["dev"]["verified_on"] == "CPUExecutionProvider"
+    assert r["export"]["dev"]["checkpoint"] == "prebuilt" and r["export"]["dev"]["reused"] is False
     assert r["export"]["dev"]["worst_cosine"] >= 0.999
 
     # The service: every short point served every request, over both protocols.
@@ -65,3 +73,14 @@ def test_measure_dry_run_on_cpu_writes_every_figure(tmp_path: Path) -> None:
     assert set(r["goals_met"]) == {
         "ort_vs_torch", "cosine", "service_vs_ceiling_mixed", "short_p50_ms_c1", "card_limits_at_default_workers",
     }  # fmt: skip
+
+    # A rerun (--reuse-exports) takes the finished export instead of exporting again.
+    sizes = measure.PRESETS["cpu-dry"]
+    again = measure.Run(
+        sizes=sizes, device=measure.Device.for_provider("cpu"), work=tmp_path / "work",
+        out_json=tmp_path / "again.json", out_txt=tmp_path / "again.txt", reuse_exports=True,
+    )  # fmt: skip
+    ckpt, model_dir = measure.export_shape(again, "dev")
+    assert (ckpt / measure.DONE).is_file()
+    assert again.result["export"]["dev"]["reused"] is True and again.result["export"]["dev"]["checkpoint"] == "prebuilt"
+    assert model_dir == tmp_path / "work" / "repo-dev" / measure.MODEL and (model_dir / "config.pbtxt").is_file()

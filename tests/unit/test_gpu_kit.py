@@ -16,6 +16,7 @@ import pytest
 
 from devtools.gpu_kit import driver, install, measure, prepare
 from devtools.gpu_kit.parts import CHUNK, KitError, assemble, part_count, read_manifest, split
+from tests.helpers import ROOT
 
 MIB = 1 << 20
 
@@ -130,10 +131,10 @@ def test_unmet_requirements_are_named(tmp_path: Path) -> None:
 
 
 def test_the_real_kit_fits_six_runs() -> None:
-    """The wheels prepare downloaded on 2026-12-04 (342,523,041 bytes) beside a ~2 MB tree: 6 parts of 58 MiB."""
+    """The wheels prepare downloaded on 2026-12-04 (347,532,043 bytes) beside a ~2 MB tree: 6 parts of 58 MiB."""
     capacity = prepare.capacity_for(tree=2_000_000, margin=4 * MIB)
     assert capacity + 2_000_000 + 4 * MIB < prepare.RUN_LIMIT
-    assert part_count(342_523_041, capacity) == 6
+    assert part_count(347_532_043, capacity) == 6
     with pytest.raises(SystemExit, match="no room"):
         prepare.capacity_for(tree=62 * MIB, margin=4 * MIB)
 
@@ -182,3 +183,22 @@ def test_h200_preset_writes_the_keys_other_tools_read() -> None:
     assert measure.parse_override(sizes, "budget_s=120").budget_s == 120.0
     with pytest.raises(ValueError, match="unknown size"):
         measure.parse_override(sizes, "batch=3")
+
+
+def test_docs_show_the_runs_the_driver_plans(tmp_path: Path) -> None:
+    """docs/gpu-kit.md lists the run tool calls of a 6-part kit: they are driver.plan's, character for character."""
+    root = tmp_path / "repo"
+    wheels = fake_wheels(tmp_path / "dl")
+    total = sum(w.stat().st_size for w in wheels)
+    split(wheels, -(-total // 6), root)
+    planned = [f"run {r.as_call()}" for r in driver.plan(root, "COMMIT")]
+    assert len(planned) == 6
+    text = (ROOT / "docs" / "gpu-kit.md").read_text()
+    block = text.split("<!-- driver-output: begin -->", 1)[1].split("<!-- driver-output: end -->", 1)[0]
+    documented = [ln for ln in block.splitlines() if ln.startswith("run {")]
+    assert documented == planned
+
+
+def test_a_rerun_reuses_the_finished_exports() -> None:
+    rerun = driver.rerun_measure("COMMIT")
+    assert "--reuse-exports" in rerun.command and "install install" not in rerun.command and rerun.carry == ()
