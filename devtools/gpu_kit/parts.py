@@ -43,6 +43,9 @@ class Manifest:
     wheels: tuple[WheelEntry, ...]
     parts: tuple[PartEntry, ...]
     capacity: int
+    # The first `early` wheels of the stream: needed before the whole kit is there (device run 1), so they sit
+    # at the front, inside the first part(s).
+    early: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -50,7 +53,7 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"capacity": self.capacity, "wheels": [asdict(w) for w in self.wheels],
+            {"capacity": self.capacity, "early": self.early, "wheels": [asdict(w) for w in self.wheels],
              "parts": [asdict(p) for p in self.parts]},
             indent=1,
         ) + "\n"  # fmt: skip
@@ -62,7 +65,13 @@ class Manifest:
             wheels=tuple(WheelEntry(**w) for w in data["wheels"]),
             parts=tuple(PartEntry(**p) for p in data["parts"]),
             capacity=int(data["capacity"]),
+            early=int(data.get("early", 0)),
         )
+
+    def parts_for(self, wheels: int) -> int:
+        """How many parts (from the first) hold the first `wheels` wheels of the stream."""
+        end = sum(w.bytes for w in self.wheels[:wheels])
+        return max(1, part_count(end, self.capacity)) if end else 0
 
 
 def sha256_of(path: Path) -> str:
@@ -85,10 +94,17 @@ def part_folder(index: int, kit_dir: str = KIT_DIR) -> str:
     return f"{kit_dir}/part-{index:02d}"
 
 
-def split(wheels: list[Path], capacity: int, root: Path, kit_dir: str = KIT_DIR) -> Manifest:
+def split(
+    wheels: list[Path], capacity: int, root: Path, kit_dir: str = KIT_DIR, early: tuple[str, ...] = ()
+) -> Manifest:
     """Writes root/<kit_dir>/part-NN/{chunk.bin, manifest.json} (the same manifest in every part, so any run
-    can check what it carries) and returns the manifest. Old part folders are removed first."""
-    wheels = sorted(wheels, key=lambda p: p.name)
+    can check what it carries) and returns the manifest. Old part folders are removed first. Wheels whose file
+    name starts with one of `early` come first in the stream (assemble(first=...) takes them alone)."""
+
+    def is_early(p: Path) -> bool:
+        return p.name.startswith(early) if early else False
+
+    wheels = sorted(wheels, key=lambda p: (not is_early(p), p.name))
     if len({w.name for w in wheels}) != len(wheels):
         raise KitError("two wheels with the same file name")
     entries = tuple(WheelEntry(w.name, w.stat().st_size, sha256_of(w)) for w in wheels)
@@ -117,7 +133,7 @@ def split(wheels: list[Path], capacity: int, root: Path, kit_dir: str = KIT_DIR)
         PartEntry(part_folder(i + 1, kit_dir), (f / CHUNK).stat().st_size, sha256_of(f / CHUNK))
         for i, f in enumerate(folders)
     )
-    manifest = Manifest(entries, parts, capacity)
+    manifest = Manifest(entries, parts, capacity, early=sum(map(is_early, wheels)))
     for folder in folders:
         (folder / MANIFEST).write_text(manifest.to_json())
     return manifest
@@ -154,15 +170,19 @@ def check_parts(root: Path, manifest: Manifest, upto: int | None = None) -> None
         check_part(root, part)
 
 
-def assemble(root: Path, manifest: Manifest, out_dir: Path) -> list[Path]:
-    """Every part checked, then the stream cut back into the wheels under out_dir, each checked (size, sha256)."""
-    check_parts(root, manifest)
+def assemble(root: Path, manifest: Manifest, out_dir: Path, first: int | None = None) -> list[Path]:
+    """Every part checked, then the stream cut back into the wheels under out_dir, each checked (size, sha256).
+    With `first`, only the first `first` wheels, from the parts that hold them (the others need not be there)."""
+    wheels = manifest.wheels if first is None else manifest.wheels[:first]
+    parts = manifest.parts if first is None else manifest.parts[: manifest.parts_for(first)]
+    for part in parts:
+        check_part(root, part)
     out_dir.mkdir(parents=True, exist_ok=True)
-    chunks = [root / p.folder / CHUNK for p in manifest.parts]
+    chunks = [root / p.folder / CHUNK for p in parts]
     written: list[Path] = []
     ci, reader = 0, open(chunks[0], "rb")  # noqa: SIM115 (moves from part to part, closed in `finally`)
     try:
-        for wheel in manifest.wheels:
+        for wheel in wheels:
             target = out_dir / wheel.name
             left = wheel.bytes
             with open(target, "wb") as out:
@@ -181,7 +201,7 @@ def assemble(root: Path, manifest: Manifest, out_dir: Path) -> list[Path]:
             if digest != wheel.sha256:
                 raise KitError(f"{wheel.name}: sha256 {digest} after reassembly, the manifest says {wheel.sha256}")
             written.append(target)
-        if reader.read(1) or ci + 1 != len(chunks):
+        if first is None and (reader.read(1) or ci + 1 != len(chunks)):
             raise KitError("bytes left over in the parts after the last wheel")
     finally:
         reader.close()

