@@ -49,6 +49,8 @@ def test_measure_dry_run_on_cpu_writes_every_figure(tmp_path: Path, capsys: pyte
     assert list(r["section_s"]) == SECTIONS  # nothing left out: every section ran
     assert r["cosine_min"] >= 0.999 and r["cosine_min_all_shapes"] >= 0.999
     assert set(r["in_process"]["dev"]["cosine"]) == {"1x32", "1x128", "1x256"}
+    # The dev model keeps different inputs apart, so agreeing at >= 0.999 means something here.
+    assert r["cosine_between_inputs_max"] < 0.99 and r["cosine_min_centered"] >= 0.999
     assert set(r["ort_vs_torch"]) == {"4x64", "1x256"} and all(v > 0 for v in r["ort_vs_torch"].values())
     for cell in r["in_process"]["dev"]["cells"].values():
         assert cell["torch_tokens_per_s"] > 0 and cell["ort_tokens_per_s"] > 0 and cell["cosine_min"] >= 0.999
