@@ -632,7 +632,7 @@ async def service(run: Run, model_dir: Path, engines: Engines) -> None:
             long_texts = make_texts(LengthSpec(*s.long_tokens), s.long_texts, seed=2)
             lg = await systems.run_grpc(
                 fac.target, shape.hidden, batches(long_texts, 1),
-                LoadSpec(concurrency=s.long_concurrency, requests=len(long_texts)), warmup=2,
+                LoadSpec(concurrency=s.long_concurrency, duration_s=s.point_s * 2), warmup=2,
             )  # fmt: skip
         with run.section("in-process ceiling, mixed and long"):
             for label, texts, summary in (("mixed", mixed_texts, m), ("long", long_texts, lg)):

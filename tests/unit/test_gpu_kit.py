@@ -114,7 +114,10 @@ def test_install_puts_real_wheels_on_a_target(tmp_path: Path) -> None:
             zf.writestr(f"{info}/WHEEL", wheel)
             zf.writestr(f"{info}/RECORD", "")
     root = tmp_path / "repo"
-    split(sorted(dl.glob("*.whl")), 700, root)
+    split(sorted(dl.glob("*.whl")), 700, root, early=("kitprobe_b-",))
+    early = tmp_path / "early"  # run 1: the early wheel alone
+    assert install.main(["early", "--root", str(root), "--target", str(early)]) == 0
+    assert (early / "kitprobe_b" / "__init__.py").is_file() and not (early / "kitprobe_a").exists()
     target = tmp_path / "site"
     assert install.main(["install", "--root", str(root), "--target", str(target)]) == 0
     assert (target / "kitprobe_a" / "__init__.py").read_text() == "NAME = 'kitprobe_a'\n"
