@@ -87,7 +87,8 @@ def padded_arrays(plan: Plan) -> list[tuple[np.ndarray, np.ndarray]]:
 # -- (a) the ceiling: model.onnx in this process, same chunks, no server ------------------------------
 
 
-def ort_session(onnx_path: Path, threads: int = 0) -> Any:
+def ort_session(onnx_path: Path, threads: int = 0, providers: Sequence[Any] = ("CPUExecutionProvider",)) -> Any:
+    """`providers` as ONNX Runtime takes them (devtools/gpu_kit/measure.py passes the CUDA provider)."""
     import onnxruntime as ort
 
     # Same options as the Triton Python-backend model (export/templates/model.py).
@@ -96,7 +97,7 @@ def ort_session(onnx_path: Path, threads: int = 0) -> Any:
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # as export/templates/model.py
     if threads > 0:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(onnx_path), options, providers=list(providers))
 
 
 def run_ceiling(session: Any, plans: Sequence[Plan], repeat_until_s: float = 0.0) -> Summary:

@@ -37,14 +37,17 @@ class TritonStartError(RuntimeError):
 
 
 def pytriton_root() -> Path:
-    try:
-        import pytriton
-    except ImportError as exc:  # the serve extra brings it
+    """Found, not imported: `import pytriton` loads its client API (gevent, zmq, tritonclient.http), none of
+    which runs here; only the tritonserver it carries does (the GPU kit ships none of those packages)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:  # the serve extra brings it
         raise TritonStartError(
             "nvidia-pytriton is not installed (pip install 'qwen3-embedding-service[serve]'); "
             "or point the facade at a running Triton with --triton-url"
-        ) from exc
-    return Path(pytriton.__file__).parent / "tritonserver"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
 
 
 def prepare_backend_dir(cache_dir: Path) -> Path:

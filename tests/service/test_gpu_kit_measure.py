@@ -1,0 +1,88 @@
+"""The GPU kit's `measure` run whole on CPU (issue 22): the dev model through this project's exporter, ONNX
+Runtime against torch SDPA in process, a real tritonserver and real facades under load, every section the H200
+run executes, with CPU in place of CUDA (measure.Device is the only difference) and tiny sizes. So the GPU
+never meets a typo; the figures here are CPU's and only checked for sense, never compared with a GPU's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devtools.gpu_kit import measure
+from tests.helpers import ROOT
+
+SECTIONS = [
+    "export dev",
+    "in process dev: ONNX Runtime vs torch",
+    "direct Triton, short",
+    "facade (default workers): short, mixed, long",
+    "in-process ceiling, mixed and long",
+    "facade worker sweep, short",
+]
+
+
+def test_measure_dry_run_on_cpu_writes_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "devtools.gpu_kit.measure", "--provider", "cpu", "--preset", "cpu-dry",
+        "--work", str(tmp_path / "work"), "--out-dir", str(out), "--set", "point_s=0.5",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    # Device run 1 starts the checkpoints' build in the background; the last run's measure reuses it. Here in
+    # this process (torch is imported already), through the same command line.
+    assert measure.main(["--prebuild", "--preset", "cpu-dry", "--work", str(tmp_path / "work")]) == 0
+    assert " built in " in capsys.readouterr().out
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    [json_path] = out.glob("gpu-service-*.json")
+    r = json.loads(json_path.read_text())
+    assert json_path.with_suffix(".txt").read_text().count("| grpc |") == 2
+
+    # The keys other tools read, with sane values.
+    assert r["provider"] == "cpu" and r["device"].startswith("CPU")
+    assert r["skipped"] == [] and r["errors"] == []
+    assert list(r["section_s"]) == SECTIONS  # nothing left out: every section ran
+    assert r["cosine_min"] >= 0.999 and r["cosine_min_all_shapes"] >= 0.999
+    assert set(r["in_process"]["dev"]["cosine"]) == {"1x32", "1x128", "1x256"}
+    # The dev model keeps different inputs apart, so agreeing at >= 0.999 means something here.
+    assert r["cosine_between_inputs_max"] < 0.99 and r["cosine_min_centered"] >= 0.999
+    assert set(r["ort_vs_torch"]) == {"4x64", "1x256"} and all(v > 0 for v in r["ort_vs_torch"].values())
+    for cell in r["in_process"]["dev"]["cells"].values():
+        assert cell["torch_tokens_per_s"] > 0 and cell["ort_tokens_per_s"] > 0 and cell["cosine_min"] >= 0.999
+    assert set(r["peak_gib_at_long"]) == {"ort", "torch"}
+    assert r["export"]["dev"]["verified_on"] == "CPUExecutionProvider"
+    assert r["export"]["dev"]["checkpoint"] == "prebuilt" and r["export"]["dev"]["reused"] is False
+    assert r["export"]["dev"]["worst_cosine"] >= 0.999
+
+    # The service: every short point served every request, over both protocols.
+    assert sorted((p["protocol"], p["concurrency"]) for p in r["short"]) == [
+        ("grpc", 1), ("grpc", 8), ("http", 1), ("http", 8),
+    ]  # fmt: skip
+    for p in [*r["short"], r["direct_triton_short"], r["mixed"]["service"], r["long"]["service"], *r["workers"]]:
+        assert p["ok"] == p["requests"] > 0 and p["inputs_per_s"] > 0 and p["errors"] == {}, p
+    assert 0 < r["short_p50_ms_c1"] < 5000
+    assert r["service_vs_ceiling_mixed"] > 0 and r["service_vs_ceiling_long"] > 0
+    assert r["mixed"]["ceiling"]["tokens_per_s"] > 0 and r["long"]["ceiling"]["tokens_per_s"] > 0
+    assert sorted(p["workers"] for p in r["workers"]) == sorted({1, 2, r["default_workers"]})
+    assert all(p["vs_direct_triton"] > 0 for p in r["workers"])
+    assert all(0 < p["client_cpu_share"] < 4 for p in [*r["short"], r["direct_triton_short"]])
+    assert r["triton"]["library_dirs"] == [] and r["triton_errors"] == ""
+    assert set(r["goals_met"]) == {
+        "ort_vs_torch", "cosine", "service_vs_ceiling_mixed", "short_p50_ms_c1", "card_limits_at_default_workers",
+    }  # fmt: skip
+
+    # A rerun (--reuse-exports) takes the finished export instead of exporting again.
+    sizes = measure.PRESETS["cpu-dry"]
+    again = measure.Run(
+        sizes=sizes, device=measure.Device.for_provider("cpu"), work=tmp_path / "work",
+        out_json=tmp_path / "again.json", out_txt=tmp_path / "again.txt", reuse_exports=True,
+    )  # fmt: skip
+    ckpt, model_dir = measure.export_shape(again, "dev")
+    assert (ckpt / measure.DONE).is_file()
+    assert again.result["export"]["dev"]["reused"] is True and again.result["export"]["dev"]["checkpoint"] == "prebuilt"
+    assert model_dir == tmp_path / "work" / "repo-dev" / measure.MODEL and (model_dir / "config.pbtxt").is_file()
