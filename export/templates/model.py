@@ -96,6 +96,14 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(
             os.path.join(version_dir, "model.onnx"), options, providers=providers
         )
+        # ONNX Runtime falls back to the CPU with only a warning when its CUDA provider cannot load (a library
+        # missing from the loader's path): a GPU instance on the CPU is a failed load, not a slow model.
+        if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise pb_utils.TritonModelException(
+                "a GPU instance, but ONNX Runtime runs this graph on "
+                f"{self.session.get_providers()} (available: {ort.get_available_providers()}): install "
+                "onnxruntime-gpu and put its CUDA libraries on LD_LIBRARY_PATH, or set the instance kind to CPU"
+            )
         self.embedding_rows = number(PARAM_EMBEDDING_ROWS)
         self.max_batch_tokens = number(PARAM_MAX_BATCH_TOKENS)
         self.bytes_per_token = number(PARAM_ACTIVATION_BYTES_PER_TOKEN)
