@@ -124,6 +124,13 @@ def _json_loads(line: str) -> Any:
     return json.loads(line, parse_int=_Number, parse_float=_Number, parse_constant=_Number, object_pairs_hook=_object)
 
 
+def _json_problem(exc: ValueError | RecursionError) -> str:
+    """Why a line does not parse, placed by column (the line number is the file's, given by the caller)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at column {exc.colno}"
+    return str(exc)[:200] if isinstance(exc, ValueError) else "nested too deeply"
+
+
 def json_id(value: Any) -> tuple[str | None, str | None]:
     """(id text, problem) for a JSON value: a string, or an integer-valued number kept as written."""
     if isinstance(value, _Number):
@@ -156,12 +163,12 @@ def read_jsonl(path: Path, id_field: str, text_field: str) -> Corpus:
             if not raw.strip():
                 continue
             try:
-                value = _json_loads(raw.decode("utf-8"))
+                value = _json_loads(raw.decode("utf-8").rstrip("\r\n"))
             except UnicodeDecodeError:
                 corpus.add(None, None, [f"line {number} is not UTF-8"])
                 continue
             except (ValueError, RecursionError) as exc:
-                corpus.add(None, None, [f"line {number} is not valid JSON: {str(exc)[:200]}"])
+                corpus.add(None, None, [f"line {number} is not valid JSON: {_json_problem(exc)}"])
                 continue
             if not isinstance(value, _Object):
                 corpus.add(None, None, [f"line {number} is {_json_kind(value)}, not a JSON object"])
@@ -328,11 +335,11 @@ def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 continue
             where = f"{path.name} line {number}"
             try:
-                value = _json_loads(raw.decode("utf-8"))
+                value = _json_loads(raw.decode("utf-8").rstrip("\r\n"))
             except UnicodeDecodeError:
                 raise BeirError(f"{where} is not UTF-8") from None
             except (ValueError, RecursionError) as exc:
-                raise BeirError(f"{where} is not valid JSON: {str(exc)[:200]}") from None
+                raise BeirError(f"{where} is not valid JSON: {_json_problem(exc)}") from None
             if not isinstance(value, dict):
                 raise BeirError(f"{where} is {_json_kind(value)}, not a JSON object")
             yield number, value

@@ -198,6 +198,7 @@ MALFORMED_JSONL = [
     ('{"id": "broken", "text": ', None, None, "is not valid JSON"),
     ('["an", "array"]', None, None, "is an array, not a JSON object"),
     ('"just a string"', None, None, "is a string, not a JSON object"),
+    ("[" * 100_000, None, None, "is not valid JSON: nested too deeply"),
 ]
 
 
@@ -220,6 +221,8 @@ def test_jsonl_rows_keep_exact_ids_and_reject_every_non_string_cell(tmp_path: Pa
         assert "{'" not in (corpus.texts[i] or "") and "[" not in (corpus.texts[i] or "")  # never a repr
     assert corpus.problems[len(MALFORMED_JSONL)] == f"line {len(MALFORMED_JSONL) + 1} is not UTF-8"
     assert corpus.ids.count("1") == 1 and corpus.ids.count("1.0") == 1
+    broken = [line for line, *_ in MALFORMED_JSONL].index('{"id": "broken", "text": ')
+    assert corpus.problems[broken] == f"line {broken + 1} is not valid JSON: Expecting value at column 26"
 
 
 def test_an_oversized_text_is_a_reject_not_a_failed_read(tmp_path: Path) -> None:
