@@ -121,6 +121,7 @@ def _json_kind(value: Any) -> str:
 
 
 def _json_loads(line: str) -> Any:
+    line = line.removeprefix("\ufeff")  # a byte-order mark some editors write at the start of the file
     return json.loads(line, parse_int=_Number, parse_float=_Number, parse_constant=_Number, object_pairs_hook=_object)
 
 
@@ -227,7 +228,7 @@ def read_delimited(path: Path, id_field: str, text_field: str, delimiter: str) -
                     problems = [p for p in (check_id(row_id), check_text(text) if text else None) if p]
                     corpus.add(row_id if not problems or _is_unicode(row_id) else None, text, problems)
                 line = rows.line_num + 1
-    except csv.Error as exc:  # an unterminated quote at the end of the file: the rows before it stand
+    except csv.Error as exc:  # rare with these settings; the rows before stand, the reject says where it stopped
         corpus.add(None, None, [f"line {line} cannot be parsed: {exc}"])
     finally:
         csv.field_size_limit(limit)
