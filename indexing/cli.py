@@ -67,9 +67,12 @@ def index(
     )
     try:
         summary = run_with_progress(cfg)
-    except (EmbedError, ValueError) as exc:
+    except EmbedError as exc:
         typer.echo(f"index failed: {exc} (rerun the same command to resume)", err=True)
         raise typer.Exit(code=1) from exc
+    except (ValueError, OSError) as exc:  # the input or the options: rerunning as is cannot help
+        typer.echo(f"index failed: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
     typer.echo(summary.line())
     typer.echo(f"wrote {output}; rejects in {cfg.rejects_path}")
 
@@ -94,14 +97,21 @@ def eval_command(
     from rich.console import Console
     from rich.table import Table
 
-    from indexing.corpus import read_beir
+    from indexing.corpus import BeirError, read_beir
     from indexing.evaluate import evaluate, parse_system, write_outputs
     from service.client import EmbedError
 
     try:
         systems = [parse_system(s) for s in system]
         ks = [int(x) for x in k.split(",") if x]
-        rows = evaluate(systems, read_beir(data, split), ks)
+        if not ks or min(ks) < 1:
+            raise BeirError(f"--k {k!r}: give positive cut-offs, e.g. 10,100")
+        beir = read_beir(data, split)  # validated whole before any system is called
+    except (BeirError, ValueError, OSError) as exc:  # the folder or the options: one message, exit 2
+        typer.echo(f"eval: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    try:
+        rows = evaluate(systems, beir, ks)
     except (EmbedError, ValueError, OSError) as exc:
         typer.echo(f"eval failed: {exc}", err=True)
         raise typer.Exit(code=1) from exc

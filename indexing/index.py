@@ -6,6 +6,11 @@ beside it. A killed job leaves only whole parts (and *.tmp files, discarded), so
 chunks without a part: no row twice, none missing. At the end the parts are merged in input order into
 `<output>` (and `<output-stem>.rejects.jsonl`), and the parts folder removed. `job.json` in that folder pins
 the input and the options, so a rerun with other settings cannot mix vectors.
+
+A row is never a failed job: a problem found on reading (indexing/corpus.py: a cell that is not a string, an
+id that is not a string or an integer, a line that does not parse, a text too big for any request) and a text
+the server refuses go to the rejects file with their reason, so a rerun after an interruption resumes past
+them instead of failing on them again.
 """
 
 from __future__ import annotations
@@ -141,7 +146,8 @@ async def run_index(cfg: IndexConfig, on_progress: Callable[[int, int, int], Non
     import pyarrow.parquet as pq
 
     started = time.perf_counter()
-    ids, texts = read_corpus(cfg.input, cfg.id_field, cfg.text_field)
+    corpus = read_corpus(cfg.input, cfg.id_field, cfg.text_field)
+    ids, texts, problems = corpus.ids, corpus.texts, corpus.problems
     summary = Summary(rows=len(ids))
     parts = cfg.parts_dir
     parts.mkdir(parents=True, exist_ok=True)
@@ -163,7 +169,8 @@ async def run_index(cfg: IndexConfig, on_progress: Callable[[int, int, int], Non
     summary.resumed_rows = sum(min(s + cfg.chunk_rows, len(ids)) - s for s in starts if s in done)
 
     # Identical texts are embedded once: rows sharing a hash wait for the first chunk that asks for it.
-    hashes: list[str | None] = [text_hash(t) if t else None for t in texts]
+    # Rows with a problem from reading (a cell that is not a string, a bad id or line) are never sent.
+    hashes: list[str | None] = [text_hash(t) if t and i not in problems else None for i, t in enumerate(texts)]
     uses = Counter(hashes[i] for s in pending for i in range(s, min(s + cfg.chunk_rows, len(ids))) if hashes[i])
     shared: dict[str, asyncio.Future[tuple[np.ndarray | None, str]]] = {}
     opts = cfg.options
@@ -222,14 +229,16 @@ async def run_index(cfg: IndexConfig, on_progress: Callable[[int, int, int], Non
             for i in range(start, end):
                 h = hashes[i]
                 if h is None:
-                    reason = "missing text" if texts[i] is None else "empty text"
+                    reason = problems.get(i) or ("missing text" if texts[i] is None else "empty text")
                     rejects.append({"row": i, "id": ids[i], "reason": reason})
                     continue
                 vector, error = results[h]
                 if vector is None:
                     rejects.append({"row": i, "id": ids[i], "reason": error})
                 else:
-                    out_ids.append(ids[i])
+                    row_id = ids[i]
+                    assert row_id is not None  # a row without an id has a problem: it was never sent
+                    out_ids.append(row_id)
                     out_vectors.append(vector)
                 uses[h] -= 1
                 if uses[h] == 0:

@@ -8,32 +8,28 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service import keys_file
+
 
 class ApiKeysError(ValueError):
     """An API keys file that cannot be used: a start-up error, never a silent 'auth off'."""
 
 
 def parse_api_keys(text: str, source: str) -> list[str]:
-    """One key per line. Each line is stripped first, so an indented '# revoked: sk-old' stays a comment."""
-    keys = []
-    for number, line in enumerate(text.splitlines(), 1):
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        if any(c.isspace() for c in entry):  # two keys on a line, or a trailing note: never one key
-            raise ApiKeysError(f"line {number} of {source} is not a single key (it contains whitespace)")
-        keys.append(entry)
-    return keys
+    """One key per line (service/keys_file.py); any problem, an unterminated last line included, is an error."""
+    parsed = keys_file.parse(text, source)
+    if parsed.problems:
+        raise ApiKeysError(parsed.problems[0])
+    return parsed.keys
 
 
 def read_api_keys_file(path: Path) -> list[str]:
-    """The file's keys, possibly none; raises ApiKeysError when it cannot be read or parsed."""
+    """The file's keys, possibly none; raises ApiKeysError when it is not a regular file, cannot be read or
+    parsed. Never blocks (a FIFO at the path is refused, not read)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ApiKeysError(f"cannot read the API keys file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ApiKeysError(f"the API keys file {path} is not UTF-8 text") from None
+        text = keys_file.read_text(path)
+    except keys_file.KeysFileUnreadable as exc:
+        raise ApiKeysError(str(exc)) from None
     return parse_api_keys(text, str(path))
 
 

@@ -3,7 +3,19 @@
 Keys from a file follow the file: it is checked at most every `api_keys_reload_s` (by mtime, size and inode,
 so a Kubernetes Secret's atomic swap counts) and re-read when it changed; a removed key stops working and a
 new one starts, without a restart. Auth configured with a file never turns itself off: a file that loses all
-its keys refuses every call until it has one again, and an unreadable one keeps the keys in force.
+its keys refuses every call until it has one again.
+
+The file is read only when it is a regular file, never blocking, and only lines ending with a newline count
+(service/keys_file.py). A changed file that is not usable as a whole - unreadable, missing, a FIFO, a line that
+is not a single key, an unterminated (perhaps half-written) last line - is a *bad* file, and a bad file must
+never leave a revoked key valid. So:
+- if every key in force from the file is still on one of its well-formed lines (the bad file removes
+  nothing), the keys in force stay: a typo in a line being added, or a half-written new key, locks nobody
+  out and lets no truncated key in;
+- otherwise (a key in force is gone or sits on the bad line, so it may have been revoked) every key from the
+  file is refused until the file is good again (fail closed). Keys from QWEN3_EMBED_API_KEYS are not the
+  file's and stay.
+Writers should write a new file and rename it over the old one (`mv`; Kubernetes does this for a Secret).
 """
 
 from __future__ import annotations
@@ -18,7 +30,8 @@ from typing import Any
 
 import grpc
 
-from service.settings import ApiKeys, ApiKeysError, read_api_keys_file
+from service import keys_file
+from service.settings import ApiKeys
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +58,8 @@ class KeyChecker:
         self._fixed = [k for k in (keys.fixed if isinstance(keys, ApiKeys) else keys) if k]
         self._reload_s = keys.reload_s if isinstance(keys, ApiKeys) else 1.0
         self._keys = [k.encode() for k in keys if k]
+        # The keys in force that came from the file: what a bad file is compared against.
+        self._from_file = list(keys)[len(keys.fixed) :] if isinstance(keys, ApiKeys) else []
         self._signature = _signature(self._file) if self._file is not None else None
         self._checked = clock()
 
@@ -64,14 +79,35 @@ class KeyChecker:
             return
         self._signature = signature
         try:
-            from_file = read_api_keys_file(self._file)
-        except ApiKeysError as exc:  # mid-rotation or removed: keeping the old keys beats refusing everyone
-            log.error("%s; keeping the %d API keys in force", exc, len(self._keys))
+            parsed = keys_file.parse(keys_file.read_text(self._file), str(self._file))
+        except keys_file.KeysFileUnreadable as exc:
+            self._bad_file(str(exc), keys_file.Parsed())
             return
-        if not from_file:
+        if parsed.problems:
+            self._bad_file("; ".join(parsed.problems[:3]), parsed)
+            return
+        if not parsed.keys:
             log.error("the API keys file %s now holds no key: calls that need one are refused", self._file)
-        self._keys = [k.encode() for k in (*self._fixed, *from_file)]
+        self._apply(parsed.keys)
         log.info("API keys file %s changed: %d keys in force", self._file, len(self._keys))
+
+    def _apply(self, from_file: list[str]) -> None:
+        self._from_file = list(from_file)
+        self._keys = [k.encode() for k in (*self._fixed, *from_file)]
+
+    def _bad_file(self, problem: str, parsed: keys_file.Parsed) -> None:
+        """Keeps the keys in force only if the bad file removes none of them; otherwise refuses the file's keys."""
+        removed = set(self._from_file) - set(parsed.keys)
+        if not removed:
+            log.error("%s; it removes no key in force, so the %d keys in force stay", problem, len(self._keys))
+            return
+        self._apply([])
+        log.error(
+            "%s; %d key(s) in force are not on its good lines (perhaps revoked), so every key from the file is "
+            "refused until it is fixed",
+            problem,
+            len(removed),
+        )
 
     def check(self, authorization: str | None) -> bool:
         """True for a known key. Every key is compared (no early exit) so timing says nothing."""

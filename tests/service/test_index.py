@@ -22,6 +22,7 @@ from indexing.index import IndexConfig, committed_starts, run_index
 from service.client import EmbedOptions
 from service.triton.runtime import TritonProcess
 from tests.helpers import ROOT, Facade, cosine, embed, run_facade, vectors
+from tests.unit.test_index_units import MALFORMED_BEIR, MALFORMED_JSONL, write_small_beir
 
 ROWS = 20_000
 CHUNK = 1000
@@ -129,6 +130,109 @@ def test_index_through_the_openai_http_api(facade: Facade, tmp_path: Path) -> No
     b = np.array(pq.read_table(http_out).column("vector").to_pylist())
     assert a.shape == (40, 32)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def write_malformed_corpus(path: Path) -> tuple[list[tuple[str, str]], dict[int, str]]:
+    """Good rows around every malformed cell `index` has met (tests/unit: MALFORMED_JSONL), a 4 MB text and a
+    line that is not UTF-8. Returns the good (id, text) rows in order and {row: reason fragment} of the rest."""
+    good: list[tuple[str, str]] = []
+    bad: dict[int, str] = {}
+    lines: list[bytes] = []
+
+    def add_good(row_id: str, text: str) -> None:
+        good.append((row_id, text))
+        lines.append(json.dumps({"id": row_id, "text": text}).encode())
+
+    for k, (line, row_id, text, problem) in enumerate(MALFORMED_JSONL):
+        add_good(f"good-{k}", f"a good row number {k} between bad ones")
+        if problem is None and text:
+            good.append((row_id, text))
+        else:
+            bad[len(lines)] = problem or "missing text"
+        lines.append(line.encode())
+    bad[len(lines)] = "too long"  # 4 MB: the server refuses it (more tokens than the model takes), one row
+    lines.append(json.dumps({"id": "four-mb", "text": "word " * ((4 << 20) // 5)}).encode())
+    bad[len(lines)] = "is not UTF-8"
+    lines.append(b'{"id": "latin1", "text": "caf\xe9"}')
+    add_good("last", "the last good row")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return good, bad
+
+
+def check_malformed_output(out: Path, rejects_file: Path, good: list[tuple[str, str]], bad: dict[int, str]) -> None:
+    ids = pq.read_table(out).column("id").to_pylist()
+    assert ids == [row_id for row_id, _ in good]  # every good row once, in input order; "1" and "1.0" both
+    rejects = [json.loads(line) for line in rejects_file.read_text().splitlines()]
+    assert sorted(r["row"] for r in rejects) == sorted(bad)  # every bad row once, none of the good ones
+    for record in rejects:
+        assert bad[record["row"]] in record["reason"] or "tokens" in record["reason"], record
+
+
+def test_index_rejects_every_malformed_cell_in_one_run(facade: Facade, tmp_path: Path) -> None:
+    """Through the real CLI: object, array, number, boolean and lone-surrogate texts, null/fractional/boolean
+    ids, `1` beside `1.0`, a bad line, a non-object line, a 4 MB text, bytes that are not UTF-8: one run writes
+    every good row once (with the vector a single Embed call gives) and every bad one to the rejects file."""
+    corpus, out = tmp_path / "corpus.jsonl", tmp_path / "vectors.parquet"
+    good, bad = write_malformed_corpus(corpus)
+    cmd = index_command(facade, corpus, out, "--id-field", "id", "--text-field", "text", "--chunk-rows", "7")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(good)} written, {len(bad)} rejected" in result.stdout, result.stdout
+    check_malformed_output(out, out.with_name("vectors.rejects.jsonl"), good, bad)
+    table = pq.read_table(out)
+    texts = dict(good)
+    with grpc.insecure_channel(facade.target) as channel:
+        stub = facade.stub(channel)
+        for i, row_id in enumerate(table.column("id").to_pylist()):
+            if row_id in ("1", "1.0", "123", "last"):
+                expected = vectors(embed(stub, [texts[row_id]], prompt_name="document"))[0]
+                got = np.asarray(table.column("vector")[i].as_py(), dtype=np.float32)
+                assert cosine(got, expected) >= 0.99999, row_id
+
+
+def test_index_resumes_after_rejects(facade: Facade, tmp_path: Path) -> None:
+    """A job stopped after its first committed chunk (which holds rejects) resumes to the same output: rejects
+    never make a rerun fail again."""
+    corpus, out = tmp_path / "corpus.jsonl", tmp_path / "vectors.parquet"
+    good, bad = write_malformed_corpus(corpus)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_chunk(done: int, total: int, tokens: int) -> None:
+        if done > 0:
+            raise Stop
+
+    cfg = IndexConfig(corpus, out, target=facade.target, chunk_rows=7, concurrency=1, progress=False)
+    with pytest.raises(Stop):
+        asyncio.run(run_index(cfg, on_progress=stop_after_first_chunk))
+    parts = cfg.parts_dir
+    assert committed_starts(parts) and not out.exists()
+    assert any(json.loads(r) for p in parts.glob("*.rejects.jsonl") for r in p.read_text().splitlines())
+
+    cmd = index_command(facade, corpus, out, "--id-field", "id", "--text-field", "text", "--chunk-rows", "7")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert " 0 resumed" not in result.stdout and "resumed" in result.stdout
+    check_malformed_output(out, out.with_name("vectors.rejects.jsonl"), good, bad)
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_BEIR))
+def test_eval_refuses_a_malformed_beir_folder(tmp_path: Path, case: str) -> None:
+    """`eval` validates the folder before calling any system: exit 2, one line naming the problem."""
+    folder = tmp_path / "beir"
+    write_small_beir(folder)
+    breaks, message = MALFORMED_BEIR[case]
+    breaks(folder)
+    cmd = [sys.executable, "-m", "service.cli", "eval", str(folder), "--system", "x=grpc://127.0.0.1:9"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eval: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "eval-results").exists()
 
 
 def write_beir(folder: Path, docs: int = 120, queries: int = 24) -> None:

@@ -78,6 +78,121 @@ def test_keys_file_parsing_is_strict(tmp_path: Path) -> None:
         Settings(api_keys_file=keys).all_api_keys()
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def file_checker(keys: Path, fixed: tuple[str, ...] = ()) -> tuple[Any, FakeClock]:
+    """A KeyChecker on a real keys file, with a clock the test advances past the reload interval."""
+    from service.api.auth import KeyChecker
+    from service.settings import Settings
+
+    clock = FakeClock()
+    settings = Settings(api_keys_file=keys, api_keys=list(fixed), api_keys_reload_s=1.0)
+    return KeyChecker(settings.all_api_keys(), (), clock=clock), clock
+
+
+def accepted(checker: Any, clock: FakeClock, *keys: str) -> list[str]:
+    """The keys the checker accepts once it has looked at the file again."""
+    clock.now += 2.0
+    return [k for k in keys if checker.check(f"Bearer {k}")]
+
+
+def within(seconds: float, work: Any) -> Any:
+    """work() in a thread, failing the test (not hanging it) when it blocks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(work).result(timeout=seconds)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def test_a_fifo_or_directory_at_the_keys_path_never_blocks(model_repository: Path, tmp_path: Path) -> None:
+    from service.settings import ApiKeysError, Settings
+
+    fifo = tmp_path / "fifo-keys"
+    os.mkfifo(fifo)
+    with pytest.raises(ApiKeysError, match="is a FIFO, not a regular file"):
+        within(10, lambda: Settings(api_keys_file=fifo).all_api_keys())
+    with pytest.raises(ApiKeysError, match="is a directory, not a regular file"):
+        within(10, lambda: Settings(api_keys_file=tmp_path).all_api_keys())
+
+    # Swapped in while serving: refused at once, and as it removes every key in force, nothing is accepted.
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEPT_KEY}\n")
+    checker, clock = file_checker(keys)
+    assert accepted(checker, clock, KEPT_KEY) == [KEPT_KEY]
+    fifo.replace(keys)
+    started = time.monotonic()
+    assert within(10, lambda: accepted(checker, clock, KEPT_KEY)) == []
+    assert time.monotonic() - started < 5  # no writer ever opened the FIFO: a blocking read would hang
+    staged = tmp_path / "keys.new"
+    staged.write_text(f"{KEPT_KEY}\n")
+    staged.replace(keys)
+    assert accepted(checker, clock, KEPT_KEY) == [KEPT_KEY]
+
+    # At start-up: exit 2 with one message, at once.
+    os.mkfifo(tmp_path / "fifo-2")
+    started = time.monotonic()
+    result = serve(model_repository, tmp_path, {"QWEN3_EMBED_API_KEYS_FILE": str(tmp_path / "fifo-2")})
+    assert result.returncode == 2, result.stderr
+    assert_one_clear_message(result.stderr, "is a FIFO, not a regular file")
+    print(f"\nFIFO keys file at start-up: exit 2 after {time.monotonic() - started:.1f} s")
+
+
+def test_a_half_written_keys_file_never_accepts_a_truncated_key(tmp_path: Path) -> None:
+    from service.settings import ApiKeysError, Settings
+
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEPT_KEY}\n")
+    checker, clock = file_checker(keys)
+    truncated = NEW_KEY[:9]
+    keys.write_text(f"{KEPT_KEY}\n{truncated}")  # an in-place writer, halfway through adding NEW_KEY
+    assert accepted(checker, clock, KEPT_KEY, truncated, NEW_KEY) == [KEPT_KEY]  # removes nothing: kept
+    keys.write_text(f"{KEPT_KEY}\n{NEW_KEY}\n")
+    assert accepted(checker, clock, KEPT_KEY, truncated, NEW_KEY) == [KEPT_KEY, NEW_KEY]
+
+    # Halfway through a rewrite that revokes OLD_KEY: the half file drops keys in force, so nothing passes.
+    keys.write_text(f"{OLD_KEY}\n{KEPT_KEY}\n")
+    assert accepted(checker, clock, OLD_KEY, KEPT_KEY) == [OLD_KEY, KEPT_KEY]
+    keys.write_text(KEPT_KEY[:6])
+    assert accepted(checker, clock, OLD_KEY, KEPT_KEY, KEPT_KEY[:6]) == []
+    keys.write_text(f"{KEPT_KEY}\n")
+    assert accepted(checker, clock, OLD_KEY, KEPT_KEY) == [KEPT_KEY]
+
+    keys.write_text(f"{KEPT_KEY}\n{NEW_KEY}")  # at start-up an unterminated last line is an error
+    with pytest.raises(ApiKeysError, match="does not end with a newline"):
+        Settings(api_keys_file=keys).all_api_keys()
+
+
+def test_a_bad_keys_file_never_leaves_a_revoked_key_valid(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"{OLD_KEY}\n{KEPT_KEY}\n")
+    checker, clock = file_checker(keys, fixed=("sk-from-env-77",))
+    # Revoked with a note on the same line: the line is bad, OLD_KEY may be revoked -> every file key refused.
+    keys.write_text(f"{KEPT_KEY}\n{OLD_KEY} revoked on monday\n")
+    assert accepted(checker, clock, OLD_KEY, KEPT_KEY, "sk-from-env-77") == ["sk-from-env-77"]
+    keys.write_text(f"{KEPT_KEY}\n")
+    assert accepted(checker, clock, OLD_KEY, KEPT_KEY) == [KEPT_KEY]
+    # A bad line that removes nothing (a key being added with a typo) keeps the keys in force, adds nothing.
+    keys.write_text(f"{KEPT_KEY}\n{NEW_KEY} {NEW_KEY}\n")
+    assert accepted(checker, clock, KEPT_KEY, NEW_KEY) == [KEPT_KEY]
+    # Removed: refused (fail closed), then back.
+    keys.unlink()
+    assert accepted(checker, clock, KEPT_KEY) == []
+    keys.write_text(f"{KEPT_KEY}\n")
+    assert accepted(checker, clock, KEPT_KEY) == [KEPT_KEY]
+    assert "refused until it is fixed" in caplog.text and "removes no key in force" in caplog.text
+    for key in (OLD_KEY, KEPT_KEY, NEW_KEY):
+        assert key not in caplog.text
+
+
 def test_rotated_keys_apply_without_restart(model_repository: Path, triton: TritonProcess, tmp_path: Path) -> None:
     keys = tmp_path / "api-keys"
     keys.write_text(f"{OLD_KEY}\n   # revoked: {NEW_KEY}\n{KEPT_KEY}\n")
@@ -121,11 +236,34 @@ def test_rotated_keys_apply_without_restart(model_repository: Path, triton: Trit
         assert grpc_code("") == grpc.StatusCode.UNAUTHENTICATED
         # HTTP has its own checker with its own reload clock: it follows within the reload interval.
         wait_for(lambda: http_status(KEPT_KEY) == 401, 10, "an empty file to refuse over HTTP")
+
+        # A revocation written with a note on the line (a bad file): the revoked key is never valid again.
+        keys.write_text(f"{KEPT_KEY}\n{OLD_KEY}\n")
+        wait_for(lambda: grpc_code(OLD_KEY) == grpc.StatusCode.OK, 10, "the keys to be back")
+        keys.write_text(f"{KEPT_KEY}\n{OLD_KEY} # revoked\n")
+        wait_for(lambda: grpc_code(OLD_KEY) == grpc.StatusCode.UNAUTHENTICATED, 10, "the bad file to refuse")
+        wait_for(lambda: http_status(OLD_KEY) == 401, 10, "the bad file to refuse over HTTP")
+        assert grpc_code(KEPT_KEY) == grpc.StatusCode.UNAUTHENTICATED  # fail closed until the file is fixed
+
+        # A FIFO swapped in at the path: nothing opens it for writing, and the facade keeps answering.
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        fifo.replace(keys)
+        swapped = time.monotonic()
+        time.sleep(1.0)  # past the reload interval: the next calls look at the FIFO
+        assert grpc_code(KEPT_KEY) == grpc.StatusCode.UNAUTHENTICATED and http_status(KEPT_KEY) == 401
+        assert httpx.get(f"{facade.base_url}/health/live", timeout=10).status_code == 200
+        fifo_s = time.monotonic() - swapped
+        assert fifo_s < 10
+        staged.write_text(f"{KEPT_KEY}\n")
+        staged.replace(keys)
+        wait_for(lambda: grpc_code(KEPT_KEY) == grpc.StatusCode.OK, 10, "a good file to work again")
         assert facade.process.poll() is None
         log = facade.log()
         for key in (OLD_KEY, KEPT_KEY, NEW_KEY):
             assert key not in log
     print(f"\nrotated API key accepted {took:.1f} s after the file changed (reload every 0.5 s)")
+    print(f"FIFO at the keys path: refused and healthy, {fifo_s:.1f} s for the calls after the swap (1 s sleep)")
 
 
 # ------------------------------------------------------------------------------------------ listeners

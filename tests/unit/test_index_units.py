@@ -7,7 +7,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 
@@ -163,12 +163,117 @@ def test_read_corpus_formats(tmp_path: Path) -> None:
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "c.csv").write_text('doc,body\n007,seven\n8,\n9,"nine, with comma"\n')
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
-    assert read_corpus(tmp_path / "c.jsonl", "doc", "body") == (["7", "8", "9"], ["seven", None, "nine, with comma"])
-    ids, texts = read_corpus(tmp_path / "c.csv", "doc", "body")
-    assert ids == ["007", "8", "9"] and texts[0] == "seven" and texts[2] == "nine, with comma"
-    assert read_corpus(tmp_path / "c.parquet", "doc", "body")[1] == ["seven", None, "nine, with comma"]
-    with pytest.raises(ValueError, match="no field"):
-        read_corpus(tmp_path / "c.jsonl", "id", "body")
+    jsonl = read_corpus(tmp_path / "c.jsonl", "doc", "body")
+    assert (jsonl.ids, jsonl.texts, jsonl.problems) == (["7", "8", "9"], ["seven", None, "nine, with comma"], {})
+    delimited = read_corpus(tmp_path / "c.csv", "doc", "body")
+    assert delimited.ids == ["007", "8", "9"] and delimited.texts == ["seven", "", "nine, with comma"]
+    parquet = read_corpus(tmp_path / "c.parquet", "doc", "body")
+    assert (parquet.ids, parquet.texts, parquet.problems) == (["7", "8", "9"], ["seven", None, "nine, with comma"], {})
+    for name in ("c.jsonl", "c.csv", "c.parquet"):
+        with pytest.raises(ValueError, match=r"no (row has the )?field"):
+            read_corpus(tmp_path / name, "id", "body")
+
+
+# Every malformed JSONL row `index` has met, with what must come of it: (id, text, problem or None).
+MALFORMED_JSONL = [
+    ('{"id": "s1", "text": "fine"}', "s1", "fine", None),
+    ('{"id": 1, "text": "int id"}', "1", "int id", None),
+    ('{"id": 1.0, "text": "float id written 1.0"}', "1.0", "float id written 1.0", None),
+    ('{"id": 123, "text": "int id beside floats"}', "123", "int id beside floats", None),
+    ('{"id": 12345678901234567890123, "text": "big int id"}', "12345678901234567890123", "big int id", None),
+    ('{"id": 4.5, "text": "fractional id"}', None, "fractional id", "id 4.5 is not an integer"),
+    ('{"id": 1e400, "text": "infinite id"}', None, "infinite id", "id 1e400 is not an integer"),
+    ('{"id": null, "text": "null id"}', None, "null id", "id is null, not a string or an integer"),
+    ('{"text": "no id"}', None, "no id", "missing id"),
+    ('{"id": true, "text": "bool id"}', None, "bool id", "id is a boolean, not a string or an integer"),
+    ('{"id": {"a": 1}, "text": "object id"}', None, "object id", "id is an object, not a string or an integer"),
+    ('{"id": "", "text": "empty id"}', "", "empty id", "empty id"),
+    ('{"id": "o1", "text": {"title": "t", "body": "b"}}', "o1", None, "text is an object, not a string"),
+    ('{"id": "l1", "text": ["a", "b"]}', "l1", None, "text is an array, not a string"),
+    ('{"id": "n1", "text": 42}', "n1", None, "text is a number, not a string"),
+    ('{"id": "b1", "text": false}', "b1", None, "text is a boolean, not a string"),
+    ('{"id": "u1", "text": "lone \\ud800 surrogate"}', "u1", None, "not valid Unicode"),
+    ('{"id": "d1", "text": "first", "text": "second"}', "d1", "second", "has the field(s) text twice"),
+    ('{"id": "nul", "text": null}', "nul", None, None),
+    ('{"id": "broken", "text": ', None, None, "is not valid JSON"),
+    ('["an", "array"]', None, None, "is an array, not a JSON object"),
+    ('"just a string"', None, None, "is a string, not a JSON object"),
+    ("[" * 100_000, None, None, "is not valid JSON: nested too deeply"),
+]
+
+
+def test_jsonl_rows_keep_exact_ids_and_reject_every_non_string_cell(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    raw = b"".join(line.encode() + b"\n" for line, *_ in MALFORMED_JSONL)
+    raw += b'{"id": "latin1", "text": "caf\xe9"}\n\n   \n'  # bytes that are not UTF-8, then blank lines
+    path.write_bytes(raw)
+    corpus = read_corpus(path, "id", "text")
+    assert len(corpus) == len(MALFORMED_JSONL) + 1  # one row per non-blank line, parsable or not
+    for i, (line, row_id, text, problem) in enumerate(MALFORMED_JSONL):
+        got_problem = corpus.problems.get(i)
+        if problem is None:
+            assert got_problem is None, (line, got_problem)
+            assert (corpus.ids[i], corpus.texts[i]) == (row_id, text), line
+        else:
+            assert got_problem is not None and problem in got_problem, (line, got_problem)
+        if row_id is not None and problem != "empty id":
+            assert corpus.ids[i] == row_id, line
+        assert "{'" not in (corpus.texts[i] or "") and "[" not in (corpus.texts[i] or "")  # never a repr
+    assert corpus.problems[len(MALFORMED_JSONL)] == f"line {len(MALFORMED_JSONL) + 1} is not UTF-8"
+    assert corpus.ids.count("1") == 1 and corpus.ids.count("1.0") == 1
+    broken = [line for line, *_ in MALFORMED_JSONL].index('{"id": "broken", "text": ')
+    assert corpus.problems[broken] == f"line {broken + 1} is not valid JSON: Expecting value at column 26"
+
+
+def test_an_oversized_text_is_a_reject_not_a_failed_read(tmp_path: Path) -> None:
+    from indexing.corpus import MAX_TEXT_BYTES
+
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"id": "huge", "text": "é" * (MAX_TEXT_BYTES // 2 + 1)}) + "\n")
+    corpus = read_corpus(path, "id", "text")
+    assert "bytes, over the" in corpus.problems[0]
+
+
+def test_parquet_by_column_type(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    float_ids = pa.table(
+        {"id": pa.array([123.0, 1.5, None, float("nan"), 2.0**60], pa.float64()), "text": ["a", "b", "c", "d", "e"]}
+    )
+    pq.write_table(float_ids, tmp_path / "f.parquet")
+    got = read_corpus(tmp_path / "f.parquet", "id", "text")
+    assert got.ids[0] == "123" and 0 not in got.problems  # never "123.0"
+    assert "id 1.5 is not an integer" in got.problems[1]
+    assert got.problems[2] == got.problems[3] == "missing id"
+    assert "not an integer" in got.problems[4]
+
+    binary = pa.table({"id": pa.array([7, 8], pa.int64()), "text": pa.array([b"bytes", None], pa.binary())})
+    pq.write_table(binary, tmp_path / "b.parquet")
+    got = read_corpus(tmp_path / "b.parquet", "id", "text")
+    assert got.ids == ["7", "8"] and got.problems == {0: "text is binary, not a string"}
+    assert got.texts == [None, None]  # never "b'bytes'"
+
+    nested = pa.table({"id": ["x"], "text": pa.array([{"title": "t", "text": "b"}])})
+    pq.write_table(nested, tmp_path / "n.parquet")
+    assert "not a string" in read_corpus(tmp_path / "n.parquet", "id", "text").problems[0]
+    bool_ids = pa.table({"id": [True], "text": ["t"]})
+    pq.write_table(bool_ids, tmp_path / "i.parquet")
+    assert "ids must be strings or integers" in read_corpus(tmp_path / "i.parquet", "id", "text").problems[0]
+
+
+def test_csv_ragged_and_undecodable_rows_are_rejects(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_bytes(b'id,text\n1,one\n2,two,extra\n3\n4,"multi\nline"\n,no id\n5,caf\xe9\n6,"4.0"\n\n7,seven\n')
+    got = read_corpus(path, "id", "text")
+    assert got.ids[0] == "1" and got.texts[0] == "one"
+    assert got.problems[1] == "line 3 has 3 fields, the header 2"
+    assert got.problems[2] == "line 4 has 1 fields, the header 2"
+    assert got.texts[3] == "multi\nline" and 3 not in got.problems
+    assert got.problems[4] == "empty id"
+    assert "not valid Unicode" in got.problems[5]
+    assert got.texts[6] == "4.0" and got.ids[6] == "6"  # CSV cells are text as written
+    assert got.ids[7] == "7" and 7 not in got.problems and len(got) == 8
 
 
 def test_metrics_match_a_hand_checked_case() -> None:
@@ -213,3 +318,77 @@ def test_read_beir(tmp_path: Path) -> None:
     assert data.corpus == {"d1": "T body", "d2": "x"} and data.queries == {"q1": "q"}
     assert data.qrels == {"q1": {"d1": 1}}
     assert EmbedOptions().encoding == "float"
+
+
+def write_small_beir(folder: Path) -> None:
+    (folder / "qrels").mkdir(parents=True)
+    docs = [{"_id": f"d{i}", "title": f"T{i}", "text": f"body {i}"} for i in range(1, 4)]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "first"}\n{"_id": "q2", "text": "second"}\n')
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\n")
+
+
+def _replace(name: str, text: str) -> Callable[[Path], None]:
+    return lambda folder: (folder / name).write_text(text)
+
+
+def _remove(name: str) -> Callable[[Path], None]:
+    return lambda folder: (folder / name).unlink()
+
+
+def _append(name: str, text: str) -> Callable[[Path], None]:
+    return lambda folder: (folder / name).write_text((folder / name).read_text() + text)
+
+
+QRELS = "qrels/test.tsv"
+# Each malformed BEIR folder: (how it is broken, the one message `eval` must give). Shared with the CLI test.
+MALFORMED_BEIR: dict[str, tuple[Callable[[Path], None], str]] = {
+    "no-corpus": (_remove("corpus.jsonl"), "corpus.jsonl is missing"),
+    "empty-corpus": (_replace("corpus.jsonl", "\n"), "corpus.jsonl holds no document"),
+    "doc-without-id": (_append("corpus.jsonl", '{"text": "x"}\n'), "corpus.jsonl line 4 has no _id"),
+    "doc-without-text": (_append("corpus.jsonl", '{"_id": "d9", "title": "t"}\n'), "line 4 has no 'text'"),
+    "doc-text-object": (
+        _append("corpus.jsonl", '{"_id": "d9", "text": {"a": 1}}\n'),
+        "corpus.jsonl line 4: 'text' is an object, not a string",
+    ),
+    "doc-null-id": (_append("corpus.jsonl", '{"_id": null, "text": "x"}\n'), "line 4: id is null"),
+    "doc-bad-json": (_append("corpus.jsonl", '{"_id": "d9", \n'), "corpus.jsonl line 4 is not valid JSON"),
+    "doc-repeated-id": (_append("corpus.jsonl", '{"_id": "d1", "text": "x"}\n'), "repeats _id 'd1'"),
+    "no-queries": (_remove("queries.jsonl"), "queries.jsonl is missing"),
+    "query-without-text": (_append("queries.jsonl", '{"_id": "q3"}\n'), "queries.jsonl line 3 has no 'text'"),
+    "no-qrels": (_remove(QRELS), "test.tsv is missing"),
+    "qrels-without-header": (
+        _replace(QRELS, "q1\td1\t1\nq2\td2\t1\n"),
+        "test.tsv line 1 is not the header query-id<TAB>corpus-id<TAB>score",
+    ),
+    "qrels-only-header": (_replace(QRELS, "query-id\tcorpus-id\tscore\n"), "test.tsv holds no judgement"),
+    "qrels-short-row": (_append(QRELS, "q1\td3\n"), "test.tsv line 4 has 2 fields, expected 3"),
+    "qrels-fractional-score": (_append(QRELS, "q1\td3\t0.5\n"), "score '0.5' is not an integer"),
+    "qrels-repeated": (_append(QRELS, "q1\td1\t0\n"), "line 4 judges (q1, d1) again (first at line 2)"),
+    "qrels-unknown-query": (_append(QRELS, "q9\td1\t1\n"), "judges query 'q9', which queries.jsonl does not have"),
+    "qrels-unknown-doc": (_append(QRELS, "q1\td9\t1\n"), "judges document 'd9', which corpus.jsonl does not have"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_BEIR))
+def test_read_beir_refuses_each_malformed_folder(tmp_path: Path, case: str) -> None:
+    from indexing.corpus import BeirError
+
+    folder = tmp_path / "beir"
+    write_small_beir(folder)
+    assert len(read_beir(folder).qrels) == 2  # the folder is good before it is broken
+    breaks, message = MALFORMED_BEIR[case]
+    breaks(folder)
+    with pytest.raises(BeirError) as exc:
+        read_beir(folder)
+    assert message in str(exc.value)
+
+
+def test_read_beir_keeps_every_judgement_and_exact_ids(tmp_path: Path) -> None:
+    folder = tmp_path / "beir"
+    write_small_beir(folder)
+    _append("corpus.jsonl", '{"_id": 10, "text": "an integer id"}\n{"_id": "10.0", "text": "not the same"}\n')(folder)
+    _append(QRELS, "q1\t10\t0\nq1\t10.0\t1\n")(folder)
+    data = read_beir(folder)
+    assert data.qrels == {"q1": {"d1": 1, "10": 0, "10.0": 1}, "q2": {"d2": 2}}
+    assert data.corpus["10"] == "an integer id" and data.corpus["10.0"] == "not the same"
