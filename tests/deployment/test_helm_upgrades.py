@@ -130,10 +130,8 @@ def apply(cluster: Cluster, manifests: list[Manifest], tmp_path: Path, upgrade: 
     pod = deployment["spec"]["template"]["spec"]
     replicas = deployment["spec"].get("replicas", 1)
     # Jobs Kubernetes creates now: new names (a spec change), and hooks (Helm re-creates them every time).
-    new_jobs = [
-        m for m in manifests
-        if m.kind == "Job" and (m.name not in cluster.jobs or "helm.sh/hook" in m.doc["metadata"].get("annotations", {}))
-    ]
+    jobs = [m for m in manifests if m.kind == "Job"]
+    new_jobs = [m for m in jobs if m.name not in cluster.jobs or "helm.sh/hook" in m.doc["metadata"].get("annotations", {})]
     # Pods that run at the same time on the one node: the server pod(s) and every Job Kubernetes creates now.
     running = [pod] * replicas + [j.doc["spec"]["template"]["spec"] for j in new_jobs]
     gpus = sum(pod_requests(s, "nvidia.com/gpu") for s in running)
@@ -296,7 +294,7 @@ def test_upgrade_path_works_on_one_gpu_node(path: str, tmp_path: Path) -> None:
 def test_the_readme_lists_every_path_with_its_downtime() -> None:
     readme = (CHART_DIR / "README.md").read_text()
     section = readme.split("## Upgrades", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `([a-z0-9-]+)` \|[^|]+\|[^|]+\| (none|load time|planned outage) \|", section, re.M)
+    rows = re.findall(r"^\| `([a-z0-9.-]+)` \|[^|]+\|[^|]+\| (none|load time|planned outage) \|", section, re.M)
     assert {path for path, _ in rows} == set(PATHS)
     downtime = dict(rows)
     assert downtime["re-export-new-version"] == "load time" and downtime["4b-to-8b"] == "planned outage"
@@ -426,7 +424,7 @@ def test_triton_probe_runs_against_a_loopback_http_server(tmp_path: Path) -> Non
     class Triton(BaseHTTPRequestHandler):
         ready = True
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             ok = self.path in {"/v2/health/live", "/v2/health/ready"} and (Triton.ready or self.path.endswith("live"))
             self.send_response(200 if ok else 400)
             self.end_headers()
