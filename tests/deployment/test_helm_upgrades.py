@@ -131,7 +131,8 @@ def apply(cluster: Cluster, manifests: list[Manifest], tmp_path: Path, upgrade: 
     replicas = deployment["spec"].get("replicas", 1)
     # Jobs Kubernetes creates now: new names (a spec change), and hooks (Helm re-creates them every time).
     jobs = [m for m in manifests if m.kind == "Job"]
-    new_jobs = [m for m in jobs if m.name not in cluster.jobs or "helm.sh/hook" in m.doc["metadata"].get("annotations", {})]
+    hooks = {m.name for m in jobs if "helm.sh/hook" in m.doc["metadata"].get("annotations", {})}
+    new_jobs = [m for m in jobs if m.name not in cluster.jobs or m.name in hooks]
     # Pods that run at the same time on the one node: the server pod(s) and every Job Kubernetes creates now.
     running = [pod] * replicas + [j.doc["spec"]["template"]["spec"] for j in new_jobs]
     gpus = sum(pod_requests(s, "nvidia.com/gpu") for s in running)
