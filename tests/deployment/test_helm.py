@@ -117,6 +117,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "exportJob": {**preset("8b")["exportJob"], "device": "cpu", "precision": "fp16"},
     },
     "tensorrt-cache": {"exportJob": {"accelerator": "tensorrt"}},
+    # The OpenAI HTTP API through an Ingress and a Gateway API HTTPRoute.
+    "http-ingress": {
+        "httpIngress": {"enabled": True, "tlsSecretName": "api-tls"},
+        "httpRoute": {"enabled": True, "parentRefs": [{"name": "gw", "namespace": "gateways"}]},
+        "facade": {"tls": {"enabled": True, "secretName": "facade-tls"}},
+    },
     # Hook mode renders only for a CPU export on a ReadWriteMany claim (stated: helm template cannot look it up).
     "hook-export": {
         "modelRepository": {"existingClaim": "qwen3-models"},
