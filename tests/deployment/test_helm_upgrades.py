@@ -477,3 +477,17 @@ def test_keda_has_a_fallback_and_treats_an_empty_query_as_an_error() -> None:
     assert scaled["spec"]["triggers"][0]["metadata"]["ignoreNullValues"] == "false"
     own = merged(values, {"autoscaling": {"keda": {"fallbackReplicas": 1}}})
     assert only(manifests_of(render_raw(own)), "ScaledObject")["spec"]["fallback"]["replicas"] == 1
+
+
+def test_triton_probe_passes_against_a_real_triton(triton: Any) -> None:
+    """The same exec probes against a real tritonserver (the session's, with its models loaded): its HTTP
+    endpoint answers the probe's HTTP/1.0 request with 200 on live and ready."""
+    import subprocess
+
+    values = {"triton": {"httpPort": triton.http_port}}
+    spec = only(manifests_of(render_raw(values)), "Deployment")["spec"]["template"]["spec"]
+    container = next(c for c in spec["containers"] if c["name"] == "triton")
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        ran = subprocess.run(container[kind]["exec"]["command"], capture_output=True, text=True, timeout=10)
+        assert ran.returncode == 0, (kind, ran.stderr)
+    assert f"--http-port={triton.http_port}" in container["args"] and "--http-address=127.0.0.1" in container["args"]
