@@ -161,3 +161,32 @@ def test_a_reranker_only_repository_serves_rerank_with_the_reference_scores(
         body = {"input": "x", "model": described.name}
         embed = httpx.post(f"{facade.base_url}/v1/embeddings", json=body, timeout=30)
         assert embed.status_code == 400 and "is a reranker model" in embed.text
+
+
+def test_the_revision_is_the_hub_commit_or_a_hash_of_the_weights(tmp_path: Path) -> None:
+    import hashlib
+
+    from export.checkpoint import Checkpoint
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "models--Qwen--Qwen3-Embedding-4B" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    assert Checkpoint("Qwen/Qwen3-Embedding-4B", snapshot, {}).revision() == commit
+
+    local = tmp_path / "ckpt"
+    local.mkdir()
+    (local / "model.safetensors").write_bytes(b"weights")
+    (local / "config.json").write_text("{}")  # not a weight file: not hashed
+    first = Checkpoint(str(local), local, {}).revision()
+    inner = hashlib.sha256(b"weights").hexdigest()
+    assert first == "sha256:" + hashlib.sha256(b"model.safetensors\0" + inner.encode() + b"\n").hexdigest()
+    (local / "model.safetensors").write_bytes(b"other weights")
+    assert Checkpoint(str(local), local, {}).revision() != first  # other weights, another revision
+    # A hub-cache link to a blob named by its sha256: the name stands in for reading the file.
+    blob = tmp_path / "blobs" / ("f" * 64)
+    blob.parent.mkdir()
+    blob.write_bytes(b"not what the name says")
+    (local / "model.safetensors").unlink()
+    (local / "model.safetensors").symlink_to(blob)
+    expected = hashlib.sha256(b"model.safetensors\0" + b"f" * 64 + b"\n").hexdigest()
+    assert Checkpoint(str(local), local, {}).revision() == "sha256:" + expected
