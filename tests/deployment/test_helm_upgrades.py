@@ -491,3 +491,16 @@ def test_triton_probe_passes_against_a_real_triton(triton: Any) -> None:
         ran = subprocess.run(container[kind]["exec"]["command"], capture_output=True, text=True, timeout=10)
         assert ran.returncode == 0, (kind, ran.stderr)
     assert f"--http-port={triton.http_port}" in container["args"] and "--http-address=127.0.0.1" in container["args"]
+
+
+def test_a_pod_without_a_gpu_keeps_its_burstable_cpu() -> None:
+    for values in ({"triton": {"resources": {"limits": {"nvidia.com/gpu": None}}}, "tolerations": []},
+                   {"triton": {"external": {"enabled": True, "url": "t:8001"}}}):
+        spec = only(manifests_of(render_raw(values)), "Deployment")["spec"]["template"]["spec"]
+        facade = next(c for c in spec["containers"] if c["name"] == "facade")
+        assert facade["resources"]["limits"]["cpu"] == "4" and facade["resources"]["requests"]["cpu"] == "2"
+    mig = {"triton": {"resources": {"limits": {"nvidia.com/gpu": None, "nvidia.com/mig-3g.40gb": 1}}}}
+    spec = only(manifests_of(render_raw(mig)), "Deployment")["spec"]["template"]["spec"]
+    triton = next(c for c in spec["containers"] if c["name"] == "triton")
+    assert triton["resources"]["requests"] == triton["resources"]["limits"]
+    assert triton["resources"]["requests"]["nvidia.com/mig-3g.40gb"] == 1

@@ -441,9 +441,19 @@ from the limit. A GPU pod that is Guaranteed is the last the kubelet evicts unde
 {{- toYaml (dict "requests" $requests "limits" $limits) -}}
 {{- end }}
 
-{{/* A server-pod container's resources: Guaranteed with qosGuaranteed (default), else as given. */}}
+{{/* Whether the server pod holds a GPU (nvidia.com/gpu or a MIG slice, nvidia.com/mig-*) for its Triton. */}}
+{{- define "qwen3-embedding.gpuPod" -}}
+{{- if include "qwen3-embedding.tritonInPod" . }}
+{{- range $k, $v := (dig "limits" dict (default dict .Values.triton.resources)) }}{{ if and $v (hasPrefix "nvidia.com/" $k) }}true{{ end }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A server-pod container's resources: Guaranteed with qosGuaranteed (default) when the pod holds a GPU, else as
+given (a CPU-only Triton keeps its burstable CPU).
+*/}}
 {{- define "qwen3-embedding.podResources" -}}
-{{- if .root.Values.qosGuaranteed }}
+{{- if and .root.Values.qosGuaranteed (include "qwen3-embedding.gpuPod" .root) }}
 {{- include "qwen3-embedding.guaranteed" .resources }}
 {{- else }}
 {{- toYaml .resources }}
