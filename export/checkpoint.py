@@ -3,8 +3,10 @@ Qwen3 reranker (a Qwen3ForCausalLM judging yes/no, shared doc qwen3-reranker.md)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,20 @@ from export.prompts import OFFICIAL_PROMPTS
 from service.contract import RERANK_LABELS, ModelKind, SpecialIds
 
 SUPPORTED_MODEL_TYPES = ("qwen3",)
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _file_sha256(path: Path) -> str:
+    target = path.resolve()
+    if path.is_symlink() and _HEX64.fullmatch(target.name):  # a hub-cache blob is named by its sha256
+        return target.name
+    digest = hashlib.sha256()
+    with target.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -133,6 +149,20 @@ class Checkpoint:
             raise ExportError(f"{self.source}: neither tokenizer_config.json nor config.json names an eos token")
         pad = token_id("pad_token")
         return SpecialIds(pad_id=eos if pad is None else pad, eos_id=eos)
+
+    def revision(self) -> str:
+        """Which weights these are: the hub commit of a downloaded snapshot (.../snapshots/<commit>), else
+        "sha256:" + a hash over the weight files' names and contents. A hub-cache file is a link to a blob named
+        by its own sha256, so that name stands in for reading gigabytes again."""
+        parts = self.directory.parts
+        if len(parts) >= 2 and parts[-2] == "snapshots" and _HEX40.fullmatch(parts[-1]):
+            return parts[-1]
+        digest = hashlib.sha256()
+        for path in sorted(self.directory.glob("*")):
+            if path.suffix not in WEIGHT_SUFFIXES or not path.is_file():
+                continue
+            digest.update(path.name.encode() + b"\0" + _file_sha256(path).encode() + b"\n")
+        return "sha256:" + digest.hexdigest()
 
     def tokenizer_files(self) -> list[Path]:
         names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

@@ -108,9 +108,18 @@ def export(
             "context; eager: standard ops, [L, L] scores. auto = eager for --backend tensorrt, fused otherwise"
         ),
     ] = "auto",
+    skip_if_published: Annotated[
+        bool,
+        typer.Option(
+            help="With --name: exit 0 when OUTPUT/NAME already holds an export of this --model at this --precision; "
+            "fail (exit 2) when it holds another one, instead of replacing it (write a new version directory)"
+        ),
+    ] = False,
 ) -> None:
     """Checkpoint -> verified ONNX (and TensorRT) -> Triton model repository with dynamic batching. Embedding
     checkpoints give an `embedding` model, Qwen3-Reranker checkpoints a `logits` (no, yes) one."""
+    if skip_if_published and name and published_elsewhere(output / name, model, precision):
+        return
     from rich.console import Console
 
     from export.errors import ExportError
@@ -151,10 +160,39 @@ def export(
         raise typer.Exit(code=2) from exc
 
 
+def published_elsewhere(final: Path, model: str, precision: str) -> bool:
+    """True when `final` already holds an export of `model` at `precision` (nothing to do); False when nothing
+    is published there. Exits 2 with one message when it holds an export of another source or precision: never
+    skip over it (the facade would serve the old weights under the new name) and never replace a version that
+    pods may be serving."""
+    from export.repository import published_identity, same_source
+    from export.triton_config import parse_precision
+
+    try:
+        published = published_identity(final)
+    except Exception as exc:  # unreadable: not ours to replace silently either
+        typer.echo(f"export refused: {final}/config.pbtxt is unreadable ({exc}); choose a new version", err=True)
+        raise typer.Exit(code=2) from exc
+    if published is None:
+        return False
+    differs = same_source(published, model, str(parse_precision(str(precision))))
+    if differs:
+        typer.echo(
+            f"export refused: {final} already holds another model: {differs}. Export into a new version directory "
+            "(helm: exportJob.version / model.version) instead of skipping over it or replacing it",
+            err=True,
+        )
+        raise typer.Exit(code=2)
+    typer.echo(f"{final} already holds {model} ({published.precision}); nothing to export")
+    return True
+
+
 def export_if_missing(model: str, repository: Path, name: str, backend: str, precision: str) -> None:
     """`serve --model` (`make serve`): export MODEL when the repository lacks it. MODEL=dev builds the offline
-    dev model."""
+    dev model. A repository that holds another model under that name stops with one message."""
     if (repository / name / "config.pbtxt").exists():
+        if model != "dev":
+            published_elsewhere(repository / name, model, precision)
         typer.echo(f"using the existing export in {repository / name}")
         return
     from rich.console import Console

@@ -270,6 +270,7 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
                 f.unlink()
         facts = ModelFacts(
             source_model=ckpt.source,
+            source_revision=ckpt.revision(),
             hidden_size=ckpt.hidden_size,
             min_dimensions=min(opts.min_dimensions, ckpt.hidden_size),
             max_input_tokens=max_tokens,
@@ -285,7 +286,9 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
         facts = deployment_facts(repo, facts, memory)
         report = {
             "source_model": ckpt.source,
+            "source_revision": facts.source_revision,
             "kind": str(kind),
+            "dimensions": ckpt.hidden_size,
             "backend": repo.backend,
             "attention": attention,
             "padding_side": padding_side,

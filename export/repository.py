@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from export.triton_config import RepoSettings, build_config, to_pbtxt, warmup_file
-from service.contract import ModelFacts
+from service.contract import ModelFacts, Precision
 
 TOKENIZER_DIR = "tokenizer"
 REPORT_FILE = "export_report.json"
@@ -52,3 +52,29 @@ def publish(staging: Path, final: Path) -> None:
         shutil.rmtree(backup)
     else:
         staging.rename(final)
+
+
+def published_identity(final: Path) -> ModelFacts | None:
+    """The facts of the model published at <repo>/<name> (its config.pbtxt), None when nothing is there."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    path = final / "config.pbtxt"
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    config = text_format.Parse(text, model_config_pb2.ModelConfig(), allow_unknown_field=True)
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    return ModelFacts.from_parameters(params, final.name)
+
+
+def same_source(published: ModelFacts, model: str, precision: str) -> str:
+    """"" when the published export was made from `model` at `precision`; else what differs. A source that
+    names the same hub id or the same local directory counts as the same (its revision is not known before
+    loading it; a new revision of one id goes to a new version by choice)."""
+    differs = []
+    if published.source_model.rstrip("/") != model.rstrip("/"):
+        differs.append(f"source {published.source_model} (asked: {model})")
+    if published.precision is not Precision(precision):
+        differs.append(f"precision {published.precision} (asked: {precision})")
+    return ", ".join(differs)

@@ -66,6 +66,9 @@ class Param(StrEnum):
     """Keys of config.pbtxt `parameters` (all values are strings, as Triton stores them)."""
 
     SOURCE_MODEL = "source_model"
+    # The checkpoint's revision: the hub commit it was downloaded at, else a content hash of its weight files
+    # ("sha256:..."); absent in exports from before the key.
+    SOURCE_REVISION = "source_revision"
     HIDDEN_SIZE = "hidden_size"
     MIN_DIMENSIONS = "min_dimensions"
     MAX_INPUT_TOKENS = "max_input_tokens"
@@ -168,6 +171,7 @@ class ModelFacts:
     kind: ModelKind = ModelKind.EMBEDDING
     rerank_token_ids: str = ""  # rerankers: "no_id,yes_id"
     length_buckets: tuple[int, ...] = ()  # () = not written: the default ladder for max_input_tokens
+    source_revision: str = ""  # "" = not written (exports before the key)
 
     def __post_init__(self) -> None:
         # Callers may pass the plain string ("fp16"); the field is always the enum.
@@ -262,6 +266,7 @@ _FIELD_KEYS: dict[str, Param] = {
     "kind": Param.KIND,
     "rerank_token_ids": Param.RERANK_TOKEN_IDS,
     "length_buckets": Param.LENGTH_BUCKETS,
+    "source_revision": Param.SOURCE_REVISION,
 }
 _OPTIONAL_NUMBERS = {
     Param.MAX_BATCH_TOKENS,
@@ -270,8 +275,8 @@ _OPTIONAL_NUMBERS = {
     Param.ACTIVATION_BYTES_PER_SCORE,
     Param.ORT_ARENA_KEEP_BYTES,
 }
-_OPTIONAL_LISTS = {Param.LENGTH_BUCKETS}
-_STRING_FIELDS = {"source_model", "backend", "padding_side", "rerank_token_ids"}
+_OPTIONAL_LISTS = {Param.LENGTH_BUCKETS, Param.SOURCE_REVISION}
+_STRING_FIELDS = {"source_model", "source_revision", "backend", "padding_side", "rerank_token_ids"}
 
 
 def _encode(value: object) -> str:

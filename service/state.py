@@ -11,6 +11,7 @@ from typing import Any
 
 from service.contract import ModelKind
 from service.metrics import Metrics
+from service.model_identity import check_served_name
 from service.model_info import ModelInfo
 from service.models import Models, ServedModel
 from service.pipeline.embedder import Embedder
@@ -66,6 +67,7 @@ class ServiceState:
             info = ModelInfo.from_triton_config(config, served_name)
         except (ValueError, KeyError) as exc:  # missing parameters, bad numbers or JSON
             raise Misconfiguration(f"the model description of {name!r} is unusable: {exc}") from None
+        check_served_name(served_name, info, name)  # a served name that contradicts the export: exit 2
         tokenizer_dir = s.resolved_tokenizer_dir(name)
         try:
             tokenizer = TextTokenizer(load_tokenizer(tokenizer_dir, info.embedding_rows))

@@ -27,6 +27,7 @@ from service.api.json_budget import ValueCounter
 from service.api.openai_schema import EmbeddingsRequest, EmbeddingsResponse, ErrorResponse
 from service.api.token_ids import check_token_ids_allowed
 from service.lifecycle import Lifecycle
+from service.model_identity import identity_fields
 from service.models import Models, ServedModel
 from service.pipeline.embedder import Embedder
 from service.pipeline.encoding import float32_base64
@@ -189,8 +190,9 @@ def model_card(model: ServedModel) -> dict[str, Any]:
         "object": "model",
         "created": 0,
         "owned_by": "qwen3-embedding-service",
-        "kind": info.kind.value,
         "max_input_tokens": info.max_input_tokens,
+        # What the weights are (the export's identity): clients and indexes can tell two vector spaces apart.
+        **identity_fields(info),
     }
 
 

@@ -17,6 +17,7 @@ def model_fields(model: ServedModel, models: Models, max_batch_inputs: int) -> d
         "name": info.served_name,
         "kind": info.kind.value,
         "source_model": info.source_model,
+        "source_revision": info.source_revision,
         "is_default": models.is_default(model),
         "max_input_tokens": info.max_input_tokens,
         "max_batch_inputs": max_batch_inputs,
@@ -49,6 +50,7 @@ def info_fields(state: ServiceState) -> dict[str, Any]:
         out |= {
             "model": info.served_name,
             "source_model": info.source_model,
+            "source_revision": info.source_revision,
             "dimensions": info.hidden_size,
             "min_dimensions": info.min_dimensions,
             "max_input_tokens": info.max_input_tokens,

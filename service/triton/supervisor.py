@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from service.metrics import Metrics
@@ -44,14 +45,32 @@ def local_model_names(settings: Settings) -> list[str]:
     found = sorted(
         d.name for d in repo.iterdir() if not d.name.startswith(".") and (d / "config.pbtxt").is_file()
     ) if repo.is_dir() else []
-    if settings.model_name not in found:
+    if settings.model_name not in found and not (found and _only_rerankers(repo, found)):
         # The default embedding model is what clients without a `model` field get: its absence is a
-        # deployment mistake (a wrong name or a missing export), not a reranker-only service.
+        # deployment mistake (a wrong name or a missing export), unless the repository holds only rerankers
+        # (a reranker-only service has no embedding model to miss).
         others = f" (the repository holds {', '.join(found)}; set QWEN3_EMBED_MODEL_NAME)" if found else ""
         raise Misconfiguration(
             f"no model {settings.model_name!r} in {repo}{others}: export a model first (qwen3-embed export)"
         )
     return found
+
+
+def _only_rerankers(repo: Path, names: list[str]) -> bool:
+    """Whether every model's config.pbtxt says kind "reranker" (export writes the `kind` parameter)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    for name in names:
+        try:
+            text = (repo / name / "config.pbtxt").read_text(encoding="utf-8")
+            config = text_format.Parse(text, model_config_pb2.ModelConfig(), allow_unknown_field=True)
+        except (OSError, ValueError, text_format.ParseError):
+            return False  # read_model_configs reports it
+        kind = config.parameters["kind"].string_value if "kind" in config.parameters else ""
+        if kind != "reranker":
+            return False
+    return True
 
 
 def read_model_configs(settings: Settings) -> dict[str, Any]:

@@ -4,6 +4,7 @@ Kubernetes OpenAPI schemas (kubernetes-validate, strict), and check that values 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ import helm_python
 import kubernetes_validate
 import pytest
 import yaml
+from helm_python import _native as helm_native
 
 from service.settings import Settings
 
@@ -35,6 +37,7 @@ CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
 }
 PRESETS_DIR = CHART_DIR / "presets"
 RWX = {"modelRepository": {"persistence": {"accessModes": ["ReadWriteMany"]}}}
@@ -54,7 +57,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
     "cpu-only": {"triton": {"resources": {"limits": {"nvidia.com/gpu": None}}}, "tolerations": []},
     "autoscaling-cpu": {**RWX, "autoscaling": {"enabled": True, "metric": "cpu", "maxReplicas": 6}},
-    "autoscaling-keda": {**RWX, "autoscaling": {"enabled": True}},
+    "autoscaling-keda": {**RWX, "autoscaling": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}},
     "autoscaling-pods": {
         **RWX,
         "autoscaling": {
@@ -114,7 +117,18 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "exportJob": {**preset("8b")["exportJob"], "device": "cpu", "precision": "fp16"},
     },
     "tensorrt-cache": {"exportJob": {"accelerator": "tensorrt"}},
-    "hook-export": {"modelRepository": {"existingClaim": "qwen3-models"}, "exportJob": {"helmHook": True}},
+    # The OpenAI HTTP API through an Ingress and a Gateway API HTTPRoute.
+    "http-ingress": {
+        "httpIngress": {"enabled": True, "tlsSecretName": "api-tls"},
+        "httpRoute": {"enabled": True, "parentRefs": [{"name": "gw", "namespace": "gateways"}]},
+        "facade": {"tls": {"enabled": True, "secretName": "facade-tls"}},
+    },
+    # Hook mode renders only for a CPU export on a ReadWriteMany claim (stated: helm template cannot look it up).
+    "hook-export": {
+        "modelRepository": {"existingClaim": "qwen3-models"},
+        "clusterState": {"modelClaim": {"accessModes": ["ReadWriteMany"]}},
+        "exportJob": {"helmHook": True},
+    },
     "multi-replica-rwx": {**RWX, "replicaCount": 3},
     # The default embedding model, a reranker and a second embedding size behind one Triton and one facade.
     "several-models": {
@@ -150,8 +164,26 @@ def _chart() -> helm_python.Chart:
     return helm_python.Chart.load(CHART_DIR)
 
 
-def render_raw(values: dict[str, Any]) -> dict[str, str]:
-    return _chart().render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+# The optional kinds' APIs, as a cluster with the Prometheus Operator, KEDA and the Gateway API serves them
+# (`helm template --api-versions ...`); the chart refuses a kind whose API is not served.
+CRD_APIS = (
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "keda.sh/v1alpha1/ScaledObject",
+    "gateway.networking.k8s.io/v1/GRPCRoute",
+    "gateway.networking.k8s.io/v1/HTTPRoute",
+)
+
+
+def render_raw(
+    values: dict[str, Any], api_versions: tuple[str, ...] = CRD_APIS, **options: Any
+) -> dict[str, str]:
+    """Chart.render with the API versions the cluster serves (helm-python-sdk's native render takes them; its
+    Python wrapper does not pass them on). `options`: revision, is_install, is_upgrade."""
+    opts = {"name": RELEASE, "namespace": NAMESPACE, "api_versions": list(api_versions), **options}
+    payload = json.dumps(copy.deepcopy(values))
+    rendered = helm_native.call_string("helm_render", _chart()._raw(), payload, json.dumps(opts))
+    out: dict[str, str] = json.loads(rendered)
+    return out
 
 
 def render(values: dict[str, Any]) -> list[Manifest]:
@@ -293,7 +325,10 @@ def test_values_schema_rejects(values: dict[str, Any]) -> None:
         # Guards: no model source, RWO with > 1 replica, bf16 on CPU, a hook without an existing claim.
         ({"exportJob": {"enabled": False}}, "no model source"),
         ({"replicaCount": 2}, "replicas > 1 (replicaCount or autoscaling.maxReplicas) with a ReadWriteOnce"),
-        ({"autoscaling": {"enabled": True, "maxReplicas": 3}}, "with a ReadWriteOnce model volume"),
+        (
+            {"autoscaling": {"enabled": True, "maxReplicas": 3, "keda": {"prometheusScrapesFacade": True}}},
+            "with a ReadWriteOnce model volume",
+        ),
         (
             {"replicaCount": 2, "modelRepository": {"persistence": {"accessModes": ["ReadWriteOncePod"]}}},
             "with a ReadWriteOncePod model volume",
@@ -435,9 +470,9 @@ def test_default_pod_runs_triton_and_the_facade() -> None:
     assert triton["args"][0] == "tritonserver"
     assert "--model-repository=/models" in triton["args"]
     assert "--load-model=qwen3_embedding" in triton["args"]
-    # gRPC on the pod's loopback only: no container port for it; HTTP for the kubelet, metrics for Prometheus.
-    assert {p["containerPort"] for p in triton["ports"]} == {8000, 8002}
-    assert "--grpc-address=127.0.0.1" in triton["args"]
+    # gRPC and HTTP on the pod's loopback only: no container port for them; metrics for Prometheus.
+    assert {p["containerPort"] for p in triton["ports"]} == {8002}
+    assert "--grpc-address=127.0.0.1" in triton["args"] and "--http-address=127.0.0.1" in triton["args"]
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
 
@@ -466,13 +501,13 @@ def test_both_containers_mount_the_model_repository_read_only() -> None:
 def test_probes() -> None:
     spec = pod_spec(render({}))
     triton = container(spec, "triton")
-    ports = {p["name"]: p["containerPort"] for p in triton["ports"]}
+    # Triton's HTTP listens on loopback: its probes ask it from inside the container (test_triton_probe_runs).
     for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
-        http = triton[probe]["httpGet"]
-        assert http["path"] == path
-        assert ports[http["port"]] == 8000
+        script = triton[probe]["exec"]["command"][2]
+        assert f"GET {path} HTTP/1.0" in script and "/dev/tcp/127.0.0.1/8000" in script
+        assert "httpGet" not in triton[probe]
     startup = triton["startupProbe"]
-    assert startup["httpGet"]["path"] == "/v2/health/ready"
+    assert "GET /v2/health/ready " in startup["exec"]["command"][2]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600  # model load budget
 
     facade = container(spec, "facade")
@@ -497,7 +532,7 @@ def test_startup_probe_budget_is_configurable() -> None:
     spec = pod_spec(render({"triton": {"startupProbe": {"failureThreshold": 360}}}))
     startup = container(spec, "triton")["startupProbe"]
     assert startup["failureThreshold"] == 360
-    assert startup["httpGet"]["path"] == "/v2/health/ready"  # the rest of the probe is kept
+    assert "GET /v2/health/ready " in startup["exec"]["command"][2]  # the rest of the probe is kept
 
 
 @pytest.mark.parametrize("drain", [0, 7.5, 10, 45, 120])
@@ -575,7 +610,9 @@ def test_facade_workers_and_the_cpu_request_that_follows(
 ) -> None:
     facade_container = container(pod_spec(render({"facade": facade})), "facade")
     assert env_of(facade_container)["QWEN3_EMBED_WORKERS"] == workers
-    assert facade_container["resources"]["requests"] == {"cpu": cpu_request, "memory": "1Gi"}
+    # Guaranteed QoS (qosGuaranteed): the CPU limit follows the request, the memory request the limit.
+    assert facade_container["resources"]["requests"] == {"cpu": cpu_request, "memory": "2Gi"}
+    assert facade_container["resources"]["limits"] == facade_container["resources"]["requests"]
     assert Settings.model_validate({"workers": workers}).workers == int(workers)
 
 
@@ -633,9 +670,9 @@ def test_values_reach_the_manifests() -> None:
     assert {p["name"]: p["containerPort"] for p in facade["ports"]} == {"grpc": 50099, "http": 8099, "metrics": 9099}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert facade[probe]["httpGet"]["port"] == "metrics"
-    assert facade["resources"] == {
-        "requests": {"cpu": "3", "memory": "3Gi"},
-        "limits": {"cpu": "6", "memory": "5Gi"},
+    assert facade["resources"] == {  # Guaranteed: the CPU request, the memory limit
+        "requests": {"cpu": "3", "memory": "5Gi"},
+        "limits": {"cpu": "3", "memory": "5Gi"},
     }
     env = env_of(facade)
     assert env["QWEN3_EMBED_GRPC_PORT"] == "50099"
@@ -656,9 +693,9 @@ def test_values_reach_the_manifests() -> None:
         "--load-model=qwen3_embedding_8b",
     ):
         assert arg in triton["args"]
-    assert {p["containerPort"] for p in triton["ports"]} == {9000, 9002}
-    assert triton["resources"]["requests"]["cpu"] == "6"
-    assert triton["resources"]["limits"] == {"memory": "48Gi", "nvidia.com/gpu": 4}
+    assert {p["containerPort"] for p in triton["ports"]} == {9002}
+    assert triton["resources"]["requests"] == {"cpu": "6", "memory": "48Gi", "nvidia.com/gpu": 4}
+    assert triton["resources"]["limits"] == triton["resources"]["requests"]
 
     service = only(manifests, "Service", FULLNAME)
     assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
@@ -697,7 +734,7 @@ def test_services_select_the_pod_and_target_its_named_ports() -> None:
 def test_gpu_values() -> None:
     spec = pod_spec(render(SCENARIOS["gpu"]))
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert container(spec, "triton")["resources"]["limits"] == {"nvidia.com/gpu": 2, "memory": "40Gi"}
+    assert container(spec, "triton")["resources"]["limits"] == {"nvidia.com/gpu": 2, "memory": "40Gi", "cpu": "2"}
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     assert "nvidia.com/gpu" not in container(spec, "facade")["resources"].get("limits", {})
 
@@ -710,7 +747,7 @@ def test_cpu_only_values_drop_the_gpu() -> None:
 
 @pytest.mark.parametrize("mode", ["autoscaling-cpu", "autoscaling-pods"])
 def test_autoscaling_adds_an_hpa_and_removes_only_replicas(mode: str) -> None:
-    base = render({})
+    base = render(RWX)
     scaled = render(SCENARIOS[mode])
     assert kinds(scaled) == kinds(base) | {("HorizontalPodAutoscaler", FULLNAME)}
     deployment, base_deployment = only(scaled, "Deployment"), only(base, "Deployment")
@@ -858,7 +895,7 @@ def test_export_job_name_follows_its_configuration() -> None:
 
     base = {"exportJob": {"enabled": True}}
     assert job_name(base) == job_name(copy.deepcopy(base))
-    assert job_name(base) != job_name(merged(base, {"exportJob": {"precision": "bf16", "device": "gpu"}}))
+    assert job_name(base) != job_name(merged(base, {"exportJob": {"precision": "fp32"}}))
     assert job_name(base) != job_name(merged(base, {"exportJob": {"model": "Qwen/Qwen3-Embedding-0.6B-x"}}))
 
 
@@ -1026,10 +1063,10 @@ def test_network_policy_admits_only_the_api_and_metrics() -> None:
         assert admitted == {"grpc", "http", "metrics", "triton-metrics"}
         container_ports = {p["name"] for c in spec["containers"] for p in c["ports"]}
         assert admitted <= container_ports
-        assert container_ports - admitted == {"triton-http"}
+        assert container_ports == admitted  # Triton's HTTP and gRPC are on loopback: no port of theirs to admit
         triton = container(spec, "triton")
-        assert "--grpc-address=127.0.0.1" in triton["args"]
-        assert triton["startupProbe"]["httpGet"]["port"] == "triton-http"  # the kubelet, from the node
+        assert "--grpc-address=127.0.0.1" in triton["args"] and "--http-address=127.0.0.1" in triton["args"]
+        assert "exec" in triton["startupProbe"]  # asked from inside the container
         if scenario == "default":
             assert all("from" not in rule for rule in policy["spec"]["ingress"])
         else:
@@ -1115,8 +1152,11 @@ def test_presets_size_export_and_server(
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
     shm = {v["name"]: v for v in spec["volumes"]}["dshm"]["emptyDir"]["sizeLimit"]
     assert shm == values["triton"]["shmSize"]
-    job = only(manifests, "Job")["spec"]["template"]["spec"]
-    [export] = job["containers"]
+    if values["exportJob"]["device"] == "gpu":  # in the server pod, on its own GPU
+        assert not any(m.kind == "Job" for m in manifests)
+        export = next(c for c in spec["initContainers"] if c["name"] == "export")
+    else:
+        [export] = only(manifests, "Job")["spec"]["template"]["spec"]["containers"]
     pairs = dict(zip(export["args"][::2], export["args"][1::2], strict=True))
     assert pairs["--model"] == values["exportJob"]["model"]
     limit = _quantity_gib(export["resources"]["limits"]["memory"])
@@ -1131,18 +1171,31 @@ def test_presets_size_export_and_server(
     assert _quantity_gib(values["exportJob"]["resources"]["limits"]["memory"]) >= export_mem_gib
 
 
-def test_gpu_export_job_runs_on_a_gpu_without_waiting_for_a_server_pod() -> None:
+def test_gpu_export_runs_in_the_server_pod_on_its_own_gpu() -> None:
+    """exportJob.device=gpu: no Job that would wait for a second GPU; init containers of the server pod export on
+    the pod's own GPU (the pod's GPU request stays 1: init containers run before the others), writing the volume
+    the other containers mount read-only."""
     manifests = render(SCENARIOS["preset-4b-gpu-export"])
-    job = only(manifests, "Job")["spec"]["template"]["spec"]
-    [export] = job["containers"]
+    assert not any(m.kind == "Job" for m in manifests)
+    spec = pod_spec(manifests)
+    [export] = spec["initContainers"]  # no wait-for-model: the export itself comes first
+    assert export["name"] == "export" and export["image"].endswith("-cuda")
     assert export["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert "--device" in export["args"] and export["args"][export["args"].index("--device") + 1] == "cuda"
-    assert "podAffinity" not in job.get("affinity", {})  # it runs while no server pod holds the GPU
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in job["tolerations"]
+    assert export["args"][export["args"].index("--device") + 1] == "cuda"
+    assert export["args"][export["args"].index("--output") + 1] == "/workspace/models/4b-fp16"
+    mounts = {m["mountPath"]: m for m in export["volumeMounts"]}
+    assert mounts["/workspace"]["name"] == "model-repository" and not mounts["/workspace"].get("readOnly")
+    assert mounts["/tmp"]["name"] == "export-tmp" and mounts["/dev/shm"]["name"] == "dshm"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "readOnly" not in volumes["model-repository"]["persistentVolumeClaim"] and "export-tmp" in volumes
+    for c in spec["containers"]:
+        assert {m["name"]: m for m in c["volumeMounts"]}["model-repository"]["readOnly"] is True, c["name"]
     nvidia = render(merged(SCENARIOS["preset-4b-gpu-export"], {"runtimeClassName": "nvidia"}))
-    assert only(nvidia, "Job")["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
     assert pod_spec(nvidia)["runtimeClassName"] == "nvidia"
-    # A CPU export stays next to the server pod (ReadWriteOnce) and gets no GPU.
+    # The progress deadline covers the export in the pod as well as the load.
+    deployment = only(manifests, "Deployment")
+    assert deployment["spec"]["progressDeadlineSeconds"] >= 7200 + 900
+    # A CPU export stays a Job next to the server pod (ReadWriteOnce) and gets no GPU.
     cpu_job = only(render({}), "Job")["spec"]["template"]["spec"]
     assert "podAffinity" in cpu_job["affinity"] and "runtimeClassName" not in cpu_job
 
@@ -1308,22 +1361,70 @@ def test_init_container_wait_is_bounded_and_says_why(tmp_path: Path) -> None:
     assert subprocess.run(["/bin/sh", "-c", script], timeout=30).returncode == 0
 
 
-def test_export_wrapper_skips_a_published_version_and_passes_the_arguments(tmp_path: Path) -> None:
+PUBLISHED_CONFIG = """name: "{name}"
+parameters {{ key: "source_model" value {{ string_value: "{source}" }} }}
+parameters {{ key: "precision" value {{ string_value: "{precision}" }} }}
+parameters {{ key: "hidden_size" value {{ string_value: "1024" }} }}
+parameters {{ key: "max_input_tokens" value {{ string_value: "8192" }} }}
+parameters {{ key: "embedding_rows" value {{ string_value: "151669" }} }}
+"""
+
+
+def publish(version_dir: Path, name: str, source: str, precision: str = "fp16") -> None:
+    """What an export leaves in <version>/<name>: its config.pbtxt with the model's identity."""
+    (version_dir / name).mkdir(parents=True, exist_ok=True)
+    text = PUBLISHED_CONFIG.format(name=name, source=source, precision=precision)
+    (version_dir / name / "config.pbtxt").write_text(text)
+
+
+def export_shim(tmp_path: Path) -> Path:
+    """A `qwen3-embed` on PATH for the rendered export scripts: where the version already holds the model it is
+    the real CLI (`--skip-if-published` decides before any export starts); elsewhere it prints its arguments
+    instead of exporting (no weights offline)."""
+    shim = tmp_path / "bin" / "qwen3-embed"
+    shim.parent.mkdir(exist_ok=True)
+    shim.write_text(
+        "#!/bin/sh\n"
+        'if [ -f "$OUTPUT/$MODEL_NAME/config.pbtxt" ]; then\n'
+        f'  cd {ROOT} && exec {sys.executable} -m service.cli "$@"\n'
+        "fi\n"
+        'echo "ARGS $*"\n'
+    )
+    shim.chmod(0o755)
+    return shim.parent
+
+
+def run_export_container(c: dict[str, Any], output: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The container's command as the kubelet runs it, with the volume's /workspace at tmp_path."""
+    args = list(c["args"])
+    assert args[args.index("--output") + 1] == env_of(c)["OUTPUT"]
+    args[args.index("--output") + 1] = str(output)
+    env = {**os.environ, **env_of(c), "OUTPUT": str(output), "PATH": f"{export_shim(tmp_path)}:/usr/bin:/bin"}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([*c["command"], *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_export_wrapper_skips_the_same_model_and_refuses_another(tmp_path: Path) -> None:
+    """The rendered export script, run with the real CLI: nothing published -> it exports with the chart's
+    arguments; the same source and precision published -> exit 0 at once; another source or precision -> exit 2
+    with the reason, the published model untouched (never skipped over, never replaced)."""
     [export] = only(render({}), "Job")["spec"]["template"]["spec"]["containers"]
-    fake = tmp_path / "bin" / "qwen3-embed"
-    fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\necho "ARGS $*"\n')
-    fake.chmod(0o755)
     out = tmp_path / "models" / "v1"
-    env = {**env_of(export), "OUTPUT": str(out), "PATH": f"{fake.parent}:/usr/bin:/bin"}
-    cmd = [*export["command"], *export["args"]]
-    ran = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
-    assert ran.returncode == 0 and ran.stdout.startswith("ARGS export --model Qwen/Qwen3-Embedding-0.6B")
+    ran = run_export_container(export, out, tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("ARGS export --skip-if-published --model Qwen/Qwen3-Embedding-0.6B")
     assert out.is_dir()
-    (out / "qwen3_embedding").mkdir()
-    (out / "qwen3_embedding" / "config.pbtxt").write_text("")
-    skipped = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
-    assert skipped.returncode == 0 and "already published" in skipped.stdout and "ARGS" not in skipped.stdout
+    publish(out, "qwen3_embedding", "Qwen/Qwen3-Embedding-0.6B")
+    skipped = run_export_container(export, out, tmp_path)
+    assert skipped.returncode == 0 and "nothing to export" in skipped.stdout and "ARGS" not in skipped.stdout
+    publish(out, "qwen3_embedding", "Qwen/Qwen3-Embedding-4B")
+    before = (out / "qwen3_embedding" / "config.pbtxt").read_text()
+    refused = run_export_container(export, out, tmp_path)
+    assert refused.returncode == 2 and "already holds another model" in refused.stderr
+    assert "source Qwen/Qwen3-Embedding-4B (asked: Qwen/Qwen3-Embedding-0.6B)" in refused.stderr
+    assert (out / "qwen3_embedding" / "config.pbtxt").read_text() == before
+    publish(out, "qwen3_embedding", "Qwen/Qwen3-Embedding-0.6B", precision="fp32")
+    assert run_export_container(export, out, tmp_path).returncode == 2
 
 
 # ------------------------------------------------------------------------------------------ several models
@@ -1411,22 +1512,16 @@ def test_adding_a_model_makes_a_new_job_that_skips_the_published_ones(tmp_path: 
     values = {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "Qwen/Qwen3-Reranker-0.6B"}}]}
     before, after = only(render({}), "Job"), only(render(values), "Job")
     assert before["metadata"]["name"] != after["metadata"]["name"] and len(after["metadata"]["name"]) <= 63
-    fake = tmp_path / "bin" / "qwen3-embed"
-    fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\necho "ARGS $*"\n')
-    fake.chmod(0o755)
     out = tmp_path / "models" / "v1"
-    (out / "qwen3_embedding").mkdir(parents=True)
-    (out / "qwen3_embedding" / "config.pbtxt").write_text("")
+    publish(out, "qwen3_embedding", "Qwen/Qwen3-Embedding-0.6B")
     ran = {}
     for model, c in export_containers(after).items():
-        env = {**env_of(c), "OUTPUT": str(out), "PATH": f"{fake.parent}:/usr/bin:/bin"}
-        proc = subprocess.run([*c["command"], *c["args"]], env=env, capture_output=True, text=True, timeout=30)
+        proc = run_export_container(c, out, tmp_path)
         assert proc.returncode == 0, proc.stderr
         ran[model] = proc.stdout
-    assert ran["qwen3_reranker"].startswith("ARGS export --model Qwen/Qwen3-Reranker-0.6B")
+    assert ran["qwen3_reranker"].startswith("ARGS export --skip-if-published --model Qwen/Qwen3-Reranker-0.6B")
     assert "--name qwen3_reranker" in ran["qwen3_reranker"]
-    assert "already published" in ran["qwen3_embedding"] and "ARGS" not in ran["qwen3_embedding"]
+    assert "nothing to export" in ran["qwen3_embedding"] and "ARGS" not in ran["qwen3_embedding"]
 
 
 def test_several_models_wait_script_waits_for_each(tmp_path: Path) -> None:

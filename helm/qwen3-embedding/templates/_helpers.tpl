@@ -227,7 +227,8 @@ the export (when the export Job is on) + 10 minutes for image pulls and scheduli
 {{- .Values.progressDeadlineSeconds }}
 {{- else }}
 {{- $s := add (include "qwen3-embedding.startupBudget" . | int) 600 }}
-{{- if .Values.exportJob.enabled }}{{ $s = add $s (int .Values.exportJob.waitSeconds) }}{{ end }}
+{{- if include "qwen3-embedding.exportInPod" . }}{{ $s = add $s (int (default 7200 .Values.exportJob.activeDeadlineSeconds)) }}
+{{- else if .Values.exportJob.enabled }}{{ $s = add $s (int .Values.exportJob.waitSeconds) }}{{ end }}
 {{- $s }}
 {{- end }}
 {{- end }}
@@ -406,4 +407,139 @@ the CPU limit fail the render.
 {{- end -}}
 {{- $_ := set $res "requests" $requests -}}
 {{- toYaml $res -}}
+{{- end }}
+
+{{/*
+Fails unless the cluster serves an optional API kind ("group/version/Kind"): an object of a kind without its CRD
+fails the whole install with "no matches for kind". (dict "root" . "api" <group/version/Kind> "what" <the value
+that asked for it> "hint" <what installs it>). `assumeApiVersions` (or `helm template --api-versions`) states it
+for renders that cannot see the cluster.
+*/}}
+{{- define "qwen3-embedding.requireApi" -}}
+{{- $root := .root }}
+{{- if not (or ($root.Capabilities.APIVersions.Has .api) (has .api (default list $root.Values.assumeApiVersions))) }}
+{{- fail (printf "%s needs the %s API, which this cluster does not serve (install %s), or add %q to assumeApiVersions / pass --api-versions %s to helm template" .what .api .hint .api .api) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Resources with requests equal to limits (Guaranteed QoS, qosGuaranteed): CPU from the request (the share the
+container is sized for), memory from the limit (the bound it must not pass), any other resource (nvidia.com/gpu)
+from the limit. A GPU pod that is Guaranteed is the last the kubelet evicts under memory pressure.
+*/}}
+{{- define "qwen3-embedding.guaranteed" -}}
+{{- $res := deepCopy (default dict .) -}}
+{{- $requests := default dict (get $res "requests") -}}
+{{- $limits := default dict (get $res "limits") -}}
+{{- $cpu := default (get $limits "cpu") (get $requests "cpu") -}}
+{{- $memory := default (get $requests "memory") (get $limits "memory") -}}
+{{- if $cpu }}{{ $_ := set $requests "cpu" $cpu }}{{ $_ := set $limits "cpu" $cpu }}{{ end -}}
+{{- if $memory }}{{ $_ := set $requests "memory" $memory }}{{ $_ := set $limits "memory" $memory }}{{ end -}}
+{{- range $k, $v := $limits }}{{ if and $v (not (has $k (list "cpu" "memory"))) }}{{ $_ := set $requests $k $v }}{{ end }}{{ end -}}
+{{- range $k, $v := $requests }}{{ if not $v }}{{ $_ := unset $requests $k }}{{ end }}{{ end -}}
+{{- range $k, $v := $limits }}{{ if not $v }}{{ $_ := unset $limits $k }}{{ end }}{{ end -}}
+{{- toYaml (dict "requests" $requests "limits" $limits) -}}
+{{- end }}
+
+{{/* Whether the server pod holds a GPU (nvidia.com/gpu or a MIG slice, nvidia.com/mig-*) for its Triton. */}}
+{{- define "qwen3-embedding.gpuPod" -}}
+{{- if include "qwen3-embedding.tritonInPod" . }}
+{{- range $k, $v := (dig "limits" dict (default dict .Values.triton.resources)) }}{{ if and $v (hasPrefix "nvidia.com/" $k) }}true{{ end }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A server-pod container's resources: Guaranteed with qosGuaranteed (default) when the pod holds a GPU, else as
+given (a CPU-only Triton keeps its burstable CPU).
+*/}}
+{{- define "qwen3-embedding.podResources" -}}
+{{- if and .root.Values.qosGuaranteed (include "qwen3-embedding.gpuPod" .root) }}
+{{- include "qwen3-embedding.guaranteed" .resources }}
+{{- else }}
+{{- toYaml .resources }}
+{{- end }}
+{{- end }}
+
+{{/*
+The model volume's claim as the cluster has it, as JSON {"exists", "size", "accessModes"}: lookup (install and
+upgrade against a cluster), else clusterState.modelClaim (helm template, Argo CD and tests, where lookup finds
+nothing).
+*/}}
+{{- define "qwen3-embedding.modelClaim" -}}
+{{- $name := include "qwen3-embedding.claimName" . }}
+{{- $live := lookup "v1" "PersistentVolumeClaim" .Release.Namespace $name }}
+{{- $out := dict "exists" false "size" "" "accessModes" list }}
+{{- if $live }}
+{{- $_ := set $out "exists" true }}
+{{- $_ := set $out "size" (dig "spec" "resources" "requests" "storage" "" $live) }}
+{{- $_ := set $out "accessModes" (dig "spec" "accessModes" list $live) }}
+{{- else if .Values.clusterState.modelClaim }}
+{{- $c := .Values.clusterState.modelClaim }}
+{{- $_ := set $out "exists" true }}
+{{- $_ := set $out "size" (default "" $c.size) }}
+{{- $_ := set $out "accessModes" (default list $c.accessModes) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+The model volume's access modes: the live claim's when it exists (they cannot change), else what the chart will
+create; for an existingClaim nobody stated, ReadWriteOnce (the safe assumption: helm template and Argo CD cannot
+look it up).
+*/}}
+{{- define "qwen3-embedding.accessModes" -}}
+{{- $claim := include "qwen3-embedding.modelClaim" . | fromJson }}
+{{- if $claim.exists }}
+{{- toJson $claim.accessModes }}
+{{- else if .Values.modelRepository.existingClaim }}
+{{- toJson (list "ReadWriteOnce") }}
+{{- else }}
+{{- toJson .Values.modelRepository.persistence.accessModes }}
+{{- end }}
+{{- end }}
+
+{{/* Whether pods on several nodes can mount the model volume at once. */}}
+{{- define "qwen3-embedding.sharedVolume" -}}
+{{- $modes := include "qwen3-embedding.accessModes" . | fromJsonArray }}
+{{- if and (or (has "ReadWriteMany" $modes) (has "ReadOnlyMany" $modes)) (not (has "ReadWriteOncePod" $modes)) }}true{{ end }}
+{{- end }}
+
+{{/*
+The export runs in the server pod (init containers on the pod's own GPU) instead of a Job: exportJob.device=gpu.
+A Job beside the server would need a second GPU on the node, which one-GPU nodes do not have.
+*/}}
+{{- define "qwen3-embedding.exportInPod" -}}
+{{- if and .Values.exportJob.enabled (eq .Values.exportJob.device "gpu") }}true{{ end }}
+{{- end }}
+
+{{/*
+A Triton probe: an httpGet on Triton's HTTP port becomes an exec that asks Triton over the pod's loopback (Triton's
+HTTP listens on 127.0.0.1 only, out of reach of other pods and of the kubelet's own HTTP probes), with bash's
+/dev/tcp (the NGC image has bash, not always curl). Any other handler is kept.
+*/}}
+{{- define "qwen3-embedding.tritonProbe" -}}
+{{- $probe := deepCopy .probe }}
+{{- if hasKey $probe "httpGet" }}
+{{- $path := default "/v2/health/ready" $probe.httpGet.path }}
+{{- $port := int .root.Values.triton.httpPort }}
+{{- $script := printf "exec 3<>/dev/tcp/127.0.0.1/%d && printf 'GET %s HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '" $port $path }}
+{{- $_ := unset $probe "httpGet" }}
+{{- $_ := set $probe "exec" (dict "command" (list "/bin/bash" "-c" $script)) }}
+{{- end }}
+{{- toYaml $probe }}
+{{- end }}
+
+{{/*
+A served name that names another Qwen3 model than the export source (e.g. Qwen3-Embedding-8B over a 4B export)
+fails the render; the facade refuses it at start too (service/model_identity.py). "" when they agree.
+*/}}
+{{- define "qwen3-embedding.servedNameClash" -}}
+{{- $re := "(?i)qwen3-(embedding|reranker)-[0-9.]+b" }}
+{{- $served := toString .Values.model.servedName }}
+{{- $source := toString .Values.exportJob.model }}
+{{- if and $served .Values.exportJob.enabled (regexMatch $re $served) (regexMatch $re $source) }}
+{{- $a := regexFind $re $served | lower }}
+{{- $b := regexFind $re $source | lower }}
+{{- if ne $a $b }}model.servedName {{ $served }} names another model than the export source exportJob.model {{ $source }}{{ end }}
+{{- end }}
 {{- end }}

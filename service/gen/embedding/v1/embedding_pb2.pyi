@@ -159,7 +159,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelDescription(_message.Message):
-    __slots__ = ("name", "kind", "source_model", "is_default", "max_input_tokens", "max_batch_inputs", "precision", "backend", "length_buckets", "dimensions", "min_dimensions", "prompt_names")
+    __slots__ = ("name", "kind", "source_model", "is_default", "max_input_tokens", "max_batch_inputs", "precision", "backend", "length_buckets", "dimensions", "min_dimensions", "prompt_names", "source_revision")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SOURCE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +172,7 @@ class ModelDescription(_message.Message):
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     MIN_DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_REVISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: ModelKind
     source_model: str
@@ -184,10 +185,11 @@ class ModelDescription(_message.Message):
     dimensions: int
     min_dimensions: int
     prompt_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., source_model: _Optional[str] = ..., is_default: _Optional[bool] = ..., max_input_tokens: _Optional[int] = ..., max_batch_inputs: _Optional[int] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ..., length_buckets: _Optional[_Iterable[int]] = ..., dimensions: _Optional[int] = ..., min_dimensions: _Optional[int] = ..., prompt_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    source_revision: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., source_model: _Optional[str] = ..., is_default: _Optional[bool] = ..., max_input_tokens: _Optional[int] = ..., max_batch_inputs: _Optional[int] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ..., length_buckets: _Optional[_Iterable[int]] = ..., dimensions: _Optional[int] = ..., min_dimensions: _Optional[int] = ..., prompt_names: _Optional[_Iterable[str]] = ..., source_revision: _Optional[str] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("model", "source_model", "dimensions", "min_dimensions", "max_input_tokens", "max_batch_inputs", "prompt_names", "precision", "backend", "service_version", "length_buckets", "models")
+    __slots__ = ("model", "source_model", "dimensions", "min_dimensions", "max_input_tokens", "max_batch_inputs", "prompt_names", "precision", "backend", "service_version", "length_buckets", "models", "source_revision")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +202,7 @@ class GetInfoResponse(_message.Message):
     SERVICE_VERSION_FIELD_NUMBER: _ClassVar[int]
     LENGTH_BUCKETS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_REVISION_FIELD_NUMBER: _ClassVar[int]
     model: str
     source_model: str
     dimensions: int
@@ -212,7 +215,8 @@ class GetInfoResponse(_message.Message):
     service_version: str
     length_buckets: _containers.RepeatedScalarFieldContainer[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelDescription]
-    def __init__(self, model: _Optional[str] = ..., source_model: _Optional[str] = ..., dimensions: _Optional[int] = ..., min_dimensions: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_batch_inputs: _Optional[int] = ..., prompt_names: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ..., service_version: _Optional[str] = ..., length_buckets: _Optional[_Iterable[int]] = ..., models: _Optional[_Iterable[_Union[ModelDescription, _Mapping]]] = ...) -> None: ...
+    source_revision: str
+    def __init__(self, model: _Optional[str] = ..., source_model: _Optional[str] = ..., dimensions: _Optional[int] = ..., min_dimensions: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_batch_inputs: _Optional[int] = ..., prompt_names: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ..., service_version: _Optional[str] = ..., length_buckets: _Optional[_Iterable[int]] = ..., models: _Optional[_Iterable[_Union[ModelDescription, _Mapping]]] = ..., source_revision: _Optional[str] = ...) -> None: ...
 
 class RerankRequest(_message.Message):
     __slots__ = ("query", "documents", "instruction", "top_n", "return_documents", "truncate", "raw_scores", "model", "request_id")
