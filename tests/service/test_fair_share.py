@@ -9,7 +9,8 @@ import re
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,75 @@ def triton_calls(base_url: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+@dataclass
+class Side:
+    """What one side-by-side run measured."""
+
+    slice_s: float  # one full Triton call (TEST_MAX_BATCH sequences of the longest bucket) alone, median of 3
+    alone_s: float  # the short request alone, median of 3
+    big_s: float  # the maximal request, short one beside it
+    short_s: float  # the short request, sent once the maximal one's calls are running
+    short_first: bool  # the short request finished before the maximal one
+    big: Any
+    short: Any
+
+    def report(self, what: str) -> None:
+        bound = self.bound_s
+        print(
+            f"\n{what}: slice (one {TEST_MAX_BATCH}x{TEST_MAX_TOKENS} call alone) {self.slice_s * 1000:.0f} ms; "
+            f"short alone {self.alone_s * 1000:.0f} ms; maximal request ({MAX_INPUTS} x {TEST_MAX_TOKENS} tokens, "
+            f"{MAX_INPUTS // TEST_MAX_BATCH} calls) {self.big_s * 1000:.0f} ms; short beside it "
+            f"{self.short_s * 1000:.0f} ms; bound (calls in flight + 1) x slice + alone = {bound * 1000:.0f} ms"
+        )
+
+    @property
+    def bound_s(self) -> float:
+        return (IN_FLIGHT + 1) * self.slice_s + self.alone_s
+
+
+def side_by_side(
+    base_url: str, slice_call: Callable[[], Any], big: Callable[[], Any], short: Callable[[], Any]
+) -> Side:
+    def timed(call: Callable[[], Any]) -> tuple[Any, float]:
+        start = time.perf_counter()
+        result = call()
+        return result, time.perf_counter() - start
+
+    timed(short)  # warm
+    slice_s = statistics.median(timed(slice_call)[1] for _ in range(3))
+    alone_s = statistics.median(timed(short)[1] for _ in range(3))
+    done: dict[str, float] = {}
+    results: dict[str, Any] = {}
+
+    def run_big() -> None:
+        results["big"], _ = timed(big)
+        done["big"] = time.perf_counter()
+
+    before = triton_calls(base_url)
+    big_thread = threading.Thread(target=run_big)
+    big_started = time.perf_counter()
+    big_thread.start()
+    # The short request arrives once the big one's calls are running (a call is counted when it returns: by
+    # then the rest of the big request's chunks are queued).
+    deadline = time.monotonic() + 120
+    while triton_calls(base_url) <= before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "big" not in done, "the big request finished before the short one was sent: raise MAX_INPUTS"
+    results["short"], short_s = timed(short)
+    done["short"] = time.perf_counter()
+    big_thread.join(300)
+    assert "big" in done, "the maximal request did not finish"
+    return Side(
+        slice_s, alone_s, done["big"] - big_started, short_s, done["short"] < done["big"], results["big"],
+        results["short"],
+    )  # fmt: skip
+
+
+def assert_bounded(side: Side) -> None:
+    assert side.short_first, "the short request waited for the whole maximal request"
+    assert side.short_s <= MARGIN * side.bound_s, f"short request took {side.short_s:.2f} s, bound {side.bound_s:.2f} s"
+
+
 def test_a_maximal_request_delays_a_short_one_by_about_one_call(
     fair: Facade, dev_model_dir: Path, reference: Any
 ) -> None:
@@ -95,52 +165,62 @@ def test_a_maximal_request_delays_a_short_one_by_about_one_call(
     with grpc.insecure_channel(fair.target, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
         stub = fair.stub(channel)
 
-        def embed(inputs: list[str]) -> tuple[pb.EmbedResponse, float]:
-            start = time.perf_counter()
-            response = stub.Embed(pb.EmbedRequest(inputs=inputs), timeout=300)
-            return response, time.perf_counter() - start
+        def embed(inputs: list[str]) -> Callable[[], pb.EmbedResponse]:
+            return lambda: stub.Embed(pb.EmbedRequest(inputs=inputs), timeout=300)
 
-        embed(short)  # warm both paths
-        # The slice: one full Triton call (TEST_MAX_BATCH inputs of TEST_MAX_TOKENS tokens) alone, median of 3.
-        slice_s = statistics.median(embed(big_inputs[:TEST_MAX_BATCH])[1] for _ in range(3))
-        alone_s = statistics.median(embed(short)[1] for _ in range(3))
-
-        done: dict[str, float] = {}
-        results: dict[str, pb.EmbedResponse] = {}
-
-        def run_big() -> None:
-            results["big"], _ = embed(big_inputs)
-            done["big"] = time.perf_counter()
-
-        before = triton_calls(fair.base_url)
-        big_thread = threading.Thread(target=run_big)
-        big_started = time.perf_counter()
-        big_thread.start()
-        # The short request arrives once the big one's calls are running (its first call is counted when it
-        # returns: by then the rest of its chunks are queued).
-        deadline = time.monotonic() + 120
-        while triton_calls(fair.base_url) <= before and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert "big" not in done, "the big request finished before the short one was sent: raise MAX_INPUTS"
-        results["short"], short_s = embed(short)
-        done["short"] = time.perf_counter()
-        big_thread.join(300)
-        big_s = done["big"] - big_started
-
-    bound_s = (IN_FLIGHT + 1) * slice_s + alone_s
-    print(
-        f"\nslice (one {TEST_MAX_BATCH}x{TEST_MAX_TOKENS} call alone) {slice_s * 1000:.0f} ms; short alone "
-        f"{alone_s * 1000:.0f} ms; maximal request ({MAX_INPUTS}x{TEST_MAX_TOKENS} tokens, "
-        f"{MAX_INPUTS // TEST_MAX_BATCH} calls) {big_s * 1000:.0f} ms; short beside it {short_s * 1000:.0f} ms; "
-        f"bound (in-flight calls + 1) x slice + alone = {bound_s * 1000:.0f} ms"
-    )
-    assert done["short"] < done["big"], "the short request waited for the whole maximal request"
-    assert short_s <= MARGIN * bound_s, f"short request took {short_s:.2f} s, bound {bound_s:.2f} s"
+        side = side_by_side(fair.base_url, embed(big_inputs[:TEST_MAX_BATCH]), embed(big_inputs), embed(short))
+    side.report("embed")
+    assert_bounded(side)
 
     # Both answered correctly, every row its own request's: against the reference.
     ref = reference.encode(distinct + short)
-    big_vectors = vectors(results["big"])
+    big_vectors = vectors(side.big)
     assert big_vectors.shape[0] == MAX_INPUTS
     for i, row in enumerate(big_vectors):
         assert cosine(row, ref[i % len(distinct)]) >= 0.99999, f"big request row {i}"
-    assert cosine(vectors(results["short"])[0], ref[-1]) >= 0.99999
+    assert cosine(vectors(side.short)[0], ref[-1]) >= 0.99999
+
+
+def test_a_maximal_rerank_delays_a_short_one_by_about_one_call(fair: Facade, dev_reranker_dir: Path) -> None:
+    """Rerank amplifies (the query is in every document's sequence: a few KB of body, about
+    MAX_INPUTS x TEST_MAX_TOKENS tokens of Triton work); its calls take turns the same way."""
+    from tests.service.test_rerank_api import Reference
+
+    reference = Reference(dev_reranker_dir, TEST_MAX_TOKENS)
+    query = long_texts(dev_reranker_dir, 1)[0]
+    words = query.split()
+    # A query that leaves room for a short document, so every sequence lands in the longest bucket (past 432).
+    documents = [f"document {i % 4}: {WORDS[i % 4]}" for i in range(MAX_INPUTS)]
+    for keep in range(len(words), 0, -1):
+        query = " ".join(words[:keep])
+        lengths = [reference.untruncated_length("", query, d) for d in documents[:4]]
+        if max(lengths) <= TEST_MAX_TOKENS - 16:
+            break
+    assert min(lengths) > 440, lengths
+    short_query, short_docs = "capital of France?", ["Paris is the capital of France.", "Bananas are yellow."]
+    with grpc.insecure_channel(fair.target) as channel:
+        stub = fair.stub(channel)
+
+        def rerank(q: str, docs: list[str]) -> Callable[[], pb.RerankResponse]:
+            return lambda: stub.Rerank(pb.RerankRequest(query=q, documents=docs), timeout=300)
+
+        side = side_by_side(
+            fair.base_url, rerank(query, documents[:TEST_MAX_BATCH]), rerank(query, documents),
+            rerank(short_query, short_docs),
+        )  # fmt: skip
+    side.report("rerank")
+    assert_bounded(side)
+
+    def by_index(response: pb.RerankResponse) -> list[float]:
+        scores = [0.0] * len(response.results)
+        for r in response.results:
+            scores[r.index] = r.score
+        return scores
+
+    big_want = reference.scores("", query, documents[:4])
+    big_got = by_index(side.big)
+    assert len(big_got) == MAX_INPUTS
+    for i, score in enumerate(big_got):
+        assert abs(score - big_want[i % 4]) <= 1e-5, f"big rerank document {i}"
+    short_want = reference.scores("", short_query, short_docs)
+    assert max(abs(a - b) for a, b in zip(by_index(side.short), short_want, strict=True)) <= 1e-5

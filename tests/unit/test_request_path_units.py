@@ -133,6 +133,31 @@ def test_head_ids_equal_the_full_tokenization(tokenizer: TextTokenizer, seed: in
             assert head == full[:cap]
 
 
+def test_run_model_shares_the_model_between_requests(tokenizer: TextTokenizer) -> None:
+    """The Embedder (and the Reranker: ServedModel.run_model is theirs alike) sends a request's chunks under
+    one owner: a short request started after a big one's chunks are queued finishes first."""
+    embedder = make_embedder(tokenizer, FakeBackend(16, delay_s=0.02), max_calls_in_flight=1)
+    long_text = "word " * 60  # bucket 64 with the budget 64: one row per call
+    big = EmbedParams(texts=(long_text,) * 8)
+    short = EmbedParams(texts=("hi",))
+    finished: list[str] = []
+
+    async def run(name: str, params: EmbedParams) -> None:
+        await embedder.embed(params, time.monotonic() + 30)
+        finished.append(name)
+
+    async def both() -> None:
+        big_task = asyncio.create_task(run("big", big))
+        await asyncio.sleep(0.03)  # the big one's first call is out, its other 7 chunks wait
+        await run("short", short)
+        await big_task
+
+    asyncio.run(both())
+    assert finished == ["short", "big"]
+    assert len(embedder.backend.calls) == 9  # type: ignore[attr-defined]
+    embedder.close()
+
+
 # Pieces for tail-window texts: cuts land next to each of them (marks that NFC joins, Hangul jamo that compose,
 # added tokens, line breaks after punctuation, digits of other scripts, contractions, wide spaces).
 TAIL_PIECES = [
