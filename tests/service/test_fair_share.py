@@ -1,6 +1,6 @@
 """One valid request cannot monopolise a model: a maximal request's Triton calls take turns with a short
 request's, so the short one waits for about one call (the slice), not for the whole big request. Real facade
-(its request limits lowered so that a maximal request is 16 full Triton calls), the session's real Triton,
+(its request limits lowered so that a maximal request is 32 full Triton calls), the session's real Triton,
 vectors compared with the reference. Figures: docs/reliability.md, "Fair share between requests"."""
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from tests.helpers import Facade, cosine, vectors
 
 # A maximal request under this facade's limits: MAX_INPUTS inputs of TEST_MAX_TOKENS tokens (the export's
 # longest input) = MAX_INPUTS / TEST_MAX_BATCH full Triton calls of TEST_MAX_BATCH x TEST_MAX_TOKENS tokens.
-MAX_INPUTS = 16 * TEST_MAX_BATCH
+MAX_INPUTS = 32 * TEST_MAX_BATCH
 CALL_TOKENS = TEST_MAX_BATCH * TEST_MAX_TOKENS
 IN_FLIGHT = 2  # the default triton_calls_in_flight
-# Wide: the shared CPUs make every time noisy; the bound checked is a multiple of the measured slice.
-MARGIN = 4.0
+# Wide: the shared CPUs make every time noisy; the bound checked is a multiple of the measured slice. Without
+# the fair share the short request waits for about MAX_INPUTS / TEST_MAX_BATCH / IN_FLIGHT = 16 slices.
+MARGIN = 2.0
 WORDS = [
     "river",
     "stone",
@@ -95,7 +96,7 @@ class Side:
     alone_s: float  # the short request alone, median of 3
     big_s: float  # the maximal request, short one beside it
     short_s: float  # the short request, sent once the maximal one's calls are running
-    short_first: bool  # the short request finished before the maximal one
+    left_s: float  # how long the maximal request still ran after the short one was answered
     big: Any
     short: Any
 
@@ -105,7 +106,8 @@ class Side:
             f"\n{what}: slice (one {TEST_MAX_BATCH}x{TEST_MAX_TOKENS} call alone) {self.slice_s * 1000:.0f} ms; "
             f"short alone {self.alone_s * 1000:.0f} ms; maximal request ({MAX_INPUTS} x {TEST_MAX_TOKENS} tokens, "
             f"{MAX_INPUTS // TEST_MAX_BATCH} calls) {self.big_s * 1000:.0f} ms; short beside it "
-            f"{self.short_s * 1000:.0f} ms; bound (calls in flight + 1) x slice + alone = {bound * 1000:.0f} ms"
+            f"{self.short_s * 1000:.0f} ms, the maximal one ran {self.left_s * 1000:.0f} ms longer; "
+            f"bound (calls in flight + 1) x slice + alone = {bound * 1000:.0f} ms"
         )
 
     @property
@@ -146,13 +148,15 @@ def side_by_side(
     big_thread.join(300)
     assert "big" in done, "the maximal request did not finish"
     return Side(
-        slice_s, alone_s, done["big"] - big_started, short_s, done["short"] < done["big"], results["big"],
+        slice_s, alone_s, done["big"] - big_started, short_s, done["big"] - done["short"], results["big"],
         results["short"],
     )  # fmt: skip
 
 
 def assert_bounded(side: Side) -> None:
-    assert side.short_first, "the short request waited for the whole maximal request"
+    # Answered while the maximal request still had most of its calls to make (first come, first served: at
+    # most its last call or so, as the short one's call went out beside it).
+    assert side.left_s >= 3 * side.slice_s, "the short request waited for (nearly) the whole maximal request"
     assert side.short_s <= MARGIN * side.bound_s, f"short request took {side.short_s:.2f} s, bound {side.bound_s:.2f} s"
 
 
