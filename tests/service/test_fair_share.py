@@ -228,3 +228,22 @@ def test_a_maximal_rerank_delays_a_short_one_by_about_one_call(fair: Facade, dev
         assert abs(score - big_want[i % 4]) <= 1e-5, f"big rerank document {i}"
     short_want = reference.scores("", short_query, short_docs)
     assert max(abs(a - b) for a, b in zip(by_index(side.short), short_want, strict=True)) <= 1e-5
+
+
+def test_truncate_start_of_a_long_text_equals_the_reference(fair: Facade, reference: Any) -> None:
+    """TRUNCATE_START tokenizes only a tail window of a long text (tokenization.tail_ids); the vector equals
+    the reference's: sentence-transformers truncating on the left (the whole text tokenized, the last tokens
+    kept, then the EOS)."""
+    pieces = ["Résumé of 2024: ", "数字 123，中文。", "don't stop\n", "e\u0301t\u00e9 ", "<|endoftext|> ", "🙂 ok; "]
+    texts = ["".join(pieces[(i * 7 + k) % len(pieces)] for i in range(3000 + 500 * k)) for k in range(3)]
+    with grpc.insecure_channel(fair.target) as channel:
+        response = fair.stub(channel).Embed(pb.EmbedRequest(inputs=texts, truncate=pb.TRUNCATE_START), timeout=120)
+    assert response.usage.prompt_tokens == len(texts) * TEST_MAX_TOKENS
+    side, length = reference.tokenizer.truncation_side, reference.max_seq_length
+    try:
+        reference.tokenizer.truncation_side, reference.max_seq_length = "left", TEST_MAX_TOKENS
+        ref = reference.encode(texts)
+    finally:
+        reference.tokenizer.truncation_side, reference.max_seq_length = side, length
+    for got, want in zip(vectors(response), ref, strict=True):
+        assert cosine(got, want) >= 0.99999
