@@ -65,12 +65,28 @@ class Embedder(ServedModel):
             contents.append(list(ids[:-1] if ids[-1] == info.eos_id else ids))
         return contents
 
-    def _text_contents(self, texts: list[str], truncate: Truncate, stop: StopFlag | None) -> list[list[int]]:
+    def _text_contents(
+        self, texts: list[str], truncate: Truncate, stop: StopFlag | None, keep_prefix: int = 0
+    ) -> list[list[int]]:
         """Content ids of templated texts, never tokenizing far past what truncation keeps: with NONE an
-        input is proven too long from a prefix, with END only a prefix is tokenized."""
+        input is proven too long from a prefix, with END only a prefix is tokenized, with START only a tail
+        window (and the `keep_prefix` instruction tokens fit() keeps from the head); a text whose tail cannot
+        be cut safely (tokenization.tail_ids) is tokenized whole."""
         should_stop = stop or never_stop
         cap = self.info.max_input_tokens  # one more than fit() keeps before EOS: enough to decide
         contents: list[list[int] | None] = [None] * len(texts)
+        if truncate is Truncate.START:
+            keep = min(keep_prefix, cap - 2)  # as fit() keeps it
+            for i, text in enumerate(texts):
+                tail = self.tokenizer.tail_ids(text, cap, should_stop)
+                if tail is None:
+                    continue
+                head = self.tokenizer.head_ids(text, keep, should_stop) if keep > 0 else []
+                if head is None:
+                    continue
+                # Longer than the limit (the tail alone is cap tokens), so fit() cuts it to exactly the whole
+                # text's first `keep` and last tokens: the same ids as tokenizing it whole.
+                contents[i] = [*head[:keep], *tail]
         if truncate is not Truncate.START:
             for i, text in enumerate(texts):
                 if truncate is Truncate.NONE and self.tokenizer.surely_longer_than(text, cap):
@@ -107,8 +123,8 @@ class Embedder(ServedModel):
                 check_unicode(text, f"input {i}", "input")
             check_unicode(params.instruction, "instruction", "instruction")
             prefix = resolve_prefix(params.instruction, params.prompt_name, info.prompts)
-            contents = self._text_contents(apply_prefix(prefix, params.texts), params.truncate, stop)
             keep_prefix = self.tokenizer.prefix_length(prefix)
+            contents = self._text_contents(apply_prefix(prefix, params.texts), params.truncate, stop, keep_prefix)
         fitted = [
             fit(c, info.max_input_tokens, params.truncate, info.eos_id, keep_prefix, index=i)
             for i, c in enumerate(contents)

@@ -147,13 +147,17 @@ class ServedModel:
         """Every sequence through the backend (rows of self.out_width values):
         bucketed, split under the token budget and the model's batch size, padded on the model's side, the
         chunks concurrent (and sent with other requests' chunks of their width while the model's calls in
-        flight are at their limit: the coalescer); rows come back in `ids` order. One failed call fails the
+        flight are at their limit: the coalescer, which takes the requests' chunks in turns by padded tokens);
+        rows come back in `ids` order. One failed call fails the
         request (no partial result), reporting its most actionable error."""
         chunks = plan_chunks([len(i) for i in ids], self.buckets, self.token_budget, self.max_rows)
+        # The request's chunks share one owner: the coalescer's fair share is between requests, so a request
+        # of many chunks takes turns with the others instead of going first with all of them.
+        owner = object()
         if len(chunks) == 1 and len(chunks[0].indices) == len(ids):
             # One chunk of every row, in order (plan_chunks keeps a bucket's rows in request order).
             chunk = chunks[0]
-            rows = await self.coalescer.run(chunk.width, [ids[i] for i in chunk.indices], deadline)
+            rows = await self.coalescer.run(chunk.width, [ids[i] for i in chunk.indices], deadline, owner)
             if list(chunk.indices) == list(range(len(ids))):
                 return ModelRun(np.ascontiguousarray(rows, dtype=np.float32), chunks)
             out = np.empty((len(ids), self.out_width), dtype=np.float32)
@@ -163,15 +167,18 @@ class ServedModel:
         try:
             async with asyncio.TaskGroup() as group:
                 for chunk in chunks:
-                    group.create_task(self._run_chunk(chunk, ids, out, deadline))
+                    group.create_task(self._run_chunk(chunk, ids, out, deadline, owner))
         except* ServiceError as errors:
             # The first one that is not a side-effect cancellation.
             first = next((e for e in errors.exceptions if isinstance(e, ServiceError)), None)
             raise (first if first is not None else ServiceError(ErrorKind.INTERNAL, "inference failed")) from None
         return ModelRun(out, chunks)
 
-    async def _run_chunk(self, chunk: Chunk, ids: list[list[int]], out: np.ndarray, deadline: float) -> None:
-        out[list(chunk.indices)] = await self.coalescer.run(chunk.width, [ids[i] for i in chunk.indices], deadline)
+    async def _run_chunk(
+        self, chunk: Chunk, ids: list[list[int]], out: np.ndarray, deadline: float, owner: object
+    ) -> None:
+        rows = await self.coalescer.run(chunk.width, [ids[i] for i in chunk.indices], deadline, owner)
+        out[list(chunk.indices)] = rows
 
     async def _call(self, width: int, sequences: list[Sequence[int]], timeout_s: float) -> np.ndarray:
         """One backend call (the coalescer's): `sequences` padded to `width`, on the side the exported graph

@@ -6,7 +6,9 @@ table on the GPU.
 
 Cost bound: a text is never tokenized much beyond what the request can use. When only the first `cap`
 tokens matter (truncation at the end, or proving an input too long), a growing prefix of the text is
-encoded instead of all of it (`head_ids`), so a 10 MB input costs about as much as a 50 kB one.
+encoded instead of all of it (`head_ids`), so a 10 MB input costs about as much as a 50 kB one. When only the
+last `cap` tokens matter (truncation at the start), a growing tail window is encoded instead, cut where the
+tokenizer is sure to split whatever came before (`tail_ids`); a text without such a place is tokenized whole.
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ HEAD_MARGIN = 16
 HEAD_UNSTABLE_WORDS = 2
 # Characters per encode_batch call: the granularity at which cancellation is noticed.
 BATCH_CHARS = 256 * 1024
+# How far into a tail window a safe cut (see _forced_boundary) is looked for before the window grows.
+TAIL_SCAN_CHARS = 4096
+# Characters around a tail cut that the tokenizer's own normalizer and pre-tokenizer check.
+TAIL_CHECK_CHARS = 8
+# The Qwen2/Qwen3 pre-tokenizer regex: the one _forced_boundary's rules are derived from. A tokenizer with any
+# other pre-tokenization (or normalizer, or added-token options) gets no tail windows: its texts are tokenized
+# whole, as the reference does.
+QWEN_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 class Stopped(Exception):
@@ -54,10 +67,34 @@ def never_stop() -> bool:
     return False
 
 
+def forced_boundary(before: str, after: str) -> bool:
+    """Whether QWEN_PATTERN splits between the characters `before` and `after` whatever text came before them
+    (the piece holding `before` always ends there), so that the pieces from `after` on are those of the text
+    from `after` on alone:
+    - after a number character: `\\p{N}` takes exactly one, and no other alternative takes one;
+    - after a letter, before a non-letter: the pieces that hold letters (a contraction, which ends in its
+      letters, or `[^\\r\\n\\p{L}\\p{N}]?\\p{L}+`) stop at the first non-letter;
+    - after punctuation or a symbol, before a space or a tab: only ` ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*` holds
+      it, and it stops at the first whitespace that is not a line break.
+    `after` must be a starter NFC cannot join to `before` (no mark, combining class 0); the caller checks
+    the rest with the tokenizer itself (TextTokenizer._cut_holds)."""
+    category_after = unicodedata.category(after)
+    if category_after[0] == "M" or unicodedata.combining(after):
+        return False
+    kind = unicodedata.category(before)[0]
+    if kind == "N":
+        return True
+    if kind == "L":
+        return category_after[0] != "L"
+    return kind in "PS" and after in " \t"
+
+
 @dataclass
 class TextTokenizer:
     tokenizer: Tokenizer
     _max_token_bytes: int = 0
+    _tail_ok: bool | None = None  # tail windows are exact for this tokenizer (decided on first use)
+    _added: tuple[str, ...] = ()  # the added tokens' texts
 
     def surely_longer_than(self, text: str, max_tokens: int) -> bool:
         """True when `text` has more than max_tokens tokens whatever they are: no token is longer than the
@@ -114,6 +151,97 @@ class TextTokenizer:
                 return encoding.ids[:cap]
             chars *= 4
         return None
+
+    def tail_ids(self, text: str, cap: int, should_stop: Callable[[], bool] = never_stop) -> list[int] | None:
+        """The last `cap` content ids of `text`, exactly as tokenizing all of it would give them, from a tail
+        window; None when the text is short enough to tokenize whole, when no window has a safe cut, or when
+        this tokenizer is not one whose cuts can be proven (the caller then tokenizes it whole).
+
+        Why it is exact: the window starts at a cut where the pre-tokenizer splits whatever came before
+        (forced_boundary, then checked with the tokenizer's own normalizer and pre-tokenizer), no added token
+        spans the cut and NFC joins nothing across it; BPE works inside one split. So every split, and every
+        token, from the cut on is the whole text's. `should_stop` is asked before each encode.
+        """
+        if not self._tail_windows_ok():
+            return None
+        return self._tail(text, cap, should_stop)
+
+    def _tail(self, text: str, cap: int, should_stop: Callable[[], bool]) -> list[int] | None:
+        chars = cap * HEAD_CHARS_PER_TOKEN + 1024
+        while chars < len(text):
+            if should_stop():
+                raise Stopped
+            begin = len(text) - chars
+            cut = self._safe_cut(text, begin, min(begin + TAIL_SCAN_CHARS, len(text)))
+            if cut is not None:
+                ids = self.tokenizer.encode_batch_fast([text[cut:]], add_special_tokens=False)[0].ids
+                if len(ids) >= cap:
+                    return ids[len(ids) - cap :]
+            chars *= 4
+        return None
+
+    def _safe_cut(self, text: str, lo: int, hi: int) -> int | None:
+        """The first position in [lo, hi) where a tail window may start (see tail_ids)."""
+        for q in range(max(lo, 1), hi):
+            if forced_boundary(text[q - 1], text[q]) and self._cut_holds(text, q):
+                return q
+        return None
+
+    def _cut_holds(self, text: str, q: int) -> bool:
+        """The checks forced_boundary leaves to the tokenizer itself: NFC joins nothing across the cut, no
+        added token's text spans it, and the tokenizer's pre-tokenizer splits the normalised text there from
+        each of the TAIL_CHECK_CHARS starts before it (which also catches a character its regex engine
+        classes otherwise than Python's unicodedata)."""
+        pre = self.tokenizer.pre_tokenizer
+        if pre is None:
+            return False
+        # An occurrence inside this slice necessarily spans the cut.
+        if any(a in text[max(0, q - len(a) + 1) : q + len(a) - 1] for a in self._added):
+            return False
+        lo, end = max(0, q - TAIL_CHECK_CHARS), q + TAIL_CHECK_CHARS
+        right = unicodedata.normalize("NFC", text[q:end])
+        if unicodedata.normalize("NFC", text[lo:end]) != unicodedata.normalize("NFC", text[lo:q]) + right:
+            return False
+        for start in range(lo, q):
+            left = unicodedata.normalize("NFC", text[start:q])
+            if all(stop != len(left) for _, (_, stop) in pre.pre_tokenize_str(left + right)):
+                return False
+        return True
+
+    def _tail_windows_ok(self) -> bool:
+        if self._tail_ok is None:
+            self._tail_ok = self._supports_tail_windows()
+        return self._tail_ok
+
+    def _supports_tail_windows(self) -> bool:
+        """Tail windows are proven for the Qwen tokenizers' pipeline only: NFC, the Qwen pattern split then
+        byte-level (no prefix space, no second regex), BPE, added tokens matched as plain text. Then a few
+        probes must agree with whole-text tokenization."""
+        tok = self.tokenizer
+        # The components' own JSON (the whole tokenizer's, vocabulary included, would take a second to parse).
+        if tok.normalizer is not None and json.loads(tok.normalizer.__getstate__()).get("type") != "NFC":
+            return False
+        pre = json.loads(tok.pre_tokenizer.__getstate__()) if tok.pre_tokenizer is not None else {}
+        steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+        expected = [("Split", {"pattern": {"Regex": QWEN_PATTERN}, "behavior": "Isolated", "invert": False})]
+        expected.append(("ByteLevel", {"add_prefix_space": False, "use_regex": False}))
+        if len(steps) != 2 or any(
+            step.get("type") != kind or any(step.get(k) != v for k, v in want.items())
+            for step, (kind, want) in zip(steps, expected, strict=True)
+        ):
+            return False
+        if type(tok.model).__name__ != "BPE":
+            return False
+        added = list(tok.get_added_tokens_decoder().values())
+        if any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in added):
+            return False
+        self._added = tuple(t.content for t in added)
+        probes = ("word " * 900, "数字 123, 中文。" * 300, "a\u0301 b!! \n\n<|endoftext|>x " * 200)
+        for probe in probes:
+            tail = self._tail(probe, 64, never_stop)
+            if tail is None or tail != self.tokenizer.encode(probe, add_special_tokens=False).ids[-64:]:
+                return False
+        return True
 
     def prefix_length(self, prefix: str) -> int:
         """Tokens of the prefix that are stable when text follows it: the last one may merge with the

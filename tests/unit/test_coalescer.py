@@ -237,3 +237,167 @@ async def test_no_limit_means_one_call_per_chunk() -> None:
     for i in range(5):
         backend.release(i)
     assert [(await t)[:, 0].tolist() for t in tasks] == [[i * 100] for i in range(5)]
+
+
+# -- fair share between requests (start-time fair queueing by padded tokens) --
+
+
+def request(co: Coalescer, tag: int, chunks: int, width: int = 16, n: int = 2, deadline: float = 0.0) -> asyncio.Task:
+    """A request of `chunks` chunks of `n` rows each (one owner), as ServedModel.run_model sends it; its rows'
+    first tokens are tag * 100 + chunk * 10 + row."""
+    owner = object()
+    when = deadline or far()
+
+    async def go() -> list[list[float]]:
+        parts = [co.run(width, [[tag * 100 + c * 10 + i] * 3 for i in range(n)], when, owner) for c in range(chunks)]
+        return [r[:, 0].tolist() for r in await asyncio.gather(*parts)]
+
+    return asyncio.create_task(go())
+
+
+def owners_in_order(backend: Backend) -> list[int]:
+    """The request tag of each call, in call order (tests send one request per call here)."""
+    tags = []
+    for _, seqs in backend.calls:
+        found = {s[0] // 100 for s in seqs}
+        assert len(found) == 1, f"a call mixed requests {found}"
+        tags.append(found.pop())
+    return tags
+
+
+async def release_all(backend: Backend, until: int) -> None:
+    """Releases the oldest unreleased call, one at a time, until `until` calls were made and released."""
+    while True:
+        await settle()
+        open_gates = [g for g in backend.gates if not g.done()]
+        if not open_gates:
+            break
+        open_gates[0].set_result(None)
+    assert len(backend.calls) == until, f"{len(backend.calls)} calls were made, {until} expected"
+
+
+async def test_a_short_request_goes_next_not_behind_a_big_one() -> None:
+    """The monopoly case: a big request's chunks all wait; a short request that comes after them goes out
+    with the next free call, not after the big request's last chunk."""
+    backend = Backend()
+    # max_rows 2: chunks of one request never merge, each call is one chunk.
+    co = Coalescer(backend, max_in_flight=1, token_budget=32, max_rows=2)
+    big = request(co, 1, chunks=8)
+    await settle()
+    assert len(backend.calls) == 1 and co.waiting == 7
+    short = request(co, 2, chunks=1)
+    await settle()
+    backend.release(0)
+    await settle()
+    assert owners_in_order(backend) == [1, 2]  # the short one is the next call
+    await release_all(backend, 9)
+    assert await short == [[200, 201]]
+    assert await big == [[100 + c * 10, 101 + c * 10] for c in range(8)]
+
+
+async def test_big_requests_take_turns_by_padded_tokens() -> None:
+    backend = Backend()
+    co = Coalescer(backend, max_in_flight=1, token_budget=64, max_rows=2)
+    blocker = request(co, 9, chunks=1)
+    await settle()
+    a = request(co, 1, chunks=4, width=16)  # 32 padded tokens a chunk
+    await settle()
+    b = request(co, 2, chunks=4, width=32)  # 64 padded tokens a chunk: twice a's
+    await settle()
+    await release_all(backend, 9)
+    # After the blocker: a's chunks start at 0, 32, 64, 96; b's at 0, 64, 128, 192 (ties: arrival order).
+    assert owners_in_order(backend) == [9, 1, 2, 1, 1, 2, 1, 2, 2]
+    assert len(await a) == 4 and len(await b) == 4
+    await blocker
+
+
+async def test_a_request_that_arrives_late_does_not_pay_for_others_past() -> None:
+    """Virtual time moves with the calls sent: a request arriving after a big one has run a while starts
+    level with the big one's next chunk, not at zero (which would starve the big one) nor behind all of it."""
+    backend = Backend()
+    co = Coalescer(backend, max_in_flight=1, token_budget=32, max_rows=2)
+    big = request(co, 1, chunks=6)
+    await settle()
+    backend.release(0)
+    await settle()
+    backend.release(1)
+    await settle()
+    late = [request(co, 2, chunks=2), request(co, 3, chunks=2)]
+    await settle()
+    await release_all(backend, 10)
+    order = owners_in_order(backend)
+    assert order[:3] == [1, 1, 1]  # two released, the third was sent when the second returned
+    assert order[3:] == [2, 3, 1, 2, 3, 1, 1]
+    await asyncio.gather(big, *late)
+
+
+async def test_cancelling_a_request_drops_all_its_waiting_chunks() -> None:
+    backend = Backend()
+    co = Coalescer(backend, max_in_flight=1, token_budget=32, max_rows=2)
+    big = request(co, 1, chunks=5)
+    await settle()
+    short = request(co, 2, chunks=1)
+    await settle()
+    assert co.waiting == 5
+    big.cancel()
+    await settle()
+    # The sent call had only the big request's rows: cancelled too; its 4 waiting chunks are gone.
+    assert co.waiting == 0 and backend.cancelled == 1
+    assert owners_in_order(backend) == [1, 2]
+    backend.release(1)
+    assert await short == [[200, 201]]
+    assert len(backend.calls) == 2
+
+
+async def test_chunks_past_their_deadline_are_dropped_unsent_whatever_their_width() -> None:
+    backend = Backend()
+    co = Coalescer(backend, max_in_flight=1, token_budget=1024, max_rows=32)
+    first = request(co, 1, chunks=1)
+    await settle()
+    late = request(co, 2, chunks=3, width=32, deadline=time.monotonic() + 0.05)
+    stays = request(co, 3, chunks=1, width=16)
+    await settle()
+    await asyncio.sleep(0.1)
+    backend.release(0)
+    with pytest.raises(ServiceError) as expired:
+        await late
+    assert expired.value.kind is ErrorKind.DEADLINE_EXCEEDED
+    await settle()
+    assert owners_in_order(backend) == [1, 3] and co.waiting == 0 and co.dropped >= 1
+    backend.release(1)
+    assert await stays == [[300, 301]]
+    await first
+
+
+async def test_every_request_gets_exactly_its_own_rows_under_random_load() -> None:
+    """Many requests of random sizes and widths, calls merging chunks across requests, random release
+    order: every result row is its own request's (tags), in order; no call mixes widths or passes the
+    budget or the batch size."""
+    import random
+
+    rng = random.Random(24)
+    for _ in range(20):
+        backend = Backend()
+        budget, max_rows = 128, 6
+        co = Coalescer(backend, max_in_flight=rng.randint(1, 3), token_budget=budget, max_rows=max_rows)
+        expected: dict[int, list[list[int]]] = {}
+        tasks: dict[int, asyncio.Task] = {}
+        for tag in range(1, 9):
+            width = rng.choice([8, 16, 32])
+            chunks, n = rng.randint(1, 4), rng.randint(1, min(max_rows, budget // width))
+            expected[tag] = [[tag * 100 + c * 10 + i for i in range(n)] for c in range(chunks)]
+            tasks[tag] = request(co, tag, chunks=chunks, width=width, n=n)
+            if rng.random() < 0.5:
+                await settle()
+        while True:
+            await settle()
+            if all(t.done() for t in tasks.values()):
+                break
+            open_gates = [g for g in backend.gates if not g.done()]
+            assert open_gates, "work waits but no call is in flight"
+            rng.choice(open_gates).set_result(None)
+        for width, seqs in backend.calls:
+            assert all(len(s) == 3 for s in seqs)
+            assert len(seqs) <= max_rows and len(seqs) * width <= budget
+        for tag, task in tasks.items():
+            assert await task == expected[tag]

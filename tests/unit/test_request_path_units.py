@@ -22,7 +22,8 @@ from service.model_info import ModelInfo
 from service.pipeline.embedder import Embedder
 from service.pipeline.errors import ErrorKind, ServiceError
 from service.pipeline.params import EmbedParams, Truncate
-from service.pipeline.tokenization import TextTokenizer, load_tokenizer
+from service.pipeline.tokenization import StopFlag, Stopped, TextTokenizer, load_tokenizer
+from service.pipeline.truncation import fit
 
 EOS = 151643
 
@@ -130,6 +131,150 @@ def test_head_ids_equal_the_full_tokenization(tokenizer: TextTokenizer, seed: in
         full = tokenizer.content_ids([text])[0]
         if head is not None:
             assert head == full[:cap]
+
+
+def test_run_model_shares_the_model_between_requests(tokenizer: TextTokenizer) -> None:
+    """The Embedder (and the Reranker: ServedModel.run_model is theirs alike) sends a request's chunks under
+    one owner: a short request started after a big one's chunks are queued finishes first."""
+    embedder = make_embedder(tokenizer, FakeBackend(16, delay_s=0.02), max_calls_in_flight=1)
+    long_text = "word " * 60  # bucket 64 with the budget 64: one row per call
+    big = EmbedParams(texts=(long_text,) * 8)
+    short = EmbedParams(texts=("hi",))
+    finished: list[str] = []
+
+    async def run(name: str, params: EmbedParams) -> None:
+        await embedder.embed(params, time.monotonic() + 30)
+        finished.append(name)
+
+    async def both() -> None:
+        big_task = asyncio.create_task(run("big", big))
+        await asyncio.sleep(0.03)  # the big one's first call is out, its other 7 chunks wait
+        await run("short", short)
+        await big_task
+
+    asyncio.run(both())
+    assert finished == ["short", "big"]
+    assert len(embedder.backend.calls) == 9  # type: ignore[attr-defined]
+    embedder.close()
+
+
+# Pieces for tail-window texts: cuts land next to each of them (marks that NFC joins, Hangul jamo that compose,
+# added tokens, line breaks after punctuation, digits of other scripts, contractions, wide spaces).
+TAIL_PIECES = [
+    "hello",
+    " world",
+    "  ",
+    "\n",
+    "\r\n",
+    "中文",
+    "。",
+    "é",
+    "e\u0301",
+    "\u0301",
+    "<|endoftext|>",
+    "<think>",
+    "1234",
+    "!!",
+    "\t",
+    "🙂",
+    "don't",
+    "'S",
+    "Ωμέγα",
+    "\u3000",
+    "...",
+    " \n ",
+    "x",
+    "٣",
+    "ｱ",
+    "\u200d",
+    "ℌ",
+    "\u212b",
+    "\u1100\u1161",
+    "\u11a8",
+    "-",
+    "’",
+    "<|im_start|>",
+    "\x00",
+    "ﬁ",
+]
+
+
+def random_text(rng: random.Random, pieces: list[str], n: int) -> str:
+    weights = [rng.random() ** 3 for _ in pieces]  # skewed mixes: some texts nearly one kind of piece
+    return "".join(rng.choices(pieces, weights, k=n))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tail_ids_equal_the_last_tokens_of_the_full_tokenization(tokenizer: TextTokenizer, seed: int) -> None:
+    """The reference for START truncation is "tokenize the whole text, keep the last N": a tail window must
+    give exactly those ids, whatever the text around its cut, or decline (None)."""
+    rng = random.Random(seed)
+    used = 0
+    for _ in range(30):
+        text = random_text(rng, TAIL_PIECES, rng.randint(1500, 6000))
+        cap = rng.choice([16, 64, 200, 500])
+        tail = tokenizer.tail_ids(text, cap)
+        full = tokenizer.content_ids([text])[0]
+        if tail is not None:
+            used += 1
+            assert tail == full[-cap:], f"seed {seed}: tail window differs (cap {cap})"
+    assert used >= 15  # windows are really taken on such texts, not declined
+
+
+def test_tail_ids_decline_what_they_cannot_cut(tokenizer: TextTokenizer) -> None:
+    assert tokenizer.tail_ids("short text", 64) is None  # short: tokenized whole
+    assert tokenizer.tail_ids("中文" * 5000, 64) is None  # one pre-token: no safe cut anywhere
+    assert tokenizer.tail_ids("a\u0301" * 5000, 64) is None  # NFC joins every pair
+    stop = StopFlag(time.monotonic() - 1)
+    with pytest.raises(Stopped):
+        tokenizer.tail_ids("word " * 100_000, 64, stop)
+
+
+@pytest.mark.parametrize("prompt", ["", "query"])
+def test_start_truncation_equals_whole_text_then_last_tokens(tokenizer: TextTokenizer, prompt: str) -> None:
+    """tokenize_sync with START (tail windows) against the reference path: the whole templated text
+    tokenized, then fit() keeping the instruction's tokens and the last ones."""
+    embedder = make_embedder(tokenizer, FakeBackend(16))
+    rng = random.Random(7)
+    texts = tuple(random_text(rng, TAIL_PIECES, rng.randint(600, 3000)) for _ in range(8))
+    params = EmbedParams(texts=texts, truncate=Truncate.START, prompt_name=prompt or None)
+    got = embedder.tokenize_sync(params)
+    prefix = embedder.info.prompts[prompt] if prompt else ""
+    keep = tokenizer.prefix_length(prefix)
+    for i, text in enumerate(texts):
+        whole = tokenizer.content_ids([prefix + text])[0]
+        want, cut = fit(whole, embedder.info.max_input_tokens, Truncate.START, EOS, keep)
+        assert got.ids[i] == want and got.truncated[i] == cut
+    embedder.close()
+
+
+def test_a_huge_start_text_costs_a_window_not_its_size(dev_model_dir: Path) -> None:
+    """One 15 MB TRUNCATE_START text: the whole-text tokenization cost about 1.7 GB (issue 24); a tail
+    window costs a few MB. Peak RSS of a fresh process, wide margin."""
+    import subprocess
+    import sys
+
+    script = f"""
+import resource, time
+from service.pipeline.tokenization import StopFlag, Stopped, TextTokenizer, load_tokenizer
+from service.pipeline.truncation import fit
+from service.pipeline.params import EmbedParams, Truncate
+from tests.unit.test_request_path_units import make_embedder, FakeBackend
+tok = TextTokenizer(load_tokenizer(__import__("pathlib").Path({str(dev_model_dir)!r}), 151669))
+embedder = make_embedder(tok, FakeBackend(16))
+text = "The quick brown fox, 42 times. " * 480_000
+embedder.tokenize_sync(EmbedParams(texts=("warm " * 400,), truncate=Truncate.START))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+out = embedder.tokenize_sync(EmbedParams(texts=(text,), truncate=Truncate.START))
+print(len(text), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, time.perf_counter() - start)
+assert out.truncated == [True] and len(out.ids[0]) == 64
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    size, grown_mib, seconds = result.stdout.split()
+    print(f"\n{int(size) / 1e6:.1f} MB START text: peak RSS +{grown_mib} MiB, {float(seconds):.2f} s")
+    assert int(grown_mib) < 300
 
 
 def test_admission_reserves_slots_for_unary_calls() -> None:

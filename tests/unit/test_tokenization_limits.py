@@ -22,3 +22,16 @@ def test_no_eos_added_by_tokenizer(dev_model_dir: Path) -> None:
     tok = TextTokenizer(load_tokenizer(dev_model_dir, 151669))
     assert tok.content_ids(["hello"])[0][-1] != 151643
     assert tok.prefix_length("Instruct: x\nQuery:") >= 1
+
+
+def test_truncate_start_benchmark_runs_and_agrees() -> None:
+    """benchmarks/truncate_start.py (its figures are in docs/reliability.md), on a small text: the tail
+    window and the whole-text tokenization give the same ids."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "benchmarks.truncate_start", "--megabytes", "0.5", "--cap", "512"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("same ids")
+    assert '"mode": "window"' in done.stdout and '"mode": "whole"' in done.stdout
