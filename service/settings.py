@@ -89,6 +89,34 @@ class Settings(BaseSettings):
     default_timeout_s: float = Field(60.0, gt=0, description="Deadline when the client sets none")
     stream_window: int = Field(8, ge=1, description="EmbedStream messages in progress per stream")
 
+    # gRPC calls, each counted from its start (its message may still be arriving); over a bound a call gets
+    # RESOURCE_EXHAUSTED at once (service/api/grpc_limits.py, docs/reliability.md)
+    grpc_max_calls: int = Field(
+        0,
+        ge=0,
+        description="API unary calls (Embed, Tokenize, Rerank, GetInfo) held at once, messages being received "
+        "included; 0 = 2 x max_in_flight + 32",
+    )
+    grpc_max_streams: int = Field(64, ge=1, description="EmbedStream calls open at once")
+    grpc_max_streams_per_connection: int = Field(
+        8,
+        ge=1,
+        description="Open streams (EmbedStream, health Watch, reflection) per client connection; raise it for a "
+        "proxy that carries many clients on one connection",
+    )
+    grpc_max_probe_calls: int = Field(
+        64,
+        ge=1,
+        description="Health and reflection calls at once: a pool of their own, so probes answer whatever the "
+        "API calls and streams hold",
+    )
+    grpc_idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A call whose request message has not arrived, or a stream with no message and none of its "
+        "work in progress, for this long ends with DEADLINE_EXCEEDED",
+    )
+
     # Token-id input (HTTP): off by default. OpenAI clients that tokenize first (LangChain's default) send
     # tiktoken ids, which would embed as Qwen ids: wrong vectors, no error (service/api/token_ids.py).
     allow_token_ids: bool = Field(

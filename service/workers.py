@@ -42,6 +42,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,11 @@ BACKOFF_MAX_S = 30.0
 STOP_MARGIN_S = 10.0
 PR_SET_PDEATHSIG = 1
 READY_METRIC = "qwen3_embed_triton_up"
+# Each worker's event loop touches its heartbeat file this often; one that has not for HUNG_S is hung (a
+# blocked loop, SIGSTOP): it would keep its share of new connections while readiness (the other workers'
+# gauges) stays 200, so the parent kills it and it is replaced like a dead one.
+HEARTBEAT_S = 1.0
+HUNG_S = 15.0
 
 
 def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
@@ -190,6 +196,7 @@ class Worker:
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     failures: int = 0  # deaths since it last stayed up STABLE_S
+    spawned_wall: float = 0.0  # time.time() at the spawn: heartbeats (file mtimes) before it are not its own
 
 
 class WorkerPool:
@@ -272,13 +279,18 @@ class WorkerPool:
             with contextlib.suppress(Exception):
                 await backend.close()
 
-    def _worker_payload(self) -> bytes:
+    def _heartbeat(self, worker: Worker) -> Path:
+        return Path(self.metrics_dir) / f"heartbeat-{worker.index}"  # not *.db: no metrics file
+
+    def _worker_payload(self, worker: Worker) -> bytes:
         """Sent on the worker's stdin (not its environment: it holds the API keys)."""
         values = self.settings.model_dump(mode="json")
         values.update(workers=1, metrics_port=0, grpc_port=self.grpc_port, http_port=self.http_port)
         if self.supervisor is not None:
             values.update(triton_url=self.supervisor.grpc_url, models=self.models)
-        return json.dumps({"settings": values, "parent": os.getpid()}).encode()
+        return json.dumps(
+            {"settings": values, "parent": os.getpid(), "heartbeat": str(self._heartbeat(worker))}
+        ).encode()
 
     async def _spawn(self, worker: Worker) -> None:
         env = dict(os.environ)
@@ -289,7 +301,8 @@ class WorkerPool:
             sys.executable, "-m", "service.workers", stdin=asyncio.subprocess.PIPE, env=env
         )
         assert process.stdin is not None
-        process.stdin.write(self._worker_payload())
+        worker.spawned_wall = time.time()
+        process.stdin.write(self._worker_payload(worker))
         with contextlib.suppress(ConnectionError):
             await process.stdin.drain()
         process.stdin.close()
@@ -306,6 +319,7 @@ class WorkerPool:
         if self.supervisor is not None:
             tasks.append(asyncio.create_task(self.supervisor.run(), name="Triton supervisor"))
         tasks.append(asyncio.create_task(self._log_readiness(), name="readiness log"))
+        tasks.append(asyncio.create_task(self._kill_hung(), name="hung worker watch"))
         for task in tasks:
             task.add_done_callback(self._end_on_failure)
         self.tasks += tasks
@@ -342,6 +356,30 @@ class WorkerPool:
                 return
             self.metrics.worker_restarts.inc()
             await self._spawn(worker)
+
+    async def _kill_hung(self) -> None:
+        """Kills a worker whose heartbeat stopped (judged only once it has beaten since its spawn: imports
+        before its event loop runs take a while); _watch then replaces it."""
+        while not self.stopping:
+            await asyncio.sleep(HEARTBEAT_S)
+            for worker in self.workers:
+                process = worker.process
+                if process is None or process.returncode is not None or self.stopping:
+                    continue
+                try:
+                    beat = self._heartbeat(worker).stat().st_mtime
+                except OSError:
+                    continue
+                silent = time.time() - beat
+                if beat > worker.spawned_wall and silent > HUNG_S:
+                    log.error(
+                        "worker %d (pid %d) has not answered for %.0f s (hung): killing it, it will be replaced",
+                        worker.index,
+                        process.pid,
+                        silent,
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
 
     async def _log_readiness(self) -> None:
         last: bool | None = None
@@ -473,7 +511,23 @@ def worker_main() -> None:
     except OSError as exc:
         log.error("cannot listen for HTTP on %s:%d: %s", settings.host, settings.http_port, exc.strerror or exc)
         raise SystemExit(2) from None
-    asyncio.run(serve_forever(settings, WorkerBinding(sock)))
+    asyncio.run(_beating(serve_forever(settings, WorkerBinding(sock)), Path(payload["heartbeat"])))
+
+
+async def _beating(main: Coroutine[Any, Any, None], heartbeat: Path) -> None:
+    """Runs `main` while touching `heartbeat` from the same event loop: it stops when the loop is stuck."""
+
+    async def beat() -> None:
+        while True:
+            with contextlib.suppress(OSError):
+                heartbeat.touch()
+            await asyncio.sleep(HEARTBEAT_S)
+
+    beating = asyncio.create_task(beat())
+    try:
+        await main
+    finally:
+        beating.cancel()
 
 
 if __name__ == "__main__":

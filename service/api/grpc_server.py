@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.api.auth import AuthInterceptor, KeyChecker
+from service.api.grpc_limits import CallLimiter, CallLimits
 from service.api.grpc_service import SERVICE_NAME, EmbeddingService, method_handlers
 from service.api.reflection_descriptors import reflection_pool
 from service.lifecycle import Lifecycle
@@ -59,10 +60,17 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(pair)
 
 
-def max_concurrent_rpcs(settings: Settings) -> int:
-    """Calls (any method, health included) the server holds at once, so messages being received are
-    bounded too: twice the in-flight capacity leaves room for probes and queued stream messages."""
-    return 2 * settings.max_in_flight + 32
+def call_limits(settings: Settings) -> CallLimits:
+    """The server's call bounds (service/api/grpc_limits.py). API unary calls default to twice the in-flight
+    capacity plus a margin: the calls refused by admission after their message arrived, and those being
+    received, stay bounded."""
+    return CallLimits(
+        unary=settings.grpc_max_calls or 2 * settings.max_in_flight + 32,
+        streams=settings.grpc_max_streams,
+        per_connection=settings.grpc_max_streams_per_connection,
+        probes=settings.grpc_max_probe_calls,
+        idle_s=settings.grpc_idle_timeout_s,
+    )
 
 
 def build_grpc_server(
@@ -94,11 +102,22 @@ def build_grpc_server(
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
+    # After auth (a refused key holds no place), before the worker tag (it wraps the unary handler that the
+    # limiter then serves as a request stream). grpc's maximum_concurrent_rpcs is not used: it counts health
+    # checks in the same pool as idle streams.
+    interceptors.append(
+        CallLimiter(
+            call_limits(settings),
+            SERVICE_NAME,
+            self_timed=("EmbedStream",),
+            on_refused=lambda method: state.metrics.requests.labels(
+                "grpc", method.rsplit("/", 1)[-1], "RESOURCE_EXHAUSTED"
+            ).inc(),
+        )
+    )
     if worker:
         interceptors.append(WorkerPidInterceptor())
-    server = grpc.aio.server(
-        interceptors=interceptors, options=options, maximum_concurrent_rpcs=max_concurrent_rpcs(settings)
-    )
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     server.add_generic_rpc_handlers((method_handlers(EmbeddingService(lifecycle, settings.stream_window)),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

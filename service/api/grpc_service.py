@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
+from service.api.grpc_limits import idle_message
 from service.api.info import info_fields
 from service.api.wire import count_field
 from service.gen.embedding.v1 import embedding_pb2 as pb
@@ -275,11 +277,13 @@ class EmbeddingService:
         """Each message is embedded on its own, at most `stream_window` at a time; a window slot is freed
         when its response has been handed to the transport, so a client that stops reading stops the
         stream's work. Every message read gets one response: its vectors, or `error` set (the stream goes
-        on), matched by request_id."""
+        on), matched by request_id. With no message read and none of its work in progress for
+        grpc_idle_timeout_s, the stream ends with DEADLINE_EXCEEDED."""
         window = asyncio.Semaphore(self.stream_window)
         done: asyncio.Queue[bytes | pb.EmbedResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         started = 0
+        last_read = 0.0
 
         async def one(raw: bytes) -> None:
             rid = ""
@@ -304,9 +308,10 @@ class EmbeddingService:
             done.put_nowait(response)
 
         async def reader() -> None:
-            nonlocal started
+            nonlocal started, last_read
             try:
                 async for raw in raws:
+                    last_read = time.monotonic()
                     await window.acquire()  # backpressure: stop reading while the window is full
                     started += 1
                     task = asyncio.create_task(one(raw))
@@ -317,9 +322,21 @@ class EmbeddingService:
 
         reading = asyncio.create_task(reader())
         answered, input_ended = 0, False
+        idle_s = self.state.settings.grpc_idle_timeout_s
+        active = time.monotonic()  # the last message read or response sent
         try:
             while not (input_ended and answered == started):
-                item = await done.get()
+                if input_ended or answered < started:
+                    item = await done.get()  # work in progress: the stream is not idle
+                else:
+                    # Waiting on the client alone: an open stream that sends nothing ends (grpc_limits.py).
+                    try:
+                        item = await asyncio.wait_for(done.get(), max(0.0, active + idle_s - time.monotonic()))
+                    except TimeoutError:
+                        if last_read > active:
+                            active = last_read
+                            continue
+                        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, idle_message(idle_s, "no message"))
                 if item is None:
                     input_ended = True
                     await asyncio.wait({reading})
@@ -329,6 +346,7 @@ class EmbeddingService:
                 answered += 1
                 yield item
                 window.release()
+                active = time.monotonic()
         finally:
             reading.cancel()
             for task in list(tasks):

@@ -324,12 +324,39 @@ class TritonProcess:
     def stop(self, timeout: float = 15.0) -> None:
         _end_group(self.process, timeout)
 
+    def stub_models(self) -> list[str]:
+        """The model of each live Python-backend stub of this run (none for other backends)."""
+        return python_stubs(self.process.pid)
+
     def kill(self) -> None:
         """Abrupt stop (SIGKILL), as a crash would."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
         _forget(self.process)
+
+
+STUB_NAME = b"triton_python_backend_stub"
+
+
+def python_stubs(group: int) -> list[str]:
+    """The model of each live Python-backend stub in process group `group` (one stub per model instance;
+    tritonserver and its stubs share the guardian's group). Read from /proc: Linux, as Triton itself."""
+    models = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        # The name field may hold spaces or parentheses: the fields after its closing ')' are fixed.
+        state, _ppid, pgrp = stat.rsplit(")", 1)[-1].split()[:3]
+        if int(pgrp) != group or state in ("Z", "X") or not argv[0].endswith(STUB_NAME) or len(argv) < 2:
+            continue
+        models.append(Path(argv[1].decode(errors="replace")).parent.parent.name)  # <repo>/<model>/<ver>/model.py
+    return models
 
 
 def start_triton(

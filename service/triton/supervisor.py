@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ STABLE_S = 60.0
 PROGRESS_S = 15.0
 # How often a starting Triton is asked whether it is ready.
 START_POLL_S = 0.25
+# A Python-backend stub missing this long (Triton does not replace a dead one; its calls fail with
+# "Stub process ... is not healthy" while Triton reports the model ready) restarts Triton.
+STUB_GRACE_S = 3.0
 
 
 class Misconfiguration(RuntimeError):
@@ -118,6 +122,7 @@ class TritonSupervisor:
         self.triton: TritonProcess | None = None
         self.failures = 0  # deaths and failed starts since Triton last stayed up STABLE_S
         self.up_since = 0.0
+        self.stubs: Counter[str] = Counter()  # Python-backend stubs per model once this run was ready
 
     @property
     def grpc_url(self) -> str:
@@ -131,9 +136,11 @@ class TritonSupervisor:
 
     async def run(self) -> None:
         """Watches Triton until cancelled: restarts it when it dies, or when it has been alive but not
-        ready for triton_start_timeout_s (hung). Raises TritonGaveUp."""
+        ready for triton_start_timeout_s (hung), or when a Python-backend stub of a model has died. Raises
+        TritonGaveUp."""
         s = self.settings
         unready_since: float | None = None
+        stubs_lost_since: float | None = None
         while True:
             await asyncio.sleep(s.health_poll_s)
             triton = self.triton
@@ -151,6 +158,13 @@ class TritonSupervisor:
                 self.metrics.triton_failures.set(0)
             if await asyncio.to_thread(triton.is_ready):
                 unready_since = None
+                lost = await asyncio.to_thread(self._lost_stubs, triton)
+                stubs_lost_since = (stubs_lost_since or now) if lost else None
+                if stubs_lost_since is not None and now - stubs_lost_since >= STUB_GRACE_S:
+                    triton.kill()
+                    self._failed(f"Triton's Python-backend stub died ({lost}): calls routed to it would fail")
+                    stubs_lost_since = None
+                    await self._bring_up(restart=True)
                 continue
             unready_since = unready_since or now
             if now - unready_since >= s.triton_start_timeout_s:
@@ -178,6 +192,11 @@ class TritonSupervisor:
                 f"the local Triton failed {self.failures} times in a row (triton_max_restarts={limit}); last: {why}"
             )
         log.error("%s; restarting it on the same ports (failure %d of %d allowed)", why, self.failures, limit)
+
+    def _lost_stubs(self, triton: TritonProcess) -> str:
+        """Models with fewer live stubs than when this run became ready, e.g. 'qwen3_embedding 1 of 2'."""
+        alive = Counter(triton.stub_models())
+        return ", ".join(f"{m} {alive[m]} of {n} alive" for m, n in sorted(self.stubs.items()) if alive[m] < n)
 
     def _backoff(self) -> float:
         """None before the first restart of a series (a one-off crash costs nothing), then doubling."""
@@ -219,6 +238,8 @@ class TritonSupervisor:
                     return _with_errors(f"tritonserver exited at start ({describe_exit(code)})", triton)
                 if await asyncio.to_thread(triton.is_ready):
                     ready = True
+                    # Strict readiness: every instance (stub) is up once the server says ready.
+                    self.stubs = Counter(await asyncio.to_thread(triton.stub_models))
                     log.info("Triton ready at %s in %.1f s", self.grpc_url, time.monotonic() - started)
                     return None
                 waited = time.monotonic() - started

@@ -18,8 +18,10 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2
@@ -27,7 +29,7 @@ from grpc_health.v1 import health_pb2
 from devtools.launch import FacadeProcess, launch_facade
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.triton.runtime import SHM_DIR, free_port
-from tests.helpers import ROOT, health_status, wait_for
+from tests.helpers import ROOT, cosine, health_status, wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -164,6 +166,56 @@ def test_sigkilled_triton_is_restarted_then_repeated_failures_end_the_facade(rep
         print(f"config broken + SIGKILL: facade exited (code 4) after {exited_after:.1f} s")
         took = assert_nothing_left(repo, prefixes)
         print(f"no tritonserver left {took:.1f} s after the exit")
+
+
+def python_stubs_of(repository: Path, model: str) -> list[psutil.Process]:
+    return [
+        p
+        for p in triton_processes(repository)
+        if "triton_python_backend_stub" in p.cmdline()[0] and f"/{model}/" in " ".join(p.cmdline())
+    ]
+
+
+def test_dead_python_backend_stub_makes_health_false_and_triton_is_replaced(
+    repo: Path, tmp_path: Path, reference: Any
+) -> None:
+    """Triton does not replace a dead stub and still reports its model ready: before, the calls routed to
+    it failed with INTERNAL (12 of 24 over 30 s) while health stayed SERVING."""
+    texts = [f"after the stub came back {i}" for i in range(8)]
+    with local_facade(repo, tmp_path) as facade:
+        embed_ok(facade)
+        server = tritonserver(repo)
+        stubs = python_stubs_of(repo, "qwen3_embedding")
+        assert len(stubs) >= 1, triton_processes(repo)
+        killed_at = time.monotonic()
+        stubs[0].send_signal(signal.SIGKILL)
+        wait_for(lambda: health_status(facade.target) == NOT_SERVING, 60, "NOT_SERVING after a stub died")
+        unready_after = time.monotonic() - killed_at
+        assert health_status(facade.target, "liveness") == SERVING
+        wait_for(lambda: health_status(facade.target) == SERVING, 240, "SERVING again")
+        back_after = time.monotonic() - killed_at
+        assert tritonserver(repo).pid != server.pid  # replaced, with every stub
+        assert len(python_stubs_of(repo, "qwen3_embedding")) == len(stubs)
+        codes: dict[str, int] = {}
+        with grpc.insecure_channel(facade.target) as channel:
+            stub = facade.stub(channel)
+            got = []
+            for text in texts:  # one call per text: each instance gets its share
+                try:
+                    response = stub.Embed(pb.EmbedRequest(inputs=[text]), timeout=30)
+                    got.append(np.array(response.embeddings[0].values, dtype=np.float32))
+                    codes["OK"] = codes.get("OK", 0) + 1
+                except grpc.RpcError as exc:
+                    codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
+        assert codes == {"OK": len(texts)}, codes
+        for ours, ref in zip(got, reference.encode(texts), strict=True):
+            assert cosine(ours, ref) >= 0.99999
+        log = facade.log()
+        assert "Python-backend stub died (qwen3_embedding" in log, log[-3000:]
+        print(
+            f"\nSIGKILLed stub: NOT_SERVING after {unready_after:.1f} s, SERVING again after {back_after:.1f} s, "
+            f"then {codes}"
+        )
 
 
 def test_sigkilled_facade_leaves_no_triton(repo: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ leaves no process behind).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -34,6 +35,7 @@ from service.api.grpc_server import WORKER_PID_KEY
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.triton.runtime import free_port
 from service.workers import (
+    HUNG_S,
     METRICS_DIR_PREFIX,
     cgroup_cpu_limit,
     remove_stale_metrics_dirs,
@@ -255,6 +257,48 @@ def test_a_second_facade_cannot_share_the_ports(workers: Workers, facade: Facade
         assert result.returncode == 2, result.stderr
         assert_one_clear_message(result.stderr, f"cannot listen for HTTP on 127.0.0.1:{http_port}")
     assert workers.facade.process.poll() is None and len(workers.worker_pids()) == 2
+
+
+def test_a_hung_worker_is_killed_and_replaced(workers: Workers, model_name: str, reference: object) -> None:
+    """A worker whose event loop stops (SIGSTOP here) kept its share of new connections, unanswered, while
+    readiness stayed 200 (the other worker's gauge): now the parent kills it after HUNG_S without a
+    heartbeat, and replaces it."""
+    before = workers.worker_pids()
+    hung = min(before)
+    os.kill(hung, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        # While it hangs (what used to last for good), as a figure: fresh connections and readiness.
+        during: dict[str, int] = {}
+        for i in range(6):
+            with fresh_channel(workers.facade.target) as channel:
+                try:
+                    workers.facade.stub(channel).Embed(pb.EmbedRequest(inputs=[f"hung {i}"]), timeout=1.5)
+                    during["OK"] = during.get("OK", 0) + 1
+                except grpc.RpcError as exc:
+                    during[exc.code().name] = during.get(exc.code().name, 0) + 1
+        with urllib.request.urlopen(f"{workers.ops_url}/health/ready", timeout=5) as resp:
+            ready_during = resp.status
+        wait_for(lambda: hung not in workers.worker_pids(), HUNG_S + 30, "the hung worker killed")
+        killed_after = time.monotonic() - stopped
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
+    wait_serving(workers, 2, timeout=120)
+    assert len(workers.worker_pids() - before) == 1  # the hung one replaced, the other untouched
+    texts = [f"after the hung worker {i}" for i in range(8)]
+    expected = dict(zip(texts, reference.encode(texts), strict=True))  # type: ignore[attr-defined]
+    for text in texts:  # fresh connections: the kernel spreads them over both workers
+        with fresh_channel(workers.facade.target) as channel:
+            response = workers.facade.stub(channel).Embed(pb.EmbedRequest(inputs=[text]), timeout=20)
+        check(vectors(response), [text], expected)
+    with urllib.request.urlopen(f"{workers.ops_url}/health/ready", timeout=5) as resp:
+        assert resp.status == 200
+    assert "has not answered for" in workers.facade.log()
+    print(
+        f"\nSIGSTOPped worker: while hung 6 fresh calls {during}, /health/ready {ready_during}; killed "
+        f"{killed_after:.1f} s after the stop (HUNG_S {HUNG_S:.0f} s), replaced; then 8/8 calls OK"
+    )
 
 
 def test_worker_count_follows_affinity_and_the_cgroup_quota(tmp_path: Path) -> None:
