@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from service.admission import Admission
+from service.errors import ErrorKind, ServiceError
 from service.models import Models
 from service.pipeline.embedder import Embedder, EmbedResult, Tokenized
-from service.pipeline.errors import ErrorKind, ServiceError
 from service.pipeline.params import EmbedParams, RerankParams
 from service.pipeline.reranker import Reranker, RerankResult
 from service.state import ServiceState

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from service.contract import ModelInfo, ModelKind
-from service.pipeline.errors import ErrorKind, ServiceError
+from service.errors import ErrorKind, ServiceError
 
 if TYPE_CHECKING:
     from service.pipeline.embedder import Embedder

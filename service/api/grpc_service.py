@@ -18,11 +18,11 @@ from google.protobuf.message import DecodeError, Message
 
 from service.api.info import info_fields
 from service.api.wire import count_field
+from service.errors import ErrorKind, ServiceError, invalid
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.lifecycle import Embedded, Lifecycle, Reranked
 from service.models import Models
 from service.pipeline.encoding import pack
-from service.pipeline.errors import ErrorKind, ServiceError, invalid
 from service.pipeline.params import EmbedParams, Encoding, RerankParams, Truncate
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ from service.api.info import info_fields
 from service.api.json_budget import ValueCounter
 from service.api.openai_schema import EmbeddingsRequest, EmbeddingsResponse, ErrorResponse
 from service.api.token_ids import check_token_ids_allowed
+from service.errors import ErrorKind, ServiceError, invalid
 from service.lifecycle import Lifecycle
 from service.models import Models, ServedModel
 from service.pipeline.embedder import Embedder
 from service.pipeline.encoding import float32_base64
-from service.pipeline.errors import ErrorKind, ServiceError, invalid
 from service.pipeline.params import EmbedParams, Truncate
 from service.settings import Settings
 

@@ -14,9 +14,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.http_app import ERROR_RESPONSES, HttpContext, disconnected, parse_json, read_body
+from service.errors import invalid
 from service.lifecycle import Reranked
 from service.models import Models
-from service.pipeline.errors import invalid
 from service.pipeline.params import RerankParams, Truncate
 
 STRICT = ConfigDict(extra="forbid", strict=True)

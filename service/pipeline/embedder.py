@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.pipeline.errors import invalid
+from service.errors import invalid
 from service.pipeline.inference import INLINE_CHARS, ServedModel, Tokenized, check_unicode, resolve_buckets
 from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.postprocess import check_dimensions, finalize

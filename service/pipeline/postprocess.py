@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.pipeline.errors import invalid
+from service.errors import invalid
 
 
 def check_dimensions(dimensions: int, min_dim: int, full_dim: int) -> int:

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from service.contract import ModelInfo
+from service.errors import ErrorKind, ServiceError, invalid
 from service.metrics import Metrics
-from service.model_info import ModelInfo
 from service.pipeline.backend import InferenceBackend
-from service.pipeline.errors import ErrorKind, ServiceError, invalid
 from service.pipeline.inference import ServedModel, Tokenized, check_unicode
 from service.pipeline.params import RerankParams, Truncate
 from service.pipeline.rerank_template import DEFAULT_RERANK_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX

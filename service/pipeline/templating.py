@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from service.pipeline.errors import invalid
+from service.errors import invalid
 
 
 def instruction_prefix(instruction: str) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.errors import ErrorKind, ServiceError
 from service.pipeline.batching import bucket_for, default_buckets, left_pad, plan_chunks
 from service.pipeline.embedder import resolve_buckets
 from service.pipeline.encoding import float32_base64, pack, unpack
-from service.pipeline.errors import ErrorKind, ServiceError
 from service.pipeline.params import Encoding, Truncate
 from service.pipeline.postprocess import check_dimensions, finalize
 from service.pipeline.templating import apply_prefix, instruction_prefix, resolve_prefix

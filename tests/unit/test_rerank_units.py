@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from export.qwen_tokenizer_offline import save_tokenizer
+from service.contract import ModelInfo
+from service.errors import ErrorKind, ServiceError
 from service.metrics import Metrics
-from service.model_info import ModelInfo
-from service.pipeline.errors import ErrorKind, ServiceError
 from service.pipeline.params import RerankParams, Truncate
 from service.pipeline.rerank_template import (
     DEFAULT_RERANK_INSTRUCTION,

@@ -109,7 +109,7 @@ def test_triton_output_is_read_from_the_raw_contents() -> None:
 async def test_grpc_errors_map_as_tritonclient_reported_them() -> None:
     import grpc
 
-    from service.pipeline.errors import ErrorKind
+    from service.errors import ErrorKind
     from service.triton.client import map_triton_error, rpc_exception
 
     def error(code: grpc.StatusCode, details: str) -> grpc.RpcError:
