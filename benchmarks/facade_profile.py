@@ -141,12 +141,13 @@ def _micro_case(n: int, dims: int) -> list[tuple[str, str, float, float]]:
     from tritonclient.grpc import _utils as triton_utils
     from tritonclient.grpc import service_pb2
 
-    from service.api.grpc_service import encode_response, response_from_result
+    from service.api.grpc_service import encode_response
     from service.api.http_app import embeddings_json
     from service.lifecycle import Embedded
     from service.pipeline.embedder import EmbedResult
     from service.pipeline.params import EmbedParams
     from service.triton.client import output_array
+    from tests.oracles import response_from_result
 
     rng = np.random.default_rng(n * dims)
     case = f"{n}x{dims}"

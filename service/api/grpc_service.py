@@ -98,19 +98,6 @@ def _response_fields(embedded: Embedded) -> pb.EmbedResponse:
     )
 
 
-def response_from_result(embedded: Embedded) -> pb.EmbedResponse:
-    """The response as a message (a Python float per value; the handlers send encode_response's bytes)."""
-    params, result = embedded.params, embedded.result
-    response = _response_fields(embedded)
-    if params.encoding is Encoding.FLOAT:
-        response.embeddings.extend(pb.Embedding(index=i, values=row) for i, row in enumerate(result.vectors.tolist()))
-    else:
-        response.embeddings.extend(
-            pb.Embedding(index=i, packed=data) for i, data in enumerate(pack(result.vectors, params.encoding))
-        )
-    return response
-
-
 def _varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
@@ -136,10 +123,10 @@ def _embedding(index: int, tag: bytes, data: bytes) -> bytes:
 
 
 def encode_response(embedded: Embedded) -> bytes:
-    """response_from_result(embedded).SerializeToString(), without a Python float per value: each row's
-    float32 values are copied once into a packed `repeated float` (little-endian, as the wire wants). The
-    embeddings (field 1) come first, then the other fields as protobuf serializes them: byte for byte what
-    the message would serialize to."""
+    """The EmbedResponse's bytes, without a Python float per value: each row's float32 values are copied once
+    into a packed `repeated float` (little-endian, as the wire wants). The embeddings (field 1) come first, then
+    the other fields as protobuf serializes them: byte for byte what the message would serialize to
+    (tests/oracles.py builds that message field by field)."""
     params, result = embedded.params, embedded.result
     if params.encoding is Encoding.FLOAT:
         vectors = np.ascontiguousarray(result.vectors, dtype="<f4")

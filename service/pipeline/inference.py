@@ -13,11 +13,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from service.contract import ModelInfo
+from service.contract import ModelInfo, default_buckets, pad
 from service.errors import ErrorKind, ServiceError, invalid
 from service.metrics import Metrics
 from service.pipeline.backend import InferenceBackend
-from service.pipeline.batching import Chunk, default_buckets, pad, plan_chunks
+from service.pipeline.batching import Chunk, plan_chunks
 from service.pipeline.coalescer import Coalescer
 from service.pipeline.tokenization import StopFlag, Stopped, TextTokenizer
 

@@ -23,13 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from service.contract import ModelInfo
+from service.contract import DEFAULT_RERANK_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX, ModelInfo
 from service.errors import ErrorKind, ServiceError, invalid
 from service.metrics import Metrics
 from service.pipeline.backend import InferenceBackend
 from service.pipeline.inference import ServedModel, Tokenized, check_unicode
 from service.pipeline.params import RerankParams, Truncate
-from service.pipeline.rerank_template import DEFAULT_RERANK_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX
 from service.pipeline.tokenization import StopFlag, TextTokenizer, never_stop
 
 log = logging.getLogger(__name__)

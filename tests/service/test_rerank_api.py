@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from service.client import Client
+from service.contract import RERANK_PREFIX, RERANK_SUFFIX, rerank_body
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
-from service.pipeline.rerank_template import RERANK_PREFIX, RERANK_SUFFIX, rerank_body
 from tests.helpers import ROOT, Facade, cosine
 
 TOLERANCE = 1e-5

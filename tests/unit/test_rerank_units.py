@@ -13,16 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from export.qwen_tokenizer_offline import save_tokenizer
-from service.contract import ModelInfo
-from service.errors import ErrorKind, ServiceError
-from service.metrics import Metrics
-from service.pipeline.params import RerankParams, Truncate
-from service.pipeline.rerank_template import (
+from service.contract import (
     DEFAULT_RERANK_INSTRUCTION,
     RERANK_PREFIX,
     RERANK_SUFFIX,
+    ModelInfo,
     rerank_body,
 )
+from service.errors import ErrorKind, ServiceError
+from service.metrics import Metrics
+from service.pipeline.params import RerankParams, Truncate
 from service.pipeline.reranker import (
     Reranker,
     ranking,

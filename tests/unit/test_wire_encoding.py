@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from service.api.grpc_service import encode_response, response_from_result
+from service.api.grpc_service import encode_response
 from service.api.http_app import embeddings_json
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.lifecycle import Embedded
 from service.pipeline.embedder import EmbedResult
 from service.pipeline.params import EmbedParams, Encoding
+from tests.oracles import response_from_result
 
 
 def embedded(vectors: np.ndarray, encoding: Encoding, request_id: str = "") -> Embedded:
