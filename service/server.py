@@ -19,7 +19,7 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health
 
-from service.api.grpc_server import build_grpc_server, set_serving
+from service.api.grpc.server import build_grpc_server, set_serving
 from service.api.ops_server import OpsServer
 from service.errors import Misconfiguration, StartupFailure
 from service.lifecycle import Lifecycle
@@ -103,7 +103,7 @@ class RunningService:
             raise Misconfiguration(f"cannot set up the gRPC server: {exc}") from None
 
     async def _start_http(self, lifecycle: Lifecycle, worker: WorkerBinding | None) -> None:
-        from service.api.http_server import start_http
+        from service.api.http.server import start_http
 
         s = self.settings
         if worker is None:

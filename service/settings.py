@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     stream_window: int = Field(8, ge=1, description="EmbedStream messages in progress per stream")
 
     # Token-id input (HTTP): off by default. OpenAI clients that tokenize first (LangChain's default) send
-    # tiktoken ids, which would embed as Qwen ids: wrong vectors, no error (service/api/token_ids.py).
+    # tiktoken ids, which would embed as Qwen ids: wrong vectors, no error (service/api/http/token_ids.py).
     allow_token_ids: bool = Field(
         False, description="Accept OpenAI token-id input on the HTTP API (Qwen3 tokenizer ids only)"
     )

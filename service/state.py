@@ -12,9 +12,10 @@ from typing import Any
 from service.contract import ModelInfo, ModelKind
 from service.errors import ErrorKind, Misconfiguration, ServiceError
 from service.metrics import Metrics
-from service.models import Models, ServedModel
+from service.models import Models
 from service.pipeline.backend import ModelServer
 from service.pipeline.embedder import Embedder
+from service.pipeline.inference import ServedModel
 from service.pipeline.tokenization import TextTokenizer, load_tokenizer
 from service.repository import local_model_names
 from service.settings import Settings

@@ -46,7 +46,7 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
-from service.api.http_server import http_backlog, max_http_connections
+from service.api.http.server import http_backlog, max_http_connections
 from service.api.ops_server import OpsServer
 from service.errors import StartupFailure, WorkerMisconfigured, WorkersGaveUp
 from service.logs import configure_logging

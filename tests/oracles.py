@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.api.grpc_service import ENCODING_PB
+from service.api.grpc.servicer import ENCODING_PB
 from service.gen.embedding.v1 import embedding_pb2 as pb
-from service.lifecycle import Embedded
+from service.lifecycle import EmbedOutcome
 from service.pipeline.encoding import pack
 from service.pipeline.params import Encoding
 
 
-def response_from_result(embedded: Embedded) -> pb.EmbedResponse:
+def response_from_result(embedded: EmbedOutcome) -> pb.EmbedResponse:
     """The EmbedResponse as a message built field by field (a Python float per value): the bytes the
     handlers send (encode_response) must equal its SerializeToString()."""
     params, result = embedded.params, embedded.result

@@ -74,7 +74,7 @@ def ranking(raw: np.ndarray, top_n: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class RerankHit:
+class ScoredDocument:
     index: int  # the document's position in the request
     score: float  # sigmoid(yes - no), in [0, 1]
     raw_score: float  # yes - no
@@ -82,7 +82,7 @@ class RerankHit:
 
 @dataclass(frozen=True)
 class RerankResult:
-    hits: list[RerankHit]  # by score descending, top_n applied
+    hits: list[ScoredDocument]  # by score descending, top_n applied
     logits: np.ndarray  # [n, 2] float32 (no, yes), input order
     prompt_tokens: int
     tokenize_ms: float
@@ -263,7 +263,7 @@ class Reranker(ServedModel):
         if not np.isfinite(logits).all():
             raise ServiceError(ErrorKind.INTERNAL, "the model returned non-finite logits")
         scores, raw = scores_from_logits(logits)
-        hits = [RerankHit(i, float(scores[i]), float(raw[i])) for i in ranking(raw, params.top_n)]
+        hits = [ScoredDocument(i, float(scores[i]), float(raw[i])) for i in ranking(raw, params.top_n)]
         self.metrics.rerank_documents.labels(self.info.served_name).observe(params.count)
         self.record(tokenized_at - started, tokenized.token_count, run)
         return RerankResult(

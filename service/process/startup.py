@@ -9,7 +9,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from service.api.grpc_server import server_credentials
+from service.api.grpc.server import server_credentials
 from service.api.ops_server import OpsServer
 from service.errors import Misconfiguration, StartupFailure
 from service.process.exits import exit_for

@@ -30,7 +30,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.launch import FacadeProcess, launch_facade
-from service.api.grpc_server import WORKER_PID_KEY
+from service.api.grpc.server import WORKER_PID_KEY
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.process.cpus import cgroup_cpu_limit, resolve_workers, triton_shares_cpus, usable_cpus
 from service.triton.runtime import free_port

@@ -8,8 +8,8 @@ import pytest
 from service.contract import default_buckets, instruction_prefix, pad
 from service.errors import ErrorKind, ServiceError
 from service.pipeline.batching import bucket_for, plan_chunks
-from service.pipeline.embedder import resolve_buckets
 from service.pipeline.encoding import float32_base64, pack
+from service.pipeline.inference import resolve_buckets
 from service.pipeline.params import Encoding, Truncate
 from service.pipeline.postprocess import check_dimensions, finalize
 from service.pipeline.templating import apply_prefix, resolve_prefix
