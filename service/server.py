@@ -21,7 +21,7 @@ from grpc_health.v1 import health
 
 from service.api.grpc.server import build_grpc_server, set_serving
 from service.api.ops_server import OpsServer
-from service.errors import Misconfiguration, StartupFailure
+from service.errors import Misconfiguration
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.process.banner import log_settings, print_endpoints
@@ -30,6 +30,7 @@ from service.process.ports import check_port_free
 from service.process.preflight import preflight_repository
 from service.process.signals import stop_on_signals
 from service.process.startup import check_settings, start_ops, start_unless_stopped
+from service.process.tasks import failure_of
 from service.settings import Settings
 from service.state import ServiceState
 from service.triton.client import TritonBackend
@@ -128,13 +129,9 @@ class RunningService:
 
     def _end_on_failure(self, task: asyncio.Task[Any]) -> None:
         """A background task that ends by raising ends the facade (with a non-zero exit code)."""
-        if task.cancelled() or task.exception() is None:
-            return
-        exc = task.exception()
-        if not isinstance(exc, StartupFailure):
-            log.error("%s failed", task.get_name(), exc_info=exc)
-        self.fatal = self.fatal or exc
-        self.stop_event.set()
+        if (exc := failure_of(task)) is not None:
+            self.fatal = self.fatal or exc
+            self.stop_event.set()
 
     async def shutdown(self) -> None:
         s, state = self.settings, self.state

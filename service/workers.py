@@ -48,7 +48,7 @@ from prometheus_client import multiprocess
 
 from service.api.http.server import http_backlog, max_http_connections
 from service.api.ops_server import OpsServer
-from service.errors import StartupFailure, WorkerMisconfigured, WorkersGaveUp
+from service.errors import WorkerMisconfigured, WorkersGaveUp
 from service.logs import configure_logging
 from service.metrics import Metrics, enable_multiprocess
 from service.process.banner import log_settings, print_endpoints
@@ -57,6 +57,7 @@ from service.process.ports import address_family, hold_port
 from service.process.preflight import preflight_without_state
 from service.process.signals import die_with_parent, leave_sigint_to_parent, stop_on_signals
 from service.process.startup import check_settings, start_ops, start_unless_stopped
+from service.process.tasks import failure_of
 from service.server import WorkerBinding, serve_forever
 from service.settings import Settings
 from service.triton.runtime import describe_exit
@@ -202,13 +203,9 @@ class WorkerPool:
         self.tasks += tasks
 
     def _end_on_failure(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        exc = task.exception()
-        if not isinstance(exc, StartupFailure):
-            log.error("%s failed", task.get_name(), exc_info=exc)
-        self.fatal = self.fatal or exc
-        self.stop_event.set()
+        if (exc := failure_of(task)) is not None:
+            self.fatal = self.fatal or exc
+            self.stop_event.set()
 
     async def _watch(self, worker: Worker) -> None:
         while True:
