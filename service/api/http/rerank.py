@@ -1,5 +1,5 @@
 """Rerank over HTTP, in the two shapes clients already send: Cohere / Jina `POST /v1/rerank` (also what vLLM,
-Infinity, LiteLLM, LangChain and Dify call) and Hugging Face TEI `POST /rerank`. Same guard, body reading,
+Infinity, LiteLLM, LangChain and Dify call) and Hugging Face TEI `POST /rerank`. Same gate, body reading,
 admission, errors and strictness as `/v1/embeddings` (service/api/http/embeddings.py)."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def params_from_tei(body: TeiRerankRequest) -> RerankParams:
     )
 
 
-async def serve(request: Request, parse: Callable[[bytes], RerankParams]) -> RerankOutcome:
+async def rerank_admitted(request: Request, parse: Callable[[bytes], RerankParams]) -> RerankOutcome:
     ctx: HttpContext = request.app.state.ctx
 
     async def parse_admitted(models: Models) -> RerankParams:
@@ -77,7 +77,7 @@ router = APIRouter()
 )
 async def rerank(request: Request) -> Response:
     """Cohere / Jina rerank: documents by relevance to the query, highest first."""
-    reranked = await serve(request, lambda body: params_from_cohere(parse_json(RerankRequest, body)))
+    reranked = await rerank_admitted(request, lambda body: params_from_cohere(parse_json(RerankRequest, body)))
     params, result = reranked.params, reranked.result
     results: list[dict[str, Any]] = []
     for hit in result.hits:
@@ -105,7 +105,7 @@ async def rerank(request: Request) -> Response:
 )
 async def rerank_tei(request: Request) -> Response:
     """TEI rerank: [{index, score, text?}] by score, highest first."""
-    reranked = await serve(request, lambda body: params_from_tei(parse_json(TeiRerankRequest, body)))
+    reranked = await rerank_admitted(request, lambda body: params_from_tei(parse_json(TeiRerankRequest, body)))
     params = reranked.params
     out: list[dict[str, Any]] = []
     for hit in reranked.result.hits:
