@@ -87,6 +87,38 @@ def test_service_imports_have_no_circle() -> None:
     assert find_cycle(edges) == []
 
 
+# service/ from the bottom up: a module imports only from its own layer or the ones below it.
+LAYERS = (
+    ("the base", ("errors", "contract", "settings", "metrics", "logs", "gen")),
+    ("the request path and Triton", ("pipeline", "repository", "triton")),
+    ("the serving state and lifecycle", ("models", "state", "admission", "lifecycle")),
+    ("the APIs", ("api",)),
+    ("the process floor", ("process",)),
+    ("one facade process", ("server",)),
+    ("N worker processes", ("workers",)),
+    ("entry points and the client library", ("serve", "cli", "client")),
+)
+
+
+def layer_of(module: str) -> int:
+    top = module.split(".")[1]
+    for index, (_, names) in enumerate(LAYERS):
+        if top in names:
+            return index
+    raise AssertionError(f"{module} is in no layer of LAYERS: add it where it belongs")
+
+
+def test_no_arrow_from_a_lower_module_to_a_higher_one() -> None:
+    upward = [
+        f"{module} ({LAYERS[layer_of(module)][0]}) -> {target} ({LAYERS[layer_of(target)][0]})"
+        for module, targets in graph(SERVICE).items()
+        if module != "service"
+        for target in targets
+        if target != "service" and layer_of(target) > layer_of(module)
+    ]
+    assert upward == []
+
+
 def test_the_process_floor_is_below_both_process_modules() -> None:
     edges = graph(SERVICE)
     floor = [m for m in edges if m.startswith("service.process")]
