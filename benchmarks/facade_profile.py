@@ -141,17 +141,18 @@ def _micro_case(n: int, dims: int) -> list[tuple[str, str, float, float]]:
     from tritonclient.grpc import _utils as triton_utils
     from tritonclient.grpc import service_pb2
 
-    from service.api.grpc_service import encode_response, response_from_result
-    from service.api.http_app import embeddings_json
-    from service.lifecycle import Embedded
+    from service.api.grpc.servicer import encode_response
+    from service.api.http.embeddings import embeddings_json
+    from service.lifecycle import EmbedOutcome
     from service.pipeline.embedder import EmbedResult
     from service.pipeline.params import EmbedParams
     from service.triton.client import output_array
+    from tests.oracles import response_from_result
 
     rng = np.random.default_rng(n * dims)
     case = f"{n}x{dims}"
     vectors = rng.standard_normal((n, dims)).astype(np.float32)
-    item = Embedded(EmbedParams(texts=("x",) * n), EmbedResult(vectors, dims, 20 * n, 0.1, 1.0, 1.2), "m")
+    item = EmbedOutcome(EmbedParams(texts=("x",) * n), EmbedResult(vectors, dims, 20 * n, 0.1, 1.0, 1.2), "m")
 
     def old_json() -> bytes:
         data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(vectors.tolist())]

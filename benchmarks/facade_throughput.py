@@ -58,7 +58,7 @@ def prepare() -> Path:
 def buckets_of(repo: Path) -> tuple[list[int], int, int]:
     from export.triton_config import parse_pbtxt
     from service.contract import ModelInfo
-    from service.pipeline.embedder import resolve_buckets
+    from service.pipeline.inference import resolve_buckets
 
     info = ModelInfo.from_triton_config(parse_pbtxt((repo / MODEL / "config.pbtxt").read_text()))
     return resolve_buckets([], info.max_input_tokens, info.length_buckets), info.hidden_size, info.max_batch_size

@@ -67,7 +67,7 @@ class Reference:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from service.pipeline.rerank_template import RERANK_PREFIX, RERANK_SUFFIX
+        from service.contract import RERANK_PREFIX, RERANK_SUFFIX
 
         torch.set_num_threads(threads)
         self.torch = torch
@@ -80,7 +80,7 @@ class Reference:
         self.body_max = max_tokens - len(self.prefix) - len(self.suffix)
 
     def scores(self, query: str, documents: list[str]) -> tuple[np.ndarray, int]:
-        from service.pipeline.rerank_template import rerank_body
+        from service.contract import rerank_body
 
         bodies = [rerank_body("", query, d) for d in documents]
         enc = self.tok(bodies, add_special_tokens=False, truncation=True, max_length=self.body_max)

@@ -411,7 +411,7 @@ async def measure_tuning(ctx: Context, base_triton: str, results: dict[str, Any]
 def make_context(name: str, ckpt: Path, repo: Path, sizes: Sizes, logs: Path) -> Context:
     from export.triton_config import parse_pbtxt
     from service.contract import ModelInfo
-    from service.pipeline.embedder import resolve_buckets
+    from service.pipeline.inference import resolve_buckets
     from service.settings import Settings
 
     hidden, max_batch = model_facts(repo)

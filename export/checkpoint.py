@@ -120,7 +120,7 @@ class Checkpoint:
         if self.kind is ModelKind.RERANKER:
             return self._reranker_special_ids()
         try:
-            return SpecialIds.from_checkpoint(self.directory)
+            return embedding_special_ids(self.directory)
         except ValueError as exc:
             raise ExportError(f"{self.source}: {exc}") from exc
 
@@ -214,3 +214,40 @@ def _download(repo_id: str) -> Path:
             f"model {repo_id!r} is not in the local cache and the hub is unreachable or HF_HUB_OFFLINE=1; "
             "pass a local checkpoint directory instead"
         ) from exc
+
+
+def embedding_special_ids(directory: Path) -> SpecialIds:
+    """An embedding checkpoint's ids, read from its own files rather than assumed: eos is whatever
+    tokenizer.json's post-processor appends; pad is tokenizer_config.json's pad_token, else config.json's
+    pad_token_id, else eos. Raises ValueError when the tokenizer appends nothing (old Qwen3-Embedding tokenizer
+    revisions did: every vector would be pooled from the wrong token)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    bare = tok.encode("a", add_special_tokens=False).ids
+    full = tok.encode("a").ids
+    if len(full) <= len(bare) or full[: len(bare)] != bare:
+        raise ValueError(
+            f"the tokenizer in {directory} appends no end-of-text token; Qwen3-Embedding pools the hidden "
+            "state of the appended <|endoftext|> (update tokenizer.json from the official repository)"
+        )
+    eos = full[-1]
+    pad = _pad_from_tokenizer_config(directory, tok)
+    if pad is None:
+        config = _read_json(directory / "config.json")
+        pad = config.get("pad_token_id") if isinstance(config.get("pad_token_id"), int) else None
+    return SpecialIds(pad_id=eos if pad is None else pad, eos_id=eos)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}  # type: ignore[no-any-return]
+
+
+def _pad_from_tokenizer_config(directory: Path, tok: Any) -> int | None:
+    token = _read_json(directory / "tokenizer_config.json").get("pad_token")
+    if isinstance(token, dict):  # older files store the AddedToken as a dict
+        token = token.get("content")
+    if not isinstance(token, str):
+        return None
+    found = tok.token_to_id(token)
+    return int(found) if found is not None else None

@@ -1,7 +1,7 @@
 """The official Qwen3-Embedding prompts (shared doc: template and default task); the template itself is the
-facade's (service/pipeline/templating.py), so export and serving cannot disagree on it."""
+model contract's (service/contract.py), so export and serving cannot disagree on it."""
 
-from service.pipeline.templating import instruction_prefix
+from service.contract import instruction_prefix
 
 DEFAULT_TASK = "Given a web search query, retrieve relevant passages that answer the query"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from export.prompts import OFFICIAL_PROMPTS
-from service.pipeline.rerank_template import RERANK_PREFIX, RERANK_SUFFIX, rerank_body
+from service.contract import RERANK_PREFIX, RERANK_SUFFIX, rerank_body
 
 SAMPLES: dict[str, str] = {
     "english query": OFFICIAL_PROMPTS["query"] + "What is the capital of China?",
@@ -24,7 +24,7 @@ def long_sample(approx_tokens: int) -> str:
     return sentence * (approx_tokens // 10 + 1)
 
 
-# Reranker verification: (query, document) pairs in the official format (service/pipeline/rerank_template.py).
+# Reranker verification: (query, document) pairs in the official format (service/contract.py).
 # Relevant and irrelevant pairs, so the scores spread and a swapped or wrong head changes their order.
 RERANK_SAMPLES: dict[str, tuple[str, str]] = {
     "english, relevant": ("What is the capital of China?", "The capital of China is Beijing."),

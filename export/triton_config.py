@@ -11,8 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.errors import ExportError
 from export.memory import MIB, PeakMemory
-from service.contract import ATTENTION_MASK, INPUT_IDS, INPUT_NAMES, ModelFacts, ModelKind, Precision
-from service.pipeline.batching import default_buckets
+from service.contract import ATTENTION_MASK, INPUT_IDS, INPUT_NAMES, ModelFacts, ModelKind, Precision, default_buckets
 
 BACKENDS = ("python", "onnxruntime", "tensorrt")
 # The Triton model name when none is given (RepoSettings.name ""; `export` without --name).

@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
-from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, RERANK_LOGITS, Precision
-from service.pipeline.batching import pad
+from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, RERANK_LOGITS, Precision, pad
 
 THRESHOLDS = {Precision.FP32: 0.99999, Precision.FP16: 0.999, Precision.BF16: 0.999}
 # Rerankers: the largest |score difference| (scores in [0, 1]) allowed against the reference, which runs in the

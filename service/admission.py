@@ -11,8 +11,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from service.errors import ErrorKind, ServiceError
 from service.metrics import Metrics
-from service.pipeline.errors import ErrorKind, ServiceError
 
 
 def unary_reserve(capacity: int) -> int:

@@ -105,9 +105,9 @@ def serve(
             )
             raise typer.Exit(code=2)
         EXTENSIONS.prepare_model(model, settings.model_repository, settings.model_name, backend, precision)
-    from service.server import serve_forever
+    from service.serve import serve
 
-    asyncio.run(serve_forever(settings))
+    asyncio.run(serve(settings))
 
 
 @app.command()

@@ -12,11 +12,12 @@ Serving code: no torch and no export/ imports here (the facade wheel ships `serv
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 # The graph's tensors: int64 [batch, sequence] in, float32 [batch, hidden] out (un-normalised last token).
 INPUT_IDS = "input_ids"
@@ -93,7 +94,7 @@ class Param(StrEnum):
     # Rerankers: the token ids whose LM-head rows the graph keeps (RERANK_LABELS order), for GetInfo and checks.
     RERANK_TOKEN_IDS = "rerank_token_ids"
     # The padded lengths the facade sends ("16,24,32,...,max_input_tokens"), the ladder export warmed up;
-    # absent (exports before the key): the facade computes the same default (service/pipeline/batching.py).
+    # absent (exports before the key): the facade computes the same default (default_buckets below).
     LENGTH_BUCKETS = "length_buckets"
 
 
@@ -108,42 +109,88 @@ class SpecialIds:
     pad_id: int
     eos_id: int
 
-    @classmethod
-    def from_checkpoint(cls, directory: Path) -> SpecialIds:
-        """Read from the checkpoint's own files rather than assumed: eos is whatever tokenizer.json's
-        post-processor appends; pad is tokenizer_config.json's pad_token, else config.json's pad_token_id,
-        else eos. Raises ValueError when the tokenizer appends nothing (old Qwen3-Embedding tokenizer
-        revisions did: every vector would be pooled from the wrong token)."""
-        from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
-        bare = tok.encode("a", add_special_tokens=False).ids
-        full = tok.encode("a").ids
-        if len(full) <= len(bare) or full[: len(bare)] != bare:
-            raise ValueError(
-                f"the tokenizer in {directory} appends no end-of-text token; Qwen3-Embedding pools the hidden "
-                "state of the appended <|endoftext|> (update tokenizer.json from the official repository)"
-            )
-        eos = full[-1]
-        pad = _pad_from_tokenizer_config(directory, tok)
-        if pad is None:
-            config = _read_json(directory / "config.json")
-            pad = config.get("pad_token_id") if isinstance(config.get("pad_token_id"), int) else None
-        return cls(pad_id=eos if pad is None else pad, eos_id=eos)
+# --- Rules export and serving share (export writes or verifies with them, the request path applies them) ---
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+def instruction_prefix(instruction: str) -> str:
+    """Qwen3-Embedding's query template, exactly: one newline, no space after "Query:"; documents get none."""
+    return f"Instruct: {instruction}\nQuery:"
 
 
-def _pad_from_tokenizer_config(directory: Path, tok: Any) -> int | None:
-    token = _read_json(directory / "tokenizer_config.json").get("pad_token")
-    if isinstance(token, dict):  # older files store the AddedToken as a dict
-        token = token.get("content")
-    if not isinstance(token, str):
-        return None
-    found = tok.token_to_id(token)
-    return int(found) if found is not None else None
+# Qwen3-Reranker's official input format (model card and the QwenLM/Qwen3-Embedding repository). A reranker is a
+# yes/no judge: the chat prompt asks whether a document meets a query's requirements, and the score is the
+# probability of "yes" against "no" at the last position. Each sequence is `prefix_ids + body_ids + suffix_ids`,
+# with the body tokenized alone (no special tokens) and, when too long, cut at its end to
+# `max_length - len(prefix_ids) - len(suffix_ids)`.
+RERANK_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+)
+RERANK_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+DEFAULT_RERANK_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+# The official usage's max_length; an export may serve more (its max_input_tokens).
+OFFICIAL_MAX_LENGTH = 8192
+
+
+def rerank_body(instruction: str, query: str, document: str) -> str:
+    """The user turn between prefix and suffix (an empty instruction means the default one)."""
+    return f"<Instruct>: {instruction or DEFAULT_RERANK_INSTRUCTION}\n<Query>: {query}\n<Document>: {document}"
+
+
+# The default length-bucket ladder (docs/benchmarks.md, "Length buckets"; benchmarks/ladders.py): export writes it
+# into config.pbtxt (length_buckets, the shapes Triton warms up) and the facade pads to it. 4 rungs per doubling
+# on multiples of 8. Against powers of two, measured side by side: mixed lengths (8-512 tokens) pad 1.10x instead
+# of 1.38-1.43x, with throughput 1.1x (dev model, overhead-bound) to 1.8x (0.6B config, compute-bound), no loss
+# on short or long inputs. 3 per octave padded 1.13-1.15x (too close to the 1.15 target on small samples).
+BUCKETS_PER_OCTAVE = 4
+BUCKET_ALIGN = 8
+SMALLEST_BUCKET = 16
+
+
+def default_buckets(
+    max_tokens: int,
+    smallest: int = SMALLEST_BUCKET,
+    per_octave: int = BUCKETS_PER_OCTAVE,
+    align: int = BUCKET_ALIGN,
+) -> list[int]:
+    """The padded lengths, ascending, ending exactly at max_tokens: a geometric ladder from `smallest`,
+    `per_octave` rungs to each doubling, every rung `smallest * 2**(k / per_octave)` rounded to the nearest
+    multiple of `align` (GPU-friendly shapes; duplicates dropped). per_octave=1 gives powers of two.
+
+    Guarantee (tests/unit/test_buckets.py): with r = 2**(1 / per_octave), every length n in
+    [smallest, max_tokens] lands in a bucket b < r * (n + align), so no input pads more than about r times
+    (1.19x at 4 per octave, once n is large against `align`), and a log-uniform mix of lengths pads about
+    r * ln(r) / (r - 1) (1.39x at 1 per octave, 1.07x at 4, plus the rounding); shorter inputs pad to the
+    first rung."""
+    if max_tokens < 1 or smallest < 1 or per_octave < 1 or align < 1:
+        raise ValueError("max_tokens, smallest, per_octave and align must be >= 1")
+    out: list[int] = []
+    k = 0
+    while (point := smallest * 2 ** (k / per_octave)) < max_tokens:
+        edge = max(align, align * round(point / align))
+        if edge < max_tokens and (not out or edge > out[-1]):
+            out.append(edge)
+        k += 1
+    out.append(max_tokens)
+    return out
+
+
+def pad(
+    sequences: Sequence[Sequence[int]], width: int, pad_id: int, side: str = "left"
+) -> tuple[np.ndarray, np.ndarray]:
+    """int64 ids and mask [len(sequences), width]; `side` (the model's padding_side, one of PADDING_SIDES) is
+    where the padding goes."""
+    if side not in PADDING_SIDES:
+        raise ValueError(f"padding side must be left or right, not {side!r}")
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        n = len(seq)
+        cols = slice(width - n, width) if side == "left" else slice(0, n)
+        ids[row, cols] = seq
+        mask[row, cols] = 1
+    return ids, mask
 
 
 @dataclass(frozen=True, kw_only=True)

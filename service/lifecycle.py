@@ -11,28 +11,35 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from service.admission import Admission
+from service.errors import ErrorKind, ServiceError
 from service.models import Models
-from service.pipeline.embedder import Embedder, EmbedResult, Tokenized
-from service.pipeline.errors import ErrorKind, ServiceError
+from service.pipeline.embedder import Embedder, EmbedResult
+from service.pipeline.inference import Tokenized
 from service.pipeline.params import EmbedParams, RerankParams
 from service.pipeline.reranker import Reranker, RerankResult
 from service.state import ServiceState
 
 T = TypeVar("T")
-# Reads and validates a request once it is admitted, against the models in force; params.model picks one.
-Parse = Callable[[Models], Awaitable[EmbedParams]]
+# Reads and validates a request once it is admitted, against the models in force, and picks its model there
+# (once per request: models.embedder(params.model), see chosen_embedder).
+Parse = Callable[[Models], Awaitable[tuple[EmbedParams, Embedder]]]
 RerankParse = Callable[[Models], Awaitable[RerankParams]]
 
 
+def chosen_embedder(models: Models, params: EmbedParams) -> tuple[EmbedParams, Embedder]:
+    """What a Parse returns for `params`: its model, found by params.model (empty: the default one)."""
+    return params, models.embedder(params.model)
+
+
 @dataclass(frozen=True)
-class Embedded:
+class EmbedOutcome:
     params: EmbedParams
     result: EmbedResult
     model: str
 
 
 @dataclass(frozen=True)
-class Reranked:
+class RerankOutcome:
     params: RerankParams
     result: RerankResult
     model: str
@@ -67,31 +74,29 @@ class Lifecycle:
         deadline: float,
         stream: bool = False,
         abandoned: Callable[[], Awaitable[None]] | None = None,
-    ) -> Embedded:
+    ) -> EmbedOutcome:
         """`parse` reads and validates the request once admitted, so refused requests cost no parsing.
         `abandoned` returns when the client has gone away (HTTP; gRPC cancels the call itself): the work
         is cancelled then, freeing the slot and sending nothing more to Triton."""
         async with self.admitted(deadline, stream) as models:
-            params = await parse(models)
-            embedder = models.embedder(params.model)
+            params, embedder = await parse(models)
             result = await until_abandoned(embedder.embed(params, deadline), abandoned)
-        return Embedded(params, result, embedder.info.served_name)
+        return EmbedOutcome(params, result, embedder.info.served_name)
 
     async def tokenize(self, parse: Parse, deadline: float) -> tuple[Tokenized, Embedder]:
         async with self.admitted(deadline) as models:
-            params = await parse(models)
-            embedder = models.embedder(params.model)
+            params, embedder = await parse(models)
             return await embedder.tokenize(params, deadline), embedder
 
     async def rerank(
         self, parse: RerankParse, deadline: float, abandoned: Callable[[], Awaitable[None]] | None = None
-    ) -> Reranked:
+    ) -> RerankOutcome:
         """As `embed`, for a reranker: params.model picks it (empty: the default reranker)."""
         async with self.admitted(deadline) as models:
             params = await parse(models)
             reranker: Reranker = models.reranker(params.model)
             result = await until_abandoned(reranker.rerank(params, deadline), abandoned)
-        return Reranked(params, result, reranker.info.served_name)
+        return RerankOutcome(params, result, reranker.info.served_name)
 
 
 async def until_abandoned(work: Awaitable[T], abandoned: Callable[[], Awaitable[None]] | None) -> T:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.contract import ModelFacts, ModelKind
-from service.triton.supervisor import Misconfiguration
+from service.errors import Misconfiguration
 
 # hidden_size of each Qwen3-Embedding / Qwen3-Reranker size (their config.json); the reranker shares the
 # backbone, so the same width.

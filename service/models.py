@@ -5,23 +5,15 @@ model from the snapshot in force when it was admitted, and a redeploy swaps in a
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from service.contract import ModelInfo, ModelKind
-from service.pipeline.errors import ErrorKind, ServiceError
+from service.contract import ModelKind
+from service.errors import ErrorKind, ServiceError
+from service.pipeline.inference import ServedModel
 
 if TYPE_CHECKING:
     from service.pipeline.embedder import Embedder
     from service.pipeline.reranker import Reranker
-
-
-class ServedModel(Protocol):
-    """What the registry needs of an Embedder or a Reranker."""
-
-    info: ModelInfo
-    buckets: list[int]
-
-    def close(self) -> None: ...
 
 
 def _shown(name: str) -> str:

@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     stream_window: int = Field(8, ge=1, description="EmbedStream messages in progress per stream")
 
     # gRPC calls, each counted from its start (its message may still be arriving); over a bound a call gets
-    # RESOURCE_EXHAUSTED at once (service/api/grpc_limits.py, docs/reliability.md)
+    # RESOURCE_EXHAUSTED at once (service/api/grpc/limits.py, docs/reliability.md)
     grpc_max_calls: int = Field(
         0,
         ge=0,
@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     )
 
     # Token-id input (HTTP): off by default. OpenAI clients that tokenize first (LangChain's default) send
-    # tiktoken ids, which would embed as Qwen ids: wrong vectors, no error (service/api/token_ids.py).
+    # tiktoken ids, which would embed as Qwen ids: wrong vectors, no error (service/api/http/token_ids.py).
     allow_token_ids: bool = Field(
         False, description="Accept OpenAI token-id input on the HTTP API (Qwen3 tokenizer ids only)"
     )

@@ -1,6 +1,6 @@
-"""Process-wide serving state: the Triton backend, the served models (service/models.py) once Triton has
-described them, readiness and draining. Admission lives in service/admission.py, the request lifecycle in
-service/lifecycle.py."""
+"""Process-wide serving state: the inference server (a ModelServer, service/pipeline/backend.py), the served
+models (service/models.py) once Triton has described them, readiness and draining. Admission lives in
+service/admission.py, the request lifecycle in service/lifecycle.py."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from service.contract import ModelKind
+from service.contract import ModelInfo, ModelKind
+from service.errors import ErrorKind, Misconfiguration, ServiceError
 from service.metrics import Metrics
 from service.model_identity import check_served_name
-from service.model_info import ModelInfo
-from service.models import Models, ServedModel
+from service.models import Models
+from service.pipeline.backend import ModelServer
 from service.pipeline.embedder import Embedder
-from service.pipeline.errors import ErrorKind, ServiceError
+from service.pipeline.inference import ServedModel
 from service.pipeline.tokenization import TextTokenizer, load_tokenizer
+from service.repository import local_model_names
 from service.settings import Settings
-from service.triton.client import TritonBackend
-from service.triton.supervisor import Misconfiguration, local_model_names
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ CONFIG_TIMEOUT_S = 2.0
 
 
 class ServiceState:
-    def __init__(self, settings: Settings, backend: TritonBackend, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, backend: ModelServer, metrics: Metrics) -> None:
         self.settings = settings
         self.backend = backend
         self.metrics = metrics
@@ -228,9 +228,6 @@ class ServiceState:
         if self.models is None:
             raise ServiceError(ErrorKind.UNAVAILABLE, "the models are not loaded yet; retry shortly")
         return self.models
-
-    def require_embedder(self, name: str = "") -> Embedder:
-        return self.require_models().embedder(name)
 
     def close(self) -> None:
         if self.models is not None:

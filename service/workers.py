@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -46,20 +44,28 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from prometheus_client import multiprocess
 
+from service.api.http.server import http_backlog, max_http_connections
+from service.api.ops_server import OpsServer
+from service.errors import WorkerMisconfigured, WorkersGaveUp
+from service.logs import configure_logging
 from service.metrics import Metrics, enable_multiprocess
+from service.process.banner import log_settings, print_endpoints
+from service.process.exits import EXIT_MISCONFIGURED, exit_for
+from service.process.ports import address_family, hold_port
+from service.process.preflight import preflight_without_state
+from service.process.signals import die_with_parent, leave_sigint_to_parent, stop_on_signals
+from service.process.startup import check_settings, start_ops, start_unless_stopped
+from service.process.tasks import failure_of
+from service.server import WorkerBinding, serve_forever
 from service.settings import Settings
 from service.triton.runtime import describe_exit
-from service.triton.supervisor import Misconfiguration, TritonGaveUp, TritonSupervisor, local_model_names
+from service.triton.supervisor import TritonSupervisor
 
 log = logging.getLogger("qwen3_embed")
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-MAX_AUTO_WORKERS = 8
-EXIT_WORKERS_GAVE_UP = 5
 # A worker up this long has recovered: its failure series (and backoff) ends.
 STABLE_S = 60.0
 MAX_RESTARTS = 5
@@ -67,7 +73,6 @@ BACKOFF_S = 1.0
 BACKOFF_MAX_S = 30.0
 # Beyond the workers' own drain bound (about 1 + 2 x drain_seconds) before they are killed.
 STOP_MARGIN_S = 10.0
-PR_SET_PDEATHSIG = 1
 READY_METRIC = "qwen3_embed_triton_up"
 # Each worker's event loop touches its heartbeat file this often; one that has not for HUNG_S is hung (a
 # blocked loop, SIGSTOP): it would keep its share of new connections while readiness (the other workers'
@@ -76,89 +81,11 @@ HEARTBEAT_S = 1.0
 HUNG_S = 15.0
 
 
-def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
-    """CPUs the cgroup's quota allows (v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us); None: no quota."""
-    try:
-        fields = (root / "cpu.max").read_text().split()
-    except OSError:
-        fields = []
-    if fields:
-        if fields[0] == "max":
-            return None
-        try:
-            return int(fields[0]) / int(fields[1] if len(fields) > 1 else 100_000)
-        except (ValueError, ZeroDivisionError):
-            return None
-    for sub in ("cpu", "cpu,cpuacct"):
-        try:
-            quota = int((root / sub / "cpu.cfs_quota_us").read_text())
-            period = int((root / sub / "cpu.cfs_period_us").read_text())
-        except (OSError, ValueError):
-            continue
-        return quota / period if quota > 0 and period > 0 else None
-    return None
-
-
-def usable_cpus(root: Path = CGROUP_ROOT) -> int:
-    """CPUs this process may run on (affinity), fewer when a cgroup quota allows fewer (rounded down)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = cgroup_cpu_limit(root)
-    if quota is not None:
-        cpus = min(cpus, math.floor(quota))
-    return max(1, cpus)
-
-
-LOOPBACK_HOSTS = ("localhost", "::1")
-
-
-def triton_shares_cpus(triton_url: str) -> bool:
-    """Triton runs on this host: started by the facade (no URL) or reached over loopback."""
-    if not triton_url:
-        return True
-    host = urlsplit("//" + triton_url.split("://", 1)[-1]).hostname or ""
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
-
-
-def resolve_workers(workers: int, root: Path = CGROUP_ROOT, triton_local: bool = False) -> int:
-    """settings.workers, or for 0 (auto) one per usable CPU, at most MAX_AUTO_WORKERS. Half as many when
-    Triton runs on the same CPUs (`triton_local`, no cgroup CPU quota): on 2 cores with Triton beside them,
-    2 workers served 0.69-0.86x what 1 did (docs/benchmarks.md). A quota means a container whose CPUs are the
-    facade's own (Triton in its own container, e.g. a sidecar with its own limit): all of them."""
-    if workers > 0:
-        return workers
-    cpus = usable_cpus(root)
-    if triton_local and cgroup_cpu_limit(root) is None:
-        cpus = max(1, cpus // 2)
-    return min(MAX_AUTO_WORKERS, cpus)
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def hold_port(host: str, port: int, api: str) -> socket.socket:
-    """The parent's claim on a port (see the module doc). Raises Misconfiguration when it is taken."""
-    sock = socket.socket(_family(host), socket.SOCK_STREAM)
-    try:
-        # SO_REUSEADDR for the bind only: a TIME_WAIT connection of a previous run must not block it, but no
-        # other socket may bind beside this one later (the kernel checks the flag of the socket bound first).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # now the workers' listeners may join
-    except OSError:
-        sock.close()
-        raise Misconfiguration(f"cannot listen for {api} on {host}:{port}: address in use or not available") from None
-    return sock
-
-
 def listen_shared_http(settings: Settings) -> socket.socket:
     """A worker's own HTTP listener on the port its parent holds, beside its siblings' (SO_REUSEPORT)."""
-    from service.api.http_server import http_backlog, max_http_connections
-
     host, port = settings.host, settings.http_port
     backlog = http_backlog(max_http_connections(settings))
-    return socket.create_server((host, port), family=_family(host), backlog=backlog, reuse_port=True)
+    return socket.create_server((host, port), family=address_family(host), backlog=backlog, reuse_port=True)
 
 
 METRICS_DIR_PREFIX = "qwen3-embed-metrics-"
@@ -180,14 +107,6 @@ def remove_stale_metrics_dirs(tmp: Path | None = None) -> None:
             alive = True
         if not alive:
             shutil.rmtree(path, ignore_errors=True)
-
-
-class WorkerMisconfigured(RuntimeError):
-    """A worker exited with code 2: it logged why; the parent stops and exits 2 too."""
-
-
-class WorkersGaveUp(RuntimeError):
-    """A worker died too often in a row: the parent stops and exits 5 (the orchestrator restarts the pod)."""
 
 
 @dataclass
@@ -226,23 +145,15 @@ class WorkerPool:
     # -------------------------------------------------------------------------------------------- start
 
     async def start(self) -> None:
-        """The checks of a lone facade, in its order, then Triton, then the workers. Raises Misconfiguration
+        """The floor's start-up order (service/process/__init__.py), then the workers. Raises Misconfiguration
         or TritonGaveUp; whatever was started is stopped first (also when cancelled)."""
-        from service.api.grpc_server import server_credentials
-        from service.api.ops_server import OpsServer
-        from service.server import check_api_keys, start_ops
-
         s = self.settings
         try:
-            check_api_keys(s)
-            try:
-                server_credentials(s)
-            except OSError as exc:
-                raise Misconfiguration(f"cannot set up the gRPC server: {exc}") from None
+            check_settings(s)
             self.grpc_holder = hold_port(s.host, s.grpc_port, "gRPC")
             self.grpc_port = int(self.grpc_holder.getsockname()[1])
             if self.supervisor is not None:
-                await self._check_models()
+                self.models = preflight_without_state(s, self.metrics)
             if s.metrics_port:
                 self.ops = OpsServer(self.metrics.render, self.ready, s.metrics_host or s.host, s.metrics_port)
                 self.metrics_port = await start_ops(self.ops)
@@ -259,25 +170,6 @@ class WorkerPool:
                 with contextlib.suppress(Exception):
                     await self.ops.stop()
             raise
-
-    async def _check_models(self) -> None:
-        """What a lone facade checks before its Triton starts: every model's config and tokenizer."""
-        from service.state import ServiceState
-        from service.triton.client import TritonBackend
-        from service.triton.supervisor import read_model_configs
-
-        assert self.supervisor is not None
-        s = self.settings
-        self.models = self.models or local_model_names(s)
-        configs = read_model_configs(s)
-        backend = TritonBackend(self.supervisor.grpc_url, s.model_name, s.max_message_bytes)
-        state = ServiceState(s, backend, self.metrics)
-        try:
-            state.install(configs)
-        finally:
-            state.close()
-            with contextlib.suppress(Exception):
-                await backend.close()
 
     def _heartbeat(self, worker: Worker) -> Path:
         return Path(self.metrics_dir) / f"heartbeat-{worker.index}"  # not *.db: no metrics file
@@ -325,13 +217,9 @@ class WorkerPool:
         self.tasks += tasks
 
     def _end_on_failure(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        exc = task.exception()
-        if not isinstance(exc, Misconfiguration | TritonGaveUp | WorkerMisconfigured | WorkersGaveUp):
-            log.error("%s failed", task.get_name(), exc_info=exc)
-        self.fatal = self.fatal or exc
-        self.stop_event.set()
+        if (exc := failure_of(task)) is not None:
+            self.fatal = self.fatal or exc
+            self.stop_event.set()
 
     async def _watch(self, worker: Worker) -> None:
         while True:
@@ -342,7 +230,7 @@ class WorkerPool:
             if self.stopping:
                 return
             why = f"worker {worker.index} (pid {process.pid}) ended: {describe_exit(code)}"
-            if code == 2:
+            if code == EXIT_MISCONFIGURED:
                 raise WorkerMisconfigured(why)
             if time.monotonic() - worker.started_at >= STABLE_S:
                 worker.failures = 0
@@ -454,9 +342,7 @@ class WorkerPool:
 
 
 async def serve_workers(settings: Settings, count: int) -> None:
-    """serve_forever with `count` worker processes; the same exit codes, plus 5 (WorkersGaveUp)."""
-    from service.server import EXIT_MISCONFIGURED, exit_for, print_endpoints, start_unless_stopped, stop_on_signals
-
+    """`count` worker processes until SIGTERM/SIGINT; the exit codes of service/process/exits.py."""
     stop_event = stop_on_signals()
     pool = WorkerPool(settings, count, stop_event)
 
@@ -467,7 +353,7 @@ async def serve_workers(settings: Settings, count: int) -> None:
     try:
         if await start_unless_stopped(start(), stop_event) is None:
             return
-        log.info("settings %s", json.dumps(settings.describe(), default=str))
+        log_settings(settings)
         log.info("%d worker processes (max_in_flight and the other request limits apply to each)", count)
         print_endpoints(settings, pool.grpc_port, pool.http_port, pool.metrics_port)
         pool.run()
@@ -475,42 +361,22 @@ async def serve_workers(settings: Settings, count: int) -> None:
         await pool.shutdown()
     finally:
         pool.close()
-    fatal = pool.fatal
-    if isinstance(fatal, WorkerMisconfigured):
-        log.error("stopped: %s (its reason is above)", fatal)
-        raise SystemExit(EXIT_MISCONFIGURED)
-    if isinstance(fatal, WorkersGaveUp):
-        log.error("giving up, exiting so that the pod is restarted: %s", fatal)
-        raise SystemExit(EXIT_WORKERS_GAVE_UP)
-    if fatal is not None:
-        exit_for(fatal)
-
-
-def _die_with_parent(parent: int) -> None:
-    """SIGTERM (a drain) when the parent dies, whatever killed it."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before prctl
-        raise SystemExit(1)
+    if pool.fatal is not None:
+        exit_for(pool.fatal)
 
 
 def worker_main() -> None:
     """One worker: settings from the parent (stdin), its own HTTP listener on the shared port, then a facade."""
-    # Ctrl-C in a terminal reaches the whole process group: until serve_forever handles SIGINT (a drain),
-    # a worker leaves it to the parent, which stops every worker with SIGTERM.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    leave_sigint_to_parent()
     payload = json.loads(sys.stdin.buffer.read())
-    _die_with_parent(int(payload["parent"]))
-    from service.logs import configure_logging
-    from service.server import WorkerBinding, serve_forever
-
+    die_with_parent(int(payload["parent"]))
     settings = Settings(**payload["settings"])
     configure_logging(settings.log_level, settings.log_format)
     try:
         sock = listen_shared_http(settings) if settings.http_port else None
     except OSError as exc:
         log.error("cannot listen for HTTP on %s:%d: %s", settings.host, settings.http_port, exc.strerror or exc)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_MISCONFIGURED) from None
     asyncio.run(_beating(serve_forever(settings, WorkerBinding(sock)), Path(payload["heartbeat"])))
 
 

@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from export.dev_model import build_dev_model, build_dev_reranker
 from export.exporter import ExportOptions, run_export
 from export.triton_config import RepoSettings
-from service.pipeline.batching import default_buckets
+from service.contract import default_buckets
 from service.triton.runtime import TritonProcess, start_triton
 
 # Small limits keep the suite fast on 2 cores while still spanning several buckets.

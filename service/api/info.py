@@ -6,7 +6,8 @@ from typing import Any
 
 from service import __version__
 from service.contract import ModelKind
-from service.models import Models, ServedModel
+from service.models import Models
+from service.pipeline.inference import ServedModel
 from service.state import ServiceState
 
 
@@ -34,29 +35,38 @@ def model_fields(model: ServedModel, models: Models, max_batch_inputs: int) -> d
     return fields
 
 
+# The default embedding model's fields repeated at the top level, as served before there were several models
+# (clients read them: HTTP /info's model and dimensions, GetInfo's top-level fields); "name" is shown as "model".
+DEFAULT_MODEL_FIELDS = {
+    "model": "name",
+    **{
+        key: key
+        for key in (
+            "source_model",
+            "source_revision",
+            "dimensions",
+            "min_dimensions",
+            "max_input_tokens",
+            "prompt_names",
+            "precision",
+            "backend",
+            "length_buckets",
+        )
+    },
+}
+
+
 def info_fields(state: ServiceState) -> dict[str, Any]:
-    """The default embedding model's facts at the top level (the shape from before several models were
-    served), and every served model under "models"."""
+    """Every served model under "models", and the default embedding model's facts at the top level too."""
     models = state.require_models()
     limit = state.settings.max_batch_inputs
+    described = [(m, model_fields(m, models, limit)) for m in models.all()]
     out: dict[str, Any] = {
         "service_version": __version__,
         "max_batch_inputs": limit,
-        "models": [model_fields(m, models, limit) for m in models.all()],
+        "models": [fields for _, fields in described],
     }
-    if ModelKind.EMBEDDING in models.defaults:
-        embedder = models.embedder()
-        info = embedder.info
-        out |= {
-            "model": info.served_name,
-            "source_model": info.source_model,
-            "source_revision": info.source_revision,
-            "dimensions": info.hidden_size,
-            "min_dimensions": info.min_dimensions,
-            "max_input_tokens": info.max_input_tokens,
-            "prompt_names": sorted(info.prompts),
-            "precision": info.precision,
-            "backend": info.backend,
-            "length_buckets": embedder.buckets,
-        }
+    for model, fields in described:
+        if model.info.kind is ModelKind.EMBEDDING and models.is_default(model):
+            out |= {top: fields[key] for top, key in DEFAULT_MODEL_FIELDS.items()}
     return out

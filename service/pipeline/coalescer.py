@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.pipeline.errors import ErrorKind, ServiceError
+from service.errors import ErrorKind, ServiceError
 
 # (width, sequences, seconds left) -> [len(sequences), out] rows
 Call = Callable[[int, list[Sequence[int]], float], Awaitable[np.ndarray]]

@@ -7,16 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.pipeline.errors import invalid
-from service.pipeline.inference import INLINE_CHARS, ServedModel, Tokenized, check_unicode, resolve_buckets
+from service.errors import invalid
+from service.pipeline.inference import ServedModel, Tokenized, check_unicode
 from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.postprocess import check_dimensions, finalize
 from service.pipeline.templating import apply_prefix, resolve_prefix
 from service.pipeline.tokenization import StopFlag, never_stop
 from service.pipeline.truncation import fit
-
-# Re-exported: their home is service/pipeline/inference.py, shared with the reranker.
-__all__ = ["INLINE_CHARS", "EmbedResult", "Embedder", "Tokenized", "check_unicode", "request_size", "resolve_buckets"]
 
 
 @dataclass(frozen=True)

@@ -22,17 +22,6 @@ def pack(vectors: np.ndarray, encoding: Encoding) -> list[bytes]:
     raise ValueError(f"{encoding} is not a packed encoding")
 
 
-def unpack(data: bytes, encoding: Encoding, dimensions: int) -> np.ndarray:
-    """Inverse of pack() for FLOAT16 (values) and BINARY/UBINARY (0/1 bits); used by clients and tests."""
-    if encoding is Encoding.FLOAT16:
-        return np.frombuffer(data, dtype="<f2").astype(np.float32)
-    if encoding is Encoding.BINARY:
-        raw = (np.frombuffer(data, dtype=np.int8).astype(np.int16) + 128).astype(np.uint8)
-    else:
-        raw = np.frombuffer(data, dtype=np.uint8)
-    return np.unpackbits(raw)[:dimensions].astype(np.float32)
-
-
 def float32_base64(vector: np.ndarray) -> str:
     """OpenAI's base64 encoding: little-endian float32 bytes."""
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")

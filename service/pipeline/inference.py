@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from service.contract import ModelInfo, default_buckets, pad
+from service.errors import ErrorKind, ServiceError, invalid
 from service.metrics import Metrics
-from service.model_info import ModelInfo
 from service.pipeline.backend import InferenceBackend
-from service.pipeline.batching import Chunk, default_buckets, pad, plan_chunks
+from service.pipeline.batching import Chunk, plan_chunks
 from service.pipeline.coalescer import Coalescer
-from service.pipeline.errors import ErrorKind, ServiceError, invalid
 from service.pipeline.tokenization import StopFlag, Stopped, TextTokenizer
 
 T = TypeVar("T")

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.pipeline.errors import invalid
+from service.errors import invalid
 
 
-def check_dimensions(dimensions: int, min_dim: int, full_dim: int) -> int:
-    """0 means full; anything else must lie in [min_dim, full_dim]."""
-    if dimensions == 0:
+def check_dimensions(dimensions: int, min_dim: int, full_dim: int, zero_means_full: bool = True) -> int:
+    """The one rule for a requested dimension: 0 means full (where the API has it), anything else must lie in
+    [min_dim, full_dim]. Returns the dimension to cut to."""
+    if dimensions == 0 and zero_means_full:
         return full_dim
     if not min_dim <= dimensions <= full_dim:
-        raise invalid(
-            f"dimensions must be between {min_dim} and {full_dim} (or 0 for {full_dim}), got {dimensions}",
-            "dimensions",
-        )
+        zero = f" (or 0 for {full_dim})" if zero_means_full else ""
+        raise invalid(f"dimensions must be between {min_dim} and {full_dim}{zero}, got {dimensions}", "dimensions")
     return dimensions
 
 

@@ -23,13 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from service.contract import DEFAULT_RERANK_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX, ModelInfo
+from service.errors import ErrorKind, ServiceError, invalid
 from service.metrics import Metrics
-from service.model_info import ModelInfo
 from service.pipeline.backend import InferenceBackend
-from service.pipeline.errors import ErrorKind, ServiceError, invalid
 from service.pipeline.inference import ServedModel, Tokenized, check_unicode
 from service.pipeline.params import RerankParams, Truncate
-from service.pipeline.rerank_template import DEFAULT_RERANK_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX
 from service.pipeline.tokenization import StopFlag, TextTokenizer, never_stop
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ def ranking(raw: np.ndarray, top_n: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class RerankHit:
+class ScoredDocument:
     index: int  # the document's position in the request
     score: float  # sigmoid(yes - no), in [0, 1]
     raw_score: float  # yes - no
@@ -83,7 +82,7 @@ class RerankHit:
 
 @dataclass(frozen=True)
 class RerankResult:
-    hits: list[RerankHit]  # by score descending, top_n applied
+    hits: list[ScoredDocument]  # by score descending, top_n applied
     logits: np.ndarray  # [n, 2] float32 (no, yes), input order
     prompt_tokens: int
     tokenize_ms: float
@@ -264,7 +263,7 @@ class Reranker(ServedModel):
         if not np.isfinite(logits).all():
             raise ServiceError(ErrorKind.INTERNAL, "the model returned non-finite logits")
         scores, raw = scores_from_logits(logits)
-        hits = [RerankHit(i, float(scores[i]), float(raw[i])) for i in ranking(raw, params.top_n)]
+        hits = [ScoredDocument(i, float(scores[i]), float(raw[i])) for i in ranking(raw, params.top_n)]
         self.metrics.rerank_documents.labels(self.info.served_name).observe(params.count)
         self.record(tokenized_at - started, tokenized.token_count, run)
         return RerankResult(

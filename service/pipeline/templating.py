@@ -1,15 +1,12 @@
-"""Instruction templates: `Instruct: {instruction}\\nQuery:{text}` for queries, nothing for documents."""
+"""Which prefix a request's texts get: the query template of the contract (service/contract.py,
+instruction_prefix) with an instruction or a named prompt, or nothing (documents)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from service.pipeline.errors import invalid
-
-
-def instruction_prefix(instruction: str) -> str:
-    # The official template, exactly: one newline, no space after "Query:".
-    return f"Instruct: {instruction}\nQuery:"
+from service.contract import instruction_prefix
+from service.errors import invalid
 
 
 def resolve_prefix(instruction: str, prompt_name: str, prompts: Mapping[str, str]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.pipeline.errors import invalid
+from service.errors import invalid
 from service.pipeline.params import Truncate
 
 

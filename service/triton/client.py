@@ -1,7 +1,7 @@
 """The facade's one Triton client: async gRPC inference with deadlines, readiness and error mapping.
 
-One channel for every served model; `ModelBackend` binds it to one model and its output tensor (the
-pipeline's InferenceBackend)."""
+One channel for every served model (TritonBackend, the state's ModelServer); `ModelBackend` binds it to one
+model and its output tensor (a served model's InferenceBackend). Both ports: service/pipeline/backend.py."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
-from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, ModelInfo
-from service.pipeline.errors import ErrorKind, ServiceError
+from service.contract import ATTENTION_MASK, INPUT_IDS, ModelInfo
+from service.errors import ErrorKind, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,6 @@ class TritonBackend:
 
     def for_model(self, info: ModelInfo) -> ModelBackend:
         return ModelBackend(self, info.triton_name, info.kind.output)
-
-    async def infer(self, ids: np.ndarray, mask: np.ndarray, hidden: int, timeout_s: float) -> np.ndarray:
-        """The model named at construction, its embedding output."""
-        return await self.infer_model(self.model_name, EMBEDDING, ids, mask, hidden, timeout_s)
 
     async def infer_model(
         self, model: str, output: str, ids: np.ndarray, mask: np.ndarray, width: int, timeout_s: float

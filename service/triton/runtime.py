@@ -106,11 +106,11 @@ def free_port() -> int:
 
 
 # The facade died: Triton's time to stop gracefully before the guardian kills its whole group.
-GUARD_GRACE_S = 20.0
+GUARDIAN_GRACE_S = 20.0
 PR_SET_PDEATHSIG = 1
 
 
-def _guard(facade_pid: int, shm_prefix: str, cmd: list[str]) -> None:
+def _guardian(facade_pid: int, shm_prefix: str, cmd: list[str]) -> None:
     """The guardian: runs tritonserver as its child, in its own process group (the facade signals that
     group), cleans up after it (processes, shared memory) and exits the way tritonserver did.
 
@@ -134,7 +134,7 @@ def _guard(facade_pid: int, shm_prefix: str, cmd: list[str]) -> None:
         orphaned = True
         if server:
             stop_server()
-        signal.alarm(int(GUARD_GRACE_S))
+        signal.alarm(int(GUARDIAN_GRACE_S))
 
     def grace_over(signum: int, frame: object) -> None:
         os.killpg(0, signal.SIGKILL)
@@ -258,7 +258,7 @@ def describe_exit(returncode: int) -> str:
 class TritonProcess:
     """A tritonserver child process; stop() ends it and its stubs (own process group).
 
-    `process` is the guardian (see _guard), whose exit code is tritonserver's."""
+    `process` is the guardian (see _guardian), whose exit code is tritonserver's."""
 
     process: subprocess.Popen[bytes]
     grpc_port: int
@@ -414,4 +414,4 @@ def start_triton(
 
 
 if __name__ == "__main__":
-    _guard(int(sys.argv[1]), sys.argv[2], sys.argv[3:])
+    _guardian(int(sys.argv[1]), sys.argv[2], sys.argv[3:])

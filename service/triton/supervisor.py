@@ -12,9 +12,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from pathlib import Path
-from typing import Any
 
+from service.errors import TritonGaveUp
 from service.metrics import Metrics
 from service.settings import Settings
 from service.triton.runtime import TritonProcess, TritonStartError, describe_exit, free_port, start_triton
@@ -30,81 +29,6 @@ START_POLL_S = 0.25
 # A Python-backend stub missing this long (Triton does not replace a dead one; its calls fail with
 # "Stub process ... is not healthy" while Triton reports the model ready) restarts Triton.
 STUB_GRACE_S = 3.0
-
-
-class Misconfiguration(RuntimeError):
-    """A configuration error that retrying cannot fix: the facade exits (code 2) with this one message."""
-
-
-class TritonGaveUp(RuntimeError):
-    """The local Triton failed too many times in a row: the facade exits (code 4) with this message."""
-
-
-def local_model_names(settings: Settings) -> list[str]:
-    """The models a local Triton will serve: `settings.models`, else every directory of the repository with a
-    config.pbtxt (what Triton loads; the export's hidden staging directories excluded)."""
-    if settings.models:
-        return list(settings.models)
-    repo = settings.model_repository
-    found = sorted(
-        d.name for d in repo.iterdir() if not d.name.startswith(".") and (d / "config.pbtxt").is_file()
-    ) if repo.is_dir() else []
-    if settings.model_name not in found and not (found and _only_rerankers(repo, found)):
-        # The default embedding model is what clients without a `model` field get: its absence is a
-        # deployment mistake (a wrong name or a missing export), unless the repository holds only rerankers
-        # (a reranker-only service has no embedding model to miss).
-        others = f" (the repository holds {', '.join(found)}; set QWEN3_EMBED_MODEL_NAME)" if found else ""
-        raise Misconfiguration(
-            f"no model {settings.model_name!r} in {repo}{others}: export a model first (qwen3-embed export)"
-        )
-    return found
-
-
-def _only_rerankers(repo: Path, names: list[str]) -> bool:
-    """Whether every model's config.pbtxt says kind "reranker" (export writes the `kind` parameter)."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    for name in names:
-        try:
-            text = (repo / name / "config.pbtxt").read_text(encoding="utf-8")
-            config = text_format.Parse(text, model_config_pb2.ModelConfig(), allow_unknown_field=True)
-        except (OSError, ValueError, text_format.ParseError):
-            return False  # read_model_configs reports it
-        kind = config.parameters["kind"].string_value if "kind" in config.parameters else ""
-        if kind != "reranker":
-            return False
-    return True
-
-
-def read_model_configs(settings: Settings) -> dict[str, Any]:
-    """Every served model's config.pbtxt as Triton's ModelConfig message, read before Triton starts."""
-    return {name: read_model_config(settings, name) for name in local_model_names(settings)}
-
-
-def read_model_config(settings: Settings, name: str = "") -> Any:
-    """One model's config.pbtxt (default: model_name) as Triton's ModelConfig message."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    name = name or settings.model_name
-    path = settings.model_repository / name / "config.pbtxt"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise Misconfiguration(
-            f"cannot read {path} ({exc.strerror or exc}): export a model first (qwen3-embed export)"
-        ) from None
-    except ValueError as exc:  # not UTF-8
-        raise Misconfiguration(f"{path} is not a Triton model config: {exc}") from None
-    try:
-        # Unknown fields are Triton's business (a newer schema than tritonclient's), not an error here.
-        config = text_format.Parse(text, model_config_pb2.ModelConfig(), allow_unknown_field=True)
-    except text_format.ParseError as exc:
-        raise Misconfiguration(f"{path} is not a valid Triton model config: {exc}") from None
-    if not config.name:
-        config.name = name  # Triton names a model after its directory
-    return config
 
 
 class TritonSupervisor:

@@ -16,8 +16,7 @@ from export.errors import ExportError
 from export.exporter import ExportOptions, run_export
 from export.triton_config import ORT_BACKEND_MEMORY_PARAMETERS, RepoSettings, build_config, parse_pbtxt, to_pbtxt
 from service.cli import app
-from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, ModelFacts, Param
-from service.pipeline.batching import default_buckets, pad
+from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, ModelFacts, Param, default_buckets, pad
 from tests.conftest import TEST_MAX_TOKENS, export_dev
 from tests.helpers import cosine
 

@@ -22,9 +22,19 @@ from tokenizers import Tokenizer
 from export.checkpoint import Checkpoint, resolve
 from export.errors import ExportError
 from export.triton_config import parse_pbtxt
-from service.contract import ATTENTION_MASK, INPUT_IDS, RERANK_LABELS, RERANK_LOGITS, ModelFacts, ModelKind, Param
-from service.pipeline.batching import pad
-from service.pipeline.rerank_template import RERANK_PREFIX, RERANK_SUFFIX, rerank_body
+from service.contract import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    RERANK_LABELS,
+    RERANK_LOGITS,
+    RERANK_PREFIX,
+    RERANK_SUFFIX,
+    ModelFacts,
+    ModelKind,
+    Param,
+    pad,
+    rerank_body,
+)
 from tests.conftest import TEST_MAX_TOKENS, export_dev_reranker
 
 NAME = "qwen3_reranker"

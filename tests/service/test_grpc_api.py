@@ -11,12 +11,12 @@ import pytest
 from grpc_health.v1 import health_pb2
 from sentence_transformers import SentenceTransformer
 
+from service.contract import default_buckets
 from service.gen.embedding.v1 import embedding_pb2 as pb
-from service.pipeline.batching import default_buckets
-from service.pipeline.encoding import unpack
 from service.pipeline.params import Encoding
 from tests.conftest import TEST_MAX_TOKENS
 from tests.helpers import Facade, cosine, embed, health_status, vectors
+from tests.oracles import unpack
 
 QUERIES = ["What is the capital of China?", "Explain gravity", "最好的编程语言是什么？", "emoji 🚀 test"]
 DOCS = [

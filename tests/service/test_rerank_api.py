@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from service.client import Client
+from service.contract import RERANK_PREFIX, RERANK_SUFFIX, rerank_body
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
-from service.pipeline.rerank_template import RERANK_PREFIX, RERANK_SUFFIX, rerank_body
 from tests.doc_pages import CLIENTS, code_blocks, page, section, shell_lines
 from tests.helpers import Facade, cosine
 

@@ -363,9 +363,9 @@ class ChangingBackend:
 
 def test_a_changed_model_config_is_reloaded_or_not_served(model_repository: Path) -> None:
     from service.metrics import Metrics
+    from service.repository import read_model_config
     from service.settings import Settings
     from service.state import ServiceState
-    from service.triton.supervisor import read_model_config
 
     settings = Settings(model_repository=model_repository, triton_url="127.0.0.1:1")
     first = read_model_config(settings)

@@ -321,9 +321,10 @@ def test_remote_triton_with_an_unusable_tokenizer_ends_the_facade(
 
 
 def test_backoff_doubles_up_to_its_cap_and_the_limit_ends_it() -> None:
+    from service.errors import TritonGaveUp
     from service.metrics import Metrics
     from service.settings import Settings
-    from service.triton.supervisor import TritonGaveUp, TritonSupervisor
+    from service.triton.supervisor import TritonSupervisor
 
     settings = Settings(triton_max_restarts=5, triton_restart_backoff_s=1, triton_restart_backoff_max_s=3)
     supervisor = TritonSupervisor(settings, Metrics())

@@ -31,18 +31,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.launch import FacadeProcess, launch_facade
-from service.api.grpc_server import WORKER_PID_KEY
+from service.api.grpc.server import WORKER_PID_KEY
 from service.gen.embedding.v1 import embedding_pb2 as pb
+from service.process.cpus import cgroup_cpu_limit, resolve_workers, triton_shares_cpus, usable_cpus
 from service.triton.runtime import free_port
-from service.workers import (
-    HUNG_S,
-    METRICS_DIR_PREFIX,
-    cgroup_cpu_limit,
-    remove_stale_metrics_dirs,
-    resolve_workers,
-    triton_shares_cpus,
-    usable_cpus,
-)
+from service.workers import HUNG_S, METRICS_DIR_PREFIX, remove_stale_metrics_dirs
 from tests.helpers import ROOT, cosine, run_facade, vectors, wait_for
 from tests.service.test_supervision import (
     assert_nothing_left,

@@ -1,4 +1,4 @@
-"""The default length-bucket ladder (service/pipeline/batching.py): its shape and the padding it guarantees, and
+"""The default length-bucket ladder (service/contract.py): its shape and the padding it guarantees, and
 the one ladder export writes, warms up and the facade uses."""
 
 from __future__ import annotations
@@ -8,15 +8,15 @@ import random
 
 import pytest
 
-from service.contract import ModelFacts, Param
-from service.pipeline.batching import (
+from service.contract import (
     BUCKET_ALIGN,
     BUCKETS_PER_OCTAVE,
     SMALLEST_BUCKET,
-    bucket_for,
+    ModelFacts,
+    Param,
     default_buckets,
-    worst_padding,
 )
+from service.pipeline.batching import bucket_for, worst_padding
 from service.pipeline.inference import resolve_buckets
 
 MAX_TOKENS = (16, 17, 100, 300, 512, 8192, 32768, 40960)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from service.errors import ErrorKind, ServiceError
 from service.pipeline.coalescer import Coalescer
-from service.pipeline.errors import ErrorKind, ServiceError
 
 
 class Backend:

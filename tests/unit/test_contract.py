@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.checkpoint import resolve
+from export.checkpoint import embedding_special_ids, resolve
 from export.errors import ExportError
 from export.prompts import DEFAULT_TASK, OFFICIAL_PROMPTS
 from service import contract
-from service.contract import ModelFacts, ModelInfo, Param, Precision, SpecialIds
-from service.pipeline.templating import instruction_prefix
+from service.contract import ModelFacts, ModelInfo, Param, Precision, SpecialIds, instruction_prefix
 from tests.helpers import ROOT
 
 TEMPLATE = ROOT / "export" / "templates" / "model.py"
@@ -120,7 +119,7 @@ def test_model_info_from_triton_config() -> None:
 def test_special_ids_come_from_the_checkpoint(dev_model_dir: Path, tmp_path: Path) -> None:
     from tokenizers import Tokenizer
 
-    assert SpecialIds.from_checkpoint(dev_model_dir) == SpecialIds(pad_id=151643, eos_id=151643)
+    assert embedding_special_ids(dev_model_dir) == SpecialIds(pad_id=151643, eos_id=151643)
     # A tokenizer that appends nothing (old Qwen3-Embedding revisions) is refused by name.
     broken = tmp_path / "broken"
     shutil.copytree(dev_model_dir, broken)
@@ -135,7 +134,7 @@ def test_special_ids_come_from_the_checkpoint(dev_model_dir: Path, tmp_path: Pat
     config = json.loads((other / "tokenizer_config.json").read_text())
     config["pad_token"] = "<|im_start|>"
     (other / "tokenizer_config.json").write_text(json.dumps(config))
-    assert SpecialIds.from_checkpoint(other) == SpecialIds(pad_id=151644, eos_id=151643)
+    assert embedding_special_ids(other) == SpecialIds(pad_id=151644, eos_id=151643)
 
 
 def test_one_template_for_export_and_serving() -> None:
@@ -145,7 +144,7 @@ def test_one_template_for_export_and_serving() -> None:
 
 def test_the_serving_side_imports_neither_export_nor_torch() -> None:
     code = (
-        "import sys, service.contract, service.model_info\n"
+        "import sys, service.contract\n"
         "bad = [m for m in sys.modules if m == 'torch' or m == 'export' or m.startswith('export.')]\n"
         "assert not bad, bad\n"
     )

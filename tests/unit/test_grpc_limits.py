@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from service.api.grpc_limits import CallKind, CallLimiter, CallLimits
+from service.api.grpc.limits import CallKind, CallLimiter, CallLimits
 
 SERVICE = "toy.Svc"
 # Channels to one target share one connection unless each has its own subchannel pool.

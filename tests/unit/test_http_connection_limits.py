@@ -1,4 +1,4 @@
-"""The HTTP connection limits (service/api/http_server.py) with each parser, on a real uvicorn server and raw
+"""The HTTP connection limits (service/api/http/server.py) with each parser, on a real uvicorn server and raw
 sockets: slow-loris headers and bodies are cut at the request deadline, a request being served is never cut
 or evicted, kept-alive idle connections get a fresh deadline, and the cap evicts the longest-idle one."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from service.api.http_server import PROTOCOLS
+from service.api.http.server import PROTOCOLS
 
 TIMEOUT_S = 0.5
 CAP = 4

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from service.contract import ModelInfo, ModelKind
+from service.errors import ErrorKind, ServiceError
 from service.models import Models
-from service.pipeline.errors import ErrorKind, ServiceError
 
 
 @dataclass

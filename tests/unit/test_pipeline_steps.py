@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.pipeline.batching import bucket_for, default_buckets, left_pad, plan_chunks
-from service.pipeline.embedder import resolve_buckets
-from service.pipeline.encoding import float32_base64, pack, unpack
-from service.pipeline.errors import ErrorKind, ServiceError
+from service.contract import default_buckets, instruction_prefix, pad
+from service.errors import ErrorKind, ServiceError
+from service.pipeline.batching import bucket_for, plan_chunks
+from service.pipeline.encoding import float32_base64, pack
+from service.pipeline.inference import resolve_buckets
 from service.pipeline.params import Encoding, Truncate
 from service.pipeline.postprocess import check_dimensions, finalize
-from service.pipeline.templating import apply_prefix, instruction_prefix, resolve_prefix
+from service.pipeline.templating import apply_prefix, resolve_prefix
 from service.pipeline.truncation import fit
+from tests.oracles import unpack
 
 PROMPTS = {
     "query": "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
@@ -71,7 +73,7 @@ def test_buckets_and_chunks() -> None:
 
 
 def test_left_pad() -> None:
-    ids, mask = left_pad([[1, 2], [3, 4, 5]], 4, pad_id=0)
+    ids, mask = pad([[1, 2], [3, 4, 5]], 4, pad_id=0, side="left")
     assert ids.tolist() == [[0, 0, 1, 2], [0, 3, 4, 5]]
     assert mask.tolist() == [[0, 0, 1, 1], [0, 1, 1, 1]]
     assert ids.dtype == np.int64

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from service.admission import Admission
-from service.api.grpc_service import parse_request
-from service.api.json_budget import ValueCounter, count_values
-from service.api.wire import count_field
+from service.api.grpc.servicer import parse_request
+from service.api.grpc.wire import count_field
+from service.api.http.json_budget import ValueCounter, count_values
+from service.contract import ModelInfo
+from service.errors import ErrorKind, ServiceError
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.metrics import Metrics
-from service.model_info import ModelInfo
 from service.pipeline.embedder import Embedder
-from service.pipeline.errors import ErrorKind, ServiceError
 from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.tokenization import StopFlag, Stopped, TextTokenizer, load_tokenizer
 from service.pipeline.truncation import fit

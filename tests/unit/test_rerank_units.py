@@ -13,16 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from export.qwen_tokenizer_offline import save_tokenizer
-from service.metrics import Metrics
-from service.model_info import ModelInfo
-from service.pipeline.errors import ErrorKind, ServiceError
-from service.pipeline.params import RerankParams, Truncate
-from service.pipeline.rerank_template import (
+from service.contract import (
     DEFAULT_RERANK_INSTRUCTION,
     RERANK_PREFIX,
     RERANK_SUFFIX,
+    ModelInfo,
     rerank_body,
 )
+from service.errors import ErrorKind, ServiceError
+from service.metrics import Metrics
+from service.pipeline.params import RerankParams, Truncate
 from service.pipeline.reranker import (
     Reranker,
     ranking,
@@ -330,7 +330,7 @@ def test_a_tokenizer_whose_yes_no_ids_differ_is_refused(tokenizer: TextTokenizer
 
 
 def test_grpc_wire_precheck_counts_documents_before_parsing() -> None:
-    from service.api.grpc_service import parse_rerank
+    from service.api.grpc.servicer import parse_rerank
     from service.gen.embedding.v1 import embedding_pb2 as pb
 
     raw = pb.RerankRequest(query="q" * 100, documents=["d"] * 50, instruction="i", top_n=3).SerializeToString()
@@ -345,13 +345,9 @@ def test_grpc_wire_precheck_counts_documents_before_parsing() -> None:
 
 
 def test_http_shapes_translate_to_the_same_params() -> None:
-    from service.api.http_rerank import (
-        RerankRequest,
-        TeiRerankRequest,
-        inline_schema,
-        params_from_cohere,
-        params_from_tei,
-    )
+    from service.api.http.rerank import params_from_cohere, params_from_tei
+    from service.api.http.schemas import RerankRequest, TeiRerankRequest
+    from service.api.http.wire import inline_schema
 
     cohere = RerankRequest.model_validate_json(
         '{"query": "q", "documents": ["a", {"text": "b"}], "top_n": 1, "return_documents": true, "truncate": "END"}'

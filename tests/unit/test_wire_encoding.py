@@ -8,15 +8,16 @@ import json
 import numpy as np
 import pytest
 
-from service.api.grpc_service import encode_response, response_from_result
-from service.api.http_app import embeddings_json
+from service.api.grpc.servicer import encode_response
+from service.api.http.embeddings import embeddings_json
 from service.gen.embedding.v1 import embedding_pb2 as pb
-from service.lifecycle import Embedded
+from service.lifecycle import EmbedOutcome
 from service.pipeline.embedder import EmbedResult
 from service.pipeline.params import EmbedParams, Encoding
+from tests.oracles import response_from_result
 
 
-def embedded(vectors: np.ndarray, encoding: Encoding, request_id: str = "") -> Embedded:
+def embedded(vectors: np.ndarray, encoding: Encoding, request_id: str = "") -> EmbedOutcome:
     params = EmbedParams(texts=("x",) * len(vectors), encoding=encoding, request_id=request_id)
     result = EmbedResult(
         vectors=vectors,
@@ -26,7 +27,7 @@ def embedded(vectors: np.ndarray, encoding: Encoding, request_id: str = "") -> E
         inference_ms=1.5,
         total_ms=2.0,
     )
-    return Embedded(params, result, "qwen3-embedding-dev")
+    return EmbedOutcome(params, result, "qwen3-embedding-dev")
 
 
 def random_vectors(rng: np.random.Generator, rows: int, dims: int) -> np.ndarray:
@@ -109,7 +110,7 @@ def test_triton_output_is_read_from_the_raw_contents() -> None:
 async def test_grpc_errors_map_as_tritonclient_reported_them() -> None:
     import grpc
 
-    from service.pipeline.errors import ErrorKind
+    from service.errors import ErrorKind
     from service.triton.client import map_triton_error, rpc_exception
 
     def error(code: grpc.StatusCode, details: str) -> grpc.RpcError:

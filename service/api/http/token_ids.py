@@ -7,7 +7,7 @@ allows them turns that into a clear 400."""
 
 from __future__ import annotations
 
-from service.pipeline.errors import invalid
+from service.errors import invalid
 from service.pipeline.params import EmbedParams
 from service.settings import Settings
 

@@ -10,7 +10,7 @@ filled it, and health checks failed with everything else. Here each kind has a p
 and long-lived calls (streams of any service) are capped per client connection. Over a bound a call gets
 RESOURCE_EXHAUSTED at once. A call whose request message does not come within the idle timeout ends with
 DEADLINE_EXCEEDED; request streams are timed the same way between messages, except the methods that time
-themselves (EmbedStream: a stream waiting for its own work is not idle, service/api/grpc_service.py).
+themselves (EmbedStream: a stream waiting for its own work is not idle, service/api/grpc/servicer.py).
 
 Unary handlers are served as client-streaming ones (the wire is the same: one message, then half-close), so
 the call is admitted, or refused, before its message is read.

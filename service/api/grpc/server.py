@@ -11,9 +11,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.api.auth import AuthInterceptor, KeyChecker
-from service.api.grpc_limits import CallLimiter, CallLimits
-from service.api.grpc_service import SERVICE_NAME, EmbeddingService, method_handlers
-from service.api.reflection_descriptors import reflection_pool
+from service.api.grpc.limits import CallLimiter, CallLimits
+from service.api.grpc.reflection_descriptors import reflection_pool
+from service.api.grpc.servicer import SERVICE_NAME, GrpcApi, method_handlers
 from service.lifecycle import Lifecycle
 from service.settings import Settings
 
@@ -61,7 +61,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 def call_limits(settings: Settings) -> CallLimits:
-    """The server's call bounds (service/api/grpc_limits.py). API unary calls default to twice the in-flight
+    """The server's call bounds (service/api/grpc/limits.py). API unary calls default to twice the in-flight
     capacity plus a margin: the calls refused by admission after their message arrived, and those being
     received, stay bounded."""
     return CallLimits(
@@ -118,7 +118,7 @@ def build_grpc_server(
     if worker:
         interceptors.append(WorkerPidInterceptor())
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    server.add_generic_rpc_handlers((method_handlers(EmbeddingService(lifecycle, settings.stream_window)),))
+    server.add_generic_rpc_handlers((method_handlers(GrpcApi(lifecycle, settings.stream_window)),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # Served with json_name filled in, so grpcurl prints the same JSON through reflection as from the .proto.

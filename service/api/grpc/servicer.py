@@ -17,14 +17,15 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
-from service.api.grpc_limits import idle_message
+from service.api.grpc.limits import idle_message
+from service.api.grpc.wire import count_field
 from service.api.info import info_fields
-from service.api.wire import count_field
+from service.errors import ErrorKind, ServiceError, invalid
 from service.gen.embedding.v1 import embedding_pb2 as pb
-from service.lifecycle import Embedded, Lifecycle, Reranked
+from service.lifecycle import EmbedOutcome, Lifecycle, Parse, RerankOutcome, chosen_embedder
 from service.models import Models
+from service.pipeline.embedder import Embedder
 from service.pipeline.encoding import pack
-from service.pipeline.errors import ErrorKind, ServiceError, invalid
 from service.pipeline.params import EmbedParams, Encoding, RerankParams, Truncate
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def params_from_proto(request: pb.EmbedRequest) -> EmbedParams:
     )
 
 
-def _response_fields(embedded: Embedded) -> pb.EmbedResponse:
+def _response_fields(embedded: EmbedOutcome) -> pb.EmbedResponse:
     """An EmbedResponse with everything but the embeddings."""
     params, result = embedded.params, embedded.result
     return pb.EmbedResponse(
@@ -98,19 +99,6 @@ def _response_fields(embedded: Embedded) -> pb.EmbedResponse:
         usage=pb.Usage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
         timings=pb.Timings(tokenize_ms=result.tokenize_ms, inference_ms=result.inference_ms, total_ms=result.total_ms),
     )
-
-
-def response_from_result(embedded: Embedded) -> pb.EmbedResponse:
-    """The response as a message (a Python float per value; the handlers send encode_response's bytes)."""
-    params, result = embedded.params, embedded.result
-    response = _response_fields(embedded)
-    if params.encoding is Encoding.FLOAT:
-        response.embeddings.extend(pb.Embedding(index=i, values=row) for i, row in enumerate(result.vectors.tolist()))
-    else:
-        response.embeddings.extend(
-            pb.Embedding(index=i, packed=data) for i, data in enumerate(pack(result.vectors, params.encoding))
-        )
-    return response
 
 
 def _varint(value: int) -> bytes:
@@ -137,11 +125,11 @@ def _embedding(index: int, tag: bytes, data: bytes) -> bytes:
     return _EMBEDDINGS_TAG + _varint(len(body)) + body
 
 
-def encode_response(embedded: Embedded) -> bytes:
-    """response_from_result(embedded).SerializeToString(), without a Python float per value: each row's
-    float32 values are copied once into a packed `repeated float` (little-endian, as the wire wants). The
-    embeddings (field 1) come first, then the other fields as protobuf serializes them: byte for byte what
-    the message would serialize to."""
+def encode_response(embedded: EmbedOutcome) -> bytes:
+    """The EmbedResponse's bytes, without a Python float per value: each row's float32 values are copied once
+    into a packed `repeated float` (little-endian, as the wire wants). The embeddings (field 1) come first, then
+    the other fields as protobuf serializes them: byte for byte what the message would serialize to
+    (tests/oracles.py builds that message field by field)."""
     params, result = embedded.params, embedded.result
     if params.encoding is Encoding.FLOAT:
         vectors = np.ascontiguousarray(result.vectors, dtype="<f4")
@@ -181,7 +169,7 @@ def parse_rerank(raw: bytes, max_documents: int) -> RerankParams:
     )
 
 
-def rerank_response(reranked: Reranked) -> pb.RerankResponse:
+def rerank_response(reranked: RerankOutcome) -> pb.RerankResponse:
     params, result = reranked.params, reranked.result
     response = pb.RerankResponse(
         model=reranked.model,
@@ -209,7 +197,7 @@ def short(text: str, limit: int = 64) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-class EmbeddingService:
+class GrpcApi:
     def __init__(self, lifecycle: Lifecycle, stream_window: int) -> None:
         self.lifecycle = lifecycle
         self.state = lifecycle.state
@@ -221,13 +209,14 @@ class EmbeddingService:
         remaining = context.time_remaining()
         return self.lifecycle.deadline(None if remaining is None else float(remaining))
 
-    def _parse_embed(self, raw: bytes) -> Callable[[Models], Awaitable[EmbedParams]]:
-        async def parse(models: Models) -> EmbedParams:
-            return params_from_proto(parse_request(raw, pb.EmbedRequest, self.state.settings.max_batch_inputs))
+    def _parse_embed(self, raw: bytes) -> Parse:
+        async def parse(models: Models) -> tuple[EmbedParams, Embedder]:
+            max_inputs = self.state.settings.max_batch_inputs
+            return chosen_embedder(models, params_from_proto(parse_request(raw, pb.EmbedRequest, max_inputs)))
 
         return parse
 
-    async def _guard(self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
+    async def _answer(self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
         """Runs one call: ServiceError -> its status code; anything else -> INTERNAL (a bug), logged."""
         code = grpc.StatusCode.OK
         with self._seconds(method).time():
@@ -269,7 +258,7 @@ class EmbeddingService:
         async def work() -> bytes:
             return encode_response(await self.lifecycle.embed(self._parse_embed(raw), deadline))
 
-        return await self._guard("Embed", context, work)
+        return await self._answer("Embed", context, work)
 
     async def EmbedStream(
         self, raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -290,11 +279,11 @@ class EmbeddingService:
             response: bytes | pb.EmbedResponse
             try:
 
-                async def parse(models: Models) -> EmbedParams:
+                async def parse(models: Models) -> tuple[EmbedParams, Embedder]:
                     nonlocal rid
-                    params = await self._parse_embed(raw)(models)
+                    params, embedder = await self._parse_embed(raw)(models)
                     rid = params.request_id
-                    return params
+                    return params, embedder
 
                 embedded = await self.lifecycle.embed(parse, self._deadline(context), stream=True)
                 response = encode_response(embedded)
@@ -329,7 +318,7 @@ class EmbeddingService:
                 if input_ended or answered < started:
                     item = await done.get()  # work in progress: the stream is not idle
                 else:
-                    # Waiting on the client alone: an open stream that sends nothing ends (grpc_limits.py).
+                    # Waiting on the client alone: an open stream that sends nothing ends (service/api/grpc/limits.py).
                     try:
                         item = await asyncio.wait_for(done.get(), max(0.0, active + idle_s - time.monotonic()))
                     except TimeoutError:
@@ -358,15 +347,16 @@ class EmbeddingService:
         async def work() -> pb.TokenizeResponse:
             request = pb.TokenizeRequest()
 
-            async def parse(models: Models) -> EmbedParams:
+            async def parse(models: Models) -> tuple[EmbedParams, Embedder]:
                 request.CopyFrom(parse_request(raw, pb.TokenizeRequest, self.state.settings.max_batch_inputs))
-                return EmbedParams(
+                params = EmbedParams(
                     texts=tuple(request.inputs),
                     instruction=request.instruction,
                     prompt_name=request.prompt_name,
                     truncate=_truncate(request.truncate),
                     model=request.model,
                 )
+                return chosen_embedder(models, params)
 
             tokenized, embedder = await self.lifecycle.tokenize(parse, deadline)
             response = pb.TokenizeResponse(
@@ -378,7 +368,7 @@ class EmbeddingService:
                     item.tokens.extend(embedder.tokenizer.id_to_token(t) for t in ids)
             return response
 
-        return await self._guard("Tokenize", context, work)
+        return await self._answer("Tokenize", context, work)
 
     async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.GetInfoResponse:
         async def work() -> pb.GetInfoResponse:
@@ -390,7 +380,7 @@ class EmbeddingService:
                 response.models.add(kind=kind, **model)
             return response
 
-        return await self._guard("GetInfo", context, work)
+        return await self._answer("GetInfo", context, work)
 
     async def Rerank(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
         deadline = self._deadline(context)
@@ -401,10 +391,10 @@ class EmbeddingService:
         async def work() -> pb.RerankResponse:
             return rerank_response(await self.lifecycle.rerank(parse, deadline))
 
-        return await self._guard("Rerank", context, work)
+        return await self._answer("Rerank", context, work)
 
 
-def method_handlers(service: EmbeddingService) -> grpc.GenericRpcHandler:
+def method_handlers(service: GrpcApi) -> grpc.GenericRpcHandler:
     """The service's handlers; Embed, EmbedStream, Tokenize and Rerank take raw bytes (see the module doc)."""
     handlers = {
         "Embed": grpc.unary_unary_rpc_method_handler(service.Embed),

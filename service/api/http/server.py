@@ -18,7 +18,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.api.http_app import build_app
+from service.api.http.app import build_app
 from service.lifecycle import Lifecycle
 from service.settings import Settings
 

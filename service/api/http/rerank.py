@@ -1,0 +1,116 @@
+"""Rerank over HTTP, in the two shapes clients already send: Cohere / Jina `POST /v1/rerank` (also what vLLM,
+Infinity, LiteLLM, LangChain and Dify call) and Hugging Face TEI `POST /rerank`. Same gate, body reading,
+admission, errors and strictness as `/v1/embeddings` (service/api/http/embeddings.py)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service.api.http.schemas import RerankRequest, RerankResponse, TeiRerankRequest, TeiRerankResult
+from service.api.http.wire import (
+    ERROR_RESPONSES,
+    HttpContext,
+    disconnected,
+    json_response,
+    parse_json,
+    read_body,
+    request_body,
+)
+from service.errors import invalid
+from service.lifecycle import RerankOutcome
+from service.models import Models
+from service.pipeline.params import RerankParams, Truncate
+
+
+def params_from_cohere(body: RerankRequest) -> RerankParams:
+    return RerankParams(
+        query=body.query,
+        documents=tuple(d if isinstance(d, str) else d.text for d in body.documents),
+        instruction=body.instruction or "",
+        top_n=body.top_n or 0,
+        return_documents=body.return_documents,
+        truncate=Truncate(body.truncate),
+        model=body.model or "",
+    )
+
+
+def params_from_tei(body: TeiRerankRequest) -> RerankParams:
+    if body.truncate and body.truncation_direction.lower() == "left":
+        raise invalid(
+            "truncation_direction Left is not supported for reranking: Qwen3-Reranker's usage cuts the end of "
+            "a document (Right)",
+            "truncation_direction",
+        )
+    return RerankParams(
+        query=body.query,
+        documents=tuple(body.texts),
+        instruction=body.instruction or "",
+        return_documents=body.return_text,
+        truncate=Truncate.END if body.truncate else Truncate.NONE,
+        raw_scores=body.raw_scores,
+        model=body.model or "",
+    )
+
+
+async def rerank_admitted(request: Request, parse: Callable[[bytes], RerankParams]) -> RerankOutcome:
+    ctx: HttpContext = request.app.state.ctx
+
+    async def parse_admitted(models: Models) -> RerankParams:
+        return parse(await read_body(request, ctx.settings))
+
+    return await ctx.lifecycle.rerank(parse_admitted, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
+
+
+router = APIRouter()
+
+
+@router.post(
+    "/v1/rerank",
+    response_model=RerankResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=request_body(RerankRequest),
+)
+async def rerank(request: Request) -> Response:
+    """Cohere / Jina rerank: documents by relevance to the query, highest first."""
+    reranked = await rerank_admitted(request, lambda body: params_from_cohere(parse_json(RerankRequest, body)))
+    params, result = reranked.params, reranked.result
+    results: list[dict[str, Any]] = []
+    for hit in result.hits:
+        item: dict[str, Any] = {"index": hit.index, "relevance_score": hit.score}
+        if params.return_documents:
+            item["document"] = {"text": params.documents[hit.index]}
+        results.append(item)
+    tokens = result.prompt_tokens
+    return json_response(
+        {
+            "id": str(uuid.uuid4()),
+            "model": reranked.model,
+            "results": results,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            "meta": {"billed_units": {"input_tokens": tokens}},
+        }
+    )
+
+
+@router.post(
+    "/rerank",
+    response_model=list[TeiRerankResult],
+    responses=ERROR_RESPONSES,
+    openapi_extra=request_body(TeiRerankRequest),
+)
+async def rerank_tei(request: Request) -> Response:
+    """TEI rerank: [{index, score, text?}] by score, highest first."""
+    reranked = await rerank_admitted(request, lambda body: params_from_tei(parse_json(TeiRerankRequest, body)))
+    params = reranked.params
+    out: list[dict[str, Any]] = []
+    for hit in reranked.result.hits:
+        item: dict[str, Any] = {"index": hit.index, "score": hit.raw_score if params.raw_scores else hit.score}
+        if params.return_documents:
+            item["text"] = params.documents[hit.index]
+        out.append(item)
+    return json_response(out)

@@ -1,0 +1,144 @@
+"""The HTTP API's request and response shapes: OpenAI embeddings, Cohere / Jina and TEI rerank, OpenAI errors,
+with this service's documented extensions."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+class EmbeddingsRequest(BaseModel):
+    # As OpenAI's own API: an unknown parameter is a 400 naming it (a client relying on another server's
+    # extension learns it is not applied), and types are strict (no "64" for 64, no true for token id 1).
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="Text, texts, token ids, or lists of token ids"
+    )
+    model: str = Field(description="The served model name (see GET /v1/models)")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64 = little-endian float32 bytes, as OpenAI encodes them"
+    )
+    dimensions: int | None = Field(None, description="Matryoshka dimension; the vector is re-normalised")
+    user: str | None = Field(None, description="Accepted and ignored")
+    # Extensions
+    instruction: str | None = Field(None, description="Task instruction: 'Instruct: {instruction}\\nQuery:{text}'")
+    prompt_name: str | None = Field(None, description="A named prompt of the model: 'query' or 'document'")
+    input_type: Literal["query", "passage", "document"] | None = Field(
+        None, description="NIM-style alias: query -> prompt 'query', passage/document -> no prompt"
+    )
+    truncate: Literal["NONE", "END", "START"] = Field(
+        "NONE", description="NONE rejects inputs over the model's limit; END/START cut them"
+    )
+    normalize: bool = Field(True, description="L2-normalise (after the dimension cut)")
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: Usage
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class RerankDocument(BaseModel):
+    """Cohere's document object (only its text is ranked)."""
+
+    model_config = STRICT
+    text: str
+
+
+class RerankRequest(BaseModel):
+    """Cohere / Jina rerank request, with this service's extensions (instruction, truncate)."""
+
+    model_config = STRICT
+    query: str = Field(description="The search query")
+    documents: list[str | RerankDocument] = Field(description="Texts, or Cohere objects {'text': ...}")
+    model: str | None = Field(None, description="A served reranker (GET /v1/models); default: the default one")
+    top_n: int | None = Field(None, ge=1, description="Return the best top_n results; default: all")
+    return_documents: bool = Field(False, description="Echo each result's document as {'text': ...}")
+    # Extensions
+    instruction: str | None = Field(
+        None, description="Qwen3-Reranker task instruction; default: the official web-search instruction"
+    )
+    truncate: Literal["NONE", "END", "START"] = Field(
+        "NONE", description="NONE rejects a document over the model's limit (400 naming it); END cuts its end"
+    )
+
+
+class RerankResultDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: RerankResultDocument | None = None
+
+
+class RerankUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class BilledUnits(BaseModel):
+    input_tokens: int
+
+
+class RerankMeta(BaseModel):
+    billed_units: BilledUnits
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult] = Field(description="By relevance_score, highest first")
+    usage: RerankUsage = Field(description="Jina / vLLM: every document's sequence counts")
+    meta: RerankMeta = Field(description="Cohere: the same tokens as billed_units.input_tokens")
+
+
+class TeiRerankRequest(BaseModel):
+    """Hugging Face text-embeddings-inference's rerank request."""
+
+    model_config = STRICT
+    query: str
+    texts: list[str]
+    raw_scores: bool = Field(False, description="The logit difference yes - no instead of its sigmoid")
+    return_text: bool = False
+    truncate: bool | None = Field(False, description="Cut documents over the model's limit instead of a 400")
+    truncation_direction: Literal["Right", "Left", "right", "left"] = Field(
+        "Right", description="Only Right (cut the end) is supported, as Qwen3-Reranker's usage"
+    )
+    # Extensions
+    instruction: str | None = None
+    model: str | None = None
+
+
+class TeiRerankResult(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
