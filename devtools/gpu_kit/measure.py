@@ -570,8 +570,8 @@ async def service(run: Run, model_dir: Path, engines: Engines) -> None:
     from devtools.bench.clients import http_info
     from devtools.bench.runner import LoadSpec
     from devtools.bench.workload import LengthSpec, batches, make_texts
+    from service.process.cpus import resolve_workers, triton_shares_cpus
     from service.triton.runtime import start_triton
-    from service.workers import resolve_workers, triton_shares_cpus
 
     s, dev, res = run.sizes, run.device, run.result
     logs = run.work / "logs"

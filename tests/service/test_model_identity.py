@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from service.contract import ModelFacts, ModelKind, Precision
+from service.errors import Misconfiguration
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
 from service.model_identity import check_served_name, claim_of, contradiction
 from service.triton.runtime import free_port
-from service.errors import Misconfiguration
 from tests.helpers import ROOT
 from tests.service.test_rerank_api import CASES, Reference
 from tests.service.test_supervision import assert_one_clear_message, local_facade
