@@ -27,7 +27,7 @@ from benchmarks.run import CACHE, ROOT, clean, log, machine, prepare_model
 from devtools.bench.runner import LoadSpec
 from devtools.bench.stats import padding_ratio
 from devtools.bench.workload import WORKLOADS, LengthSpec, batches, make_texts, text_of
-from service.pipeline.batching import default_buckets
+from service.contract import default_buckets
 
 
 @dataclass(frozen=True)

@@ -351,7 +351,7 @@ def measure_infinity(ctx: Context, results: dict[str, Any]) -> None:
 def geometric_buckets(per_octave: int, max_tokens: int) -> str:
     """QWEN3_EMBED_BUCKETS for a ladder of `per_octave` edges to each doubling on multiples of 8 (the default
     is 3; finer edges: less padding, but fewer equal shapes for Triton to batch together)."""
-    from service.pipeline.batching import default_buckets
+    from service.contract import default_buckets
 
     return ",".join(str(e) for e in default_buckets(max_tokens, per_octave=per_octave))
 

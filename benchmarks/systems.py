@@ -21,7 +21,8 @@ from devtools.bench.clients import GrpcSender, HttpSender, Outcome
 from devtools.bench.runner import LoadSpec, run_load
 from devtools.bench.stats import Sample, Summary, summarize
 from devtools.launch import FacadePorts, launch_facade, stop
-from service.pipeline.batching import Chunk, pad, plan_chunks
+from service.contract import pad
+from service.pipeline.batching import Chunk, plan_chunks
 from service.triton.runtime import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,8 +20,7 @@ import numpy as np
 
 from benchmarks.run import CACHE, ROOT, clean, log, machine, model_facts, prepare_model
 from export.triton_config import WARMUP_MAX_TOKENS, parse_pbtxt, to_pbtxt, warmup_file
-from service.contract import ATTENTION_MASK, INPUT_IDS
-from service.pipeline.batching import default_buckets
+from service.contract import ATTENTION_MASK, INPUT_IDS, default_buckets
 
 PROBES = (40, 80, 320, 1288, 5160, 1024)  # rungs of the 3/octave ladder, not powers of two but 1024
 

@@ -89,8 +89,8 @@ def test_service_imports_have_no_circle() -> None:
 
 # service/ from the bottom up: a module imports only from its own layer or the ones below it.
 LAYERS = (
-    ("the base", ("errors", "contract", "settings", "metrics", "logs", "gen")),
-    ("the request path and Triton", ("pipeline", "repository", "triton")),
+    ("the base", ("errors", "contract", "keys_file", "settings", "metrics", "logs", "gen")),
+    ("the request path and Triton", ("pipeline", "repository", "model_identity", "triton")),
     ("the serving state and lifecycle", ("models", "state", "admission", "lifecycle")),
     ("the APIs", ("api",)),
     ("the process floor", ("process",)),

@@ -27,8 +27,8 @@ async def echo_stream(requests: AsyncIterator[bytes], context: grpc.aio.Servicer
         yield b"echo:" + request
 
 
-async def start() -> tuple[grpc.aio.Server, CallLimiter, str]:
-    limiter = CallLimiter(LIMITS, SERVICE)
+async def start(limits: CallLimits = LIMITS) -> tuple[grpc.aio.Server, CallLimiter, str]:
+    limiter = CallLimiter(limits, SERVICE)
     server = grpc.aio.server(interceptors=[limiter])
     handlers = {
         "Echo": grpc.unary_unary_rpc_method_handler(echo),
@@ -49,6 +49,15 @@ async def check(channel: grpc.aio.Channel) -> str:
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
     except grpc.aio.AioRpcError as exc:
         return exc.code().name
+
+
+async def holding(limiter: CallLimiter, kind: CallKind, count: int) -> None:
+    """Until `count` calls of `kind` hold places (calls started together reach the server in any order)."""
+    for _ in range(200):
+        if limiter.counts.held[kind] == count:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"{limiter.counts.held[kind]} {kind} places held, not {count}")
 
 
 async def settle(limiter: CallLimiter) -> None:
@@ -88,11 +97,14 @@ def test_idle_streams_fill_their_pool_only_and_end_after_the_idle_timeout() -> N
 
 def test_per_connection_cap_and_a_busy_stream() -> None:
     async def scenario() -> None:
-        server, limiter, target = await start()
+        # A wider idle timeout than the other tests': the busy stream's pauses must stay clearly below it on
+        # a loaded machine.
+        server, limiter, target = await start(CallLimits(unary=2, streams=3, per_connection=2, probes=4, idle_s=3.0))
         try:
             async with grpc.aio.insecure_channel(target) as ch:
                 busy = ch.stream_stream(f"/{SERVICE}/EchoStream")()
                 idle = ch.stream_stream(f"/{SERVICE}/EchoStream")()
+                await holding(limiter, CallKind.STREAM, 2)
                 over = ch.stream_stream(f"/{SERVICE}/EchoStream")()
                 assert await asyncio.wait_for(over.code(), 3) is grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert "per connection" in await over.details()
@@ -100,7 +112,7 @@ def test_per_connection_cap_and_a_busy_stream() -> None:
                 for i in range(6):
                     await busy.write(str(i).encode())
                     assert await busy.read() == f"echo:{i}".encode()
-                    await asyncio.sleep(0.4)
+                    await asyncio.sleep(1.2)
                 await busy.done_writing()
                 assert await busy.code() is grpc.StatusCode.OK
                 assert await idle.code() is grpc.StatusCode.DEADLINE_EXCEEDED
