@@ -1,5 +1,6 @@
 """OpenAI-compatible HTTP API (FastAPI) over the shared request lifecycle: module-level routes, one ASGI
-guard in front (auth, size, content type, metrics), the request body read and parsed only once admitted."""
+guard in front (auth, size, content type, metrics); the request body is read and parsed before admission, so
+only complete requests take a slot."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import __version__
 from service.api.auth import KeyChecker
 from service.api.info import info_fields
-from service.api.json_budget import ValueCounter
+from service.api.json_budget import DuplicateKey, ValueCounter, object_keys
 from service.api.openai_schema import EmbeddingsRequest, EmbeddingsResponse, ErrorResponse
 from service.api.token_ids import check_token_ids_allowed
 from service.lifecycle import Lifecycle
@@ -52,6 +53,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 # Values a body may hold beyond the inputs and token ids themselves: the other fields and their keys.
 FIELD_VALUES = 64
+# An error message's length at most, and how many unknown parameters one names (then a count).
+MAX_MESSAGE_CHARS = 2048
+NAMED_UNKNOWN = 5
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,10 @@ class HttpContext:
 def error_response(kind: ErrorKind, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
     status, error_type = HTTP_STATUS[kind]
     headers = {"retry-after": "1"} if kind is ErrorKind.RESOURCE_EXHAUSTED else None
-    # Messages may quote the client (a field name, a model name): lone surrogates must not break the JSON.
+    # Messages may quote the client (a field name, a model name): lone surrogates must not break the JSON,
+    # and however much the client sent, the error stays small (each quoting site bounds its quote too).
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "…"
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     body = {"error": {"message": message, "type": error_type, "param": param, "code": code or kind.value}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -111,8 +118,7 @@ def validation_error(exc: ValidationError) -> ServiceError:
     loc = [str(x)[:64] for x in first["loc"] if x != "body"]
     message = first["msg"]
     if first["type"] == "extra_forbidden":
-        unknown = sorted({str(e["loc"][-1])[:64] for e in errors if e["type"] == "extra_forbidden"})
-        return invalid(f"unknown parameter(s) {', '.join(unknown)}; see GET /openapi.json", unknown[0])
+        return unknown_parameters([str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden"])
     if first["type"] == "json_invalid":
         return invalid("the request body is not valid JSON (or not UTF-8)")
     return invalid(f"{'.'.join(loc) or 'body'}: {message}", loc[0] if loc else None)
@@ -150,11 +156,31 @@ async def read_body(request: Request, settings: Settings) -> bytes:
     return bytes(body)
 
 
+def unknown_parameters(names: list[str]) -> ServiceError:
+    """A 400 naming the first few unknown parameters (each cut to 64 characters) and counting the rest: a body
+    of half a million unknown keys gets a short error, not one listing every key."""
+    unique = sorted({name[:64] for name in names})
+    shown = ", ".join(unique[:NAMED_UNKNOWN])
+    more = f" and {len(unique) - NAMED_UNKNOWN} more" if len(unique) > NAMED_UNKNOWN else ""
+    return invalid(f"unknown parameter(s) {shown}{more}; see GET /openapi.json", unique[0])
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
 def parse_json(model: type[M], body: bytes) -> M:
-    """The body as `model` (strict: unknown fields are named in the 400)."""
+    """The body as `model` (strict: unknown fields are named in the 400). A key repeated in any object is a
+    400 (JSON parsers keep the last one silently: a proxy or a check that read the first would disagree),
+    and unknown top-level keys are refused before the model sees them (one error, not one per key)."""
+    try:
+        keys = object_keys(body)
+    except DuplicateKey as exc:
+        shown = exc.key if len(exc.key) <= 64 else exc.key[:64] + "…"
+        raise invalid(f"duplicate key {shown!r} in the JSON body: each key may appear once", exc.key[:64]) from None
+    if keys is not None:
+        unknown = [k for k in keys if k not in model.model_fields]
+        if unknown:
+            raise unknown_parameters(unknown)
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
@@ -210,19 +236,19 @@ router = APIRouter()
 )
 async def embeddings(request: Request) -> Response:
     ctx: HttpContext = request.app.state.ctx
-    parsed: list[EmbeddingsRequest] = []
+    # The whole body is read and parsed before admission: a client sending slowly holds no slot (its own
+    # bounds are the connection's request deadline and the connection cap, service/api/http_server.py).
+    req = parse_json(EmbeddingsRequest, await read_body(request, ctx.settings))
 
     async def parse(models: Models) -> EmbedParams:
-        req = parse_json(EmbeddingsRequest, await read_body(request, ctx.settings))
         embedder = models.embedder(req.model)  # OpenAI's model is required: it picks the model
         check_dimensions(req.dimensions, embedder)
-        parsed.append(req)
         params = check_token_ids_allowed(params_from_openai(req), ctx.settings)
         return replace(params, model=embedder.info.triton_name)
 
     embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
     result = embedded.result
-    body = embeddings_json(result.vectors, parsed[0].encoding_format, embedded.model, result.prompt_tokens)
+    body = embeddings_json(result.vectors, req.encoding_format, embedded.model, result.prompt_tokens)
     return Response(body, media_type="application/json")
 
 
@@ -305,6 +331,12 @@ class BodyTooLarge(Exception):
     pass
 
 
+def plain_error(status: int, message: str, code: str, close: bool = False) -> JSONResponse:
+    """An error in OpenAI's shape for a status the service's ErrorKinds do not cover (the guard's refusals)."""
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers={"connection": "close"} if close else None)
+
+
 class Guard:
     """Pure ASGI middleware (no buffering, disconnects pass through): auth, declared size and content type
     before the app runs; a cap on the bytes a chunked body may deliver; metrics for every response."""
@@ -315,8 +347,15 @@ class Guard:
         settings = ctx.settings
         self.checker = KeyChecker(settings.all_api_keys(), settings.auth_exempt)
         self.limit = settings.max_http_body_bytes
+        self.max_url = settings.http_max_url_bytes
+        self.max_headers = settings.http_max_headers
 
     def refusal(self, scope: Scope) -> JSONResponse | None:
+        # The parsers bound the whole head (service/api/http_server.py); these are the finer limits.
+        if len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") > self.max_url:
+            return plain_error(414, f"the URL is over {self.max_url} bytes", "uri_too_long", True)
+        if len(scope["headers"]) > self.max_headers:
+            return plain_error(431, f"more than {self.max_headers} header fields", "header_fields_too_large", True)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path, method = scope["path"], scope["method"]
         if (
@@ -329,6 +368,11 @@ class Guard:
                 "missing or invalid API key (Authorization: Bearer <key>)",
                 code="invalid_api_key",
             )
+        codings = b",".join(v for k, v in scope["headers"] if k.lower() == b"transfer-encoding")
+        if codings and [c.strip().lower() for c in codings.split(b",")] != [b"chunked"]:
+            # Only chunked is understood: "gzip, chunked" read as chunked would hand the app compressed bytes
+            # that a proxy in front may have framed differently (RFC 9112 6.1: 501 for a coding not known).
+            return plain_error(501, "Transfer-Encoding other than chunked is not supported", "not_implemented", True)
         if "content-length" in headers and "transfer-encoding" in headers:
             # RFC 9112 6.3: a request with both is a smuggling attempt or a broken proxy; refuse and close.
             response = error_response(
@@ -341,15 +385,7 @@ class Guard:
             if length is not None and length.isdigit() and int(length) > self.limit:
                 return payload_too_large(self.limit)
             if "json" not in headers.get("content-type", "").lower():
-                body = {
-                    "error": {
-                        "message": "send the request body as application/json",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "unsupported_media_type",
-                    }
-                }
-                return JSONResponse(body, status_code=415)
+                return plain_error(415, "send the request body as application/json", "unsupported_media_type")
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -120,7 +120,7 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def request_body(model: type[BaseModel]) -> dict[str, Any]:
-    """openapi_extra for a route that reads its own body (after admission)."""
+    """openapi_extra for a route that reads its own body."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(model)}}}}
 
 
@@ -156,9 +156,10 @@ def params_from_tei(body: TeiRerankRequest) -> RerankParams:
 
 async def serve(request: Request, parse: Callable[[bytes], RerankParams]) -> Reranked:
     ctx: HttpContext = request.app.state.ctx
+    params = parse(await read_body(request, ctx.settings))  # before admission: slow bodies hold no slot
 
     async def parse_admitted(models: Models) -> RerankParams:
-        return parse(await read_body(request, ctx.settings))
+        return params
 
     return await ctx.lifecycle.rerank(parse_admitted, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
 
