@@ -308,7 +308,9 @@ def test_http_errors_quote_a_bounded_prefix_and_framing_is_strict(
             b"transfer-encoding: " + coding + b"\r\n\r\n",
             chunked,
         )
-        assert answer.startswith(b"HTTP/1.1 501"), (coding, answer[:200])
+        # llhttp itself refuses a repeated chunked (400); a coding before chunked reaches the guard (501).
+        assert answer.startswith((b"HTTP/1.1 501", b"HTTP/1.1 400")), (coding, answer[:200])
+        assert answer.startswith(b"HTTP/1.1 501") or coding == b"chunked, chunked", (coding, answer[:200])
         assert b"connection: close" in answer.lower()
     plain = raw_http(
         facade,
