@@ -159,10 +159,9 @@ async def read_body(request: Request, settings: Settings) -> bytes:
 def unknown_parameters(names: list[str]) -> ServiceError:
     """A 400 naming the first few unknown parameters (each cut to 64 characters) and counting the rest: a body
     of half a million unknown keys gets a short error, not one listing every key."""
-    unique = sorted({name[:64] for name in names})
-    shown = ", ".join(unique[:NAMED_UNKNOWN])
-    more = f" and {len(unique) - NAMED_UNKNOWN} more" if len(unique) > NAMED_UNKNOWN else ""
-    return invalid(f"unknown parameter(s) {shown}{more}; see GET /openapi.json", unique[0])
+    named = [name[:64] for name in names[:NAMED_UNKNOWN]]  # in the order sent (keys are unique by then)
+    more = f" and {len(names) - len(named)} more" if len(names) > len(named) else ""
+    return invalid(f"unknown parameter(s) {', '.join(named)}{more}; see GET /openapi.json", named[0])
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -178,7 +177,8 @@ def parse_json(model: type[M], body: bytes) -> M:
         shown = exc.key if len(exc.key) <= 64 else exc.key[:64] + "…"
         raise invalid(f"duplicate key {shown!r} in the JSON body: each key may appear once", exc.key[:64]) from None
     if keys is not None:
-        unknown = [k for k in keys if k not in model.model_fields]
+        fields = model.model_fields
+        unknown = [k for k in keys if k not in fields]
         if unknown:
             raise unknown_parameters(unknown)
     try:
