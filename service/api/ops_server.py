@@ -27,9 +27,12 @@ READ_TIMEOUT_S = 5.0  # to send the request head; then the connection is closed
 # still waiting for its head (idle sockets cannot lock the kubelet out); only when all are being answered
 # is it closed itself.
 MAX_CONNECTIONS = 32
-# /metrics is rendered at most once per this interval, whoever asks: a scrape flood costs the event loop
-# (which the API shares) copies of cached bytes, not renders. Prometheus scrapes every 15 s or more.
-METRICS_MAX_AGE_S = 0.25
+# Rendering /metrics takes at most this share of the event loop the API shares: a scrape that comes sooner
+# after the last render than RENDER_SPACING times its duration gets that render's bytes. Scrapes spaced as
+# Prometheus spaces them (15 s) or as a test polls (20 ms, renders of about a millisecond) are always fresh;
+# a scrape flood costs copies of cached bytes.
+MAX_RENDER_SHARE = 0.1
+RENDER_SPACING = 1 / MAX_RENDER_SHARE
 PATHS = ("/metrics", "/health/live", "/health/ready")
 
 
@@ -46,7 +49,7 @@ class OpsServer:
         # Open connections, oldest first: True once the head is in and the answer is being written.
         self._open: dict[asyncio.StreamWriter, bool] = {}
         self._metrics = b""
-        self._metrics_at = -METRICS_MAX_AGE_S
+        self._fresh_until = 0.0  # monotonic time before which the last render is served again
 
     @classmethod
     def for_state(cls, state: ServiceState, host: str, port: int) -> OpsServer:
@@ -82,9 +85,11 @@ class OpsServer:
         return (200 if ready else 503), body, "application/json"
 
     def metrics(self) -> bytes:
-        now = time.monotonic()
-        if now - self._metrics_at >= METRICS_MAX_AGE_S:
-            self._metrics, self._metrics_at = self.render(), now
+        start = time.monotonic()
+        if start >= self._fresh_until:
+            self._metrics = self.render()
+            end = time.monotonic()
+            self._fresh_until = end + (end - start) * (RENDER_SPACING - 1)
         return self._metrics
 
     def _evict_waiting(self) -> bool:
