@@ -28,11 +28,12 @@ READ_TIMEOUT_S = 5.0  # to send the request head; then the connection is closed
 # is it closed itself.
 MAX_CONNECTIONS = 32
 # Rendering /metrics takes at most this share of the event loop the API shares: a scrape that comes sooner
-# after the last render than RENDER_SPACING times its duration gets that render's bytes. Scrapes spaced as
-# Prometheus spaces them (15 s) or as a test polls (20 ms, renders of about a millisecond) are always fresh;
-# a scrape flood costs copies of cached bytes.
+# after the last render than RENDER_SPACING times its duration gets that render's bytes, which are never
+# older than MAX_STALE_S (a gauge polled to catch a short state must still see it). Scrapes spaced as
+# Prometheus spaces them (15 s) are always fresh; a scrape flood costs copies of cached bytes.
 MAX_RENDER_SHARE = 0.1
 RENDER_SPACING = 1 / MAX_RENDER_SHARE
+MAX_STALE_S = 0.05
 PATHS = ("/metrics", "/health/live", "/health/ready")
 
 
@@ -89,7 +90,7 @@ class OpsServer:
         if start >= self._fresh_until:
             self._metrics = self.render()
             end = time.monotonic()
-            self._fresh_until = end + (end - start) * (RENDER_SPACING - 1)
+            self._fresh_until = end + min((end - start) * (RENDER_SPACING - 1), MAX_STALE_S)
         return self._metrics
 
     def _evict_waiting(self) -> bool:
