@@ -75,7 +75,8 @@ class Lifecycle:
         stream: bool = False,
         abandoned: Callable[[], Awaitable[None]] | None = None,
     ) -> EmbedOutcome:
-        """`parse` reads and validates the request once admitted, so refused requests cost no parsing.
+        """`parse` validates the request against the served models once admitted (HTTP has read and parsed the
+        body before, so a slow body holds no slot; a gRPC message arrives whole).
         `abandoned` returns when the client has gone away (HTTP; gRPC cancels the call itself): the work
         is cancelled then, freeing the slot and sending nothing more to Triton."""
         async with self.admitted(deadline, stream) as models:

@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     http_parser: Literal["httptools", "h11"] = Field(
         "httptools", description="HTTP/1.1 parser: httptools (C, llhttp) or h11 (pure Python, slower)"
     )
+    http_max_head_bytes: int = Field(
+        16384, ge=1024, description="Request line and headers together; beyond -> 431 and the connection closed"
+    )
+    http_max_url_bytes: int = Field(8192, ge=256, description="Path and query of a request; beyond -> 414")
+    http_max_headers: int = Field(100, ge=8, description="Header fields in one request; beyond -> 431")
 
     # Pipeline
     buckets: Annotated[list[int], NoDecode] = Field(

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -21,8 +22,18 @@ from service.state import ServiceState
 log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 8192  # request line + headers; Prometheus and kubelet send a few hundred bytes
-READ_TIMEOUT_S = 5.0
-MAX_CONNECTIONS = 32  # a probe and a scrape at a time is the normal load; more are closed at once
+READ_TIMEOUT_S = 5.0  # to send the request head; then the connection is closed
+# A probe and a scrape at a time is the normal load. Over the cap a newcomer evicts the oldest connection
+# still waiting for its head (idle sockets cannot lock the kubelet out); only when all are being answered
+# is it closed itself.
+MAX_CONNECTIONS = 32
+# Rendering /metrics takes at most this share of the event loop the API shares: a scrape that comes sooner
+# after the last render than RENDER_SPACING times its duration gets that render's bytes, which are never
+# older than MAX_STALE_S (a gauge polled to catch a short state must still see it). Scrapes spaced as
+# Prometheus spaces them (15 s) are always fresh; a scrape flood costs copies of cached bytes.
+MAX_RENDER_SHARE = 0.1
+RENDER_SPACING = 1 / MAX_RENDER_SHARE
+MAX_STALE_S = 0.05
 PATHS = ("/metrics", "/health/live", "/health/ready")
 
 
@@ -36,7 +47,10 @@ class OpsServer:
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
-        self._open = 0
+        # Open connections, oldest first: True once the head is in and the answer is being written.
+        self._open: dict[asyncio.StreamWriter, bool] = {}
+        self._metrics = b""
+        self._fresh_until = 0.0  # monotonic time before which the last render is served again
 
     @classmethod
     def for_state(cls, state: ServiceState, host: str, port: int) -> OpsServer:
@@ -64,21 +78,41 @@ class OpsServer:
         if method not in ("GET", "HEAD"):
             return 405, b'{"error": "method not allowed"}', "application/json"
         if path == "/metrics":
-            return 200, self.render(), CONTENT_TYPE_LATEST
+            return 200, self.metrics(), CONTENT_TYPE_LATEST
         if path == "/health/live":
             return 200, b'{"status": "live"}', "application/json"
         ready = self.is_ready()
         body = json.dumps({"status": "ready" if ready else "not ready"}).encode()
         return (200 if ready else 503), body, "application/json"
 
+    def metrics(self) -> bytes:
+        start = time.monotonic()
+        if start >= self._fresh_until:
+            self._metrics = self.render()
+            end = time.monotonic()
+            self._fresh_until = end + min((end - start) * (RENDER_SPACING - 1), MAX_STALE_S)
+        return self._metrics
+
+    def _evict_waiting(self) -> bool:
+        """Closes the oldest connection that has not sent its head; False when every one is being answered."""
+        oldest = next((writer for writer, answering in self._open.items() if not answering), None)
+        if oldest is None:
+            return False
+        del self._open[oldest]
+        oldest.transport.abort()  # its handler ends on the lost connection
+        return True
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._open >= MAX_CONNECTIONS:
+        if len(self._open) >= MAX_CONNECTIONS and not self._evict_waiting():
             writer.close()
             return
-        self._open += 1
+        self._open[writer] = False
         try:
             async with asyncio.timeout(READ_TIMEOUT_S):
                 head = await reader.readuntil(b"\r\n\r\n")
+                if writer not in self._open:  # evicted just as its head arrived
+                    return
+                self._open[writer] = True
                 parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
                 if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
                     status, body, ctype = 400, b'{"error": "bad request"}', "application/json"
@@ -96,7 +130,7 @@ class OpsServer:
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass  # slow, oversized or vanished clients just lose their connection
         finally:
-            self._open -= 1
+            self._open.pop(writer, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

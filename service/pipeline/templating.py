@@ -19,8 +19,10 @@ def resolve_prefix(instruction: str, prompt_name: str, prompts: Mapping[str, str
         return instruction_prefix(instruction)
     if prompt_name:
         if prompt_name not in prompts:
+            # Quoted to 64 characters at most: the error never echoes a megabyte the client sent.
+            shown = prompt_name if len(prompt_name) <= 64 else prompt_name[:64] + "…"
             raise invalid(
-                f"unknown prompt_name {prompt_name!r}; this model has: {', '.join(sorted(prompts)) or 'none'}",
+                f"unknown prompt_name {shown!r}; this model has: {', '.join(sorted(prompts)) or 'none'}",
                 "prompt_name",
             )
         return prompts[prompt_name]

@@ -367,3 +367,82 @@ def test_abandoned_http_request_frees_its_slot(facade: Facade) -> None:
     with grpc.insecure_channel(facade.target) as ch:
         got = pb_grpc.EmbeddingServiceStub(ch).Embed(pb.EmbedRequest(inputs=["next"]), metadata=AUTH, timeout=5)
     assert len(vectors(got)) == 1
+
+
+def partial_body_attack(port: int, count: int, stop: threading.Event) -> None:
+    """Keeps `count` connections that sent headers (with a valid key) and part of a body, reopening each as
+    the server closes it, until `stop`."""
+    head = (
+        f"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {KEY}\r\ncontent-length: 100000\r\n\r\n"
+    ).encode()
+    socks: list[socket.socket] = []
+    try:
+        while not stop.is_set():
+            for s in [s for s in socks if s.fileno() == -1]:
+                socks.remove(s)
+            while len(socks) < count:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s.sendall(head + b'{"model": "x", "input": "')
+                socks.append(s)
+            for s in list(socks):
+                s.settimeout(0.001)
+                try:
+                    if s.recv(1) == b"":
+                        s.close()
+                except TimeoutError:
+                    pass
+                except OSError:
+                    s.close()
+            time.sleep(0.05)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_unfinished_http_bodies_hold_no_slot(facade: Facade, channel: grpc.Channel) -> None:
+    model = httpx.get(f"{facade.base_url}/v1/models", headers=HTTP_AUTH).json()["data"][0]["id"]
+    stop = threading.Event()
+    attacker = threading.Thread(target=partial_body_attack, args=(facade.http_port, 12, stop), daemon=True)
+    attacker.start()  # 12 unfinished bodies against 4 slots, for the whole test
+    try:
+        time.sleep(0.5)
+        in_flight, statuses, codes = [], [], []
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        with httpx.Client(base_url=facade.base_url, headers=HTTP_AUTH, timeout=30) as client:
+            for i in range(8):
+                in_flight.append(metric(facade, "qwen3_embed_in_flight_requests"))
+                r = client.post("/v1/embeddings", json={"model": model, "input": [f"text {i}"]})
+                statuses.append(r.status_code)
+                try:
+                    stub.Embed(pb.EmbedRequest(inputs=[f"text {i}"]), metadata=AUTH, timeout=30)
+                    codes.append("OK")
+                except grpc.RpcError as exc:
+                    codes.append(exc.code().name)
+    finally:
+        stop.set()
+        attacker.join(timeout=30)
+    print(f"12 unfinished bodies at max_in_flight 4: in flight {in_flight}, HTTP {statuses}, gRPC {codes}")
+    assert in_flight == [0.0] * 8  # no slot held by a body still arriving
+    assert statuses == [200] * 8 and codes == ["OK"] * 8
+
+
+@pytest.mark.parametrize("line", [b"GET /health/live", b"GET /v1/models"], ids=["live", "unauthenticated"])
+def test_a_pipelined_flood_costs_little_memory(facade: Facade, line: bytes) -> None:
+    request = line + b" HTTP/1.1\r\nhost: x\r\n\r\n"
+    flood = request * 200_000  # 6-7 MB of requests on one connection whose answers are never read
+    with RssPeak(facade.process.pid) as rss:
+        s = socket.create_connection(("127.0.0.1", facade.http_port), timeout=5)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sent = 0
+        try:
+            while sent < len(flood):
+                sent += s.send(flood[sent : sent + 65536])
+        except TimeoutError:
+            pass  # the server stopped reading: the rest waits in no buffer of the facade's
+        time.sleep(1.0)
+        other = httpx.get(f"{facade.base_url}/health/live", timeout=10)
+        s.close()
+    print(f"pipelined {sent / MiB:.1f} MiB of {line.decode()!r}: facade RSS +{rss.growth_mb:.1f} MiB at peak")
+    assert other.status_code == 200
+    assert rss.growth_mb < 50

@@ -259,3 +259,70 @@ def test_http_valid_oddities(facade: Facade, model_name: str, stub, traffic: Goo
     r = post(facade, f'{{"model": "{model_name}", "input": "x", "unknown": {{"deep": [1]}}}}'.encode(),
              "application/json; charset=utf-8")
     assert r.status_code == 400 and "unknown" in r.json()["error"]["message"]
+
+
+def raw_http(facade: Facade, head: bytes, body: bytes = b"") -> bytes:
+    """One request over a raw socket (framing httpx would not send); the answer's first 64 KiB."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", facade.http_port), timeout=30) as s:
+        s.sendall(head + body)
+        answer = b""
+        while len(answer) < 65536:
+            try:
+                chunk = s.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            answer += chunk
+            if b"\r\n\r\n" in answer and b"connection: close" not in answer.lower():
+                break
+    return answer
+
+
+def test_http_errors_quote_a_bounded_prefix_and_framing_is_strict(
+    facade: Facade, model_name: str, traffic: GoodTraffic
+) -> None:
+    import json
+
+    # A 1 MB prompt_name is quoted to 64 characters.
+    r = post(facade, json.dumps({"model": model_name, "input": "x", "prompt_name": "p" * 1_000_000}).encode())
+    assert_error(r, 400, "unknown prompt_name")
+    # 520k unknown keys: the error names five and counts the rest.
+    keys = b",".join(b'"k%d":1' % i for i in range(520_000))
+    r = post(facade, b'{"model": "m", "input": "x", ' + keys + b"}")
+    assert_error(r, 400, "and 519995 more")
+    # A key given twice is a 400, at the top level and inside a document object alike.
+    r = post(facade, json.dumps({"model": model_name, "input": "x"}).encode()[:-1] + b', "input": "y"}')
+    assert_error(r, 400, "duplicate key 'input'")
+    r = post(facade, b'{"query": "q", "documents": [{"text": "a", "text": "b"}]}', path="/v1/rerank")
+    assert_error(r, 400, "duplicate key 'text'")
+    # Transfer-Encoding other than plain chunked: 501 and the connection closed, never read as chunked.
+    body = json.dumps({"model": model_name, "input": "x"}).encode()
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    for coding in (b"gzip, chunked", b"identity, chunked", b"chunked, chunked"):
+        answer = raw_http(
+            facade,
+            b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"transfer-encoding: " + coding + b"\r\n\r\n",
+            chunked,
+        )
+        # llhttp itself refuses a repeated chunked (400); a coding before chunked reaches the guard (501).
+        assert answer.startswith((b"HTTP/1.1 501", b"HTTP/1.1 400")), (coding, answer[:200])
+        assert answer.startswith(b"HTTP/1.1 501") or coding == b"chunked, chunked", (coding, answer[:200])
+        assert b"connection: close" in answer.lower()
+    plain = raw_http(
+        facade,
+        b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"transfer-encoding: chunked\r\n\r\n",
+        chunked,
+    )
+    assert plain.startswith(b"HTTP/1.1 200"), plain[:200]
+    # URL length and header count limits: 414 and 431; a head over 16 KiB: 431.
+    assert_error(httpx.get(f"{facade.base_url}/health/live?q={'a' * 9000}"), 414, "URL")
+    many = {f"x-h{i}": "v" for i in range(101)}
+    assert_error(httpx.get(f"{facade.base_url}/health/live", headers=many), 431, "header fields")
+    big = raw_http(facade, b"GET /health/live HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 40_000 + b"\r\n\r\n")
+    assert big.startswith(b"HTTP/1.1 431"), big[:200]
+    assert httpx.get(f"{facade.base_url}/health/live").status_code == 200

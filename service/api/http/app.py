@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP app (FastAPI) over the shared request lifecycle: the routes of embeddings.py and
-rerank.py, one gate in front (gate.py: auth, size, content type, metrics), each request body read and parsed
-only once admitted."""
+rerank.py, one gate in front (gate.py: auth, size, content type, metrics); each request body is read and
+parsed before admission, so only complete requests take a slot."""
 
 from __future__ import annotations
 

@@ -86,21 +86,21 @@ router = APIRouter()
 )
 async def embeddings(request: Request) -> Response:
     ctx: HttpContext = request.app.state.ctx
-    parsed: list[EmbeddingsRequest] = []
+    # The whole body is read and parsed before admission: a client sending slowly holds no slot (its own
+    # bounds are the connection's request deadline and the connection cap, service/api/http/server.py).
+    req = parse_json(EmbeddingsRequest, await read_body(request, ctx.settings))
 
     async def parse(models: Models) -> tuple[EmbedParams, Embedder]:
-        req = parse_json(EmbeddingsRequest, await read_body(request, ctx.settings))
         embedder = models.embedder(req.model)  # OpenAI's model is required: it picks the model
         if req.dimensions is not None:  # HTTP has no "0 = full" (OpenAI's dimensions is positive)
             info = embedder.info
             check_dimensions(req.dimensions, info.min_dimensions, info.hidden_size, zero_means_full=False)
-        parsed.append(req)
         params = check_token_ids_allowed(params_from_openai(req), ctx.settings)
         return replace(params, model=embedder.info.triton_name), embedder
 
     embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
     result = embedded.result
-    body = embeddings_json(result.vectors, parsed[0].encoding_format, embedded.model, result.prompt_tokens)
+    body = embeddings_json(result.vectors, req.encoding_format, embedded.model, result.prompt_tokens)
     return Response(body, media_type=JSON)
 
 

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.auth import KeyChecker
-from service.api.http.wire import BodyTooLarge, HttpContext, error_response, payload_too_large
+from service.api.http.wire import BodyTooLarge, HttpContext, error_response, payload_too_large, plain_error
 from service.errors import ErrorKind
 
 KNOWN_PATHS = {
@@ -40,8 +40,15 @@ class HttpGate:
         settings = ctx.settings
         self.checker = KeyChecker(settings.all_api_keys(), settings.auth_exempt)
         self.limit = settings.max_http_body_bytes
+        self.max_url = settings.http_max_url_bytes
+        self.max_headers = settings.http_max_headers
 
     def refusal(self, scope: Scope) -> JSONResponse | None:
+        # The parsers bound the whole head (service/api/http/server.py); these are the finer limits.
+        if len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") > self.max_url:
+            return plain_error(414, f"the URL is over {self.max_url} bytes", "uri_too_long", True)
+        if len(scope["headers"]) > self.max_headers:
+            return plain_error(431, f"more than {self.max_headers} header fields", "header_fields_too_large", True)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path, method = scope["path"], scope["method"]
         if (
@@ -54,6 +61,11 @@ class HttpGate:
                 "missing or invalid API key (Authorization: Bearer <key>)",
                 code="invalid_api_key",
             )
+        codings = b",".join(v for k, v in scope["headers"] if k.lower() == b"transfer-encoding")
+        if codings and [c.strip().lower() for c in codings.split(b",")] != [b"chunked"]:
+            # Only chunked is understood: "gzip, chunked" read as chunked would hand the app compressed bytes
+            # that a proxy in front may have framed differently (RFC 9112 6.1: 501 for a coding not known).
+            return plain_error(501, "Transfer-Encoding other than chunked is not supported", "not_implemented", True)
         if "content-length" in headers and "transfer-encoding" in headers:
             # RFC 9112 6.3: a request with both is a smuggling attempt or a broken proxy; refuse and close.
             response = error_response(
@@ -66,15 +78,7 @@ class HttpGate:
             if length is not None and length.isdigit() and int(length) > self.limit:
                 return payload_too_large(self.limit)
             if "json" not in headers.get("content-type", "").lower():
-                body = {
-                    "error": {
-                        "message": "send the request body as application/json",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "unsupported_media_type",
-                    }
-                }
-                return JSONResponse(body, status_code=415)
+                return plain_error(415, "send the request body as application/json", "unsupported_media_type")
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

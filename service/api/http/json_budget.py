@@ -7,6 +7,8 @@ MB and a few MB of memory, and lets the request be refused first.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 BLOCK = 1 << 20
@@ -71,3 +73,39 @@ class ValueCounter:
 
 def count_values(body: bytes) -> int:
     return ValueCounter().feed(body)
+
+
+class DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+class _Keys(list[str]):
+    """An object's keys, in place of the object: what the duplicate check builds (no values kept)."""
+
+
+def _keys_once(pairs: list[tuple[str, object]]) -> _Keys:
+    keys = _Keys(k for k, _ in pairs)
+    if len(set(keys)) != len(keys):
+        seen: set[str] = set()
+        for key in keys:
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+    return keys
+
+
+def object_keys(body: bytes) -> list[str] | None:
+    """The top-level object's keys, once no object in the body repeats a key (else DuplicateKey). None when
+    the body is not a JSON object or not valid JSON: the model's own parser then reports the problem.
+
+    A pass of the C json scanner over a body the value count has already bounded; objects become their key
+    lists. Costs less than the model's parse of the same body (docs/reliability.md)."""
+    try:
+        parsed = json.loads(body, object_pairs_hook=_keys_once)
+    except DuplicateKey:
+        raise
+    except (ValueError, RecursionError):
+        return None
+    return parsed if isinstance(parsed, _Keys) else None

@@ -59,9 +59,10 @@ def params_from_tei(body: TeiRerankRequest) -> RerankParams:
 
 async def rerank_admitted(request: Request, parse: Callable[[bytes], RerankParams]) -> RerankOutcome:
     ctx: HttpContext = request.app.state.ctx
+    params = parse(await read_body(request, ctx.settings))  # before admission: slow bodies hold no slot
 
     async def parse_admitted(models: Models) -> RerankParams:
-        return parse(await read_body(request, ctx.settings))
+        return params
 
     return await ctx.lifecycle.rerank(parse_admitted, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
 

@@ -53,6 +53,7 @@ class ConnectionLimits:
 
     max_connections = 1024
     request_timeout_s = 30.0
+    max_head_bytes = 16384  # request line and headers
     # Provided by uvicorn's protocol classes.
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
@@ -73,8 +74,21 @@ class ConnectionLimits:
         self._arm()
 
     def _waiting(self) -> bool:
-        """No request of this connection is being served: nothing received yet, or a partial one."""
-        return not self._request_in() and (self.cycle is None or self.cycle.response_complete)
+        """No request of this connection is being served: nothing received yet, a partial head, or a partial
+        body not yet answered (the app only reads it: admission comes after the whole body)."""
+        if self._request_in():
+            return False
+        cycle = self.cycle
+        return cycle is None or cycle.response_complete or not cycle.response_started
+
+    def _refuse_head(self) -> None:
+        """431 and close: the request line and headers passed max_head_bytes."""
+        message = f"request line and headers over {self.max_head_bytes} bytes"
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            + f"content-length: {len(message)}\r\nconnection: close\r\n\r\n{message}".encode()
+        )
+        self.transport.close()
 
     def _evict_one(self) -> bool:
         waiting = [c for c in self.server_state.connections if isinstance(c, ConnectionLimits) and c._waiting()]
@@ -118,30 +132,102 @@ class ConnectionLimits:
 
 
 class LimitedH11Protocol(ConnectionLimits, H11Protocol):
-    """h11, the pure-Python parser (`http_parser = "h11"`)."""
+    """h11, the pure-Python parser (`http_parser = "h11"`). It bounds the head itself (its incomplete-event
+    limit, set to max_head_bytes) and parses no pipelined request before the one in progress is answered."""
 
     def _request_in(self) -> bool:
         return self.conn.their_state is h11.DONE
 
+    def send_400_response(self, msg: str) -> None:
+        # h11 refuses a head over its limit as any other protocol error; it is a 431 (RFC 6585).
+        if self.conn.their_state is h11.ERROR and len(self.conn.trailing_data[0]) > self.max_head_bytes:
+            self._refuse_head()
+            return
+        super().send_400_response(msg)
+
+
+# httptools parses whatever it is fed, up to the end of the buffer: fed in slices of this size, it stops
+# within one slice after a pipelined request, and a head is measured to within a slice.
+PARSE_SLICE = 16384
+
 
 class LimitedHttpToolsProtocol(ConnectionLimits, HttpToolsProtocol):
-    """httptools (llhttp, in C), the default: measured cheaper per request than h11 (docs/benchmarks.md)."""
+    """httptools (llhttp, in C), the default: measured cheaper per request than h11 (docs/benchmarks.md).
+
+    llhttp has no pause and uvicorn queues every pipelined request it parses (one 256 KiB read of
+    `GET /health/live` is thousands of queued requests, and each answer resumes reading): here bytes past a
+    pipelined request wait unparsed, with reading paused, until the requests before them are answered. A
+    head (bytes fed while no request's headers are complete) over max_head_bytes is a 431: llhttp has no
+    limit, and httptools joins a header's pieces by copying them each time."""
 
     # Whole requests received and responses completed on this connection: a request is in while the first
     # runs ahead of the second (pipelined requests included).
     _received = 0
     _answered = 0
+    _held = b""  # read but not parsed: behind a pipelined request still waiting for its turn
+    _resume_scheduled = False
+    _in_head = True
+    _head_bytes = 0  # of the head in progress, counted in whole slices: it may pass the cap by one slice
+    _progress = 0  # heads and messages completed
 
     def _request_in(self) -> bool:
         return self._received > self._answered
 
+    def data_received(self, data: bytes) -> None:
+        if self._held or self._resume_scheduled:  # reading is paused: a last read waits its turn too
+            self._held += data
+            return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), PARSE_SLICE):
+            piece = view[start : start + PARSE_SLICE]
+            progress = self._progress
+            super().data_received(piece)  # type: ignore[arg-type]  # llhttp reads any buffer
+            if self.transport.is_closing() or self.parser is None:
+                return
+            if self._progress != progress:  # a head or a message ended in this slice: a new head starts
+                self._head_bytes = 0
+            elif self._in_head:  # the whole slice belongs to the head in progress
+                self._head_bytes += len(piece)
+                if self._head_bytes > self.max_head_bytes:
+                    self._refuse_head()
+                    return
+            if self.pipeline:  # a parsed request waits behind one not yet answered: parse no further
+                self._held = bytes(view[start + PARSE_SLICE :])
+                self.flow.pause_reading()
+                return
+
+    def _parse_held(self) -> None:
+        self._resume_scheduled = False
+        held, self._held = self._held, b""
+        if self.transport.is_closing() or self.parser is None:
+            return
+        self._parse(held)
+        if not self._held and not self.pipeline and not self.transport.is_closing():
+            self.flow.resume_reading()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._progress += 1
+        super().on_headers_complete()
+
     def on_message_complete(self) -> None:
         self._received += 1
+        self._in_head = True
+        self._progress += 1
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         self._answered += 1
-        super().on_response_complete()
+        super().on_response_complete()  # starts the next queued request, if any, and resumes reading
+        if self.transport.is_closing() or not (self.pipeline or self._held):
+            return
+        self.flow.pause_reading()  # the queue first, then the held bytes
+        if not self.pipeline and not self._resume_scheduled:
+            self._resume_scheduled = True
+            self.loop.call_soon(self._parse_held)  # not from inside the finished response's send()
 
 
 PROTOCOLS: dict[str, type[ConnectionLimits]] = {"httptools": LimitedHttpToolsProtocol, "h11": LimitedH11Protocol}
@@ -190,7 +276,11 @@ async def start_http(
         kwargs = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
         if settings.tls_client_ca:
             kwargs |= {"ssl_ca_certs": str(settings.tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
-    limits = {"max_connections": max_http_connections(settings), "request_timeout_s": settings.http_request_timeout_s}
+    limits = {
+        "max_connections": max_http_connections(settings),
+        "request_timeout_s": settings.http_request_timeout_s,
+        "max_head_bytes": settings.http_max_head_bytes,
+    }
     protocol: type[ConnectionLimits] = type("Protocol", (PROTOCOLS[settings.http_parser],), limits)
     app: Any = build_app(lifecycle, settings)
     config = uvicorn.Config(
@@ -203,6 +293,7 @@ async def start_http(
         lifespan="off",
         timeout_keep_alive=int(settings.http_keepalive_s) or 1,
         backlog=http_backlog(protocol.max_connections),
+        h11_max_incomplete_event_size=settings.http_max_head_bytes,
         timeout_graceful_shutdown=int(settings.drain_seconds) or None,
         **kwargs,
     )

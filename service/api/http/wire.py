@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 
-from service.api.http.json_budget import ValueCounter
+from service.api.http.json_budget import DuplicateKey, ValueCounter, object_keys
 from service.api.http.schemas import ErrorResponse
 from service.errors import ErrorKind, ServiceError, invalid
 from service.lifecycle import Lifecycle
@@ -36,6 +36,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 # Values a body may hold beyond the inputs and token ids themselves: the other fields and their keys.
 FIELD_VALUES = 64
+# An error message's length at most, and how many unknown parameters one names (then a count).
+MAX_MESSAGE_CHARS = 2048
+NAMED_UNKNOWN = 5
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,10 @@ class HttpContext:
 def error_response(kind: ErrorKind, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
     status, error_type = HTTP_STATUS[kind]
     headers = {"retry-after": "1"} if kind is ErrorKind.RESOURCE_EXHAUSTED else None
-    # Messages may quote the client (a field name, a model name): lone surrogates must not break the JSON.
+    # Messages may quote the client (a field name, a model name): lone surrogates must not break the JSON,
+    # and however much the client sent, the error stays small (each quoting site bounds its quote too).
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "…"
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     body = {"error": {"message": message, "type": error_type, "param": param, "code": code or kind.value}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -65,8 +71,7 @@ def validation_error(exc: ValidationError) -> ServiceError:
     loc = [str(x)[:64] for x in first["loc"] if x != "body"]
     message = first["msg"]
     if first["type"] == "extra_forbidden":
-        unknown = sorted({str(e["loc"][-1])[:64] for e in errors if e["type"] == "extra_forbidden"})
-        return invalid(f"unknown parameter(s) {', '.join(unknown)}; see GET /openapi.json", unknown[0])
+        return unknown_parameters([str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden"])
     if first["type"] == "json_invalid":
         return invalid("the request body is not valid JSON (or not UTF-8)")
     return invalid(f"{'.'.join(loc) or 'body'}: {message}", loc[0] if loc else None)
@@ -104,11 +109,31 @@ async def read_body(request: Request, settings: Settings) -> bytes:
     return bytes(body)
 
 
+def unknown_parameters(names: list[str]) -> ServiceError:
+    """A 400 naming the first few unknown parameters (each cut to 64 characters) and counting the rest: a body
+    of half a million unknown keys gets a short error, not one listing every key."""
+    named = [name[:64] for name in names[:NAMED_UNKNOWN]]  # in the order sent (keys are unique by then)
+    more = f" and {len(names) - len(named)} more" if len(names) > len(named) else ""
+    return invalid(f"unknown parameter(s) {', '.join(named)}{more}; see GET /openapi.json", named[0])
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
 def parse_json(model: type[M], body: bytes) -> M:
-    """The body as `model` (strict: unknown fields are named in the 400)."""
+    """The body as `model` (strict: unknown fields are named in the 400). A key repeated in any object is a
+    400 (JSON parsers keep the last one silently: a proxy or a check that read the first would disagree),
+    and unknown top-level keys are refused before the model sees them (one error, not one per key)."""
+    try:
+        keys = object_keys(body)
+    except DuplicateKey as exc:
+        shown = exc.key if len(exc.key) <= 64 else exc.key[:64] + "…"
+        raise invalid(f"duplicate key {shown!r} in the JSON body: each key may appear once", exc.key[:64]) from None
+    if keys is not None:
+        fields = model.model_fields
+        unknown = [k for k in keys if k not in fields]
+        if unknown:
+            raise unknown_parameters(unknown)
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
@@ -126,6 +151,12 @@ def disconnected(request: Request) -> Callable[[], Awaitable[None]]:
             pass
 
     return abandoned
+
+
+def plain_error(status: int, message: str, code: str, close: bool = False) -> JSONResponse:
+    """An error in OpenAI's shape for a status the service's ErrorKinds do not cover (the gate's refusals)."""
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    return JSONResponse(body, status_code=status, headers={"connection": "close"} if close else None)
 
 
 class BodyTooLarge(Exception):
@@ -164,5 +195,5 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def request_body(model: type[BaseModel]) -> dict[str, Any]:
-    """openapi_extra for a route that reads its own body (after admission)."""
+    """openapi_extra for a route that reads its own body."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(model)}}}}
