@@ -166,7 +166,7 @@ async def test_pipelined_requests_are_parsed_only_as_answers_are_read(parser: st
         await asyncio.sleep(0.5)
         # Parsed but unanswered requests on the server: at most one parse slice of them (uvicorn alone
         # queued every request it read, thousands per read).
-        from service.api.http_server import PARSE_SLICE
+        from service.api.http.server import PARSE_SLICE
 
         queued = [len(getattr(c, "pipeline", ())) for c in _connections()]
         print(f"{parser}: {count} pipelined requests, none read: {max(queued, default=0)} queued on the server")
