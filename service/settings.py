@@ -179,6 +179,13 @@ class Settings(BaseSettings):
     )
     triton_restart_backoff_s: float = Field(1.0, gt=0, description="Delay before the 2nd restart in a row")
     triton_restart_backoff_max_s: float = Field(30.0, gt=0, description="The delay doubles up to this")
+    triton_hang_s: float = Field(
+        30.0,
+        ge=3,
+        description="A model with no progress at all (no execution completed, its stubs using no CPU) for this "
+        "long after a liveness probe was sent to it, or a stub stopped this long, is hung: Triton is restarted "
+        "(counts toward triton_max_restarts). Idle models are probed every third of it",
+    )
 
     # Security
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)

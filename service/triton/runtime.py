@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
+import json
 import os
 import queue
 import re
@@ -328,6 +329,39 @@ class TritonProcess:
         """The model of each live Python-backend stub of this run (none for other backends)."""
         return python_stubs(self.process.pid)
 
+    def stub_processes(self) -> list[StubProcess]:
+        """Every live Python-backend stub of this run, with its state and CPU time."""
+        return stub_processes(self.process.pid)
+
+    def executions(self) -> dict[str, int]:
+        """Batches each loaded model has executed so far (Triton's statistics, all versions together); only
+        completed executions count, so a hung instance adds nothing. Raises OSError or ValueError."""
+        url = f"http://127.0.0.1:{self.http_port}/v2/models/stats"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            stats = json.load(resp)
+        done: dict[str, int] = {}
+        for entry in stats.get("model_stats", []):
+            done[entry["name"]] = done.get(entry["name"], 0) + int(entry.get("execution_count", 0))
+        return done
+
+    def probe(self, model: str, timeout: float) -> None:
+        """One tiny real inference (a row of PROBE_TOKENS tokens) over HTTP. Raises OSError on failure or
+        timeout. HTTP, not gRPC: a client that gives up does not cancel the request inside Triton, so the
+        probe stays queued behind whatever holds the model."""
+        from service.contract import ATTENTION_MASK, INPUT_IDS  # not at the top: the guardian runs stdlib only
+
+        ids = list(range(1, PROBE_TOKENS + 1))
+        body = {
+            "inputs": [
+                {"name": INPUT_IDS, "shape": [1, PROBE_TOKENS], "datatype": "INT64", "data": ids},
+                {"name": ATTENTION_MASK, "shape": [1, PROBE_TOKENS], "datatype": "INT64", "data": [1] * PROBE_TOKENS},
+            ]
+        }
+        url = f"http://127.0.0.1:{self.http_port}/v2/models/{model}/infer"
+        request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            resp.read()
+
     def kill(self) -> None:
         """Abrupt stop (SIGKILL), as a crash would."""
         with contextlib.suppress(ProcessLookupError):
@@ -337,12 +371,27 @@ class TritonProcess:
 
 
 STUB_NAME = b"triton_python_backend_stub"
+# Tokens in a liveness probe's one row (service/triton/hang.py): any model takes a row this short.
+PROBE_TOKENS = 8
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def python_stubs(group: int) -> list[str]:
-    """The model of each live Python-backend stub in process group `group` (one stub per model instance;
-    tritonserver and its stubs share the guardian's group). Read from /proc: Linux, as Triton itself."""
-    models = []
+@dataclass(frozen=True)
+class StubProcess:
+    pid: int
+    model: str
+    state: str  # /proc's one-letter state: R running, S sleeping, T stopped (SIGSTOP), t traced, D disk wait
+    cpu_s: float  # user + system CPU time so far
+
+    @property
+    def stopped(self) -> bool:
+        return self.state in ("T", "t")
+
+
+def stub_processes(group: int) -> list[StubProcess]:
+    """Every live Python-backend stub in process group `group` (one stub per model instance; tritonserver and
+    its stubs share the guardian's group). Read from /proc: Linux, as Triton itself."""
+    stubs = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -351,12 +400,20 @@ def python_stubs(group: int) -> list[str]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:  # gone meanwhile, or not ours to read
             continue
-        # The name field may hold spaces or parentheses: the fields after its closing ')' are fixed.
-        state, _ppid, pgrp = stat.rsplit(")", 1)[-1].split()[:3]
+        # The name field may hold spaces or parentheses: the fields after its closing ')' are fixed
+        # (state, ppid, pgrp, ..., utime and stime 11 and 12 places after the state).
+        fields = stat.rsplit(")", 1)[-1].split()
+        state, pgrp = fields[0], fields[2]
         if int(pgrp) != group or state in ("Z", "X") or not argv[0].endswith(STUB_NAME) or len(argv) < 2:
             continue
-        models.append(Path(argv[1].decode(errors="replace")).parent.parent.name)  # <repo>/<model>/<ver>/model.py
-    return models
+        model = Path(argv[1].decode(errors="replace")).parent.parent.name  # <repo>/<model>/<ver>/model.py
+        stubs.append(StubProcess(int(entry.name), model, state, (int(fields[11]) + int(fields[12])) * _TICK_S))
+    return stubs
+
+
+def python_stubs(group: int) -> list[str]:
+    """The model of each live Python-backend stub in process group `group`."""
+    return [stub.model for stub in stub_processes(group)]
 
 
 def start_triton(

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
+import urllib.error
 from collections import Counter
 
 from service.errors import TritonGaveUp
 from service.metrics import Metrics
 from service.settings import Settings
-from service.triton.runtime import TritonProcess, TritonStartError, describe_exit, free_port, start_triton
+from service.triton.hang import HangWatch
+from service.triton.runtime import StubProcess, TritonProcess, TritonStartError, describe_exit, free_port, start_triton
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,8 @@ START_POLL_S = 0.25
 # A Python-backend stub missing this long (Triton does not replace a dead one; its calls fail with
 # "Stub process ... is not healthy" while Triton reports the model ready) restarts Triton.
 STUB_GRACE_S = 3.0
+# What a probe's HTTP error says when the model never got to it: not an answer from the model.
+_QUEUE_REFUSALS = ("Request timeout expired", "Exceeds maximum queue size")
 
 
 class TritonSupervisor:
@@ -47,6 +53,8 @@ class TritonSupervisor:
         self.failures = 0  # deaths and failed starts since Triton last stayed up STABLE_S
         self.up_since = 0.0
         self.stubs: Counter[str] = Counter()  # Python-backend stubs per model once this run was ready
+        self.watch = HangWatch(settings.triton_hang_s)  # a fresh one per run
+        self._answered: queue.SimpleQueue[str] = queue.SimpleQueue()  # models whose probe got an answer
 
     @property
     def grpc_url(self) -> str:
@@ -60,8 +68,8 @@ class TritonSupervisor:
 
     async def run(self) -> None:
         """Watches Triton until cancelled: restarts it when it dies, or when it has been alive but not
-        ready for triton_start_timeout_s (hung), or when a Python-backend stub of a model has died. Raises
-        TritonGaveUp."""
+        ready for triton_start_timeout_s (hung), or when a Python-backend stub of a model has died or hung
+        (service/triton/hang.py). Raises TritonGaveUp."""
         s = self.settings
         unready_since: float | None = None
         stubs_lost_since: float | None = None
@@ -82,11 +90,19 @@ class TritonSupervisor:
                 self.metrics.triton_failures.set(0)
             if await asyncio.to_thread(triton.is_ready):
                 unready_since = None
-                lost = await asyncio.to_thread(self._lost_stubs, triton)
+                stubs = await asyncio.to_thread(triton.stub_processes)
+                lost = self._lost_stubs(stubs)
                 stubs_lost_since = (stubs_lost_since or now) if lost else None
                 if stubs_lost_since is not None and now - stubs_lost_since >= STUB_GRACE_S:
                     triton.kill()
                     self._failed(f"Triton's Python-backend stub died ({lost}): calls routed to it would fail")
+                    stubs_lost_since = None
+                    await self._bring_up(restart=True)
+                    continue
+                hung = await self._hung(triton, stubs, now)
+                if hung:
+                    triton.kill()
+                    self._failed(f"Triton's model is hung ({hung}): calls routed to it would wait for their deadline")
                     stubs_lost_since = None
                     await self._bring_up(restart=True)
                 continue
@@ -117,10 +133,51 @@ class TritonSupervisor:
             )
         log.error("%s; restarting it on the same ports (failure %d of %d allowed)", why, self.failures, limit)
 
-    def _lost_stubs(self, triton: TritonProcess) -> str:
+    def _lost_stubs(self, stubs: list[StubProcess]) -> str:
         """Models with fewer live stubs than when this run became ready, e.g. 'qwen3_embedding 1 of 2'."""
-        alive = Counter(triton.stub_models())
+        alive = Counter(stub.model for stub in stubs)
         return ", ".join(f"{m} {alive[m]} of {n} alive" for m, n in sorted(self.stubs.items()) if alive[m] < n)
+
+    async def _hung(self, triton: TritonProcess, stubs: list[StubProcess], now: float) -> str:
+        """What is hung in this run, '' when nothing (see service/triton/hang.py); sends the probes due."""
+        watch = self.watch
+        hung = watch.stopped_stubs(now, {stub.pid: stub.model for stub in stubs if stub.stopped})
+        try:
+            executions = await asyncio.to_thread(triton.executions)
+        except (OSError, ValueError, KeyError) as exc:  # a passing failure: judged again on the next poll
+            log.debug("cannot read Triton's model statistics: %s", exc)
+            return ", ".join(hung)
+        cpu: dict[str, float] = {}
+        for stub in stubs:
+            cpu[stub.model] = cpu.get(stub.model, 0.0) + stub.cpu_s
+        while not self._answered.empty():
+            watch.answered(now, self._answered.get())
+        watch.observe(now, executions, cpu)
+        for model in watch.wants_probe(now):
+            self._send_probe(triton, model)
+        return ", ".join(hung + watch.hung_models(now))
+
+    def _send_probe(self, triton: TritonProcess, model: str) -> None:
+        """A probe in a daemon thread: it may wait up to hang_s behind a stuck stub, and must never delay
+        the facade's exit (the event loop's executor would wait for it)."""
+        timeout = self.settings.triton_hang_s + 10.0
+
+        def probe() -> None:
+            try:
+                triton.probe(model, timeout)
+            except urllib.error.HTTPError as exc:  # Triton answered: from the model unless its queue refused it
+                body = exc.read().decode(errors="replace")
+                if not any(refusal in body for refusal in _QUEUE_REFUSALS):
+                    log.warning("liveness probe of model %s refused: %s %s", model, exc.code, body[:200])
+                    self._answered.put(model)
+                return
+            except OSError as exc:  # timed out, or Triton went away: progress (or its absence) decides
+                log.debug("liveness probe of model %s: %s", model, exc)
+                return
+            self._answered.put(model)
+
+        log.debug("model %s made no progress for %.0f s: probing it", model, self.watch.probe_after_s)
+        threading.Thread(target=probe, name=f"probe {model}", daemon=True).start()
 
     def _backoff(self) -> float:
         """None before the first restart of a series (a one-off crash costs nothing), then doubling."""
@@ -164,6 +221,7 @@ class TritonSupervisor:
                     ready = True
                     # Strict readiness: every instance (stub) is up once the server says ready.
                     self.stubs = Counter(await asyncio.to_thread(triton.stub_models))
+                    self.watch = HangWatch(s.triton_hang_s)
                     log.info("Triton ready at %s in %.1f s", self.grpc_url, time.monotonic() - started)
                     return None
                 waited = time.monotonic() - started
