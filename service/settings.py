@@ -183,8 +183,9 @@ class Settings(BaseSettings):
         30.0,
         ge=3,
         description="A model with no progress at all (no execution completed, its stubs using no CPU) for this "
-        "long after a liveness probe was sent to it, or a stub stopped this long, is hung: Triton is restarted "
-        "(counts toward triton_max_restarts). Idle models are probed every third of it",
+        "long after a liveness probe was sent to it is hung, as is a stub stopped (SIGSTOP) for 5 s (or this, if "
+        "shorter): Triton is restarted (counts toward triton_max_restarts). Idle models are probed every third "
+        "of it",
     )
 
     # Security

@@ -10,9 +10,11 @@ dynamic batcher queues anything else behind it), so a model is judged on progres
   serves traffic, never does: it progresses), so that work is known to be waiting;
 - no progress at all for hang_s after that probe was sent: hung.
 
-Separately, a stub stopped (SIGSTOP, a debugger: /proc state T or t) for hang_s is hung whatever its
-model does: with several instances the others keep the model progressing while the batch the stopped one
-took waits forever.
+Separately, a stub stopped (SIGSTOP, a debugger: /proc state T or t) for STOPPED_GRACE_S (hang_s if
+shorter) is hung whatever its model does: with several instances the others keep the model progressing,
+while the calls Triton routes to the stopped one fail at once ("Stub process ... is not healthy": INTERNAL
+for half of the calls, measured), as a dead stub's do; hence a short grace, not hang_s. A debugger that
+only samples (py-spy dump) stops it for well under a second.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 # CPU time of a model's stubs that counts as progress: a working stub uses this in a fraction of a second;
 # an idle one (its health thread wakes every 300 ms for microseconds) takes many minutes to.
 PROGRESS_CPU_S = 0.1
+STOPPED_GRACE_S = 5.0
 
 
 @dataclass
@@ -43,6 +46,10 @@ class HangWatch:
     @property
     def probe_after_s(self) -> float:
         return self.hang_s / 3
+
+    @property
+    def stopped_grace_s(self) -> float:
+        return min(self.hang_s, STOPPED_GRACE_S)
 
     def observe(self, now: float, executions: dict[str, int], cpu_s: dict[str, float]) -> None:
         """Triton's execution counts per model and the CPU time of each model's stubs, as of `now`."""
@@ -81,10 +88,10 @@ class HangWatch:
         ]
 
     def stopped_stubs(self, now: float, stopped: dict[int, str]) -> list[str]:
-        """`stopped`: pid -> model of each stub stopped now. Returns those stopped for hang_s."""
+        """`stopped`: pid -> model of each stub stopped now. Returns those stopped for stopped_grace_s."""
         self.stopped_since = {pid: self.stopped_since.get(pid, now) for pid in stopped}
         return [
             f"{stopped[pid]} (pid {pid} stopped for {now - since:.0f} s)"
             for pid, since in sorted(self.stopped_since.items())
-            if now - since >= self.hang_s
+            if now - since >= self.stopped_grace_s
         ]

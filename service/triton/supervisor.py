@@ -102,7 +102,7 @@ class TritonSupervisor:
                 hung = await self._hung(triton, stubs, now)
                 if hung:
                     triton.kill()
-                    self._failed(f"Triton's model is hung ({hung}): calls routed to it would wait for their deadline")
+                    self._failed(f"Triton's model is hung ({hung}): calls routed to it fail or wait for their deadline")
                     stubs_lost_since = None
                     await self._bring_up(restart=True)
                 continue

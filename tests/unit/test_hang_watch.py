@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.triton.hang import PROGRESS_CPU_S, HangWatch
+from service.triton.hang import PROGRESS_CPU_S, STOPPED_GRACE_S, HangWatch
 
 M = "qwen3_embedding"
 
@@ -64,10 +64,12 @@ def test_cpu_below_the_threshold_is_not_progress_and_a_dead_stub_resets_the_base
     assert watch.wants_probe(12) == [M]
 
 
-def test_a_stopped_stub_is_hung_after_hang_s_and_forgiven_when_it_runs_again() -> None:
+def test_a_stopped_stub_is_hung_after_its_grace_and_forgiven_when_it_runs_again() -> None:
     watch = HangWatch(hang_s=30)
+    assert watch.stopped_grace_s == STOPPED_GRACE_S < 30
     assert watch.stopped_stubs(0, {101: M}) == []
-    assert watch.stopped_stubs(29, {101: M}) == []
-    assert watch.stopped_stubs(30, {101: M}) == [f"{M} (pid 101 stopped for 30 s)"]
-    assert watch.stopped_stubs(31, {}) == []  # SIGCONT: the count starts again
-    assert watch.stopped_stubs(40, {101: M}) == []
+    assert watch.stopped_stubs(STOPPED_GRACE_S - 0.1, {101: M}) == []
+    assert watch.stopped_stubs(STOPPED_GRACE_S, {101: M}) == [f"{M} (pid 101 stopped for {STOPPED_GRACE_S:.0f} s)"]
+    assert watch.stopped_stubs(6, {}) == []  # SIGCONT: the count starts again
+    assert watch.stopped_stubs(10, {101: M}) == []
+    assert HangWatch(hang_s=3).stopped_grace_s == 3  # never longer than hang_s
