@@ -18,28 +18,20 @@ def local_model_names(settings: Settings) -> list[str]:
     found = sorted(
         d.name for d in repo.iterdir() if not d.name.startswith(".") and (d / "config.pbtxt").is_file()
     ) if repo.is_dir() else []
-    if settings.model_name not in found and not (found and _only_rerankers(settings, found)):
-        # The default embedding model is what clients without a `model` field get: its absence is a
-        # deployment mistake (a wrong name or a missing export), unless the repository holds only rerankers
-        # (a reranker-only service has no embedding model to miss).
-        others = f" (the repository holds {', '.join(found)}; set QWEN3_EMBED_MODEL_NAME)" if found else ""
+    if settings.model_name not in found:
+        # The default model is what clients without a `model` field get: its absence is a deployment mistake
+        # (a wrong name or a missing export). A reranker-only service names its reranker here, so a failed
+        # embedding export beside a reranker never turns silently into a service without embeddings.
+        others = (
+            f" (the repository holds {', '.join(found)}; set QWEN3_EMBED_MODEL_NAME, to the reranker's name for a "
+            "reranker-only service)"
+            if found
+            else ""
+        )
         raise Misconfiguration(
             f"no model {settings.model_name!r} in {repo}{others}: export a model first (qwen3-embed export)"
         )
     return found
-
-
-def _only_rerankers(settings: Settings, names: list[str]) -> bool:
-    """Whether every model's config.pbtxt says kind "reranker" (export writes the `kind` parameter)."""
-    for name in names:
-        try:
-            config = read_model_config(settings, name)
-        except Misconfiguration:
-            return False  # reported when the configs are read
-        kind = config.parameters["kind"].string_value if "kind" in config.parameters else ""
-        if kind != "reranker":
-            return False
-    return True
 
 
 def read_model_configs(settings: Settings, names: list[str]) -> dict[str, Any]:

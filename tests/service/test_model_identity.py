@@ -136,7 +136,9 @@ def test_a_reranker_only_repository_serves_rerank_with_the_reference_scores(
 ) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(model_repository / "qwen3_reranker", repo / "qwen3_reranker")
-    with local_facade(repo, tmp_path) as facade:
+    # Named as the default model: without that, a repository lacking the default embedding model is refused
+    # (a failed embedding export must not turn into a service without embeddings: test_supervision.py).
+    with local_facade(repo, tmp_path, {"QWEN3_EMBED_MODEL_NAME": "qwen3_reranker"}) as facade:
         with grpc.insecure_channel(facade.target) as channel:
             info = pb_grpc.EmbeddingServiceStub(channel).GetInfo(pb.GetInfoRequest(), timeout=30)
         [described] = info.models
