@@ -66,3 +66,12 @@ def embed(stub: pb_grpc.EmbeddingServiceStub, inputs: list[str], **kwargs: objec
 
 def vectors(response: pb.EmbedResponse) -> np.ndarray:
     return np.array([list(e.values) for e in response.embeddings], dtype=np.float32)
+
+
+async def health_name(channel: grpc.aio.Channel, timeout: float = 5) -> str:
+    """The health Check's status name over an aio channel, or the gRPC status code's name when it fails."""
+    try:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name

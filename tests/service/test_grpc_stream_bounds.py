@@ -12,11 +12,10 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
-from tests.helpers import Facade, cosine, embed, run_facade, vectors
+from tests.helpers import Facade, cosine, embed, health_name, run_facade, vectors
 
 IDLE_S = 15.0  # long enough that the idle streams are surely still open while health and Embed are checked
 PER_CONNECTION = 8  # the defaults, stated here so a changed default shows up as a failing test
@@ -31,14 +30,6 @@ def facade(model_repository: Path, triton: Any, logs_dir: Path) -> Iterator[Faca
         model_repository, triton.grpc_url, logs_dir, env={"QWEN3_EMBED_GRPC_IDLE_TIMEOUT_S": str(IDLE_S)}
     ) as f:
         yield f
-
-
-async def _health(channel: grpc.aio.Channel) -> str:
-    try:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-    except grpc.aio.AioRpcError as exc:
-        return exc.code().name
 
 
 async def _embed(channel: grpc.aio.Channel, text: str) -> tuple[str, list[float]]:
@@ -61,7 +52,7 @@ def test_160_idle_streams_leave_health_and_embed_answering(facade: Facade) -> No
         refused = [calls[i] for i, e in enumerate(ends) if e.done()]
         open_before = sum(not e.done() for e in ends)
         async with grpc.aio.insecure_channel(facade.target) as ch:
-            health = await asyncio.gather(*(_health(ch) for _ in range(40)))
+            health = await asyncio.gather(*(health_name(ch) for _ in range(40)))
             embeds = await asyncio.gather(*(_embed(ch, f"beside idle streams {i}") for i in range(40)))
         open_after = sum(not e.done() for e in ends)
         print(

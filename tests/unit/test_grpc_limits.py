@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service.api.grpc.limits import CallKind, CallLimiter, CallLimits
+from tests.helpers import health_name
 
 SERVICE = "toy.Svc"
 # Channels to one target share one connection unless each has its own subchannel pool.
@@ -43,14 +44,6 @@ async def start(limits: CallLimits = LIMITS) -> tuple[grpc.aio.Server, CallLimit
     return server, limiter, f"127.0.0.1:{port}"
 
 
-async def check(channel: grpc.aio.Channel) -> str:
-    try:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-    except grpc.aio.AioRpcError as exc:
-        return exc.code().name
-
-
 async def holding(limiter: CallLimiter, kind: CallKind, count: int) -> None:
     """Until `count` calls of `kind` hold places (calls started together reach the server in any order)."""
     for _ in range(200):
@@ -80,7 +73,7 @@ def test_idle_streams_fill_their_pool_only_and_end_after_the_idle_timeout() -> N
             assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3  # 6 asked, 3 streams at most
             assert limiter.counts.held[CallKind.STREAM] == 3
             # Health and unary calls have pools of their own.
-            assert await check(channels[0]) == "SERVING"
+            assert await health_name(channels[0], timeout=3) == "SERVING"
             assert await channels[0].unary_unary(f"/{SERVICE}/Echo")(b"x", timeout=3) == b"echo:x"
             codes = await asyncio.wait_for(asyncio.gather(*ends), timeout=10)
             assert codes.count(grpc.StatusCode.DEADLINE_EXCEEDED) == 3
@@ -133,7 +126,7 @@ def test_unary_calls_are_counted_before_their_message_and_health_watch_works() -
                 ends = [asyncio.ensure_future(c.code()) for c in waiting]
                 await asyncio.sleep(0.5)
                 assert [e.result() for e in ends if e.done()] == [grpc.StatusCode.RESOURCE_EXHAUSTED]
-                assert await check(ch) == "SERVING"
+                assert await health_name(ch, timeout=3) == "SERVING"
                 watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=5)
                 first = await watch.read()
                 assert first.status == health_pb2.HealthCheckResponse.SERVING
