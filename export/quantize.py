@@ -1,0 +1,134 @@
+"""Weight-only quantization of an exported fused graph: every linear layer's MatMul (a float weight initializer
+[in, out]) becomes ONNX Runtime's com.microsoft.MatMulNBits with 8- or 4-bit weights in blocks of `block_size`
+input rows, each block with its own scale and zero point. Embeddings (Gather), norms, attention
+(GroupQueryAttention) and the reranker's two-row head stay as they are, in float32.
+
+Methods (onnxruntime.quantization.matmul_nbits_quantizer, no other library):
+- rtn: round to nearest per block (no data); int8 and int4.
+- hqq: half-quadratic quantization (no data): per block, the zero point and scale are optimised to minimise the
+  weights' reconstruction error under a sparsity-promoting norm, instead of taken from min/max; int4 only.
+- gptq (ONNX Runtime 1.32's built-in, vendored from Intel Neural Compressor) was tried and left out: it collects
+  the calibration Hessian but propagates the rounding error along the wrong axis of its Cholesky factor (a column
+  of an upper-triangular matrix below the diagonal, all zeros), so its codes equal round-to-nearest's, bit for
+  bit, at many times the cost (docs/export.md, "Quantized models").
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from export.errors import ExportError
+from service.contract import Precision
+
+METHODS = ("rtn", "hqq")
+# Per precision, the methods ONNX Runtime can write as MatMulNBits.
+METHODS_FOR = {Precision.INT8: ("rtn",), Precision.INT4: ("rtn", "hqq")}
+# 32 input rows per scale: ONNX Runtime GenAI's model builder default for int4; 128 halves the scale overhead
+# (one fp32 scale + a zero point per block) at some accuracy.
+DEFAULT_BLOCK_SIZE = 32
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+TWO_GB = 2**31
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    precision: Precision
+    method: str = "rtn"
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+    @property
+    def bits(self) -> int:
+        return self.precision.weight_bits
+
+
+def validate(settings: QuantSettings) -> None:
+    """One clear line per wrong combination (the user's to fix)."""
+    if settings.precision not in METHODS_FOR:
+        raise ExportError(f"--quant-method applies to --precision int8/int4, not {settings.precision}")
+    allowed = METHODS_FOR[settings.precision]
+    if settings.method not in allowed:
+        raise ExportError(
+            f"--quant-method {settings.method!r} is not available for {settings.precision} "
+            f"(choose {', '.join(allowed)})"
+        )
+    if settings.block_size not in BLOCK_SIZES:
+        raise ExportError(f"--quant-block-size must be one of {', '.join(map(str, BLOCK_SIZES))}")
+
+
+def linear_matmuls(model: onnx.ModelProto, min_out: int = 16) -> list[str]:
+    """Names of the MatMuls whose second input is a 2-D float weight initializer with at least `min_out` output
+    columns: the linear layers. The reranker head ([hidden, 2]) is below min_out and stays float."""
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+            continue
+        dims = shapes.get(node.input[1])
+        if dims is not None and len(dims) == 2 and dims[1] >= min_out:
+            names.append(node.name)
+    return names
+
+
+def quantize_graph(onnx_path: Path, settings: QuantSettings) -> int:
+    """Rewrites the float32 graph at `onnx_path` in place with quantized linear layers; returns how many MatMuls
+    it quantized."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+    from onnxruntime.quantization.quant_utils import QuantFormat
+
+    validate(settings)
+    model = onnx.load(str(onnx_path))  # external data (model.onnx.data) is read in too
+    include = linear_matmuls(model)
+    exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in include]
+    if not include:
+        raise ExportError("the graph has no linear-layer MatMul to quantize")
+    config: object
+    if settings.method == "hqq":
+        config = HQQWeightOnlyQuantConfig(
+            block_size=settings.block_size, bits=settings.bits, quant_format=QuantFormat.QOperator
+        )
+    else:
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=settings.block_size,
+            is_symmetric=False,
+            bits=settings.bits,
+            quant_format=QuantFormat.QOperator,
+            op_types_to_quantize=("MatMul",),
+        )
+    # The quantizer logs a line per node at INFO on the root logger it configures; keep the export's output.
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=settings.bits,
+        block_size=settings.block_size,
+        is_symmetric=False,
+        nodes_to_exclude=exclude,
+        algo_config=config,  # type: ignore[arg-type]
+    )
+    quantizer.process()
+    out = quantizer.model.model
+    done = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
+    if done != len(include):
+        raise ExportError(f"quantized {done} of {len(include)} linear layers; the graph is not what was expected")
+    save_quantized(out, onnx_path)
+    return done
+
+
+def save_quantized(model: onnx.ModelProto, path: Path) -> None:
+    """model.onnx (and model.onnx.data past protobuf's 2 GB), replacing the float graph and its data file."""
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()
+    if sum(len(t.raw_data) for t in model.graph.initializer) > TWO_GB - 64 * 1024**2:
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name
+        )
+    else:
+        onnx.save_model(model, str(path))
