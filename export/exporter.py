@@ -111,13 +111,13 @@ def validate_options(opts: ExportOptions) -> None:
                 f"--precision {r.precision} needs the fused graph (ONNX Runtime's MatMulNBits): not --attention eager "
                 "or --backend tensorrt"
             )
-    for flag, value, high in (
-        ("--min-cosine", opts.min_cosine, 1.0),
-        ("--min-overlap", opts.min_overlap, 1.0),
-        ("--max-score-diff", opts.max_score_diff, 1.0),
+    for gate, bound in (
+        ("--min-cosine", opts.min_cosine),
+        ("--min-overlap", opts.min_overlap),
+        ("--max-score-diff", opts.max_score_diff),
     ):
-        if not 0.0 <= value <= high:
-            raise ExportError(f"{flag} must be within [0, {high:g}] (0 = the precision's default), got {value}")
+        if not 0.0 <= bound <= 1.0:
+            raise ExportError(f"{gate} must be within [0, 1] (0 = the precision's default), got {bound}")
 
 
 def quant_settings(opts: ExportOptions) -> Any:
