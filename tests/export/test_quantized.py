@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -113,8 +114,17 @@ def test_served_vectors_equal_the_graph_in_process_and_agree_with_fp32(
     cosines = np.sum(served * fp32, axis=1)
     assert cosines.min() >= THRESHOLDS[Precision.INT4], cosines
     assert cosines.max() < 0.99999  # the served graph is the quantized one, not an fp32 graph
-    precisions = {m.kind: m.precision for m in info.models}
-    assert precisions == {pb.MODEL_KIND_EMBEDDING: "int4", pb.MODEL_KIND_RERANKER: "int8"}
+    described = {m.kind: m for m in info.models}
+    embedder, reranker = described[pb.MODEL_KIND_EMBEDDING], described[pb.MODEL_KIND_RERANKER]
+    assert (embedder.precision, reranker.precision) == ("int4", "int8")
+    facts = facts_of(model_dir)
+    assert embedder.quantization.method == "rtn" and embedder.quantization.block_size == 32
+    assert dict(embedder.quantization.agreement) == pytest.approx(facts.quantization_agreement)
+    assert reranker.HasField("quantization") and "worst_score_diff" in reranker.quantization.agreement
+    cards = httpx.get(f"{quantized_facade.base_url}/v1/models", timeout=10).json()["data"]
+    card = next(c for c in cards if c["kind"] == "embedding")
+    assert card["precision"] == "int4" and card["quantization"]["method"] == "rtn"
+    assert card["quantization"]["agreement"] == pytest.approx(facts.quantization_agreement)
 
 
 def test_served_reranker_scores_equal_the_graph_in_process(
