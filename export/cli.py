@@ -115,8 +115,16 @@ def export(
         ),
     ] = "auto",
     quant_method: Annotated[
-        str, typer.Option(help="int8 / int4: rtn (round to nearest) | hqq (int4: half-quadratic, no data)")
+        str,
+        typer.Option(
+            help="int8 / int4: rtn (round to nearest) | gptq (data-aware, calibration texts) | hqq (int4: "
+            "half-quadratic, no data)"
+        ),
     ] = "rtn",
+    calibration_file: Annotated[
+        Path | None,
+        typer.Option(help="gptq: your calibration texts, one per line (\\n for a newline); default: built-in"),
+    ] = None,
     quant_block_size: Annotated[int, typer.Option(help="int8 / int4: input rows per scale and zero point")] = 32,
     min_cosine: Annotated[
         float, typer.Option(help="Verification gate: worst cosine vs the reference; 0 = the precision's default")
@@ -173,6 +181,7 @@ def export(
         auto_warmup=warmup,
         quant_method=quant_method,
         quant_block_size=quant_block_size,
+        calibration_file=calibration_file,
         min_cosine=min_cosine,
         min_overlap=min_overlap,
         max_score_diff=max_score_diff,

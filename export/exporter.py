@@ -61,6 +61,7 @@ class ExportOptions:
     # --precision int8 / int4 (export/quantize.py): method and block size of the linear layers.
     quant_method: str = "rtn"
     quant_block_size: int = 32
+    calibration_file: Path | None = None  # gptq: one text per line; None = export/quant_texts.py's
     # Gate overrides (0 = the precision's own: verify.THRESHOLDS, SCORE_TOLERANCES, MIN_OVERLAP_AT_10).
     min_cosine: float = 0.0
     min_overlap: float = 0.0
@@ -393,7 +394,7 @@ def _embedding_graph(
 
         with step(console, "build the fused-attention ONNX graph"):
             save_fused_graph(build_fused_graph(backbone, opts.repo.precision, ckpt.max_position_embeddings), onnx_path)
-        quantize_step(console, opts, onnx_path)
+        quantize_step(console, opts, ckpt, onnx_path)
     else:
         from export.onnx_graph import export_onnx
 
@@ -475,7 +476,7 @@ def _reranker_graph(
             )
             save_fused_graph(model, onnx_path)
             del model
-        quantize_step(console, opts, onnx_path)
+        quantize_step(console, opts, ckpt, onnx_path)
     else:
         from export.onnx_graph import export_onnx
 
@@ -500,16 +501,38 @@ def _reranker_graph(
     return verification
 
 
-def quantize_step(console: Console, opts: ExportOptions, onnx_path: Path) -> None:
+def quantize_step(console: Console, opts: ExportOptions, ckpt: Checkpoint, onnx_path: Path) -> None:
     """--precision int8 / int4: the float32 graph's linear layers -> MatMulNBits, in place, before verification."""
     if not opts.repo.precision.weight_bits:
         return
     from export.quantize import quantize_graph
 
     settings = quant_settings(opts)
+    calibration = calibration_ids(ckpt, opts.calibration_file) if settings.method == "gptq" else []
     title = f"quantize the linear layers ({settings.precision}, {settings.method}, block {settings.block_size})"
+    if calibration:
+        title += f" on {len(calibration)} calibration texts"
     with step(console, title):
-        quantize_graph(onnx_path, settings)
+        quantize_graph(onnx_path, settings, calibration)
+
+
+def calibration_ids(ckpt: Checkpoint, path: Path | None) -> list[list[int]]:
+    """The calibration texts as the graph will see them: tokenized texts for an embedding model, formatted
+    (query, document) pairs for a reranker; each cut to CALIBRATION_MAX_TOKENS."""
+    from tokenizers import Tokenizer
+
+    from export.quant_texts import calibration_texts
+    from export.quantize import CALIBRATION_MAX_TOKENS
+
+    tok = Tokenizer.from_file(str(ckpt.directory / "tokenizer.json"))
+    texts = calibration_texts(path)
+    if ckpt.kind is ModelKind.RERANKER:
+        # Each text judged against the next one's opening as the query: relevant-looking and unrelated pairs.
+        return [
+            rerank_ids(tok, texts[(i + 1) % len(texts)][:120], text, CALIBRATION_MAX_TOKENS)
+            for i, text in enumerate(texts)
+        ]
+    return [tok.encode(t).ids[:CALIBRATION_MAX_TOKENS] for t in texts]
 
 
 def retrieval_ids(ckpt: Checkpoint) -> tuple[list[list[int]], list[list[int]]]:

@@ -1,11 +1,46 @@
-"""The retrieval set a quantized export's neighbours are checked on: queries with the instruction, documents of
-several scripts, code and lengths, a few relevant to each query and many distractors. Written for this project."""
+"""Built-in texts of quantized exports: the calibration inputs of the data-aware method (gptq), and the retrieval
+set the quantized graph's neighbours are checked on (queries with the instruction, documents of several scripts,
+code and lengths, a few relevant to each query and many distractors). Written for this project; a user's own
+calibration texts come from --calibration-file."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from export.errors import ExportError
 from export.prompts import OFFICIAL_PROMPTS
 
 _QUERY = OFFICIAL_PROMPTS["query"]
+
+# Calibration (gptq): what the linear layers will see in service, so the data-aware method weighs the input
+# channels that matter (multilingual, code, instructed queries, long documents).
+CALIBRATION_TEXTS: tuple[str, ...] = (
+    _QUERY + "how do I rotate a log file without restarting the process",
+    _QUERY + "symptoms of vitamin D deficiency in adults",
+    _QUERY + "¿cuál es la diferencia entre un virus y una bacteria?",
+    _QUERY + "如何在 Python 中读取大文件而不占用太多内存",
+    _QUERY + "beste Reisezeit für Island",
+    "Die Photosynthese wandelt Lichtenergie in chemische Energie um; Pflanzen binden dabei Kohlendioxid.",
+    "東京は日本の首都であり、世界で最も人口の多い都市圏の一つです。",
+    "La Révolution française a commencé en 1789 et a profondément transformé la société.",
+    "Москва — столица России и крупнейший по численности населения город страны.",
+    "भारत की राजधानी नई दिल्ली है, जो यमुना नदी के किनारे स्थित है।",
+    "SELECT customer_id, SUM(amount) AS total FROM orders WHERE created_at >= '2024-01-01' GROUP BY customer_id;",
+    "func (s *Server) Shutdown(ctx context.Context) error {\n\ts.mu.Lock()\n\tdefer s.mu.Unlock()\n"
+    "\treturn s.ln.Close()\n}",
+    "fn parse(input: &str) -> Result<Vec<u32>, ParseIntError> {\n    input.split(',').map(str::parse).collect()\n}",
+    "A hash map stores key-value pairs and finds a key in expected constant time by hashing it to a bucket.",
+    (
+        "Retrieval-augmented generation first searches a document collection for passages relevant to a question, "
+        "then gives those passages to a language model as context. The quality of the answer depends on the "
+        "retriever: if the right passage is not among the top results, the model cannot use it. Embedding models "
+        "map questions and passages into one vector space, where nearness stands for relevance. Indexes store "
+        "millions of such vectors and answer nearest-neighbour queries in milliseconds with approximate methods "
+        "such as HNSW graphs or inverted files with product quantization. Evaluations report recall at ten, the "
+        "share of relevant passages found among the first ten results, and nDCG, which also rewards their order. "
+    )
+    * 4,
+)
 
 # The retrieval check: each query's top-10 neighbours among DOCUMENTS, quantized graph vs the fp32 reference.
 RETRIEVAL_QUERIES: tuple[str, ...] = tuple(
@@ -57,3 +92,18 @@ DOCUMENTS: tuple[str, ...] = (
     "東京タワーは1958年に完成した電波塔です。",
 )
 
+
+
+def calibration_texts(path: Path | None) -> list[str]:
+    """The built-in texts, or the user's file: one text per line (blank lines skipped; a literal \\n inside a
+    line stands for a newline, so code and long documents fit on one line)."""
+    if path is None:
+        return list(CALIBRATION_TEXTS)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExportError(f"--calibration-file {path}: {exc}") from exc
+    texts = [line.replace("\\n", "\n") for line in lines if line.strip()]
+    if not texts:
+        raise ExportError(f"--calibration-file {path} holds no text (one text per line)")
+    return texts

@@ -7,15 +7,16 @@ Methods (onnxruntime.quantization.matmul_nbits_quantizer, no other library):
 - rtn: round to nearest per block (no data); int8 and int4.
 - hqq: half-quadratic quantization (no data): per block, the zero point and scale are optimised to minimise the
   weights' reconstruction error under a sparsity-promoting norm, instead of taken from min/max; int4 only.
-- gptq (ONNX Runtime 1.32's built-in, vendored from Intel Neural Compressor) was tried and left out: it collects
-  the calibration Hessian but propagates the rounding error along the wrong axis of its Cholesky factor (a column
-  of an upper-triangular matrix below the diagonal, all zeros), so its codes equal round-to-nearest's, bit for
-  bit, at many times the cost (docs/export.md, "Quantized models").
+- gptq: data-aware (export/gptq.py): the rounding error of each input row is spread over the rows not yet
+  quantized, weighted by the Hessian of the layer's inputs on calibration texts; int8 and int4. Our own: ONNX
+  Runtime 1.32's GPTQ (vendored from Intel Neural Compressor) spreads it along the wrong axis of its Cholesky factor
+  (all zeros there), so its codes equal round-to-nearest's bit for bit.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +25,12 @@ import onnx
 from export.errors import ExportError
 from service.contract import Precision
 
-METHODS = ("rtn", "hqq")
+METHODS = ("rtn", "hqq", "gptq")
 # Per precision, the methods ONNX Runtime can write as MatMulNBits.
-METHODS_FOR = {Precision.INT8: ("rtn",), Precision.INT4: ("rtn", "hqq")}
+METHODS_FOR = {Precision.INT8: ("rtn", "gptq"), Precision.INT4: ("rtn", "hqq", "gptq")}
+# Calibration texts are cut to this many tokens: the Hessians need the channels' correlations, not long context,
+# and every linear layer's input of the whole text is held at once.
+CALIBRATION_MAX_TOKENS = 512
 # 32 input rows per scale: ONNX Runtime GenAI's model builder default for int4; 128 halves the scale overhead
 # (one fp32 scale + a zero point per block) at some accuracy.
 DEFAULT_BLOCK_SIZE = 32
@@ -73,9 +77,11 @@ def linear_matmuls(model: onnx.ModelProto, min_out: int = 16) -> list[str]:
     return names
 
 
-def quantize_graph(onnx_path: Path, settings: QuantSettings) -> int:
+def quantize_graph(
+    onnx_path: Path, settings: QuantSettings, calibration: Sequence[Sequence[int]] = ()
+) -> int:
     """Rewrites the float32 graph at `onnx_path` in place with quantized linear layers; returns how many MatMuls
-    it quantized."""
+    it quantized. `calibration`: token ids of the calibration texts (gptq)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         HQQWeightOnlyQuantConfig,
@@ -89,6 +95,13 @@ def quantize_graph(onnx_path: Path, settings: QuantSettings) -> int:
     exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in include]
     if not include:
         raise ExportError("the graph has no linear-layer MatMul to quantize")
+    if settings.method == "gptq":
+        if not calibration:
+            raise ExportError("--quant-method gptq needs calibration texts")
+        from export.gptq import quantize_model
+
+        out = quantize_model(model, include, calibration, settings.bits, settings.block_size)
+        return _check_and_save(out, include, onnx_path)
     config: object
     if settings.method == "hqq":
         config = HQQWeightOnlyQuantConfig(
@@ -113,7 +126,10 @@ def quantize_graph(onnx_path: Path, settings: QuantSettings) -> int:
         algo_config=config,  # type: ignore[arg-type]
     )
     quantizer.process()
-    out = quantizer.model.model
+    return _check_and_save(quantizer.model.model, include, onnx_path)
+
+
+def _check_and_save(out: onnx.ModelProto, include: list[str], onnx_path: Path) -> int:
     done = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
     if done != len(include):
         raise ExportError(f"quantized {done} of {len(include)} linear layers; the graph is not what was expected")

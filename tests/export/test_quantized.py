@@ -153,8 +153,8 @@ def test_a_zeroed_scale_is_refused_by_the_export_gate(
     verification: exit 2, one clear message, nothing published."""
     real = quantize.quantize_graph
 
-    def broken(onnx_path: Path, settings: quantize.QuantSettings) -> int:
-        done = real(onnx_path, settings)
+    def broken(onnx_path: Path, settings: quantize.QuantSettings, calibration: object = ()) -> int:
+        done = real(onnx_path, settings, calibration)  # type: ignore[arg-type]
         model = onnx.load(str(onnx_path))
         scales = next(t for t in model.graph.initializer if t.name.endswith("mlp.down_proj.weight_scales"))
         scales.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(scales)), scales.name))
@@ -184,3 +184,33 @@ def test_bad_quantization_options_are_refused(
 ) -> None:
     result = CliRunner().invoke(app, ["export", "--model", str(dev_model_dir), "--output", str(tmp_path), *args])
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+def test_gptq_with_the_users_calibration_file(dev_reranker_dir: Path, tmp_path: Path) -> None:
+    """The data-aware method on the reranker path, calibrated on the user's own texts: it passes the score gate
+    and records its method; the graph it writes is MatMulNBits with the agreement it measured."""
+    texts = tmp_path / "calibration.txt"
+    texts.write_text(
+        "Which river flows through Vienna?\nThe Danube flows through Vienna.\n\ndef f(x):\\n    return x\n"
+    )
+    out = tmp_path / "repo"
+    args = ["export", "--model", str(dev_reranker_dir), "--output", str(out), "--precision", "int8",
+            "--quant-method", "gptq", "--calibration-file", str(texts), "--max-tokens", "512",
+            "--verify-long-tokens", "256", "--skip-resource-check"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "on 3 calibration texts" in " ".join(result.output.split())
+    facts = facts_of(out / RERANKER)
+    assert facts.precision is Precision.INT8 and facts.quantization_method == "gptq"
+    assert facts.quantization_agreement["worst_score_diff"] <= 5e-2
+    ops = [n.op_type for n in onnx.load(str(out / RERANKER / "1" / "model.onnx")).graph.node]
+    assert ops.count("MatMulNBits") == 8
+
+
+def test_an_empty_calibration_file_is_refused(dev_model_dir: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    args = ["export", "--model", str(dev_model_dir), "--output", str(tmp_path / "repo"), "--precision", "int4",
+            "--quant-method", "gptq", "--calibration-file", str(empty), "--skip-resource-check"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "holds no text" in " ".join(result.output.split()), result.output
