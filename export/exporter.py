@@ -314,7 +314,11 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
             rerank_token_ids=",".join(str(i) for i in token_ids) if token_ids is not None else "",
             **quantization_facts(opts, verification),
         )
-        memory = PeakMemory.for_model(ckpt.config, ckpt.parameter_count(), repo.precision, fused=fused)
+        graph_bytes = sum(f.stat().st_size for f in onnx_path.parent.glob("model.onnx*")) if onnx_path.exists() else 0
+        memory = PeakMemory.for_model(
+            ckpt.config, ckpt.parameter_count(), repo.precision, fused=fused,
+            graph_bytes=graph_bytes if repo.precision.weight_bits else 0,
+        )
         facts = deployment_facts(repo, facts, memory)
         report = {
             "source_model": ckpt.source,
