@@ -121,6 +121,13 @@ def export(
             "half-quadratic, no data)"
         ),
     ] = "rtn",
+    quant_compute: Annotated[
+        str,
+        typer.Option(
+            help="int8 / int4: fp32 (dequantized weights) | int8 (activations quantized per block, integer dot "
+            "products: faster on CPUs, verified like the rest)"
+        ),
+    ] = "fp32",
     calibration_file: Annotated[
         Path | None,
         typer.Option(help="gptq: your calibration texts, one per line (\\n for a newline); default: built-in"),
@@ -181,6 +188,7 @@ def export(
         auto_warmup=warmup,
         quant_method=quant_method,
         quant_block_size=quant_block_size,
+        quant_compute=quant_compute,
         calibration_file=calibration_file,
         min_cosine=min_cosine,
         min_overlap=min_overlap,

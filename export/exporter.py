@@ -61,6 +61,7 @@ class ExportOptions:
     # --precision int8 / int4 (export/quantize.py): method and block size of the linear layers.
     quant_method: str = "rtn"
     quant_block_size: int = 32
+    quant_compute: str = "fp32"  # quantize.COMPUTE_LEVELS
     calibration_file: Path | None = None  # gptq: one text per line; None = export/quant_texts.py's
     # Gate overrides (0 = the precision's own: verify.THRESHOLDS, SCORE_TOLERANCES, MIN_OVERLAP_AT_10).
     min_cosine: float = 0.0
@@ -124,7 +125,7 @@ def validate_options(opts: ExportOptions) -> None:
 def quant_settings(opts: ExportOptions) -> Any:
     from export.quantize import QuantSettings
 
-    return QuantSettings(opts.repo.precision, opts.quant_method, opts.quant_block_size)
+    return QuantSettings(opts.repo.precision, opts.quant_method, opts.quant_block_size, opts.quant_compute)
 
 
 def check_resources(ckpt: Checkpoint, opts: ExportOptions) -> None:
@@ -330,7 +331,13 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
             "padding_side": padding_side,
             "precision": repo.precision,
             **(
-                {"quantization": {"bits": repo.precision.weight_bits, **quantization_facts(opts, verification)}}
+                {
+                    "quantization": {
+                        "bits": repo.precision.weight_bits,
+                        "compute": opts.quant_compute,
+                        **quantization_facts(opts, verification),
+                    }
+                }
                 if repo.precision.weight_bits
                 else {}
             ),
@@ -513,7 +520,10 @@ def quantize_step(console: Console, opts: ExportOptions, ckpt: Checkpoint, onnx_
 
     settings = quant_settings(opts)
     calibration = calibration_ids(ckpt, opts.calibration_file) if settings.method == "gptq" else []
-    title = f"quantize the linear layers ({settings.precision}, {settings.method}, block {settings.block_size})"
+    title = (
+        f"quantize the linear layers ({settings.precision}, {settings.method}, block {settings.block_size}, "
+        f"{settings.compute} compute)"
+    )
     if calibration:
         title += f" on {len(calibration)} calibration texts"
     with step(console, title):
