@@ -6,8 +6,9 @@ checkpoint, then each graph in process on ONNX Runtime's CPU provider.
 
 A variant is PRECISION[-METHOD[-COMPUTE]] (int4-rtn-int8: --quant-compute int8). Per variant: export wall time
 and the export process's peak RSS (its own ru_maxrss: each export runs in a fresh process), the graph's size on
-disk, the agreement the export gate measured, and tokens/s for a batch of 32 short queries (~20 tokens) and for a batch of 4 documents of 1,024 tokens (the best of --repeat runs after one warm run;
-the machine may be shared), with the loaded session's RSS. Prints a markdown table and writes
+disk, the agreement the export gate measured, and tokens/s for a batch of 32 short queries (~20 tokens) and
+for a batch of 4 documents of 1,024 tokens (the best of --repeat runs after one warm run; the machine may be
+shared), with the loaded session's RSS. Prints a markdown table and writes
 benchmarks/results/quantized-<time>.json. Random weights: the agreement figures are not those of a trained
 checkpoint (docs/export.md, "Quantized models").
 """
