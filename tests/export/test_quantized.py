@@ -20,6 +20,7 @@ from sentence_transformers import SentenceTransformer
 from typer.testing import CliRunner
 
 from export import quantize
+from export.quant_texts import CALIBRATION_TEXTS
 from export.samples import rerank_ids
 from export.triton_config import parse_pbtxt
 from export.verify import THRESHOLDS, rerank_score
@@ -214,3 +215,32 @@ def test_an_empty_calibration_file_is_refused(dev_model_dir: Path, tmp_path: Pat
             "--quant-method", "gptq", "--calibration-file", str(empty), "--skip-resource-check"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "holds no text" in " ".join(result.output.split()), result.output
+
+
+def test_the_commands_of_the_docs_section_export_and_pass_the_gate(
+    dev_model_dir: Path, dev_reranker_dir: Path, tmp_path: Path
+) -> None:
+    """docs/export.md "Quantized models": each `qwen3-embed export` line, on the dev checkpoint of its kind (the
+    hub ids are swapped for them; shorter verification inputs keep it fast)."""
+    import shlex
+
+    from tests.doc_pages import section, shell_lines
+
+    lines = shell_lines(section("docs/export.md", "## Quantized models"), "qwen3-embed")
+    assert len(lines) == 3, lines
+    calibration = tmp_path / "my-texts.txt"
+    # A user's file as the docs describe it: one text per line, "\n" for newlines (the built-in texts, written out;
+    # two short texts were too few: the dev reranker's int4 gptq then missed the gate, 0.14 > 0.1).
+    calibration.write_text("".join(t.replace("\n", "\\n") + "\n" for t in CALIBRATION_TEXTS))
+    for n, line in enumerate(lines):
+        args = shlex.split(line)[1:]
+        model = args[args.index("--model") + 1]
+        args[args.index("--model") + 1] = str(dev_reranker_dir if "Reranker" in model else dev_model_dir)
+        if "--calibration-file" in args:
+            args[args.index("--calibration-file") + 1] = str(calibration)
+        out = tmp_path / f"repo{n}"
+        args += ["--output", str(out), "--max-tokens", "512", "--verify-long-tokens", "256", "--skip-resource-check"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, f"{line}\n{result.output}"
+        (model_dir,) = [p for p in out.iterdir() if p.is_dir()]
+        assert str(facts_of(model_dir).precision) == args[args.index("--precision") + 1]
