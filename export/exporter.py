@@ -430,9 +430,7 @@ def _embedding_graph(
 
         precision = opts.repo.precision
         with step(console, "retrieval check: the graph's top-10 neighbours against the fp32 reference's"):
-            ours = tuple(
-                graph_vectors(onnx_path, precision, seqs, pad_id, padding_side) for seqs in (queries, documents)
-            )
+            ours = graph_vectors(onnx_path, precision, [queries, documents], pad_id, padding_side)
             retrieval = retrieval_agreement(
                 retrieval_ref, (ours[0], ours[1]), opts.min_overlap or MIN_OVERLAP_AT_10[precision],
                 MIN_SPEARMAN[precision],

@@ -326,9 +326,10 @@ def retrieval_agreement(
     )
 
 
-def graph_vectors(onnx_path: Path, precision: Precision, sequences: list[list[int]], pad_id: int,
-                  padding_side: str) -> np.ndarray:
-    """The graph's embedding of each sequence run alone (no padding effect in the comparison)."""
+def graph_vectors(
+    onnx_path: Path, precision: Precision, groups: list[list[list[int]]], pad_id: int, padding_side: str
+) -> list[np.ndarray]:
+    """The graph's embedding of each sequence of each group, run alone (no padding effect in the comparison);
+    one session for all."""
     session, _ = ort_session(onnx_path, precision)
-    alone, _ = run_alone_and_batched(session, EMBEDDING, sequences, pad_id, padding_side)
-    return np.stack(alone)
+    return [np.stack(run_alone_and_batched(session, EMBEDDING, seqs, pad_id, padding_side)[0]) for seqs in groups]
