@@ -118,7 +118,10 @@ def main() -> None:
     parser.add_argument("--speed", nargs=3, help=argparse.SUPPRESS)  # internal: GRAPH THREADS REPEAT
     args = parser.parse_args()
     if args.speed:
-        print(json.dumps(speed(Path(args.speed[0]), int(args.speed[1]), int(args.speed[2]))))
+        measured = json.dumps(speed(Path(args.speed[0]), int(args.speed[1]), int(args.speed[2])))
+        # Also beside the graph's model directory: a run stopped later still leaves what it measured.
+        Path(args.speed[0]).parent.parent.joinpath("speed.json").write_text(measured + "\n")
+        print(measured)
         return
     from export.dev_model import REAL_SHAPES, DevModelShape, build_dev_model
 

@@ -343,6 +343,8 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
             ),
             **verification_report(verification),
             "export_seconds": round(time.perf_counter() - started, 1),
+            # The export process's peak RSS so far (ru_maxrss: KiB on Linux).
+            "export_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "expected_peak_bytes_per_instance": facts.expected_peak_bytes_per_instance,
         }
         with step(console, f"write {final}"):
