@@ -73,7 +73,13 @@ def export(
         str, typer.Option(help="Triton model name; default qwen3_embedding, or qwen3_reranker for a reranker")
     ] = "",
     backend: Annotated[str, typer.Option(help="python | onnxruntime | tensorrt")] = "python",
-    precision: Annotated[Precision, typer.Option(help="Weights and activations")] = Precision.FP32,
+    precision: Annotated[
+        Precision,
+        typer.Option(
+            help="Weights and activations; int8 / int4: weight-only quantized linear layers (MatMulNBits), "
+            "float32 elsewhere, verified against the fp32 reference"
+        ),
+    ] = Precision.FP32,
     max_batch_size: int = 32,
     max_tokens: Annotated[
         int,
@@ -108,6 +114,34 @@ def export(
             "context; eager: standard ops, [L, L] scores. auto = eager for --backend tensorrt, fused otherwise"
         ),
     ] = "auto",
+    quant_method: Annotated[
+        str,
+        typer.Option(
+            help="int8 / int4: rtn (round to nearest) | gptq (data-aware, calibration texts) | hqq (int4: "
+            "half-quadratic, no data)"
+        ),
+    ] = "rtn",
+    quant_compute: Annotated[
+        str,
+        typer.Option(
+            help="int8 / int4: fp32 (dequantized weights) | int8 (activations quantized per block, integer dot "
+            "products: faster on CPUs, verified like the rest)"
+        ),
+    ] = "fp32",
+    calibration_file: Annotated[
+        Path | None,
+        typer.Option(help="gptq: your calibration texts, one per line (\\n for a newline); default: built-in"),
+    ] = None,
+    quant_block_size: Annotated[int, typer.Option(help="int8 / int4: input rows per scale and zero point")] = 32,
+    min_cosine: Annotated[
+        float, typer.Option(help="Verification gate: worst cosine vs the reference; 0 = the precision's default")
+    ] = 0.0,
+    min_overlap: Annotated[
+        float, typer.Option(help="int8 / int4 embeddings: mean overlap@10 vs fp32; 0 = the precision's default")
+    ] = 0.0,
+    max_score_diff: Annotated[
+        float, typer.Option(help="Rerankers: largest |score diff| vs the reference; 0 = the precision's default")
+    ] = 0.0,
     skip_if_published: Annotated[
         bool,
         typer.Option(
@@ -152,6 +186,13 @@ def export(
         skip_resource_check=skip_resource_check,
         attention=attention,
         auto_warmup=warmup,
+        quant_method=quant_method,
+        quant_block_size=quant_block_size,
+        quant_compute=quant_compute,
+        calibration_file=calibration_file,
+        min_cosine=min_cosine,
+        min_overlap=min_overlap,
+        max_score_diff=max_score_diff,
     )
     try:
         run_export(opts, console)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -57,6 +58,15 @@ class ExportOptions:
     attention: str = "auto"  # ATTENTION_CHOICES; auto = fused unless the backend is tensorrt
     # Warm-up lengths chosen once max tokens is known (default_warmup_lengths); repo.warmup_lengths otherwise.
     auto_warmup: bool = False
+    # --precision int8 / int4 (export/quantize.py): method and block size of the linear layers.
+    quant_method: str = "rtn"
+    quant_block_size: int = 32
+    quant_compute: str = "fp32"  # quantize.COMPUTE_LEVELS
+    calibration_file: Path | None = None  # gptq: one text per line; None = export/quant_texts.py's
+    # Gate overrides (0 = the precision's own: verify.THRESHOLDS, SCORE_TOLERANCES, MIN_OVERLAP_AT_10).
+    min_cosine: float = 0.0
+    min_overlap: float = 0.0
+    max_score_diff: float = 0.0
 
 
 def resolved_attention(opts: ExportOptions) -> str:
@@ -94,6 +104,28 @@ def validate_options(opts: ExportOptions) -> None:
         raise ExportError(f"--name must be letters, digits, '_' or '-', got {r.name!r}")
     if opts.device not in ("auto", "cpu", "cuda"):
         raise ExportError(f"--device must be auto, cpu or cuda, not {opts.device!r}")
+    if r.precision.weight_bits:
+        from export.quantize import validate as validate_quant
+
+        validate_quant(quant_settings(opts))
+        if resolved_attention(opts) != "fused":
+            raise ExportError(
+                f"--precision {r.precision} needs the fused graph (ONNX Runtime's MatMulNBits): not --attention eager "
+                "or --backend tensorrt"
+            )
+    for gate, bound in (
+        ("--min-cosine", opts.min_cosine),
+        ("--min-overlap", opts.min_overlap),
+        ("--max-score-diff", opts.max_score_diff),
+    ):
+        if not 0.0 <= bound <= 1.0:
+            raise ExportError(f"{gate} must be within [0, 1] (0 = the precision's default), got {bound}")
+
+
+def quant_settings(opts: ExportOptions) -> Any:
+    from export.quantize import QuantSettings
+
+    return QuantSettings(opts.repo.precision, opts.quant_method, opts.quant_block_size, opts.quant_compute)
 
 
 def check_resources(ckpt: Checkpoint, opts: ExportOptions) -> None:
@@ -281,8 +313,13 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
             padding_side=padding_side,
             kind=kind,
             rerank_token_ids=",".join(str(i) for i in token_ids) if token_ids is not None else "",
+            **quantization_facts(opts, verification),
         )
-        memory = PeakMemory.for_model(ckpt.config, ckpt.parameter_count(), repo.precision, fused=fused)
+        graph_bytes = sum(f.stat().st_size for f in onnx_path.parent.glob("model.onnx*")) if onnx_path.exists() else 0
+        memory = PeakMemory.for_model(
+            ckpt.config, ckpt.parameter_count(), repo.precision, fused=fused,
+            graph_bytes=graph_bytes if repo.precision.weight_bits else 0,
+        )
         facts = deployment_facts(repo, facts, memory)
         report = {
             "source_model": ckpt.source,
@@ -293,8 +330,21 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
             "attention": attention,
             "padding_side": padding_side,
             "precision": repo.precision,
+            **(
+                {
+                    "quantization": {
+                        "bits": repo.precision.weight_bits,
+                        "compute": opts.quant_compute,
+                        **quantization_facts(opts, verification),
+                    }
+                }
+                if repo.precision.weight_bits
+                else {}
+            ),
             **verification_report(verification),
             "export_seconds": round(time.perf_counter() - started, 1),
+            # The export process's peak RSS so far (ru_maxrss: KiB on Linux).
+            "export_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "expected_peak_bytes_per_instance": facts.expected_peak_bytes_per_instance,
         }
         with step(console, f"write {final}"):
@@ -345,11 +395,19 @@ def _embedding_graph(
     samples = sample_ids(ckpt, long_tokens)
     with step(console, "PyTorch reference on the verification samples"):
         reference = reference_vectors(backbone, list(samples.values()))
+    quantized = opts.repo.precision.weight_bits > 0
+    if quantized:
+        queries, documents = retrieval_ids(ckpt)
+        with step(console, "PyTorch reference on the retrieval set"):
+            retrieval_ref = (
+                np.stack(reference_vectors(backbone, queries)), np.stack(reference_vectors(backbone, documents))
+            )
     if fused:
         from export.fused_graph import build_fused_graph, save_fused_graph
 
         with step(console, "build the fused-attention ONNX graph"):
             save_fused_graph(build_fused_graph(backbone, opts.repo.precision, ckpt.max_position_embeddings), onnx_path)
+        quantize_step(console, opts, ckpt, onnx_path)
     else:
         from export.onnx_graph import export_onnx
 
@@ -360,7 +418,8 @@ def _embedding_graph(
     gc.collect()
     with step(console, "verify ONNX Runtime against PyTorch"):
         verification = verify(
-            onnx_path, reference, samples, opts.repo.precision, pad_id=pad_id, padding_side=padding_side
+            onnx_path, reference, samples, opts.repo.precision, pad_id=pad_id, padding_side=padding_side,
+            threshold=opts.min_cosine,
         )
     print_table(console, verification)
     if not verification.passed:
@@ -368,6 +427,29 @@ def _embedding_graph(
             f"verification failed: worst cosine {verification.worst_cosine:.7f} < {verification.threshold}"
             " or non-finite outputs; nothing was written"
         )
+    if quantized:
+        from export.verify import MIN_OVERLAP_AT_10, MIN_SPEARMAN, graph_vectors, retrieval_agreement
+
+        precision = opts.repo.precision
+        with step(console, "retrieval check: the graph's top-10 neighbours against the fp32 reference's"):
+            ours = graph_vectors(onnx_path, precision, [queries, documents], pad_id, padding_side)
+            retrieval = retrieval_agreement(
+                retrieval_ref, (ours[0], ours[1]), opts.min_overlap or MIN_OVERLAP_AT_10[precision],
+                MIN_SPEARMAN[precision],
+            )
+        console.print(
+            f"retrieval ({len(queries)} queries x {len(documents)} documents): overlap@10 {retrieval.overlap_at_10:.3f}"
+            f" (worst query {retrieval.worst_overlap_at_10:.2f}, needs >= {retrieval.min_overlap_at_10}), Spearman "
+            f"{retrieval.spearman:.4f} (needs >= {retrieval.min_spearman})",
+            style="green" if retrieval.passed else "bold red",
+        )
+        if not retrieval.passed:
+            raise ExportError(
+                f"retrieval check failed: overlap@10 {retrieval.overlap_at_10:.3f} (needs >= "
+                f"{retrieval.min_overlap_at_10}) or Spearman {retrieval.spearman:.4f} (needs >= "
+                f"{retrieval.min_spearman}) against the fp32 reference; nothing was written"
+            )
+        return verification, retrieval
     return verification
 
 
@@ -405,6 +487,7 @@ def _reranker_graph(
             )
             save_fused_graph(model, onnx_path)
             del model
+        quantize_step(console, opts, ckpt, onnx_path)
     else:
         from export.onnx_graph import export_onnx
 
@@ -417,7 +500,8 @@ def _reranker_graph(
     gc.collect()
     with step(console, "verify ONNX Runtime against transformers"):
         verification = verify_reranker(
-            onnx_path, reference, samples, opts.repo.precision, pad_id=pad_id, padding_side=padding_side
+            onnx_path, reference, samples, opts.repo.precision, pad_id=pad_id, padding_side=padding_side,
+            tolerance=opts.max_score_diff,
         )
     print_rerank_table(console, verification)
     if not verification.passed:
@@ -428,9 +512,83 @@ def _reranker_graph(
     return verification
 
 
+def quantize_step(console: Console, opts: ExportOptions, ckpt: Checkpoint, onnx_path: Path) -> None:
+    """--precision int8 / int4: the float32 graph's linear layers -> MatMulNBits, in place, before verification."""
+    if not opts.repo.precision.weight_bits:
+        return
+    from export.quantize import quantize_graph
+
+    settings = quant_settings(opts)
+    calibration = calibration_ids(ckpt, opts.calibration_file) if settings.method == "gptq" else []
+    title = (
+        f"quantize the linear layers ({settings.precision}, {settings.method}, block {settings.block_size}, "
+        f"{settings.compute} compute)"
+    )
+    if calibration:
+        title += f" on {len(calibration)} calibration texts"
+    with step(console, title):
+        quantize_graph(onnx_path, settings, calibration)
+
+
+def calibration_ids(ckpt: Checkpoint, path: Path | None) -> list[list[int]]:
+    """The calibration texts as the graph will see them: tokenized texts for an embedding model, formatted
+    (query, document) pairs for a reranker; each cut to CALIBRATION_MAX_TOKENS."""
+    from tokenizers import Tokenizer
+
+    from export.quant_texts import calibration_texts
+    from export.quantize import CALIBRATION_MAX_TOKENS
+
+    tok = Tokenizer.from_file(str(ckpt.directory / "tokenizer.json"))
+    texts = calibration_texts(path)
+    if ckpt.kind is ModelKind.RERANKER:
+        # Each text judged against the next one's opening as the query: relevant-looking and unrelated pairs.
+        return [
+            rerank_ids(tok, texts[(i + 1) % len(texts)][:120], text, CALIBRATION_MAX_TOKENS)
+            for i, text in enumerate(texts)
+        ]
+    return [tok.encode(t).ids[:CALIBRATION_MAX_TOKENS] for t in texts]
+
+
+def retrieval_ids(ckpt: Checkpoint) -> tuple[list[list[int]], list[list[int]]]:
+    from tokenizers import Tokenizer
+
+    from export.quant_texts import DOCUMENTS, RETRIEVAL_QUERIES
+
+    tok = Tokenizer.from_file(str(ckpt.directory / "tokenizer.json"))
+    return [tok.encode(t).ids for t in RETRIEVAL_QUERIES], [tok.encode(t).ids for t in DOCUMENTS]
+
+
+def quantization_facts(opts: ExportOptions, verification: object) -> dict[str, Any]:
+    """The ModelFacts quantization fields (config.pbtxt; GetInfo and /v1/models show them); {} for float."""
+    if not opts.repo.precision.weight_bits:
+        return {}
+    from export.verify import RerankVerification, Retrieval, Verification
+
+    agreement: dict[str, float] = {}
+    checks = verification if isinstance(verification, tuple) else (verification,)
+    for check in checks:
+        if isinstance(check, Verification):
+            agreement["worst_cosine"] = round(check.worst_cosine, 6)
+        elif isinstance(check, Retrieval):
+            agreement["overlap_at_10"] = round(check.overlap_at_10, 4)
+            agreement["spearman"] = round(check.spearman, 4)
+        elif isinstance(check, RerankVerification):
+            agreement["worst_score_diff"] = round(check.worst_score_diff, 6)
+    return {
+        "quantization_method": opts.quant_method,
+        "quantization_block_size": opts.quant_block_size,
+        "quantization_agreement": agreement,
+    }
+
+
 def verification_report(verification: object) -> dict[str, object]:
-    """The export_report.json fields of either verification."""
-    from export.verify import RerankVerification, Verification
+    """The export_report.json fields of either verification (and, quantized, the retrieval check)."""
+    from export.verify import RerankVerification, Retrieval, Verification
+
+    if isinstance(verification, tuple):
+        checks = [v for v in verification if not isinstance(v, Retrieval)]
+        retrieval = [asdict(v) for v in verification if isinstance(v, Retrieval)]
+        return {**verification_report(checks[0]), "retrieval": retrieval[0]}
 
     if isinstance(verification, RerankVerification):
         return {

@@ -60,9 +60,16 @@ class PeakMemory:
 
     @classmethod
     def for_model(
-        cls, config: Mapping[str, Any], parameter_count: int, precision: Precision, fused: bool = False
+        cls,
+        config: Mapping[str, Any],
+        parameter_count: int,
+        precision: Precision,
+        fused: bool = False,
+        graph_bytes: int = 0,
     ) -> PeakMemory:
-        weight_bytes = parameter_count * precision.itemsize
+        """`graph_bytes`: the written graph's size, the weights' size when they are not parameter_count x itemsize
+        (int8 / int4: packed blocks plus scales, float embeddings)."""
+        weight_bytes = graph_bytes or parameter_count * precision.itemsize
         if fused:
             heads, kv_heads = int(config["num_attention_heads"]), int(config["num_key_value_heads"])
             head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)

@@ -52,15 +52,25 @@ class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
+    # Weight-only quantization of the linear layers (com.microsoft.MatMulNBits); embeddings, norms and
+    # activations stay float32.
+    INT8 = "int8"
+    INT4 = "int4"
 
     @property
     def itemsize(self) -> int:
-        return 4 if self is Precision.FP32 else 2
+        """Bytes of the float parts (activations; all weights but the quantized linear layers)."""
+        return 2 if self in (Precision.FP16, Precision.BF16) else 4
 
     @property
     def dtype_name(self) -> str:
-        """The torch / numpy name of the dtype."""
-        return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[self.value]
+        """The torch / numpy name of the float dtype."""
+        return {"fp16": "float16", "bf16": "bfloat16"}.get(self.value, "float32")
+
+    @property
+    def weight_bits(self) -> int:
+        """Bits per quantized linear-layer weight; 0 for the float precisions."""
+        return {"int8": 8, "int4": 4}.get(self.value, 0)
 
 
 class Param(StrEnum):
@@ -96,6 +106,10 @@ class Param(StrEnum):
     # The padded lengths the facade sends ("16,24,32,...,max_input_tokens"), the ladder export warmed up;
     # absent (exports before the key): the facade computes the same default (default_buckets below).
     LENGTH_BUCKETS = "length_buckets"
+    # Quantized exports only (absent otherwise): method, block size, measured agreement with fp32 (JSON).
+    QUANTIZATION_METHOD = "quantization_method"
+    QUANTIZATION_BLOCK_SIZE = "quantization_block_size"
+    QUANTIZATION_AGREEMENT = "quantization_agreement"
 
 
 REQUIRED_PARAMS = (Param.HIDDEN_SIZE, Param.MAX_INPUT_TOKENS, Param.EMBEDDING_ROWS)
@@ -219,6 +233,12 @@ class ModelFacts:
     rerank_token_ids: str = ""  # rerankers: "no_id,yes_id"
     length_buckets: tuple[int, ...] = ()  # () = not written: the default ladder for max_input_tokens
     source_revision: str = ""  # "" = not written (exports before the key)
+    # Quantized exports (precision int8 / int4): the method ("rtn", "gptq"), the block size and what the export
+    # gate measured against the fp32 reference (worst_cosine, overlap_at_10, spearman; rerankers:
+    # worst_score_diff). Empty / 0 for float exports.
+    quantization_method: str = ""
+    quantization_block_size: int = 0
+    quantization_agreement: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Callers may pass the plain string ("fp16"); the field is always the enum.
@@ -243,7 +263,7 @@ class ModelFacts:
         return {
             k: v
             for k, v in out.items()
-            if not ((k in _OPTIONAL_NUMBERS and v == "0") or (k in _OPTIONAL_LISTS and v == ""))
+            if not ((k in _OPTIONAL_NUMBERS and v == "0") or (k in _OPTIONAL_LISTS and v in ("", "{}")))
         }
 
     @classmethod
@@ -314,6 +334,9 @@ _FIELD_KEYS: dict[str, Param] = {
     "rerank_token_ids": Param.RERANK_TOKEN_IDS,
     "length_buckets": Param.LENGTH_BUCKETS,
     "source_revision": Param.SOURCE_REVISION,
+    "quantization_method": Param.QUANTIZATION_METHOD,
+    "quantization_block_size": Param.QUANTIZATION_BLOCK_SIZE,
+    "quantization_agreement": Param.QUANTIZATION_AGREEMENT,
 }
 _OPTIONAL_NUMBERS = {
     Param.MAX_BATCH_TOKENS,
@@ -321,9 +344,17 @@ _OPTIONAL_NUMBERS = {
     Param.ACTIVATION_BYTES_PER_TOKEN,
     Param.ACTIVATION_BYTES_PER_SCORE,
     Param.ORT_ARENA_KEEP_BYTES,
+    Param.QUANTIZATION_BLOCK_SIZE,
 }
-_OPTIONAL_LISTS = {Param.LENGTH_BUCKETS, Param.SOURCE_REVISION}
-_STRING_FIELDS = {"source_model", "source_revision", "backend", "padding_side", "rerank_token_ids"}
+_OPTIONAL_LISTS = {
+    Param.LENGTH_BUCKETS,
+    Param.SOURCE_REVISION,
+    Param.QUANTIZATION_METHOD,
+    Param.QUANTIZATION_AGREEMENT,
+}
+_STRING_FIELDS = {
+    "source_model", "source_revision", "backend", "padding_side", "rerank_token_ids", "quantization_method"
+}
 
 
 def _encode(value: object) -> str:
@@ -343,6 +374,8 @@ def _decode(name: str, raw: str) -> Any:
         return ModelKind(raw)
     if name == "prompts":
         return {str(k): str(v) for k, v in json.loads(raw or "{}").items()}
+    if name == "quantization_agreement":
+        return {str(k): float(v) for k, v in json.loads(raw or "{}").items()}
     if name == "length_buckets":
         return tuple(int(v) for v in raw.split(",") if v.strip())
     return int(raw)

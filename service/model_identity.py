@@ -49,7 +49,21 @@ def identity_fields(facts: ModelFacts) -> dict[str, Any]:
     }
     if facts.kind is ModelKind.EMBEDDING:
         fields["dimensions"] = facts.hidden_size
-    return fields
+    return fields | quantization_fields(facts)
+
+
+def quantization_fields(facts: ModelFacts) -> dict[str, Any]:
+    """A quantized export's method, block size and measured agreement with fp32 (proto Quantization); {} for
+    float exports."""
+    if not facts.quantization_method:
+        return {}
+    return {
+        "quantization": {
+            "method": facts.quantization_method,
+            "block_size": facts.quantization_block_size,
+            "agreement": dict(facts.quantization_agreement),
+        }
+    }
 
 
 def contradiction(served_name: str, facts: ModelFacts) -> str:

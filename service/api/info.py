@@ -6,6 +6,7 @@ from typing import Any
 
 from service import __version__
 from service.contract import ModelKind
+from service.model_identity import quantization_fields
 from service.models import Models
 from service.pipeline.inference import ServedModel
 from service.state import ServiceState
@@ -26,6 +27,7 @@ def model_fields(model: ServedModel, models: Models, max_batch_inputs: int) -> d
         "backend": info.backend,
         "length_buckets": model.buckets,
     }
+    fields |= quantization_fields(info)
     if info.kind is ModelKind.EMBEDDING:
         fields |= {
             "dimensions": info.hidden_size,

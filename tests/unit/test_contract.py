@@ -78,8 +78,19 @@ def facts(**overrides: object) -> ModelFacts:
 def test_parameters_round_trip_and_every_field_has_a_key() -> None:
     original = facts()
     params = original.to_parameters()
-    assert set(params) == {p.value for p in Param}
+    quantization = {Param.QUANTIZATION_METHOD, Param.QUANTIZATION_BLOCK_SIZE, Param.QUANTIZATION_AGREEMENT}
+    # A float export writes no quantization keys; a quantized one writes them all.
+    assert set(params) == {p.value for p in Param} - {p.value for p in quantization}
     assert ModelFacts.from_parameters(params) == original
+    quantized = facts(
+        precision="int4",
+        quantization_method="hqq",
+        quantization_block_size=32,
+        quantization_agreement={"worst_cosine": 0.99, "overlap_at_10": 0.9},
+    )
+    assert set(quantized.to_parameters()) == {p.value for p in Param}
+    assert ModelFacts.from_parameters(quantized.to_parameters()) == quantized
+    assert quantized.precision.weight_bits == 4 and quantized.precision.dtype_name == "float32"
     assert original.precision is Precision.BF16 and json.loads(params[Param.PROMPTS])["document"] == ""
     # Unset optional numbers are left out, and read back as unset.
     bare = facts(max_batch_tokens=0, expected_peak_bytes_per_instance=0)

@@ -159,7 +159,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelDescription(_message.Message):
-    __slots__ = ("name", "kind", "source_model", "is_default", "max_input_tokens", "max_batch_inputs", "precision", "backend", "length_buckets", "dimensions", "min_dimensions", "prompt_names", "source_revision")
+    __slots__ = ("name", "kind", "source_model", "is_default", "max_input_tokens", "max_batch_inputs", "precision", "backend", "length_buckets", "dimensions", "min_dimensions", "prompt_names", "source_revision", "quantization")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SOURCE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +173,7 @@ class ModelDescription(_message.Message):
     MIN_DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_NAMES_FIELD_NUMBER: _ClassVar[int]
     SOURCE_REVISION_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: ModelKind
     source_model: str
@@ -186,7 +187,25 @@ class ModelDescription(_message.Message):
     min_dimensions: int
     prompt_names: _containers.RepeatedScalarFieldContainer[str]
     source_revision: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., source_model: _Optional[str] = ..., is_default: _Optional[bool] = ..., max_input_tokens: _Optional[int] = ..., max_batch_inputs: _Optional[int] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ..., length_buckets: _Optional[_Iterable[int]] = ..., dimensions: _Optional[int] = ..., min_dimensions: _Optional[int] = ..., prompt_names: _Optional[_Iterable[str]] = ..., source_revision: _Optional[str] = ...) -> None: ...
+    quantization: Quantization
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., source_model: _Optional[str] = ..., is_default: _Optional[bool] = ..., max_input_tokens: _Optional[int] = ..., max_batch_inputs: _Optional[int] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ..., length_buckets: _Optional[_Iterable[int]] = ..., dimensions: _Optional[int] = ..., min_dimensions: _Optional[int] = ..., prompt_names: _Optional[_Iterable[str]] = ..., source_revision: _Optional[str] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ...) -> None: ...
+
+class Quantization(_message.Message):
+    __slots__ = ("method", "block_size", "agreement")
+    class AgreementEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    block_size: int
+    agreement: _containers.ScalarMap[str, float]
+    def __init__(self, method: _Optional[str] = ..., block_size: _Optional[int] = ..., agreement: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
     __slots__ = ("model", "source_model", "dimensions", "min_dimensions", "max_input_tokens", "max_batch_inputs", "prompt_names", "precision", "backend", "service_version", "length_buckets", "models", "source_revision")

@@ -1,0 +1,167 @@
+"""Weight-only quantization of an exported fused graph: every linear layer's MatMul (a float weight initializer
+[in, out]) becomes ONNX Runtime's com.microsoft.MatMulNBits with 8- or 4-bit weights in blocks of `block_size`
+input rows, each block with its own scale and zero point. Embeddings (Gather), norms, attention
+(GroupQueryAttention) and the reranker's two-row head stay as they are, in float32.
+
+Methods (onnxruntime.quantization.matmul_nbits_quantizer, no other library):
+- rtn: round to nearest per block (no data); int8 and int4.
+- hqq: half-quadratic quantization (no data): per block, the zero point and scale are optimised to minimise the
+  weights' reconstruction error under a sparsity-promoting norm, instead of taken from min/max; int4 only.
+- gptq: data-aware (export/gptq.py): the rounding error of each input row is spread over the rows not yet
+  quantized, weighted by the Hessian of the layer's inputs on calibration texts; int8 and int4. Our own: ONNX
+  Runtime 1.32's GPTQ (vendored from Intel Neural Compressor) spreads it along the wrong axis of its Cholesky factor
+  (all zeros there), so its codes equal round-to-nearest's bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from export.errors import ExportError
+from service.contract import Precision
+
+METHODS = ("rtn", "hqq", "gptq")
+# Per precision, the methods ONNX Runtime can write as MatMulNBits.
+METHODS_FOR = {Precision.INT8: ("rtn", "gptq"), Precision.INT4: ("rtn", "hqq", "gptq")}
+# Calibration texts are cut to this many tokens: the Hessians need the channels' correlations, not long context,
+# and every linear layer's input of the whole text is held at once.
+CALIBRATION_MAX_TOKENS = 512
+# 32 input rows per scale: ONNX Runtime GenAI's model builder default for int4; 128 halves the scale overhead
+# (one fp32 scale + a zero point per block) at some accuracy.
+DEFAULT_BLOCK_SIZE = 32
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+# --quant-compute -> MatMulNBits' accuracy_level attribute (0: unset, fp32 compute on CPU; 4: int8 compute).
+COMPUTE_LEVELS = {"fp32": 0, "int8": 4}
+TWO_GB = 2**31
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    precision: Precision
+    method: str = "rtn"
+    block_size: int = DEFAULT_BLOCK_SIZE
+    # What MatMulNBits multiplies in: "fp32" (weights dequantized, float activations) or "int8" (activations
+    # quantized per block on the fly, integer dot products: ONNX Runtime's accuracy_level 4, faster on CPUs).
+    compute: str = "fp32"
+
+    @property
+    def bits(self) -> int:
+        return self.precision.weight_bits
+
+
+def validate(settings: QuantSettings) -> None:
+    """One clear line per wrong combination (the user's to fix)."""
+    if settings.precision not in METHODS_FOR:
+        raise ExportError(f"--quant-method applies to --precision int8/int4, not {settings.precision}")
+    allowed = METHODS_FOR[settings.precision]
+    if settings.method not in allowed:
+        raise ExportError(
+            f"--quant-method {settings.method!r} is not available for {settings.precision} "
+            f"(choose {', '.join(allowed)})"
+        )
+    if settings.compute not in COMPUTE_LEVELS:
+        raise ExportError(f"--quant-compute must be one of {', '.join(COMPUTE_LEVELS)}, not {settings.compute!r}")
+    if settings.block_size not in BLOCK_SIZES:
+        raise ExportError(f"--quant-block-size must be one of {', '.join(map(str, BLOCK_SIZES))}")
+
+
+def linear_matmuls(model: onnx.ModelProto, min_out: int = 16) -> list[str]:
+    """Names of the MatMuls whose second input is a 2-D float weight initializer with at least `min_out` output
+    columns: the linear layers. The reranker head ([hidden, 2]) is below min_out and stays float."""
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+            continue
+        dims = shapes.get(node.input[1])
+        if dims is not None and len(dims) == 2 and dims[1] >= min_out:
+            names.append(node.name)
+    return names
+
+
+def quantize_graph(
+    onnx_path: Path, settings: QuantSettings, calibration: Sequence[Sequence[int]] = ()
+) -> int:
+    """Rewrites the float32 graph at `onnx_path` in place with quantized linear layers; returns how many MatMuls
+    it quantized. `calibration`: token ids of the calibration texts (gptq)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+    from onnxruntime.quantization.quant_utils import QuantFormat
+
+    validate(settings)
+    model = onnx.load(str(onnx_path))  # external data (model.onnx.data) is read in too
+    include = linear_matmuls(model)
+    exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in include]
+    if not include:
+        raise ExportError("the graph has no linear-layer MatMul to quantize")
+    if settings.method == "gptq":
+        if not calibration:
+            raise ExportError("--quant-method gptq needs calibration texts")
+        from export.gptq import quantize_model
+
+        out = quantize_model(model, include, calibration, settings.bits, settings.block_size)
+        return _check_and_save(out, include, onnx_path, settings.compute)
+    config: object
+    if settings.method == "hqq":
+        config = HQQWeightOnlyQuantConfig(
+            block_size=settings.block_size, bits=settings.bits, quant_format=QuantFormat.QOperator
+        )
+    else:
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=settings.block_size,
+            is_symmetric=False,
+            bits=settings.bits,
+            quant_format=QuantFormat.QOperator,
+            op_types_to_quantize=("MatMul",),
+        )
+    # The quantizer logs a line per node at INFO on the root logger it configures; keep the export's output.
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=settings.bits,
+        block_size=settings.block_size,
+        is_symmetric=False,
+        nodes_to_exclude=exclude,
+        algo_config=config,  # type: ignore[arg-type]
+    )
+    quantizer.process()
+    return _check_and_save(quantizer.model.model, include, onnx_path, settings.compute)
+
+
+def _check_and_save(out: onnx.ModelProto, include: list[str], onnx_path: Path, compute: str) -> int:
+    level = COMPUTE_LEVELS[compute]
+    done = 0
+    for node in out.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        done += 1
+        kept = [a for a in node.attribute if a.name != "accuracy_level"]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+        if level:
+            node.attribute.append(onnx.helper.make_attribute("accuracy_level", level))
+    if done != len(include):
+        raise ExportError(f"quantized {done} of {len(include)} linear layers; the graph is not what was expected")
+    save_quantized(out, onnx_path)
+    return done
+
+
+def save_quantized(model: onnx.ModelProto, path: Path) -> None:
+    """model.onnx (and model.onnx.data past protobuf's 2 GB), replacing the float graph and its data file."""
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()
+    if sum(len(t.raw_data) for t in model.graph.initializer) > TWO_GB - 64 * 1024**2:
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name
+        )
+    else:
+        onnx.save_model(model, str(path))
