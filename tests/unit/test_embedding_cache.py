@@ -49,9 +49,7 @@ keys = st.tuples(models, prefixes, texts, st.sampled_from(TRUNCATES))
 
 @settings(max_examples=300, deadline=None)
 @given(ops=st.lists(st.tuples(st.booleans(), keys, st.integers(0, 1000)), max_size=80), bound=st.integers(600, 6000))
-def test_a_hit_is_always_the_vector_stored_under_exactly_that_key(
-    ops: list[tuple[bool, Key, int]], bound: int
-) -> None:
+def test_a_hit_is_always_the_vector_stored_under_exactly_that_key(ops: list[tuple[bool, Key, int]], bound: int) -> None:
     cache = EmbeddingCache(bound * 16)  # entries are ~400 bytes: from one entry to dozens
     truth: dict[Key, tuple[bytes, int]] = {}
     for write, key, seed in ops:
