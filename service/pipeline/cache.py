@@ -120,8 +120,9 @@ class EmbeddingCache:
         self._entries: OrderedDict[Key, tuple[bytes, int, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._metrics = metrics
-        if metrics is not None:
-            metrics.cache_limit_bytes.set(max_bytes)
+        # The bound is published by the first lookup: a process that builds the models without serving them
+        # (the parent of N workers, at preflight) must not add its bound to the workers' sum.
+        self._limit_published = metrics is None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -149,6 +150,9 @@ class EmbeddingCache:
                 else:
                     result.missing_at[slot].append(i)
         if self._metrics is not None:
+            if not self._limit_published:
+                self._metrics.cache_limit_bytes.set(self.max_bytes)
+                self._limit_published = True
             self._metrics.cache_hits.inc(result.hits)
             self._metrics.cache_misses.inc(len(keys) - result.hits)
         return result

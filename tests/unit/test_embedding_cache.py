@@ -100,6 +100,8 @@ def test_least_recently_used_goes_first() -> None:
 def test_an_entry_over_its_share_of_the_bound_is_not_kept_and_a_model_load_is_dropped_whole() -> None:
     metrics = Metrics()
     cache = EmbeddingCache(64 * 1024, metrics)
+    # Not before it serves: the parent of N workers builds the models (and a cache) without serving.
+    assert metrics.registry.get_sample_value("qwen3_embed_cache_limit_bytes") == 0
     store_one(cache, ("m", "", "x" * 8000, Truncate.END), vec(1))  # > 64 KiB / 16
     assert len(cache) == 0 and cache.bytes == 0
     for t in "abc":
