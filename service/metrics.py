@@ -115,6 +115,29 @@ class Metrics:
             multiprocess_mode="livemax",
         )
 
+        # The embedding cache (service/pipeline/cache.py; off unless embedding_cache_bytes is set).
+        self.cache_hits = Counter("qwen3_embed_cache_hits", "Embedding inputs answered from the cache", registry=r)
+        self.cache_misses = Counter(
+            "qwen3_embed_cache_misses", "Embedding inputs looked up in the cache and not found", registry=r
+        )
+        self.cache_evictions = Counter(
+            "qwen3_embed_cache_evictions",
+            "Cache entries evicted (least recently used) to stay under the bound",
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            "qwen3_embed_cache_bytes", "Memory charged to the cache's entries", registry=r, multiprocess_mode="livesum"
+        )
+        self.cache_entries = Gauge(
+            "qwen3_embed_cache_entries", "Entries in the cache", registry=r, multiprocess_mode="livesum"
+        )
+        self.cache_limit_bytes = Gauge(
+            "qwen3_embed_cache_limit_bytes",
+            "The cache's byte bound (embedding_cache_bytes; per worker process)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+
     def render(self) -> bytes:
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)

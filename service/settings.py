@@ -159,6 +159,14 @@ class Settings(BaseSettings):
         "0 = no limit, one call per chunk",
     )
 
+    # Embedding cache (service/pipeline/cache.py, docs/configuration.md "Cache")
+    embedding_cache_bytes: int = Field(
+        0,
+        ge=0,
+        description="Memory for cached embedding vectors (text inputs; keyed by model load, template, text and "
+        "truncation), least recently used evicted first; per worker process. 0 = off",
+    )
+
     # Processes
     workers: int = Field(
         0,

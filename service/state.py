@@ -15,6 +15,7 @@ from service.metrics import Metrics
 from service.model_identity import check_served_name
 from service.models import Models
 from service.pipeline.backend import ModelServer
+from service.pipeline.cache import EmbeddingCache
 from service.pipeline.embedder import Embedder
 from service.pipeline.inference import ServedModel
 from service.pipeline.tokenization import TextTokenizer, load_tokenizer
@@ -36,6 +37,8 @@ class ServiceState:
         self.ready = False
         self.draining = False
         self.unready_reason = ""  # why the model facts in force cannot serve (logged once per reason)
+        # One embedding cache for every embedding model of the process (keys carry the model load), or None.
+        self.cache = EmbeddingCache(settings.embedding_cache_bytes, metrics) if settings.embedding_cache_bytes else None
 
     @property
     def embedder(self) -> Embedder | None:
@@ -97,7 +100,9 @@ class ServiceState:
                 from service.pipeline.reranker import Reranker
 
                 return Reranker(info, tokenizer, backend, self.metrics, **kwargs)  # type: ignore[no-any-return]
-            return Embedder(info, tokenizer, backend, self.metrics, **kwargs)
+            embedder = Embedder(info, tokenizer, backend, self.metrics, **kwargs)
+            embedder.use_cache(self.cache)
+            return embedder
         except ValueError as exc:  # settings that do not fit this model (buckets)
             raise Misconfiguration(f"settings do not fit model {name!r}: {exc}") from None
 

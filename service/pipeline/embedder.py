@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from service.errors import invalid
+from service.errors import ErrorKind, ServiceError, invalid
+from service.pipeline.cache import EmbeddingCache, identity_of, model_key
 from service.pipeline.inference import ServedModel, Tokenized, check_unicode
 from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.postprocess import check_dimensions, finalize
@@ -24,6 +25,7 @@ class EmbedResult:
     tokenize_ms: float
     inference_ms: float
     total_ms: float
+    token_counts: tuple[int, ...] = ()  # per input: its tokens as the model saw them (what the cache stores)
 
 
 def request_size(params: EmbedParams) -> int:
@@ -35,6 +37,20 @@ def request_size(params: EmbedParams) -> int:
 
 class Embedder(ServedModel):
     """Texts (or token ids) -> vectors; the constructor and the model run are ServedModel's."""
+
+    cache: EmbeddingCache | None = None  # set by use_cache (the facade's embedding_cache_bytes)
+    cache_model = ""
+
+    def use_cache(self, cache: EmbeddingCache | None) -> None:
+        """Text inputs are looked up in `cache` (shared by the process's models) under a key unique to this
+        model load (service/pipeline/cache.py)."""
+        self.cache = cache
+        self.cache_model = model_key(identity_of(self.info)) if cache is not None else ""
+
+    def close(self) -> None:
+        super().close()
+        if self.cache is not None:
+            self.cache.drop_model(self.cache_model)
 
     # -- validation and tokenization (pure CPU work) --
 
@@ -107,6 +123,15 @@ class Embedder(ServedModel):
             contents[i] = ids
         return [c for c in contents if c is not None]
 
+    def checked_prefix(self, params: EmbedParams) -> str:
+        """The texts and instruction checked (none empty, all valid Unicode) and the template prefix they get."""
+        for i, text in enumerate(params.texts):
+            if not text:
+                raise invalid(f"input {i} is an empty string", "input")
+            check_unicode(text, f"input {i}", "input")
+        check_unicode(params.instruction, "instruction", "instruction")
+        return resolve_prefix(params.instruction, params.prompt_name, self.info.prompts)
+
     def tokenize_sync(self, params: EmbedParams, stop: StopFlag | None = None) -> Tokenized:
         info = self.info
         self.check_count(params.count)
@@ -114,12 +139,7 @@ class Embedder(ServedModel):
             contents = self._id_contents(params)
             keep_prefix = 0
         else:
-            for i, text in enumerate(params.texts):
-                if not text:
-                    raise invalid(f"input {i} is an empty string", "input")
-                check_unicode(text, f"input {i}", "input")
-            check_unicode(params.instruction, "instruction", "instruction")
-            prefix = resolve_prefix(params.instruction, params.prompt_name, info.prompts)
+            prefix = self.checked_prefix(params)
             keep_prefix = self.tokenizer.prefix_length(prefix)
             contents = self._text_contents(apply_prefix(prefix, params.texts), params.truncate, stop, keep_prefix)
         fitted = [
@@ -142,8 +162,10 @@ class Embedder(ServedModel):
             lambda stop: self.tokenize_sync(params, stop), request_size(params), deadline, "input"
         )
 
-    async def embed(self, params: EmbedParams, deadline: float) -> EmbedResult:
+    async def embed(self, params: EmbedParams, deadline: float, use_cache: bool = True) -> EmbedResult:
         """`deadline` is a time.monotonic() value; the backend gets the time left."""
+        if use_cache and self.cache is not None and params.texts:
+            return await self._embed_cached(self.cache, params, deadline)
         started = time.perf_counter()
         dims = check_dimensions(params.dimensions, self.info.min_dimensions, self.info.hidden_size)
         tokenized = await self.tokenize(params, deadline)
@@ -160,4 +182,57 @@ class Embedder(ServedModel):
             tokenize_ms=(tokenized_at - started) * 1000,
             inference_ms=(inferred_at - tokenized_at) * 1000,
             total_ms=(time.perf_counter() - started) * 1000,
+            token_counts=tuple(len(i) for i in tokenized.ids),
         )
+
+    async def _embed_cached(self, cache: EmbeddingCache, params: EmbedParams, deadline: float) -> EmbedResult:
+        """The request's texts found in the cache, the rest (each distinct text once) through the uncached
+        path as one request of full-width raw vectors, stored, then all of them cut and normalised as the
+        uncached path does. An invalid input found on the way is reported by the uncached checks of the
+        whole request, so the error (and the input index it names) is the one the cache off would give."""
+        started = time.perf_counter()
+        dims = check_dimensions(params.dimensions, self.info.min_dimensions, self.info.hidden_size)
+        try:
+            self.check_count(params.count)
+            prefix = self.checked_prefix(params)
+        except ServiceError as exc:
+            raise await self._uncached_error(params, deadline, exc) from None
+        found = cache.lookup(self.cache_model, prefix, params.texts, params.truncate)
+        tokenize_ms = inference_ms = 0.0
+        if found.missing:
+            # Full width, not normalised: the stored vector serves every dimensions / normalize variant.
+            rest = replace(params, texts=tuple(found.missing), dimensions=0, normalize=False)
+            try:
+                computed = await self.embed(rest, deadline, use_cache=False)
+            except ServiceError as exc:
+                raise await self._uncached_error(params, deadline, exc) from None
+            cache.store(found.fill(computed.vectors, computed.token_counts))
+            tokenize_ms, inference_ms = computed.tokenize_ms, computed.inference_ms
+        prompt_tokens = sum(found.tokens)
+        if prompt_tokens > self.max_request_tokens:  # over the limit with the cached inputs counted in
+            too_many = invalid(
+                f"the request has {prompt_tokens} tokens, more than the limit of {self.max_request_tokens} per "
+                "request; split the batch",
+                "input",
+            )
+            raise await self._uncached_error(params, deadline, too_many)
+        return EmbedResult(
+            vectors=finalize(found.assemble(self.info.hidden_size), dims, params.normalize),
+            dimensions=dims,
+            prompt_tokens=prompt_tokens,
+            tokenize_ms=tokenize_ms,
+            inference_ms=inference_ms,
+            total_ms=(time.perf_counter() - started) * 1000,
+            token_counts=tuple(found.tokens),
+        )
+
+    async def _uncached_error(self, params: EmbedParams, deadline: float, exc: ServiceError) -> ServiceError:
+        """For an invalid request: the error the uncached checks give for the whole request (a subset's error
+        names the wrong input); `exc` when they pass, or for any other error."""
+        if exc.kind is not ErrorKind.INVALID_ARGUMENT:
+            return exc
+        try:
+            await self.tokenize(params, deadline)
+        except ServiceError as whole:
+            return whole
+        return exc
