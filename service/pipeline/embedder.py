@@ -39,6 +39,22 @@ class Embedder(ServedModel):
 
     # -- validation and tokenization (pure CPU work) --
 
+    def token_limit(self, params: EmbedParams) -> int:
+        """The tokens each input may have, template and EOS included: the model's limit, or a smaller
+        per-request one (vLLM's truncate_prompt_tokens), which only a truncating request may set."""
+        full = self.info.max_input_tokens
+        if not params.max_tokens:
+            return full
+        if not 1 <= params.max_tokens <= full:
+            raise invalid(
+                f"truncate_prompt_tokens must be between 1 and the model's limit of {full} (or -1 for it), "
+                f"got {params.max_tokens}",
+                "truncate_prompt_tokens",
+            )
+        if params.truncate is Truncate.NONE:
+            raise invalid("a per-request token limit needs truncate END or START", "truncate_prompt_tokens")
+        return params.max_tokens
+
     def check_count(self, n: int) -> None:
         if n == 0:
             raise invalid(f"no inputs: send 1 to {self.max_batch_inputs} inputs", "input")
@@ -64,14 +80,14 @@ class Embedder(ServedModel):
         return contents
 
     def _text_contents(
-        self, texts: list[str], truncate: Truncate, stop: StopFlag | None, keep_prefix: int = 0
+        self, texts: list[str], truncate: Truncate, stop: StopFlag | None, keep_prefix: int = 0, limit: int = 0
     ) -> list[list[int]]:
         """Content ids of templated texts, never tokenizing far past what truncation keeps: with NONE an
         input is proven too long from a prefix, with END only a prefix is tokenized, with START only a tail
         window (and the `keep_prefix` instruction tokens fit() keeps from the head); a text whose tail cannot
         be cut safely (tokenization.tail_ids) is tokenized whole."""
         should_stop = stop or never_stop
-        cap = self.info.max_input_tokens  # one more than fit() keeps before EOS: enough to decide
+        cap = limit or self.info.max_input_tokens  # one more than fit() keeps before EOS: enough to decide
         contents: list[list[int] | None] = [None] * len(texts)
         if truncate is Truncate.START:
             keep = min(keep_prefix, cap - 2)  # as fit() keeps it
@@ -111,6 +127,7 @@ class Embedder(ServedModel):
     def tokenize_sync(self, params: EmbedParams, stop: StopFlag | None = None) -> Tokenized:
         info = self.info
         self.check_count(params.count)
+        limit = self.token_limit(params)
         if params.token_ids:
             contents = self._id_contents(params)
             keep_prefix = 0
@@ -122,9 +139,11 @@ class Embedder(ServedModel):
             check_unicode(params.instruction, "instruction", "instruction")
             prefix = resolve_prefix(params.instruction, params.prompt_name, info.prompts)
             keep_prefix = self.tokenizer.prefix_length(prefix)
-            contents = self._text_contents(apply_prefix(prefix, params.texts), params.truncate, stop, keep_prefix)
+            contents = self._text_contents(
+                apply_prefix(prefix, params.texts), params.truncate, stop, keep_prefix, limit
+            )
         fitted = [
-            fit(c, info.max_input_tokens, params.truncate, info.eos_id, keep_prefix, index=i)
+            fit(c, limit, params.truncate, info.eos_id, keep_prefix, index=i)
             for i, c in enumerate(contents)
         ]
         tokenized = Tokenized([f[0] for f in fitted], [f[1] for f in fitted])

@@ -59,6 +59,38 @@ def pack(vectors: np.ndarray, encoding: Encoding) -> list[bytes]:
     raise ValueError(f"{encoding} is not a packed encoding")
 
 
+# Float dtypes of packed float output (vLLM's embed_dtype) and byte orders (its endianness). "native" is the
+# server's own order, which is little-endian on every platform this service builds for (x86-64, arm64).
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+BYTE_ORDERS = {"native": "<", "little": "<", "big": ">"}
+
+
+def bfloat16_bits(vectors: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest, ties to even, as torch converts them.
+    NaN keeps a quiet-NaN pattern instead of rounding into infinity."""
+    bits = np.ascontiguousarray(vectors, dtype=np.float32).view(np.uint32)
+    rounded = (bits.astype(np.uint64) + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    out = rounded.astype(np.uint16)
+    nan = np.isnan(vectors)
+    if nan.any():
+        out[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
+    return out
+
+
+def float_bytes(vectors: np.ndarray, dtype: str, byteorder: str) -> list[bytes]:
+    """One bytes object per row: the values as `dtype` (FLOAT_DTYPES) in `byteorder` ("<" or ">"). float16
+    little-endian is exactly pack(FLOAT16), the gRPC encoding."""
+    if dtype == "float32":
+        rows = np.asarray(vectors, dtype=np.float32).astype(byteorder + "f4")
+    elif dtype == "float16":
+        rows = np.asarray(vectors, dtype=np.float32).astype(byteorder + "f2")
+    elif dtype == "bfloat16":
+        rows = bfloat16_bits(vectors).astype(byteorder + "u2")
+    else:
+        raise ValueError(f"{dtype} is not a float dtype")
+    return [row.tobytes() for row in rows]
+
+
 def float32_base64(vector: np.ndarray) -> str:
     """OpenAI's base64 encoding: little-endian float32 bytes."""
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
