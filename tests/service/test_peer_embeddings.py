@@ -69,6 +69,13 @@ def test_vllm_fields_through_the_openai_sdk(client: openai.OpenAI, model_name: s
     want = reference_truncated(reference, LONG, 10, "right")
     for a, b in zip(got.data, want, strict=True):
         assert cosine(a.embedding, b) >= 0.99999
+    # The query prompt counts in the k tokens, as when a vLLM client writes the instruction into the text.
+    query = client.embeddings.create(model=model_name, input=LONG, encoding_format="float",
+                                     extra_body={"truncate_prompt_tokens": 24, "input_type": "query"})
+    assert query.usage.prompt_tokens == 48
+    prompt = reference.prompts["query"]
+    for a, b in zip(query.data, reference_truncated(reference, LONG, 24, "right", prompt), strict=True):
+        assert cosine(a.embedding, b) >= 0.99999
     # truncation_side left keeps the last k tokens.
     left = client.embeddings.create(model=model_name, input=LONG, encoding_format="float",
                                     extra_body={"truncate_prompt_tokens": 10, "truncation_side": "left"})
