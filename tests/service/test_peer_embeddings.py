@@ -226,3 +226,17 @@ def test_the_drop_in_python_block_runs(facade: Facade, model_name: str, capsys: 
         code = code.replace(text, here)
     exec(compile(code, f"{CLIENTS} (Drop-in for peers' clients)", "exec"), {})
     assert capsys.readouterr().out.split() == ["64", "16"]  # 64 int8 values; 16 tokens after truncation
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8"])
+def test_python_client_int8_over_grpc_and_http_agree(facade: Facade, stub, precision: str) -> None:  # type: ignore[no-untyped-def]
+    """service.client: gRPC returns the server's bytes, HTTP quantizes floats itself; both are the same."""
+    from service.client import Client, EmbedOptions
+
+    options = EmbedOptions("query", dimensions=48, encoding=precision)
+    with Client(facade.target) as grpc_client, Client(f"{facade.base_url}/v1", api="http") as http_client:
+        over_grpc = grpc_client.embed(TEXTS, options).vectors
+        over_http = http_client.embed(TEXTS, options).vectors
+    want = embed(stub, TEXTS, prompt_name="query", dimensions=48, encoding=PACKED[precision])
+    assert over_grpc.dtype == over_http.dtype == INTS[precision]
+    assert [r.tobytes() for r in over_grpc] == [r.tobytes() for r in over_http] == [e.packed for e in want.embeddings]

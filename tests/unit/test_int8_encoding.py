@@ -62,3 +62,17 @@ def test_int8_needs_normalised_vectors() -> None:
         assert err.value.param == "normalize" and "[-1, 1]" in err.value.message
     for encoding in (Encoding.FLOAT, Encoding.FLOAT16, Encoding.BINARY, Encoding.UBINARY):
         check_encoding(encoding, False)
+
+
+def test_the_python_client_quantizes_as_the_server() -> None:
+    """The client's HTTP path quantizes floats itself: the same bytes as sentence-transformers with the range."""
+    from service.client import EmbedOptions, quantize
+
+    v = unit_rows(np.random.default_rng(11), 3, 48)
+    for precision in ("int8", "uint8"):
+        got = quantize(v, precision)
+        want = quantize_embeddings(v, precision=precision, ranges=int8_ranges(48))
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+        EmbedOptions(encoding=precision)
+        with pytest.raises(ValueError, match="normalize"):
+            EmbedOptions(encoding=precision, normalize=False)
