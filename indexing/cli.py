@@ -28,7 +28,7 @@ def index(
     dimensions: Annotated[int, typer.Option(help="Matryoshka size (0 = full)")] = 0,
     normalize: Annotated[bool, typer.Option(help="L2-normalise the vectors")] = True,
     truncate: Annotated[str, typer.Option(help="none (too long = rejected), end or start")] = "none",
-    encoding: Annotated[str, typer.Option(help="float, float16, binary or ubinary")] = "float",
+    encoding: Annotated[str, typer.Option(help="float, float16, binary, ubinary, int8 or uint8")] = "float",
     concurrency: Annotated[int, typer.Option(help="Requests in flight")] = 4,
     batch_size: Annotated[int, typer.Option(help="Texts per request (capped at the server's limit)")] = 128,
     chunk_rows: Annotated[int, typer.Option(help="Rows per committed row group (the resume unit)")] = 2048,

@@ -110,7 +110,14 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 def _vector_type(encoding: str) -> Any:
     import pyarrow as pa
 
-    value = {"float": pa.float32(), "float16": pa.float16(), "binary": pa.int8(), "ubinary": pa.uint8()}[encoding]
+    value = {
+        "float": pa.float32(),
+        "float16": pa.float16(),
+        "binary": pa.int8(),
+        "ubinary": pa.uint8(),
+        "int8": pa.int8(),
+        "uint8": pa.uint8(),
+    }[encoding]
     return pa.list_(value)
 
 

@@ -248,9 +248,7 @@ class ModelFacts:
             raise ValueError(f"padding_side must be one of {PADDING_SIDES}, not {self.padding_side!r}")
         buckets = tuple(int(b) for b in self.length_buckets)
         if buckets and (
-            any(b < 1 for b in buckets)
-            or list(buckets) != sorted(set(buckets))
-            or buckets[-1] != self.max_input_tokens
+            any(b < 1 for b in buckets) or list(buckets) != sorted(set(buckets)) or buckets[-1] != self.max_input_tokens
         ):
             raise ValueError(
                 f"length_buckets must ascend from >= 1 to max_input_tokens ({self.max_input_tokens}), not {buckets}"
@@ -353,7 +351,12 @@ _OPTIONAL_LISTS = {
     Param.QUANTIZATION_AGREEMENT,
 }
 _STRING_FIELDS = {
-    "source_model", "source_revision", "backend", "padding_side", "rerank_token_ids", "quantization_method"
+    "source_model",
+    "source_revision",
+    "backend",
+    "padding_side",
+    "rerank_token_ids",
+    "quantization_method",
 }
 
 

@@ -15,9 +15,11 @@ def local_model_names(settings: Settings) -> list[str]:
     if settings.models:
         return list(settings.models)
     repo = settings.model_repository
-    found = sorted(
-        d.name for d in repo.iterdir() if not d.name.startswith(".") and (d / "config.pbtxt").is_file()
-    ) if repo.is_dir() else []
+    found = (
+        sorted(d.name for d in repo.iterdir() if not d.name.startswith(".") and (d / "config.pbtxt").is_file())
+        if repo.is_dir()
+        else []
+    )
     if settings.model_name not in found:
         # The default model is what clients without a `model` field get: its absence is a deployment mistake
         # (a wrong name or a missing export). A reranker-only service names its reranker here, so a failed

@@ -147,9 +147,7 @@ class Settings(BaseSettings):
         "from 16 to max tokens, multiples of 8)",
     )
     token_budget: int = Field(16384, ge=16, description="Padded tokens per Triton request")
-    max_triton_batch: int = Field(
-        0, ge=0, description="Rows per Triton request; 0 = the model's max_batch_size"
-    )
+    max_triton_batch: int = Field(0, ge=0, description="Rows per Triton request; 0 = the model's max_batch_size")
     tokenizer_threads: int = Field(2, ge=1)
     triton_calls_in_flight: int = Field(
         2,

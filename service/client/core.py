@@ -23,8 +23,10 @@ import numpy as np
 
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
+from service.pipeline.encoding import pack
+from service.pipeline.params import Encoding
 
-ENCODINGS = ("float", "float16", "binary", "ubinary")
+ENCODINGS = ("float", "float16", "binary", "ubinary", "int8", "uint8")
 TRUNCATES = ("none", "end", "start")
 RETRY_GRPC = {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE}
 RETRY_HTTP = {429, 502, 503, 504}
@@ -64,13 +66,17 @@ class EmbedOptions:
     def __post_init__(self) -> None:
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}")
+        if self.encoding in ("int8", "uint8") and not self.normalize:
+            # The server refuses it too: the fixed range [-1, 1] of int8/uint8 holds normalised values only.
+            raise ValueError(f"encoding {self.encoding} needs normalize=True")
         if self.truncate not in TRUNCATES:
             raise ValueError(f"truncate must be one of {TRUNCATES}")
 
 
 @dataclass
 class Embedded:
-    """Vectors in input order (float32, float16, or packed int8/uint8 bits) and the tokens they cost."""
+    """Vectors in input order (float32, float16, int8/uint8 buckets, or packed int8/uint8 bits) and the tokens
+    they cost."""
 
     vectors: np.ndarray
     prompt_tokens: int
@@ -126,11 +132,16 @@ class RetryPolicy:
 
 def quantize(vectors: np.ndarray, encoding: str) -> np.ndarray:
     """The server's encodings applied to float vectors (for the HTTP API, which returns floats only): as
-    sentence-transformers, ubinary packs `value > 0` bits and binary is that minus 128."""
+    sentence-transformers, ubinary packs `value > 0` bits and binary is that minus 128; int8/uint8 are the
+    server's buckets of the fixed range [-1, 1] (service.pipeline.encoding.pack)."""
     if encoding == "float":
         return vectors.astype(np.float32, copy=False)
     if encoding == "float16":
         return vectors.astype(np.float16)
+    if encoding in ("int8", "uint8"):
+        dtype = np.int8 if encoding == "int8" else np.uint8
+        rows = pack(vectors, Encoding[encoding.upper()])
+        return np.stack([np.frombuffer(r, dtype=dtype) for r in rows]) if rows else np.zeros((0, 0), dtype=dtype)
     bits = np.packbits(vectors > 0, axis=-1)
     return bits if encoding == "ubinary" else (bits.astype(np.int16) - 128).astype(np.int8)
 
@@ -142,6 +153,8 @@ def _decode_grpc(response: pb.EmbedResponse, encoding: str) -> np.ndarray:
         "float16": np.dtype("<f2"),
         "binary": np.dtype(np.int8),
         "ubinary": np.dtype(np.uint8),
+        "int8": np.dtype(np.int8),
+        "uint8": np.dtype(np.uint8),
     }
     dtype = dtypes[encoding]
     rows = [np.frombuffer(e.packed, dtype=dtype) for e in response.embeddings]

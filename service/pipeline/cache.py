@@ -39,7 +39,8 @@ ENTRY_OVERHEAD = 256
 # No single entry may take more than this share of the bound: one long document must not flush many queries.
 MAX_ENTRY_SHARE = 16
 
-Key = tuple[str, str, str, Truncate]
+# (model load, prefix, text, truncation mode, per-request token limit: 0 = the model's)
+Key = tuple[str, str, str, Truncate, int]
 
 _LOADS = itertools.count(1)
 
@@ -60,7 +61,7 @@ def entry_bytes(key: Key, vector: bytes) -> int:
     """The memory one entry holds: the key's tuple and its own strings, the vector's bytes object, the value
     tuple and its ints, and the dict overhead. The model key string is shared by every entry of a model (one
     object per load), so only its pointer (inside the tuple) is charged."""
-    _, prefix, text, _ = key
+    prefix, text = key[1], key[2]
     return (
         sys.getsizeof(key)
         + sys.getsizeof(prefix)
@@ -127,10 +128,11 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, model: str, prefix: str, texts: Sequence[str], truncate: Truncate) -> Lookup:
+    def lookup(self, model: str, prefix: str, texts: Sequence[str], truncate: Truncate, max_tokens: int = 0) -> Lookup:
         """Each text's entry, marked most recently used; the rest gathered once each (a text repeated in the
-        request is computed once)."""
-        keys: list[Key] = [(model, prefix, text, truncate) for text in texts]
+        request is computed once). `max_tokens` is a per-request token limit (vLLM's truncate_prompt_tokens):
+        it changes where a text is cut, hence the vector."""
+        keys: list[Key] = [(model, prefix, text, truncate, max_tokens) for text in texts]
         rows: list[bytes | None] = [None] * len(keys)
         tokens = [0] * len(keys)
         result = Lookup(keys, rows, tokens)

@@ -9,8 +9,9 @@ import numpy as np
 
 from service.errors import ErrorKind, ServiceError, invalid
 from service.pipeline.cache import EmbeddingCache, identity_of, model_key
+from service.pipeline.encoding import check_encoding
 from service.pipeline.inference import ServedModel, Tokenized, check_unicode
-from service.pipeline.params import EmbedParams, Truncate
+from service.pipeline.params import EmbedParams, Encoding, Truncate
 from service.pipeline.postprocess import check_dimensions, finalize
 from service.pipeline.templating import apply_prefix, resolve_prefix
 from service.pipeline.tokenization import StopFlag, never_stop
@@ -54,6 +55,22 @@ class Embedder(ServedModel):
 
     # -- validation and tokenization (pure CPU work) --
 
+    def token_limit(self, params: EmbedParams) -> int:
+        """The tokens each input may have, template and EOS included: the model's limit, or a smaller
+        per-request one (vLLM's truncate_prompt_tokens), which only a truncating request may set."""
+        full = self.info.max_input_tokens
+        if not params.max_tokens:
+            return full
+        if not 1 <= params.max_tokens <= full:
+            raise invalid(
+                f"truncate_prompt_tokens must be between 1 and the model's limit of {full} (or -1 for it), "
+                f"got {params.max_tokens}",
+                "truncate_prompt_tokens",
+            )
+        if params.truncate is Truncate.NONE:
+            raise invalid("a per-request token limit needs truncate END or START", "truncate_prompt_tokens")
+        return params.max_tokens
+
     def check_count(self, n: int) -> None:
         if n == 0:
             raise invalid(f"no inputs: send 1 to {self.max_batch_inputs} inputs", "input")
@@ -79,14 +96,14 @@ class Embedder(ServedModel):
         return contents
 
     def _text_contents(
-        self, texts: list[str], truncate: Truncate, stop: StopFlag | None, keep_prefix: int = 0
+        self, texts: list[str], truncate: Truncate, stop: StopFlag | None, keep_prefix: int = 0, limit: int = 0
     ) -> list[list[int]]:
         """Content ids of templated texts, never tokenizing far past what truncation keeps: with NONE an
         input is proven too long from a prefix, with END only a prefix is tokenized, with START only a tail
         window (and the `keep_prefix` instruction tokens fit() keeps from the head); a text whose tail cannot
         be cut safely (tokenization.tail_ids) is tokenized whole."""
         should_stop = stop or never_stop
-        cap = self.info.max_input_tokens  # one more than fit() keeps before EOS: enough to decide
+        cap = limit or self.info.max_input_tokens  # one more than fit() keeps before EOS: enough to decide
         contents: list[list[int] | None] = [None] * len(texts)
         if truncate is Truncate.START:
             keep = min(keep_prefix, cap - 2)  # as fit() keeps it
@@ -135,17 +152,17 @@ class Embedder(ServedModel):
     def tokenize_sync(self, params: EmbedParams, stop: StopFlag | None = None) -> Tokenized:
         info = self.info
         self.check_count(params.count)
+        limit = self.token_limit(params)
         if params.token_ids:
             contents = self._id_contents(params)
             keep_prefix = 0
         else:
             prefix = self.checked_prefix(params)
             keep_prefix = self.tokenizer.prefix_length(prefix)
-            contents = self._text_contents(apply_prefix(prefix, params.texts), params.truncate, stop, keep_prefix)
-        fitted = [
-            fit(c, info.max_input_tokens, params.truncate, info.eos_id, keep_prefix, index=i)
-            for i, c in enumerate(contents)
-        ]
+            contents = self._text_contents(
+                apply_prefix(prefix, params.texts), params.truncate, stop, keep_prefix, limit
+            )
+        fitted = [fit(c, limit, params.truncate, info.eos_id, keep_prefix, index=i) for i, c in enumerate(contents)]
         tokenized = Tokenized([f[0] for f in fitted], [f[1] for f in fitted])
         if tokenized.token_count > self.max_request_tokens:
             raise invalid(
@@ -168,6 +185,7 @@ class Embedder(ServedModel):
             return await self._embed_cached(self.cache, params, deadline)
         started = time.perf_counter()
         dims = check_dimensions(params.dimensions, self.info.min_dimensions, self.info.hidden_size)
+        check_encoding(params.encoding, params.normalize)
         tokenized = await self.tokenize(params, deadline)
         tokenized_at = time.perf_counter()
         run = await self.run_model(tokenized.ids, deadline)
@@ -192,16 +210,18 @@ class Embedder(ServedModel):
         whole request, so the error (and the input index it names) is the one the cache off would give."""
         started = time.perf_counter()
         dims = check_dimensions(params.dimensions, self.info.min_dimensions, self.info.hidden_size)
+        check_encoding(params.encoding, params.normalize)
         try:
             self.check_count(params.count)
+            self.token_limit(params)  # a hit must not pass a limit the uncached path refuses
             prefix = self.checked_prefix(params)
         except ServiceError as exc:
             raise await self._uncached_error(params, deadline, exc) from None
-        found = cache.lookup(self.cache_model, prefix, params.texts, params.truncate)
+        found = cache.lookup(self.cache_model, prefix, params.texts, params.truncate, params.max_tokens)
         tokenize_ms = inference_ms = 0.0
         if found.missing:
             # Full width, not normalised: the stored vector serves every dimensions / normalize variant.
-            rest = replace(params, texts=tuple(found.missing), dimensions=0, normalize=False)
+            rest = replace(params, texts=tuple(found.missing), dimensions=0, normalize=False, encoding=Encoding.FLOAT)
             try:
                 computed = await self.embed(rest, deadline, use_cache=False)
             except ServiceError as exc:

@@ -17,6 +17,8 @@ class Encoding(Enum):
     FLOAT16 = "FLOAT16"
     BINARY = "BINARY"
     UBINARY = "UBINARY"
+    INT8 = "INT8"
+    UINT8 = "UINT8"
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class EmbedParams:
     dimensions: int = 0
     normalize: bool = True
     truncate: Truncate = Truncate.NONE
+    # Tokens an input may have with its template and EOS, below the model's limit (vLLM's
+    # truncate_prompt_tokens); 0 = the model's limit. Used with truncate END or START.
+    max_tokens: int = 0
     encoding: Encoding = Encoding.FLOAT
     request_id: str = ""
     model: str = ""  # a served embedding model's name; "" = the default one

@@ -32,6 +32,6 @@ def fit(
         )
     if policy is Truncate.END:
         return [*content[:limit], eos_id], True
-    keep = min(keep_prefix, limit - 1) if keep_prefix > 0 else 0
+    keep = max(0, min(keep_prefix, limit - 1))  # a limit too small for the instruction keeps none of it
     tail = limit - keep
     return [*content[:keep], *content[len(content) - tail :], eos_id], True

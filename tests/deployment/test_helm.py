@@ -47,6 +47,7 @@ def preset(size: str) -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load((PRESETS_DIR / f"{size}.yaml").read_text())
     return loaded
 
+
 EXTERNAL_URL = "triton.inference.svc.cluster.local:8001"
 
 SCENARIOS: dict[str, dict[str, Any]] = {
@@ -64,7 +65,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "enabled": True,
             "metric": "pods",
             "pods": {"metricName": "triton_queue_us_per_request", "targetAverageValue": "20000"},
-        }
+        },
     },
     "external-triton": {"triton": {"external": {"enabled": True, "url": EXTERNAL_URL}}},
     "auth-keys": {"auth": {"enabled": True, "keys": ["key-one", "key-two"]}},
@@ -174,9 +175,7 @@ CRD_APIS = (
 )
 
 
-def render_raw(
-    values: dict[str, Any], api_versions: tuple[str, ...] = CRD_APIS, **options: Any
-) -> dict[str, str]:
+def render_raw(values: dict[str, Any], api_versions: tuple[str, ...] = CRD_APIS, **options: Any) -> dict[str, str]:
     """Chart.render with the API versions the cluster serves (helm-python-sdk's native render takes them; its
     Python wrapper does not pass them on). `options`: revision, is_install, is_upgrade."""
     opts = {"name": RELEASE, "namespace": NAMESPACE, "api_versions": list(api_versions), **options}
@@ -258,8 +257,17 @@ def test_chart_metadata() -> None:
 @pytest.mark.parametrize(
     "scenario",
     [
-        "default", "export-job", "external-triton", "everything", "mtls-auth-monitor",
-        "preset-0.6b", "preset-4b", "preset-8b", "hook-export", "autoscaling-keda", "several-models",
+        "default",
+        "export-job",
+        "external-triton",
+        "everything",
+        "mtls-auth-monitor",
+        "preset-0.6b",
+        "preset-4b",
+        "preset-8b",
+        "hook-export",
+        "autoscaling-keda",
+        "several-models",
     ],
 )
 def test_lint_has_no_errors(scenario: str) -> None:
@@ -356,8 +364,10 @@ def test_values_schema_rejects(values: dict[str, Any]) -> None:
         ({"facade": {"tls": {"clientAuth": True}}}, "needs facade.tls.enabled"),
         # Probes the kubelet cannot run against a TLS facade.
         (
-            {"facade": {"metricsPort": 0, "tls": {"enabled": True, "secretName": "t"}},
-             "metrics": {"service": {"enabled": False}}},
+            {
+                "facade": {"metricsPort": 0, "tls": {"enabled": True, "secretName": "t"}},
+                "metrics": {"service": {"enabled": False}},
+            },
             "gRPC probes cannot speak TLS",
         ),
         (
@@ -371,8 +381,11 @@ def test_values_schema_rejects(values: dict[str, Any]) -> None:
         ),
         # A scrape that sends no key and speaks plaintext cannot read /metrics on the API port.
         (
-            {"facade": {"metricsPort": 0}, "auth": {"enabled": True, "keys": ["k"]},
-             "metrics": {"serviceMonitor": {"enabled": True}}},
+            {
+                "facade": {"metricsPort": 0},
+                "auth": {"enabled": True, "keys": ["k"]},
+                "metrics": {"serviceMonitor": {"enabled": True}},
+            },
             "needs facade.metricsPort",
         ),
         # Several models: one name per model, a default reranker that is served, each export checked.
@@ -382,25 +395,36 @@ def test_values_schema_rejects(values: dict[str, Any]) -> None:
             'extraModels[1].name "qwen3_reranker" is already served',
         ),
         (
-            {"extraModels": [{"name": "qwen3_r", "export": {"model": "a"}},
-                             {"name": "Qwen3-R", "export": {"model": "b"}}]},
+            {
+                "extraModels": [
+                    {"name": "qwen3_r", "export": {"model": "a"}},
+                    {"name": "Qwen3-R", "export": {"model": "b"}},
+                ]
+            },
             'gives the export container name "export-qwen3-r" of another model',
         ),
         ({"rerankModel": "qwen3_reranker"}, 'rerankModel "qwen3_reranker" is not a served model'),
         (
-            {"extraModels": [{"name": "qwen3_reranker",
-                              "export": {"model": "Qwen/Qwen3-Reranker-0.6B", "precision": "bf16"}}]},
+            {
+                "extraModels": [
+                    {"name": "qwen3_reranker", "export": {"model": "Qwen/Qwen3-Reranker-0.6B", "precision": "bf16"}}
+                ]
+            },
             "extraModels qwen3_reranker: export.precision bf16 needs exportJob.device=gpu",
         ),
         (
-            {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "Qwen/Qwen3-Reranker-8B"}}],
-             "exportJob": {"resources": {"limits": {"memory": "32Gi"}}}},
+            {
+                "extraModels": [{"name": "qwen3_reranker", "export": {"model": "Qwen/Qwen3-Reranker-8B"}}],
+                "exportJob": {"resources": {"limits": {"memory": "32Gi"}}},
+            },
             "a CPU export of Qwen/Qwen3-Reranker-8B needs resources.limits.memory >= 48Gi",
         ),
         # The 4B preset's Triton holds one 4B model; with a 4B reranker the weights alone are 15 GiB.
         (
-            {**preset("4b"),
-             "extraModels": [{"name": "qwen3_reranker", "export": {"model": "Qwen/Qwen3-Reranker-4B"}}]},
+            {
+                **preset("4b"),
+                "extraModels": [{"name": "qwen3_reranker", "export": {"model": "Qwen/Qwen3-Reranker-4B"}}],
+            },
             "triton.resources.limits.memory 16Gi is below what loading the 2 models needs",
         ),
     ],
@@ -810,9 +834,7 @@ def test_existing_claim() -> None:
 
 def test_chart_pvc_is_kept_and_sized_from_values() -> None:
     values = {
-        "modelRepository": {
-            "persistence": {"size": "80Gi", "storageClass": "fast", "accessModes": ["ReadWriteMany"]}
-        }
+        "modelRepository": {"persistence": {"size": "80Gi", "storageClass": "fast", "accessModes": ["ReadWriteMany"]}}
     }
     pvc = only(render(values), "PersistentVolumeClaim")
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -987,9 +1009,7 @@ def test_notes_show_grpcurl_commands() -> None:
     notes = render_raw({})["qwen3-embedding/templates/NOTES.txt"]
     assert "grpcurl -plaintext localhost:50051 list" in notes
     assert "describe embedding.v1.EmbeddingService" in notes
-    pattern = (
-        r"grpcurl[^\n]*\\\n\s*-d '(\{.*\})' \\\n\s*localhost:50051 embedding\.v1\.EmbeddingService/Embed"
-    )
+    pattern = r"grpcurl[^\n]*\\\n\s*-d '(\{.*\})' \\\n\s*localhost:50051 embedding\.v1\.EmbeddingService/Embed"
     embed = re.search(pattern, notes)
     assert embed, notes
     request = yaml.safe_load(embed.group(1))  # JSON is YAML
@@ -1029,8 +1049,13 @@ def test_tls_deployments_can_be_probed_and_scraped(scenario: str) -> None:
         assert handler["httpGet"].get("scheme", "HTTP") == "HTTP"
     assert ports["metrics"] == int(env["QWEN3_EMBED_METRICS_PORT"])
     # What the facade makes of the environment: valid settings, metrics on their own listener.
-    settings = Settings(**{k.removeprefix("QWEN3_EMBED_").lower(): v for k, v in env.items()
-                           if k.startswith("QWEN3_EMBED_") and "KEYS" not in k})
+    settings = Settings(
+        **{
+            k.removeprefix("QWEN3_EMBED_").lower(): v
+            for k, v in env.items()
+            if k.startswith("QWEN3_EMBED_") and "KEYS" not in k
+        }
+    )
     assert settings.metrics_port == ports["metrics"] and settings.tls_cert is not None
     metrics_service = only(manifests, "Service", f"{FULLNAME}-metrics")
     scrape = next(p for p in metrics_service["spec"]["ports"] if p["name"] == "http-metrics")
@@ -1082,7 +1107,14 @@ def test_network_policy_admits_only_the_api_and_metrics() -> None:
 
 
 RESTRICTED_VOLUME_TYPES = {
-    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
 }
 
 
@@ -1134,9 +1166,7 @@ def _quantity_gib(q: str) -> float:
     # (the exporter's pre-check), 23.0 GiB measured for 4B, >= 48 GiB for 8B on CPU (docs/export.md).
     [("0.6b", 3.1, 2.8, 600), ("4b", 9.5, 23.0, 900), ("8b", 16.1, 48, 1200)],
 )
-def test_presets_size_export_and_server(
-    size: str, host_mem_gib: float, export_mem_gib: float, startup_s: int
-) -> None:
+def test_presets_size_export_and_server(size: str, host_mem_gib: float, export_mem_gib: float, startup_s: int) -> None:
     """The presets carry the figures they document: the export fits the measured / required peak (4B: 23.0 GiB
     measured, 8B: >= 48 GiB on CPU, docs/export.md), host memory covers the weights while Triton loads, the
     startup budget and the progress deadline cover the load."""
@@ -1460,9 +1490,7 @@ def test_several_models_are_loaded_exported_and_served() -> None:
     job_spec = job["spec"]["template"]["spec"]
     assert [c["name"] for c in job_spec["initContainers"]] == ["export-qwen3-reranker", "export-qwen3-embedding-4b"]
     assert [c["name"] for c in job_spec["containers"]] == ["export"]
-    pairs = {
-        model: dict(zip(c["args"][::2], c["args"][1::2], strict=True)) for model, c in by_model.items()
-    }
+    pairs = {model: dict(zip(c["args"][::2], c["args"][1::2], strict=True)) for model, c in by_model.items()}
     help_text = _export_help()
     for model, args in pairs.items():
         assert args["--name"] == model
@@ -1557,8 +1585,11 @@ def test_an_extra_model_without_export_is_served_not_exported() -> None:
 
 
 def test_an_extra_model_on_tensorrt_gets_the_engine_cache() -> None:
-    values = {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "Qwen/Qwen3-Reranker-0.6B",
-                                                                      "accelerator": "tensorrt"}}]}
+    values = {
+        "extraModels": [
+            {"name": "qwen3_reranker", "export": {"model": "Qwen/Qwen3-Reranker-0.6B", "accelerator": "tensorrt"}}
+        ]
+    }
     manifests = render(values)
     mounts = [m for m in container(pod_spec(manifests), "triton")["volumeMounts"] if m["name"] == "model-repository"]
     assert any(m.get("subPath") == "models/.trt-cache/v1" for m in mounts)
@@ -1599,7 +1630,8 @@ def test_readme_several_models_example_renders() -> None:
             kubernetes_validate.validate(m.doc, KUBE_VERSIONS[-1], strict=True)
     triton = container(pod_spec(manifests), "triton")
     assert [a for a in triton["args"] if a.startswith("--load-model")] == [
-        "--load-model=qwen3_embedding", "--load-model=qwen3_reranker"
+        "--load-model=qwen3_embedding",
+        "--load-model=qwen3_reranker",
     ]
     # Host memory: 2 x 7.49 GiB of fp16 weights loaded at once + ~2 GiB.
     assert _quantity_gib(triton["resources"]["limits"]["memory"]) >= 2 * 7.49 + 2

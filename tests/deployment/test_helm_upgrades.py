@@ -326,8 +326,10 @@ def test_the_readme_lists_every_path_with_its_downtime() -> None:
         ),
         # The live claim's access modes cannot change.
         (
-            {"clusterState": {"modelClaim": {"size": "100Gi", "accessModes": ["ReadWriteOnce"]}},
-             "modelRepository": {"persistence": {"accessModes": ["ReadWriteMany"]}}},
+            {
+                "clusterState": {"modelClaim": {"size": "100Gi", "accessModes": ["ReadWriteOnce"]}},
+                "modelRepository": {"persistence": {"accessModes": ["ReadWriteMany"]}},
+            },
             "access modes cannot change",
         ),
         # An existing claim nobody stated counts as ReadWriteOnce (helm template, Argo CD: no lookup).
@@ -353,8 +355,10 @@ def test_paths_that_cannot_work_are_refused_with_the_reason(values: dict[str, An
     [
         ({"metrics": {"serviceMonitor": {"enabled": True}}}, "monitoring.coreos.com/v1/ServiceMonitor"),
         (
-            {"autoscaling": {"enabled": True, "keda": {"prometheusScrapesFacade": True}},
-             "modelRepository": {"persistence": {"accessModes": ["ReadWriteMany"]}}},
+            {
+                "autoscaling": {"enabled": True, "keda": {"prometheusScrapesFacade": True}},
+                "modelRepository": {"persistence": {"accessModes": ["ReadWriteMany"]}},
+            },
             "keda.sh/v1alpha1/ScaledObject",
         ),
         ({"grpcRoute": {"enabled": True, "parentRefs": [{"name": "gw"}]}}, "gateway.networking.k8s.io/v1/GRPCRoute"),
@@ -396,7 +400,8 @@ def test_no_preset_sets_a_served_name_and_each_has_its_own_version() -> None:
         assert "servedName" not in values.get("model", {}), size
         versions.add(values.get("model", {}).get("version", "v1"))
         facade = next(
-            c for c in only(manifests_of(render_raw(values)), "Deployment")["spec"]["template"]["spec"]["containers"]
+            c
+            for c in only(manifests_of(render_raw(values)), "Deployment")["spec"]["template"]["spec"]["containers"]
             if c["name"] == "facade"
         )
         assert "QWEN3_EMBED_SERVED_MODEL_NAME" not in env_of(facade)
@@ -494,8 +499,10 @@ def test_triton_probe_passes_against_a_real_triton(triton: Any) -> None:
 
 
 def test_a_pod_without_a_gpu_keeps_its_burstable_cpu() -> None:
-    for values in ({"triton": {"resources": {"limits": {"nvidia.com/gpu": None}}}, "tolerations": []},
-                   {"triton": {"external": {"enabled": True, "url": "t:8001"}}}):
+    for values in (
+        {"triton": {"resources": {"limits": {"nvidia.com/gpu": None}}}, "tolerations": []},
+        {"triton": {"external": {"enabled": True, "url": "t:8001"}}},
+    ):
         spec = only(manifests_of(render_raw(values)), "Deployment")["spec"]["template"]["spec"]
         facade = next(c for c in spec["containers"] if c["name"] == "facade")
         assert facade["resources"]["limits"]["cpu"] == "4" and facade["resources"]["requests"]["cpu"] == "2"

@@ -267,10 +267,7 @@ def test_runs_as_non_root_from_a_pinned_slim_python(dockerfile: str) -> None:
 def test_facade_image_installs_the_base_package_only() -> None:
     _, stages = parse(DOCKER / "facade.Dockerfile")
     pip_installs = [
-        m.group(0)
-        for stage in stages
-        for run in stage.args("RUN")
-        for m in re.finditer(r"pip install[^&;]*", run)
+        m.group(0) for stage in stages for run in stage.args("RUN") for m in re.finditer(r"pip install[^&;]*", run)
     ]
     assert any(re.fullmatch(r"pip install \.\s*", cmd) for cmd in pip_installs), pip_installs
     assert not any("[" in cmd or "torch" in cmd for cmd in pip_installs), "no extras, no torch in the facade"

@@ -29,9 +29,7 @@ DOCS = [
 QUERY_PREFIX = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 
 
-def onnx_embed(
-    session: ort.InferenceSession, tokenizer_dir: Path, texts: list[str], side: str = "right"
-) -> np.ndarray:
+def onnx_embed(session: ort.InferenceSession, tokenizer_dir: Path, texts: list[str], side: str = "right") -> np.ndarray:
     """Padded on `side`: right for the fused graph (the default export), left for the eager one."""
     from tokenizers import Tokenizer
 
@@ -76,9 +74,7 @@ def test_python_backend_repository_layout(model_repository: Path) -> None:
 def test_onnx_graph_contract(model_repository: Path) -> None:
     import onnx
 
-    graph = onnx.load(
-        str(model_repository / "qwen3_embedding" / "1" / "model.onnx"), load_external_data=False
-    ).graph
+    graph = onnx.load(str(model_repository / "qwen3_embedding" / "1" / "model.onnx"), load_external_data=False).graph
     assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]  # no position_ids, no KV cache
     assert [o.name for o in graph.output] == ["embedding"]
     dims = graph.input[0].type.tensor_type.shape.dim
@@ -238,9 +234,7 @@ def test_broken_pooling_fails_verification(
 
 
 def test_other_shape_exports(tmp_path: Path) -> None:
-    shape = DevModelShape(
-        hidden_size=96, layers=3, heads=6, kv_heads=2, head_dim=16, intermediate_size=192, seed=3
-    )
+    shape = DevModelShape(hidden_size=96, layers=3, heads=6, kv_heads=2, head_dim=16, intermediate_size=192, seed=3)
     model_dir = build_dev_model(tmp_path / "m96", shape)
     export_dev(model_dir, tmp_path / "repo")
     cfg = parse_pbtxt((tmp_path / "repo" / "qwen3_embedding" / "config.pbtxt").read_text())
@@ -265,9 +259,7 @@ def test_other_shape_exports(tmp_path: Path) -> None:
     ],
 )
 def test_bad_flags(dev_model_dir: Path, tmp_path: Path, args: list[str], needle: str) -> None:
-    result = CliRunner().invoke(
-        app, ["export", "--model", str(dev_model_dir), "--output", str(tmp_path), *args]
-    )
+    result = CliRunner().invoke(app, ["export", "--model", str(dev_model_dir), "--output", str(tmp_path), *args])
     assert result.exit_code == 2 and needle in result.output
 
 
@@ -308,9 +300,7 @@ def test_padding_side_in_the_contract_and_the_pad_helper() -> None:
     ids, mask = pad([[1, 2], [3, 4, 5]], 4, 0, "right")
     assert ids.tolist() == [[1, 2, 0, 0], [3, 4, 5, 0]] and mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 0]]
     assert pad([[1, 2]], 3, 0)[0].tolist() == [[0, 1, 2]]  # left stays the default
-    facts = ModelFacts(
-        source_model="m", hidden_size=64, max_input_tokens=512, embedding_rows=10, pad_id=0, eos_id=0
-    )
+    facts = ModelFacts(source_model="m", hidden_size=64, max_input_tokens=512, embedding_rows=10, pad_id=0, eos_id=0)
     params = facts.to_parameters()
     del params[Param.PADDING_SIDE]
     assert ModelFacts.from_parameters(params).padding_side == "left"  # exports from before the key: left

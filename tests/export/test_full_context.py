@@ -72,9 +72,12 @@ def test_32k_input_through_the_facade_matches_sentence_transformers(
     from sentence_transformers import SentenceTransformer
 
     text = long_text(FULL)
-    with run_facade(
-        default_repository, default_triton.grpc_url, tmp_path, env={"QWEN3_EMBED_DEFAULT_TIMEOUT_S": "300"}
-    ) as facade, grpc.insecure_channel(facade.target) as channel:
+    with (
+        run_facade(
+            default_repository, default_triton.grpc_url, tmp_path, env={"QWEN3_EMBED_DEFAULT_TIMEOUT_S": "300"}
+        ) as facade,
+        grpc.insecure_channel(facade.target) as channel,
+    ):
         stub = pb_grpc.EmbeddingServiceStub(channel)
         stub.Embed(pb.EmbedRequest(inputs=["warm the path"]), timeout=60)
         root = psutil.Process(default_triton.process.pid)

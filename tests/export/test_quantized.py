@@ -37,9 +37,7 @@ EMBEDDER, RERANKER = "qwen3_embedding", "qwen3_reranker"
 
 
 @pytest.fixture(scope="module")
-def quantized_repository(
-    dev_model_dir: Path, dev_reranker_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
+def quantized_repository(dev_model_dir: Path, dev_reranker_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The dev model in int4 (round to nearest) and the dev reranker in int8, both through the export gate."""
     out = tmp_path_factory.mktemp("quantized-repo")
     export_dev(dev_model_dir, out, precision=Precision.INT4)
@@ -163,8 +161,20 @@ def test_a_zeroed_scale_is_refused_by_the_export_gate(
         return done
 
     monkeypatch.setattr(quantize, "quantize_graph", broken)
-    args = ["export", "--model", str(dev_model_dir), "--output", str(tmp_path), "--precision", "int4",
-            "--max-tokens", "512", "--verify-long-tokens", "256", "--skip-resource-check"]
+    args = [
+        "export",
+        "--model",
+        str(dev_model_dir),
+        "--output",
+        str(tmp_path),
+        "--precision",
+        "int4",
+        "--max-tokens",
+        "512",
+        "--verify-long-tokens",
+        "256",
+        "--skip-resource-check",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "verification failed" in result.output and "nothing was written" in result.output
@@ -195,9 +205,24 @@ def test_gptq_with_the_users_calibration_file(dev_reranker_dir: Path, tmp_path: 
         "Which river flows through Vienna?\nThe Danube flows through Vienna.\n\ndef f(x):\\n    return x\n"
     )
     out = tmp_path / "repo"
-    args = ["export", "--model", str(dev_reranker_dir), "--output", str(out), "--precision", "int8",
-            "--quant-method", "gptq", "--calibration-file", str(texts), "--max-tokens", "512",
-            "--verify-long-tokens", "256", "--skip-resource-check"]
+    args = [
+        "export",
+        "--model",
+        str(dev_reranker_dir),
+        "--output",
+        str(out),
+        "--precision",
+        "int8",
+        "--quant-method",
+        "gptq",
+        "--calibration-file",
+        str(texts),
+        "--max-tokens",
+        "512",
+        "--verify-long-tokens",
+        "256",
+        "--skip-resource-check",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "on 3 calibration texts" in " ".join(result.output.split())
@@ -211,8 +236,20 @@ def test_gptq_with_the_users_calibration_file(dev_reranker_dir: Path, tmp_path: 
 def test_an_empty_calibration_file_is_refused(dev_model_dir: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    args = ["export", "--model", str(dev_model_dir), "--output", str(tmp_path / "repo"), "--precision", "int4",
-            "--quant-method", "gptq", "--calibration-file", str(empty), "--skip-resource-check"]
+    args = [
+        "export",
+        "--model",
+        str(dev_model_dir),
+        "--output",
+        str(tmp_path / "repo"),
+        "--precision",
+        "int4",
+        "--quant-method",
+        "gptq",
+        "--calibration-file",
+        str(empty),
+        "--skip-resource-check",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "holds no text" in " ".join(result.output.split()), result.output
 

@@ -40,9 +40,7 @@ def test_dynamic_batch_returns_each_request_its_rows(triton: TritonProcess, mode
         client = aioclient.InferenceServerClient(triton.grpc_url)
         try:
             before = await client.get_inference_statistics("qwen3_embedding")
-            results = await asyncio.gather(
-                *[client.infer("qwen3_embedding", infer_inputs(i, m)) for i, m in requests]
-            )
+            results = await asyncio.gather(*[client.infer("qwen3_embedding", infer_inputs(i, m)) for i, m in requests])
             # Triton updates its statistics just after sending responses: poll briefly.
             rows = sum(i.shape[0] for i, _ in requests)
             for _ in range(50):
@@ -78,6 +76,4 @@ def test_bad_request_gets_its_own_error(triton: TritonProcess) -> None:
     else:
         raise AssertionError("out-of-range ids were accepted")
     ok = np.full((1, 16), 5, dtype=np.int64)
-    assert client.infer("qwen3_embedding", infer_inputs(ok, np.ones_like(ok))).as_numpy(
-        "embedding"
-    ).shape == (1, 64)
+    assert client.infer("qwen3_embedding", infer_inputs(ok, np.ones_like(ok))).as_numpy("embedding").shape == (1, 64)

@@ -135,9 +135,7 @@ async def test_bench_closed_and_open_loop_against_the_facade(facade: Any) -> Non
     opened = await run_bench(protocol="http", concurrency=1, rate=50.0, requests=6, **common)
     assert opened["ok"] == 6 and opened["errors"] == {} and opened["rate"] == 50.0
     # A response with vectors of the wrong size is an error, never throughput.
-    wrong = await run_bench(
-        protocol="grpc", concurrency=1, rate=0.0, requests=2, **{**common, "dimensions": 3}
-    )
+    wrong = await run_bench(protocol="grpc", concurrency=1, rate=0.0, requests=2, **{**common, "dimensions": 3})
     assert wrong["ok"] == 0 and wrong["errors"] == {"BAD_RESPONSE": 2}
 
 
@@ -270,9 +268,7 @@ def test_suite_smoke(model_repository: Path, dev_model_dir: Path, triton: Any, t
         assert {(system, "short"), (system, "mixed")} <= systems
     for r in res["throughput"] + res["sweep"] + res["lengths"]:
         assert r["ok"] == r["requests"] > 0, r
-    facade_mixed = next(
-        r for r in res["throughput"] if r["system"] == "facade gRPC" and r["workload"] == "mixed"
-    )
+    facade_mixed = next(r for r in res["throughput"] if r["system"] == "facade gRPC" and r["workload"] == "mixed")
     assert facade_mixed["padding_ratio"] >= 1.0
     json.dumps(clean(results), allow_nan=False)  # the results file is strict JSON
 

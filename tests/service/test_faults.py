@@ -37,7 +37,7 @@ DRAIN_SECONDS = 8
 # Short texts (one length bucket), so a request of n of them is one Triton request of n rows.
 TEXTS = [f"reliability sentence number {i}" for i in range(8)]
 
-FAULT_WRAPPER = '''
+FAULT_WRAPPER = """
 
 # --- test-only fault injection (tests/service/test_faults.py) ---
 import time as _time
@@ -62,7 +62,7 @@ class TritonPythonModel(_RealModel):
                 response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("embedding", emb)])
             out.append(response)
         return out
-'''
+"""
 
 
 def build_fault_repository(source: Path, target: Path) -> Path:
@@ -160,15 +160,18 @@ def test_malformed_triton_responses_are_internal_never_a_wrong_vector(
             good = [pool.submit(good_call, k) for k in range(24)]  # well-formed calls beside the faults
             for rows, pattern in log_lines.items():
                 inputs = [TEXTS[i] for i in picks(0, rows)]
-                for request in (pb.EmbedRequest(inputs=inputs),
-                                # A mixed request whose other chunk is fine still fails as a whole.
-                                pb.EmbedRequest(inputs=[*inputs, "a longer input " * 20])):
+                for request in (
+                    pb.EmbedRequest(inputs=inputs),
+                    # A mixed request whose other chunk is fine still fails as a whole.
+                    pb.EmbedRequest(inputs=[*inputs, "a longer input " * 20]),
+                ):
                     with pytest.raises(grpc.RpcError) as err:
                         stub.Embed(request, timeout=60)
                     assert err.value.code() == grpc.StatusCode.INTERNAL, err.value.details()
                     assert re.search(r"inference backend|non-finite", err.value.details())
-                r = httpx.post(f"{fault_facade.base_url}/v1/embeddings", json={"model": model_name, "input": inputs},
-                               timeout=60)
+                r = httpx.post(
+                    f"{fault_facade.base_url}/v1/embeddings", json={"model": model_name, "input": inputs}, timeout=60
+                )
                 assert r.status_code == 500 and r.json()["error"]["type"] == "server_error", r.text
                 assert "embedding" not in r.json()
                 wait_for(lambda p=pattern: re.search(p, fault_facade.log()) is not None, 10, f"log line {pattern}")
@@ -271,21 +274,33 @@ def test_triton_sigkill_under_load_fails_fast_and_recovers(
         wait_for(lambda: health_status(fault_facade.target) == NOT_SERVING, 20, "NOT_SERVING after the kill")
         assert health_status(fault_facade.target, "liveness") == SERVING
         # Calls fail fast with UNAVAILABLE; the one in flight at the kill too (its deadline is 30 s).
-        wait_for(lambda: all(load.count("UNAVAILABLE", f"grpc{c}", killed_at) >= 2 for c in range(4)), 20,
-                 "every caller to see UNAVAILABLE")
+        wait_for(
+            lambda: all(load.count("UNAVAILABLE", f"grpc{c}", killed_at) >= 2 for c in range(4)),
+            20,
+            "every caller to see UNAVAILABLE",
+        )
         wait_for(lambda: load.count("UNAVAILABLE", "slow", killed_at - 1.5) >= 1, 20, "the in-flight slow call")
         wait_for(lambda: load.count("503", "http", killed_at) >= 1, 20, "HTTP 503")
 
         restarted = start_triton(
-            fault_repository, fault_triton.log_path, fault_triton.grpc_port, fault_triton.http_port,
+            fault_repository,
+            fault_triton.log_path,
+            fault_triton.grpc_port,
+            fault_triton.http_port,
             fault_triton.metrics_port,
         )
         fault_triton.process = restarted.process
         back_at = time.monotonic()
         wait_for(lambda: health_status(fault_facade.target) == SERVING, 60, "SERVING again")
-        wait_for(lambda: all(load.count("OK", f"grpc{c}", back_at) >= 5 for c in range(4))
-                 and load.count("OK", "http", back_at) >= 3 and load.count("OK", "slow", back_at) >= 1,
-                 60, "OK calls after the restart")
+        wait_for(
+            lambda: (
+                all(load.count("OK", f"grpc{c}", back_at) >= 5 for c in range(4))
+                and load.count("OK", "http", back_at) >= 3
+                and load.count("OK", "slow", back_at) >= 1
+            ),
+            60,
+            "OK calls after the restart",
+        )
     finally:
         load.stop.set()
         for t in callers:
@@ -306,8 +321,12 @@ def in_flight(facade: Facade) -> float:
 
 
 def test_sigterm_drains_accepted_requests_and_refuses_new_ones(
-    fault_repository: Path, fault_triton: TritonProcess, model_repository: Path, logs_dir: Path,
-    expected: np.ndarray, model_name: str,
+    fault_repository: Path,
+    fault_triton: TritonProcess,
+    model_repository: Path,
+    logs_dir: Path,
+    expected: np.ndarray,
+    model_name: str,
 ) -> None:
     env = facade_env(model_repository, QWEN3_EMBED_DRAIN_SECONDS=str(DRAIN_SECONDS))
     with run_facade(fault_repository, fault_triton.grpc_url, logs_dir, env=env) as facade:
@@ -319,8 +338,9 @@ def test_sigterm_drains_accepted_requests_and_refuses_new_ones(
                 return vectors(facade.stub(channel).Embed(pb.EmbedRequest(inputs=slow_inputs), timeout=30))
 
         def http_call(_: int) -> np.ndarray:
-            r = httpx.post(f"{facade.base_url}/v1/embeddings", json={"model": model_name, "input": slow_inputs},
-                           timeout=30)
+            r = httpx.post(
+                f"{facade.base_url}/v1/embeddings", json={"model": model_name, "input": slow_inputs}, timeout=30
+            )
             assert r.status_code == 200, r.text
             return np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
 
@@ -338,8 +358,11 @@ def test_sigterm_drains_accepted_requests_and_refuses_new_ones(
                         stub.Embed(pb.EmbedRequest(inputs=[TEXTS[0]]), timeout=10)
                     refused[err.value.code().name] += 1
                     try:
-                        r = httpx.post(f"{facade.base_url}/v1/embeddings",
-                                       json={"model": model_name, "input": TEXTS[0]}, timeout=10)
+                        r = httpx.post(
+                            f"{facade.base_url}/v1/embeddings",
+                            json={"model": model_name, "input": TEXTS[0]},
+                            timeout=10,
+                        )
                         refused[str(r.status_code)] += 1
                     except httpx.TransportError:
                         refused["connection refused"] += 1

@@ -24,11 +24,21 @@ from schemathesis.specs.openapi.checks import (
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from tests.helpers import Facade, cosine, vectors
 
-FUZZ = settings(max_examples=60, deadline=None, database=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 HIDDEN, MIN_DIM = 64, 32
-PACKED_BYTES = {pb.ENCODING_FLOAT16: lambda d: 2 * d, pb.ENCODING_BINARY: lambda d: d // 8,
-                pb.ENCODING_UBINARY: lambda d: d // 8}
+PACKED_BYTES = {
+    pb.ENCODING_FLOAT16: lambda d: 2 * d,
+    pb.ENCODING_BINARY: lambda d: d // 8,
+    pb.ENCODING_UBINARY: lambda d: d // 8,
+    pb.ENCODING_INT8: lambda d: d,
+    pb.ENCODING_UINT8: lambda d: d,
+}
 
 # Any text protobuf can carry (no lone surrogates): control characters, CJK, emoji, special-token spellings.
 text = st.one_of(
@@ -42,11 +52,12 @@ requests = st.builds(
     inputs=st.one_of(st.lists(plain_text, min_size=1, max_size=5), st.lists(text, max_size=5)),
     instruction=st.one_of(st.just(""), st.just(""), text),
     prompt_name=st.sampled_from(["", "", "", "query", "document", "nope"]),
-    dimensions=st.one_of(st.sampled_from([0, 0, 32, 48, 64]), st.sampled_from([1, 31, 65, 2**32 - 1]),
-                         st.integers(0, 2**32 - 1)),
+    dimensions=st.one_of(
+        st.sampled_from([0, 0, 32, 48, 64]), st.sampled_from([1, 31, 65, 2**32 - 1]), st.integers(0, 2**32 - 1)
+    ),
     normalize=st.one_of(st.none(), st.booleans()),
     truncate=st.one_of(st.integers(0, 2), st.integers(0, 4)),
-    encoding=st.one_of(st.integers(0, 3), st.integers(0, 5)),
+    encoding=st.one_of(st.integers(0, 5), st.integers(0, 7)),
     request_id=st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
 )
 
@@ -138,8 +149,13 @@ def test_schemathesis_openapi(schema: Any, facade: Facade, served_model: dict[st
         if operation.label in SCHEMA_CHECKED:
             checks += [status_code_conformance, content_type_conformance, response_schema_conformance]
 
-        @settings(max_examples=40 if operation.label in BODY_ROUTES else 3, deadline=None,
-                  database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=40 if operation.label in BODY_ROUTES else 3,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy(generation_mode=generation), use_model=st.booleans())
         def check(case: Any, use_model: bool) -> None:
             if use_model and isinstance(case.body, dict) and "model" in case.body:

@@ -97,9 +97,7 @@ def test_dimensions_normalize_and_encodings(stub) -> None:  # type: ignore[no-un
 
 
 def test_32_concurrent_clients_get_their_own_vectors(facade: Facade, stub) -> None:  # type: ignore[no-untyped-def]
-    texts = [
-        [f"client {c} sentence {k}: {'lorem ipsum ' * (c % 7)}" for k in range(1 + c % 4)] for c in range(32)
-    ]
+    texts = [[f"client {c} sentence {k}: {'lorem ipsum ' * (c % 7)}" for k in range(1 + c % 4)] for c in range(32)]
     expected = [[vectors(embed(stub, [t]))[0] for t in group] for group in texts]
     barrier = threading.Barrier(32)
 
@@ -116,9 +114,7 @@ def test_32_concurrent_clients_get_their_own_vectors(facade: Facade, stub) -> No
 
 
 def test_tokenize_counts_equal_usage(stub) -> None:  # type: ignore[no-untyped-def]
-    tok = stub.Tokenize(
-        pb.TokenizeRequest(inputs=QUERIES, prompt_name="query", return_tokens=True), timeout=30
-    )
+    tok = stub.Tokenize(pb.TokenizeRequest(inputs=QUERIES, prompt_name="query", return_tokens=True), timeout=30)
     emb = embed(stub, QUERIES, prompt_name="query")
     assert tok.usage.prompt_tokens == emb.usage.prompt_tokens == sum(i.count for i in tok.inputs)
     assert all(i.ids[-1] == 151643 and len(i.tokens) == i.count for i in tok.inputs)
@@ -213,9 +209,6 @@ def test_health_and_reflection(facade: Facade, channel: grpc.Channel) -> None:
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
     assert health_status(facade.target) == health_pb2.HealthCheckResponse.SERVING
-    assert (
-        health_status(facade.target, "embedding.v1.EmbeddingService")
-        == health_pb2.HealthCheckResponse.SERVING
-    )
+    assert health_status(facade.target, "embedding.v1.EmbeddingService") == health_pb2.HealthCheckResponse.SERVING
     services = ProtoReflectionDescriptorDatabase(channel).get_services()
     assert "embedding.v1.EmbeddingService" in services and "grpc.health.v1.Health" in services

@@ -35,8 +35,10 @@ class GoodTraffic:
         self.stop = threading.Event()
         self.ok: Counter[str] = Counter()
         self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self._grpc, daemon=True),
-                        threading.Thread(target=self._http, daemon=True)]
+        self.threads = [
+            threading.Thread(target=self._grpc, daemon=True),
+            threading.Thread(target=self._http, daemon=True),
+        ]
 
     def _check(self, api: str, got: np.ndarray, picked: list[int]) -> None:
         for row, i in zip(got, picked, strict=True):
@@ -79,9 +81,7 @@ def model_name(facade: Facade) -> str:
 
 @pytest.fixture(scope="module")
 def stub(facade: Facade) -> Iterator[object]:
-    with grpc.insecure_channel(
-        facade.target, options=[("grpc.max_send_message_length", 128 * 1024 * 1024)]
-    ) as channel:
+    with grpc.insecure_channel(facade.target, options=[("grpc.max_send_message_length", 128 * 1024 * 1024)]) as channel:
         yield facade.stub(channel)
 
 
@@ -126,12 +126,28 @@ def grpc_error(stub, request: pb.EmbedRequest, timeout: float = 60) -> grpc.RpcE
         ({"inputs": ["x"], "prompt_name": "<|endoftext|>"}, "unknown prompt_name"),
         ({"inputs": ["x"], "instruction": "y" * MB10}, "more than the model's limit"),
     ],
-    ids=["empty-list", "empty-string", "empty-among-valid", "10MB-one-word", "10MB-words", "10MB-spaces-truncated",
-         "100k-inputs", "huge-dimensions", "tiny-dimensions", "bad-truncate", "bad-encoding", "special-prompt-name",
-         "10MB-instruction"],
+    ids=[
+        "empty-list",
+        "empty-string",
+        "empty-among-valid",
+        "10MB-one-word",
+        "10MB-words",
+        "10MB-spaces-truncated",
+        "100k-inputs",
+        "huge-dimensions",
+        "tiny-dimensions",
+        "bad-truncate",
+        "bad-encoding",
+        "special-prompt-name",
+        "10MB-instruction",
+    ],
 )
-def test_grpc_hostile_gets_invalid_argument(stub, traffic: GoodTraffic, request_kwargs: dict[str, object],  # type: ignore[no-untyped-def]
-                                             needle: str) -> None:
+def test_grpc_hostile_gets_invalid_argument(
+    stub,
+    traffic: GoodTraffic,
+    request_kwargs: dict[str, object],  # type: ignore[no-untyped-def]
+    needle: str,
+) -> None:
     err = grpc_error(stub, pb.EmbedRequest(**request_kwargs))  # type: ignore[arg-type]
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
     assert needle in err.details()
@@ -144,8 +160,11 @@ def test_grpc_message_over_the_limit_is_resource_exhausted(stub, traffic: GoodTr
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (err.code(), err.details())
 
 
-def test_grpc_valid_oddities_get_the_reference_vector(stub, traffic: GoodTraffic,  # type: ignore[no-untyped-def]
-                                                      reference: SentenceTransformer) -> None:
+def test_grpc_valid_oddities_get_the_reference_vector(
+    stub,
+    traffic: GoodTraffic,  # type: ignore[no-untyped-def]
+    reference: SentenceTransformer,
+) -> None:
     """Whitespace-only, control characters and text that spells special tokens are valid input: each gets
     the vector sentence-transformers gives the same text, in a mixed batch equal to single calls."""
     texts = WHITESPACE_TEXTS + CONTROL_TEXTS + SPECIAL_TEXTS
@@ -162,8 +181,9 @@ def test_grpc_valid_oddities_get_the_reference_vector(stub, traffic: GoodTraffic
     assert cut.usage.prompt_tokens == 512 and len(cut.embeddings[0].values) == 64
 
 
-def post(facade: Facade, content: bytes, content_type: str | None = "application/json",
-         path: str = "/v1/embeddings") -> httpx.Response:
+def post(
+    facade: Facade, content: bytes, content_type: str | None = "application/json", path: str = "/v1/embeddings"
+) -> httpx.Response:
     headers = {"content-type": content_type} if content_type else {}
     return httpx.post(f"{facade.base_url}{path}", content=content, headers=headers, timeout=120)
 
@@ -222,8 +242,13 @@ def test_http_hostile_bodies(facade: Facade, model_name: str, traffic: GoodTraff
         except AssertionError as exc:
             raise AssertionError(f"body {content[:80]!r}: {exc}") from None
 
-    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-                         "application/xml", None):
+    for content_type in (
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        None,
+    ):
         assert_error(post(facade, body(input="x"), content_type), 415)
     assert_error(post(facade, b'{"a": 1}', path="/v1/nothing"), 404)
     r = httpx.get(f"{facade.base_url}/v1/embeddings")
@@ -236,8 +261,9 @@ def test_http_hostile_bodies(facade: Facade, model_name: str, traffic: GoodTraff
             yield b"y" * (1024 * 1024)
         yield b'"}'
 
-    r = httpx.post(f"{facade.base_url}/v1/embeddings", content=chunks(),
-                   headers={"content-type": "application/json"}, timeout=120)
+    r = httpx.post(
+        f"{facade.base_url}/v1/embeddings", content=chunks(), headers={"content-type": "application/json"}, timeout=120
+    )
     assert_error(r, 413, "limit")
 
 
@@ -256,8 +282,11 @@ def test_http_valid_oddities(facade: Facade, model_name: str, stub, traffic: Goo
     # A charset parameter is accepted; an unknown field is a 400 naming it (as OpenAI answers).
     r = post(facade, f'{{"model": "{model_name}", "input": "x"}}'.encode(), "application/json; charset=utf-8")
     assert r.status_code == 200
-    r = post(facade, f'{{"model": "{model_name}", "input": "x", "unknown": {{"deep": [1]}}}}'.encode(),
-             "application/json; charset=utf-8")
+    r = post(
+        facade,
+        f'{{"model": "{model_name}", "input": "x", "unknown": {{"deep": [1]}}}}'.encode(),
+        "application/json; charset=utf-8",
+    )
     assert r.status_code == 400 and "unknown" in r.json()["error"]["message"]
 
 

@@ -33,7 +33,6 @@ from tests.service.test_supervision import (
 HANG_S = 4  # the tests' triton_hang_s; the default is 30
 
 
-
 @pytest.fixture
 def repo(model_repository: Path, tmp_path: Path) -> Path:
     return copy_repository(model_repository, tmp_path / "model_repository")
@@ -129,9 +128,7 @@ def test_stub_stuck_without_cpu_is_found_by_the_probe_and_triton_is_replaced(
         log = facade.log()
         assert "Triton's model is hung (qwen3_embedding (no progress for" in log, log[-3000:]
     # Bound: the probe is sent within hang_s / 3 (+ a poll) of the last progress, judged hang_s later.
-    print(
-        f"\nstub stuck (hang_s {HANG_S}): NOT_SERVING after {unready_after:.1f} s, SERVING after {back_after:.1f} s"
-    )
+    print(f"\nstub stuck (hang_s {HANG_S}): NOT_SERVING after {unready_after:.1f} s, SERVING after {back_after:.1f} s")
 
 
 def test_busy_model_is_not_restarted(repo: Path, tmp_path: Path, reference: Any) -> None:

@@ -148,9 +148,11 @@ def test_a_reranker_only_repository_serves_rerank_with_the_reference_scores(
         assert info.model == "" and info.dimensions == 0  # no embedding model: the top-level fields stay empty
         reference = Reference(dev_reranker_dir, described.max_input_tokens)
         for instruction, query, documents in CASES:
-            body = {"query": query, "documents": documents, "instruction": instruction} if instruction else {
-                "query": query, "documents": documents
-            }
+            body = (
+                {"query": query, "documents": documents, "instruction": instruction}
+                if instruction
+                else {"query": query, "documents": documents}
+            )
             response = httpx.post(f"{facade.base_url}/v1/rerank", json=body, timeout=60)
             assert response.status_code == 200, response.text
             got = np.zeros(len(documents))

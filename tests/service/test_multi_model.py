@@ -84,8 +84,10 @@ def test_each_model_returns_its_own_vectors(stub, reference: SentenceTransformer
     alt_response = embed(stub, TEXTS, prompt_name="query", model="Qwen3-Embedding-Alt")
     alt = vectors(alt_response)
     assert default.shape == (3, 64) and alt.shape == (3, 96) and alt_response.model == "Qwen3-Embedding-Alt"
-    for ours, ref in ((default, reference.encode(TEXTS, prompt_name="query")),
-                      (alt, alt_reference.encode(TEXTS, prompt_name="query"))):
+    for ours, ref in (
+        (default, reference.encode(TEXTS, prompt_name="query")),
+        (alt, alt_reference.encode(TEXTS, prompt_name="query")),
+    ):
         for a, b in zip(ours, ref, strict=True):
             assert cosine(a, b) >= 0.99999
     # The Triton name works as well as the served name.

@@ -5,6 +5,7 @@ disturb the other tests."""
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -62,10 +63,7 @@ def test_api_keys(guarded: Facade) -> None:
     assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
     assert KEYS[0] not in denied.text
     assert httpx.get(f"{guarded.base_url}/health/ready").status_code == 200  # exempt
-    assert (
-        httpx.get(f"{guarded.base_url}/v1/models", headers={"authorization": f"Bearer {KEYS[0]}"}).status_code
-        == 200
-    )
+    assert httpx.get(f"{guarded.base_url}/v1/models", headers={"authorization": f"Bearer {KEYS[0]}"}).status_code == 200
 
 
 def test_overload_at_4x_capacity_is_rejected_cleanly(guarded: Facade) -> None:
@@ -74,9 +72,7 @@ def test_overload_at_4x_capacity_is_rejected_cleanly(guarded: Facade) -> None:
     texts = [[f"caller {c} text {k} " + "padding words " * (20 + 10 * c) for k in range(8)] for c in range(8)]
     with grpc.insecure_channel(guarded.target) as channel:
         stub = guarded.stub(channel)
-        expected = [
-            vectors(stub.Embed(pb.EmbedRequest(inputs=t), metadata=auth(), timeout=60)) for t in texts
-        ]
+        expected = [vectors(stub.Embed(pb.EmbedRequest(inputs=t), metadata=auth(), timeout=60)) for t in texts]
     codes: Counter[str] = Counter()
     lock = threading.Lock()
     barrier = threading.Barrier(8)
@@ -121,6 +117,39 @@ def test_overload_at_4x_capacity_is_rejected_cleanly(guarded: Facade) -> None:
     assert limited.headers["retry-after"] and limited.json()["error"]["type"] == "rate_limit_error"
 
 
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/embeddings"])
+def test_embeddings_routes_are_gated_alike(guarded: Facade, path: str) -> None:
+    """Infinity's /embeddings passes the same gate and admission as /v1/embeddings: 401 without a key, 413 over
+    the body budget, 429 (with Retry-After) when the two slots are taken, and the vectors of its own inputs."""
+    url = f"{guarded.base_url}{path}"
+    headers = {"authorization": f"Bearer {KEYS[0]}"}
+    denied = httpx.post(url, json={"model": "x", "input": "x"})
+    assert denied.status_code == 401 and denied.json()["error"]["code"] == "invalid_api_key"
+    model = httpx.get(f"{guarded.base_url}/v1/models", headers=headers).json()["data"][0]["id"]
+    too_big = httpx.post(url, json={"model": model, "input": ["x" * 1_000_000] * 17}, headers=headers, timeout=60)
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] is not None
+    texts = [f"text {k} " + "padding words " * 90 for k in range(8)]
+    body = {"model": model, "input": texts, "encoding_format": "base64", "embedding_type": "int8"}
+
+    def http_call(_: int) -> httpx.Response:
+        return httpx.post(url, json=body, headers=headers, timeout=60)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(http_call, range(16)))
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {200, 429} and statuses[429] > 0 and statuses[200] > 0, statuses
+    limited = next(r for r in responses if r.status_code == 429)
+    assert limited.headers["retry-after"] and limited.json()["error"]["type"] == "rate_limit_error"
+    with grpc.insecure_channel(guarded.target) as channel:
+        want = guarded.stub(channel).Embed(
+            pb.EmbedRequest(inputs=texts, encoding=pb.ENCODING_INT8), metadata=auth(), timeout=60
+        )
+    packed = [e.packed for e in want.embeddings]
+    for r in responses:
+        if r.status_code == 200:
+            assert [base64.b64decode(d["embedding"]) for d in r.json()["data"]] == packed
+
+
 def test_triton_down_and_back(guarded: Facade, own_triton: TritonProcess, model_repository: Path) -> None:
     with grpc.insecure_channel(guarded.target) as channel:
         stub = guarded.stub(channel)
@@ -136,9 +165,7 @@ def test_triton_down_and_back(guarded: Facade, own_triton: TritonProcess, model_
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         headers = {"authorization": f"Bearer {KEYS[0]}"}
         model = httpx.get(f"{guarded.base_url}/v1/models", headers=headers).json()["data"][0]["id"]
-        down = httpx.post(
-            f"{guarded.base_url}/v1/embeddings", json={"model": model, "input": "x"}, headers=headers
-        )
+        down = httpx.post(f"{guarded.base_url}/v1/embeddings", json={"model": model, "input": "x"}, headers=headers)
         assert down.status_code == 503 and down.json()["error"]["type"] == "service_unavailable"
 
         # Same ports again: the facade reconnects by itself, no restart.

@@ -105,9 +105,7 @@ def test_ghz_configs_decode_into_valid_requests(facade: Facade, name: str) -> No
     service, method = config["call"].rsplit(".", 1)
     assert service == "embedding.v1.EmbeddingService" and method == "Embed"
     if "proto" in config:
-        assert (
-            path.parent / config["proto"]
-        ).resolve() == ROOT / "proto" / "embedding" / "v1" / "embedding.proto"
+        assert (path.parent / config["proto"]).resolve() == ROOT / "proto" / "embedding" / "v1" / "embedding.proto"
         for include in config["import-paths"]:
             assert (path.parent / include).is_dir()
     # ghz template functions ({{.RequestNumber}}) are filled per call; give them a value.

@@ -52,8 +52,9 @@ def _name(common: str) -> x509.Name:
 
 def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> tuple[Path, Path]:
     path.with_suffix(".crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    path.with_suffix(".key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return path.with_suffix(".crt"), path.with_suffix(".key")
 
 
@@ -61,35 +62,59 @@ def _ca(common: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(_name(common)).issuer_name(_name(common))
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(_name(common))
+        .issuer_name(_name(common))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return key, cert
 
 
-def _leaf(common: str, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, server: bool
-          ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def _leaf(
+    common: str, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, server: bool
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     builder = (
-        x509.CertificateBuilder().subject_name(_name(common)).issuer_name(ca_cert.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(_name(common))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(
-            [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
     if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
     return key, builder.sign(ca_key, hashes.SHA256())
 
 
@@ -106,8 +131,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(ca, server_cert, server_key, client_cert, client_key, rogue_ca, rogue_cert, rogue_client_key)
 
 
-def secure_channel(target: str, root: Path | None, cert: Path | None = None, key: Path | None = None
-                   ) -> grpc.Channel:
+def secure_channel(target: str, root: Path | None, cert: Path | None = None, key: Path | None = None) -> grpc.Channel:
     creds = grpc.ssl_channel_credentials(
         root_certificates=root.read_bytes() if root else None,
         private_key=key.read_bytes() if key else None,
@@ -143,10 +167,15 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tls_facade(model_repository: Path, triton: TritonProcess, logs_dir: Path, pki: Pki, keys_file: Path
-               ) -> Iterator[Facade]:
-    env = {"QWEN3_EMBED_TLS_CERT": str(pki.server_cert), "QWEN3_EMBED_TLS_KEY": str(pki.server_key),
-           "QWEN3_EMBED_API_KEYS_FILE": str(keys_file), "QWEN3_EMBED_METRICS_PORT": str(OPS_PORTS["tls"])}
+def tls_facade(
+    model_repository: Path, triton: TritonProcess, logs_dir: Path, pki: Pki, keys_file: Path
+) -> Iterator[Facade]:
+    env = {
+        "QWEN3_EMBED_TLS_CERT": str(pki.server_cert),
+        "QWEN3_EMBED_TLS_KEY": str(pki.server_key),
+        "QWEN3_EMBED_API_KEYS_FILE": str(keys_file),
+        "QWEN3_EMBED_METRICS_PORT": str(OPS_PORTS["tls"]),
+    }
     with run_facade(model_repository, triton.grpc_url, logs_dir, env=env, wait_serving=False) as facade:
         wait_serving_tls(facade, pki, mtls=False)
         yield facade
@@ -154,8 +183,12 @@ def tls_facade(model_repository: Path, triton: TritonProcess, logs_dir: Path, pk
 
 @pytest.fixture(scope="module")
 def mtls_facade(model_repository: Path, triton: TritonProcess, logs_dir: Path, pki: Pki) -> Iterator[Facade]:
-    env = {"QWEN3_EMBED_TLS_CERT": str(pki.server_cert), "QWEN3_EMBED_TLS_KEY": str(pki.server_key),
-           "QWEN3_EMBED_TLS_CLIENT_CA": str(pki.ca), "QWEN3_EMBED_METRICS_PORT": str(OPS_PORTS["mtls"])}
+    env = {
+        "QWEN3_EMBED_TLS_CERT": str(pki.server_cert),
+        "QWEN3_EMBED_TLS_KEY": str(pki.server_key),
+        "QWEN3_EMBED_TLS_CLIENT_CA": str(pki.ca),
+        "QWEN3_EMBED_METRICS_PORT": str(OPS_PORTS["mtls"]),
+    }
     with run_facade(model_repository, triton.grpc_url, logs_dir, env=env, wait_serving=False) as facade:
         wait_serving_tls(facade, pki, mtls=True)
         yield facade
@@ -182,13 +215,17 @@ def test_grpc_tls_works_with_the_ca_and_fails_without(tls_facade: Facade, pki: P
     with secure_channel(tls_facade.target, pki.ca) as channel:
         got = vectors(tls_facade.stub(channel).Embed(request, metadata=bearer(KEYS[1]), timeout=30))[0]
     assert cosine(got, plain_vector) >= 0.99999
-    for channel in (secure_channel(tls_facade.target, None),  # system roots do not know our CA
-                    secure_channel(tls_facade.target, pki.rogue_ca),
-                    grpc.insecure_channel(tls_facade.target)):  # plaintext to a TLS port
+    for channel in (
+        secure_channel(tls_facade.target, None),  # system roots do not know our CA
+        secure_channel(tls_facade.target, pki.rogue_ca),
+        grpc.insecure_channel(tls_facade.target),
+    ):  # plaintext to a TLS port
         with channel:
             stub = tls_facade.stub(channel)
-            assert fails(lambda s=stub: s.Embed(request, metadata=bearer(KEYS[0]), timeout=10)) \
+            assert (
+                fails(lambda s=stub: s.Embed(request, metadata=bearer(KEYS[0]), timeout=10))
                 == grpc.StatusCode.UNAVAILABLE
+            )
 
 
 def test_api_keys_from_a_file(tls_facade: Facade, pki: Pki) -> None:
@@ -197,8 +234,14 @@ def test_api_keys_from_a_file(tls_facade: Facade, pki: Pki) -> None:
         stub = tls_facade.stub(channel)
         for key in KEYS:
             assert stub.Embed(request, metadata=bearer(key), timeout=30).embeddings
-        for metadata in (None, bearer(COMMENTED_KEY), bearer(f"# {COMMENTED_KEY}"), bearer(KEYS[0] + "x"),
-                         bearer(""), bearer(f"# revoked: {COMMENTED_KEY}")):
+        for metadata in (
+            None,
+            bearer(COMMENTED_KEY),
+            bearer(f"# {COMMENTED_KEY}"),
+            bearer(KEYS[0] + "x"),
+            bearer(""),
+            bearer(f"# revoked: {COMMENTED_KEY}"),
+        ):
             with pytest.raises(grpc.RpcError) as err:
                 stub.Embed(request, metadata=metadata, timeout=10)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -229,14 +272,17 @@ def test_http_tls(tls_facade: Facade, pki: Pki, plain_vector: np.ndarray) -> Non
             raise httpx.RemoteProtocolError("refused")
 
 
-def test_mtls_requires_a_client_certificate_from_the_ca(mtls_facade: Facade, pki: Pki,
-                                                        plain_vector: np.ndarray) -> None:
+def test_mtls_requires_a_client_certificate_from_the_ca(
+    mtls_facade: Facade, pki: Pki, plain_vector: np.ndarray
+) -> None:
     request = pb.EmbedRequest(inputs=[SECRET_TEXT])
     with secure_channel(mtls_facade.target, pki.ca, pki.client_cert, pki.client_key) as channel:
         got = vectors(mtls_facade.stub(channel).Embed(request, timeout=30))[0]
     assert cosine(got, plain_vector) >= 0.99999
-    for channel in (secure_channel(mtls_facade.target, pki.ca),  # no client certificate
-                    secure_channel(mtls_facade.target, pki.ca, pki.rogue_cert, pki.rogue_key)):  # wrong CA
+    for channel in (
+        secure_channel(mtls_facade.target, pki.ca),  # no client certificate
+        secure_channel(mtls_facade.target, pki.ca, pki.rogue_cert, pki.rogue_key),
+    ):  # wrong CA
         with channel:
             stub = mtls_facade.stub(channel)
             assert fails(lambda s=stub: s.Embed(request, timeout=10)) == grpc.StatusCode.UNAVAILABLE

@@ -220,9 +220,7 @@ def test_a_burst_of_http_connections_is_spread_over_the_workers(workers: Workers
                 chunk = sock.recv(65536)
                 assert chunk, "connection closed before a response"
                 head += chunk
-            headers = dict(
-                line.split(": ", 1) for line in head.split(b"\r\n\r\n")[0].decode().split("\r\n")[1:]
-            )
+            headers = dict(line.split(": ", 1) for line in head.split(b"\r\n\r\n")[0].decode().split("\r\n")[1:])
             pids.append(int(headers["x-worker-pid"]))
     finally:
         for sock in socks:

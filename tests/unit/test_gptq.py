@@ -29,8 +29,11 @@ def test_matmul_nbits_equals_the_dequantized_weights(bits: int, k: int, n: int, 
     node = helper.make_node("MatMul", ["A", "W"], ["Y"], name="mm")
     new, inits = matmul_nbits(node, codes, scales, zeros, bits, block)
     graph = helper.make_graph(
-        [new], "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, k])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, n])], inits,
+        [new],
+        "g",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, n])],
+        inits,
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     model = helper.make_model(graph, opset_imports=opsets)

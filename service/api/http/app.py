@@ -41,7 +41,7 @@ def build_app(lifecycle: Lifecycle, settings: Settings) -> ASGIApp:
         title="Qwen3-Embedding service",
         version=__version__,
         description="OpenAI-compatible embeddings over NVIDIA Triton. Extensions: instruction, prompt_name, "
-        "input_type, truncate, normalize.",
+        "input_type, truncate, normalize, and the vLLM / NIM / Jina / Infinity fields of docs/clients.md.",
     )
     ctx = HttpContext(lifecycle, settings)
     app.state.ctx = ctx

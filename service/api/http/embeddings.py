@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
 from typing import Any
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service.api.http.peer_fields import WireFormat, params_from_request, split_model_suffix, wire_format
 from service.api.http.schemas import EmbeddingsRequest, EmbeddingsResponse
 from service.api.http.token_ids import check_token_ids_allowed
 from service.api.http.wire import (
@@ -23,42 +25,14 @@ from service.api.http.wire import (
     request_body,
 )
 from service.api.info import info_fields
-from service.errors import ErrorKind, ServiceError, invalid
+from service.errors import ErrorKind, ServiceError
 from service.model_identity import identity_fields
 from service.models import Models
 from service.pipeline.embedder import Embedder
-from service.pipeline.encoding import float32_base64
+from service.pipeline.encoding import float_bytes, pack
 from service.pipeline.inference import ServedModel
-from service.pipeline.params import EmbedParams, Truncate
+from service.pipeline.params import EmbedParams, Encoding
 from service.pipeline.postprocess import check_dimensions
-
-
-def params_from_openai(body: EmbeddingsRequest) -> EmbedParams:
-    raw = body.input
-    texts: tuple[str, ...] = ()
-    ids: tuple[tuple[int, ...], ...] = ()
-    if isinstance(raw, str):
-        texts = (raw,)
-    elif raw and all(isinstance(x, int) for x in raw):
-        ids = (tuple(raw),)  # type: ignore[arg-type]
-    elif raw and all(isinstance(x, list) for x in raw):
-        ids = tuple(tuple(x) for x in raw)  # type: ignore[arg-type,union-attr]
-    else:
-        texts = tuple(raw)  # type: ignore[arg-type]
-    prompt_name = body.prompt_name or ""
-    if body.input_type is not None:
-        if body.prompt_name:
-            raise invalid("set either input_type or prompt_name", "input_type")
-        prompt_name = "query" if body.input_type == "query" else ""
-    return EmbedParams(
-        texts=texts,
-        token_ids=ids,
-        instruction=body.instruction or "",
-        prompt_name=prompt_name,
-        dimensions=body.dimensions or 0,
-        normalize=body.normalize,
-        truncate=Truncate(body.truncate),
-    )
 
 
 def model_card(model: ServedModel) -> dict[str, Any]:
@@ -78,38 +52,61 @@ def model_card(model: ServedModel) -> dict[str, Any]:
 router = APIRouter()
 
 
-@router.post(
-    "/v1/embeddings",
-    response_model=EmbeddingsResponse,
-    responses=ERROR_RESPONSES,
-    openapi_extra=request_body(EmbeddingsRequest),
-)
 async def embeddings(request: Request) -> Response:
+    """OpenAI's embeddings with the peers' extension fields (peer_fields.py); also Infinity's `/embeddings`."""
     ctx: HttpContext = request.app.state.ctx
     # The whole body is read and parsed before admission: a client sending slowly holds no slot (its own
     # bounds are the connection's request deadline and the connection cap, service/api/http/server.py).
     req = parse_json(EmbeddingsRequest, await read_body(request, ctx.settings))
+    wire = wire_format(req)
 
     async def parse(models: Models) -> tuple[EmbedParams, Embedder]:
-        embedder = models.embedder(req.model)  # OpenAI's model is required: it picks the model
+        name, suffix_type = split_model_suffix(req.model, lambda n: models.find(n) is not None)
+        embedder = models.embedder(name)  # OpenAI's model is required: it picks the model
         if req.dimensions is not None:  # HTTP has no "0 = full" (OpenAI's dimensions is positive)
             info = embedder.info
             check_dimensions(req.dimensions, info.min_dimensions, info.hidden_size, zero_means_full=False)
-        params = check_token_ids_allowed(params_from_openai(req), ctx.settings)
-        return replace(params, model=embedder.info.triton_name), embedder
+        params = check_token_ids_allowed(params_from_request(req, suffix_type), ctx.settings)
+        return replace(params, model=embedder.info.triton_name, encoding=wire.encoding), embedder
 
     embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
     result = embedded.result
-    body = embeddings_json(result.vectors, req.encoding_format, embedded.model, result.prompt_tokens)
+    body = embeddings_json(result.vectors, wire, embedded.model, result.prompt_tokens)
     return Response(body, media_type=JSON)
 
 
-def embeddings_json(vectors: np.ndarray, encoding_format: str, model: str, prompt_tokens: int) -> bytes:
-    """The embeddings response body. Floats go from numpy to JSON in one call (json_bytes), not one Python
-    float at a time, widened to float64 first: the numbers written are those json.dumps(vectors.tolist())
-    writes (the shortest text that reads back as the same double, hence as the same float32)."""
-    data: Any = [float32_base64(v) for v in vectors] if encoding_format == "base64" else vectors.astype(np.float64)
-    items = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)]
+for _path in ("/v1/embeddings", "/embeddings"):  # Infinity serves the OpenAI shape without /v1
+    router.add_api_route(
+        _path,
+        embeddings,
+        methods=["POST"],
+        response_model=EmbeddingsResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=request_body(EmbeddingsRequest),
+    )
+
+
+def _rows(vectors: np.ndarray, wire: WireFormat) -> list[Any]:
+    """Each row as the wire wants it: base64 text of its bytes, or JSON numbers (floats widened to float64 so
+    orjson writes the shortest text that reads back as the same float32; packed bytes as their integers)."""
+    if wire.encoding is Encoding.FLOAT:
+        if not wire.base64:
+            return list(vectors.astype(np.float64))
+        rows = float_bytes(vectors, wire.float_dtype, wire.byteorder)
+    else:
+        rows = pack(vectors, wire.encoding)
+        if not wire.base64:
+            dtype = np.uint8 if wire.encoding in (Encoding.UINT8, Encoding.UBINARY) else np.int8
+            return [np.frombuffer(r, dtype=dtype) for r in rows]
+    return [base64.b64encode(r).decode("ascii") for r in rows]
+
+
+def embeddings_json(vectors: np.ndarray, wire: WireFormat | str, model: str, prompt_tokens: int) -> bytes:
+    """The embeddings response body (`wire` may be an OpenAI encoding_format, "float" or "base64"). Floats go
+    from numpy to JSON in one call (json_bytes), not one Python float at a time."""
+    if isinstance(wire, str):
+        wire = WireFormat(base64=wire == "base64")
+    items = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(_rows(vectors, wire))]
     payload = {
         "object": "list",
         "data": items,

@@ -13,6 +13,7 @@ from service.errors import ErrorKind
 
 KNOWN_PATHS = {
     "/v1/embeddings",
+    "/embeddings",
     "/v1/rerank",
     "/rerank",
     "/v1/models",

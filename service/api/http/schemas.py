@@ -13,14 +13,18 @@ STRICT = ConfigDict(extra="forbid", strict=True)
 class EmbeddingsRequest(BaseModel):
     # As OpenAI's own API: an unknown parameter is a 400 naming it (a client relying on another server's
     # extension learns it is not applied), and types are strict (no "64" for 64, no true for token id 1).
+    # The peers' fields below carry the peer's meaning (docs/clients.md, "Drop-in for peers' clients");
+    # service/api/http/peer_fields.py turns them into the request.
     model_config = ConfigDict(extra="forbid", strict=True)
 
     input: str | list[str] | list[int] | list[list[int]] = Field(
         description="Text, texts, token ids, or lists of token ids"
     )
-    model: str = Field(description="The served model name (see GET /v1/models)")
-    encoding_format: Literal["float", "base64"] = Field(
-        "float", description="base64 = little-endian float32 bytes, as OpenAI encodes them"
+    model: str = Field(
+        description="The served model name (see GET /v1/models); NIM: a '-query' / '-passage' suffix sets input_type"
+    )
+    encoding_format: Literal["float", "base64"] | None = Field(
+        None, description="float (default) = JSON numbers; base64 = the bytes of embedding_type / embed_dtype"
     )
     dimensions: int | None = Field(None, description="Matryoshka dimension; the vector is re-normalised")
     user: str | None = Field(None, description="Accepted and ignored")
@@ -28,18 +32,47 @@ class EmbeddingsRequest(BaseModel):
     instruction: str | None = Field(None, description="Task instruction: 'Instruct: {instruction}\\nQuery:{text}'")
     prompt_name: str | None = Field(None, description="A named prompt of the model: 'query' or 'document'")
     input_type: Literal["query", "passage", "document"] | None = Field(
-        None, description="NIM-style alias: query -> prompt 'query', passage/document -> no prompt"
+        None, description="NIM: query -> prompt 'query', passage/document -> no prompt"
     )
-    truncate: Literal["NONE", "END", "START"] = Field(
-        "NONE", description="NONE rejects inputs over the model's limit; END/START cut them"
+    truncate: Literal["NONE", "END", "START"] | bool | None = Field(
+        None,
+        description="NONE (default) rejects inputs over the model's limit; END/START cut them (NIM). "
+        "Jina: true = END, false = NONE",
     )
-    normalize: bool = Field(True, description="L2-normalise (after the dimension cut)")
+    normalize: bool | None = Field(None, description="L2-normalise (after the dimension cut); default true")
+    # NIM / Jina
+    embedding_type: Literal["float", "base64", "int8", "uint8", "binary", "ubinary"] | None = Field(
+        None,
+        description="float (default); int8 / uint8 / binary / ubinary = packed, as sentence-transformers "
+        "(int8/uint8 with the fixed range [-1, 1]); Jina's base64 = base64 float32",
+    )
+    task: str | None = Field(None, description="Jina: retrieval.query or retrieval.passage (others are refused)")
+    normalized: bool | None = Field(None, description="Jina's name for normalize")
+    late_chunking: bool | None = Field(None, description="Jina: only false (late chunking is not done here)")
+    modality: str | list[str] | None = Field(None, description="NIM / Infinity: only 'text'")
+    # vLLM
+    truncate_prompt_tokens: int | None = Field(
+        None, ge=-1, description="vLLM: cut each input to this many tokens (template and EOS included); -1 = the limit"
+    )
+    truncation_side: Literal["left", "right"] | None = Field(
+        None, description="vLLM: right (default) keeps the first tokens, left the last (the instruction stays)"
+    )
+    embed_dtype: Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"] | None = Field(
+        None, description="vLLM: the float type of base64 output: float32 (default), float16, bfloat16; fp8 refused"
+    )
+    endianness: Literal["native", "little", "big"] | None = Field(
+        None, description="vLLM: byte order of base64 floats; native = the server's = little"
+    )
+    use_activation: bool | None = Field(None, description="vLLM: for embeddings, the same as normalize")
+    add_special_tokens: bool | None = Field(
+        None, description="vLLM: only true (Qwen3-Embedding pools the EOS token it adds)"
+    )
 
 
 class EmbeddingData(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str
 
 
 class Usage(BaseModel):

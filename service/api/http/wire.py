@@ -74,6 +74,9 @@ def validation_error(exc: ValidationError) -> ServiceError:
         return unknown_parameters([str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden"])
     if first["type"] == "json_invalid":
         return invalid("the request body is not valid JSON (or not UTF-8)")
+    if first["type"] == "literal_error" and isinstance(first.get("input"), str):
+        # Name the value sent as well as the ones allowed (vLLM's clients look for both).
+        message = f"{message}, got {first['input'][:64]!r} (literal_error)"
     return invalid(f"{'.'.join(loc) or 'body'}: {message}", loc[0] if loc else None)
 
 
