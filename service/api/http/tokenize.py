@@ -26,7 +26,15 @@ from service.api.http.tei_schemas import (
     VllmTokenizeRequest,
 )
 from service.api.http.tei_wire import TeiError, empty, parse_tei, tei_errors
-from service.api.http.wire import ERROR_RESPONSES, HttpContext, json_response, parse_json, read_body
+from service.api.http.wire import (
+    ERROR_RESPONSES,
+    HttpContext,
+    inline_schema,
+    json_response,
+    parse_json,
+    read_body,
+    request_body,
+)
 from service.contract import ModelKind
 from service.errors import ErrorKind, ServiceError, invalid
 from service.models import Models
@@ -131,7 +139,19 @@ def shape_of(body: bytes) -> str:
     )
 
 
-@router.post("/tokenize", responses=ERROR_RESPONSES)
+TOKENIZE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"oneOf": [inline_schema(TeiTokenizeRequest), inline_schema(VllmTokenizeRequest)]}
+            }
+        },
+    }
+}
+
+
+@router.post("/tokenize", responses=ERROR_RESPONSES, openapi_extra=TOKENIZE_BODY)
 async def tokenize(request: Request) -> Response:
     """TEI's /tokenize (`inputs`) or vLLM's (`prompt`): the tokens the embedding route sends for the text."""
     ctx: HttpContext = request.app.state.ctx
@@ -153,13 +173,15 @@ async def tei_decode(request: Request) -> Response:
         raise
 
 
-@router.post("/decode", response_model=list[str], responses=ERROR_RESPONSES)
+@router.post(
+    "/decode", response_model=list[str], responses=ERROR_RESPONSES, openapi_extra=request_body(TeiDecodeRequest)
+)
 async def decode_tei(request: Request) -> Response:
     """TEI decode: ids (one list or a batch of lists) -> texts."""
     return await tei_errors(lambda: tei_decode(request))
 
 
-@router.post("/detokenize", responses=ERROR_RESPONSES)
+@router.post("/detokenize", responses=ERROR_RESPONSES, openapi_extra=request_body(VllmDetokenizeRequest))
 async def detokenize(request: Request) -> Response:
     """vLLM detokenize: {tokens} -> {prompt}."""
     ctx: HttpContext = request.app.state.ctx
