@@ -15,6 +15,7 @@ import pytest
 
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.triton.runtime import TritonProcess
+from tests.doc_pages import CLIENTS, code_blocks, section
 from tests.helpers import Facade, cosine, embed, run_facade, vectors
 
 TEXTS = ["What is Deep Learning?", "The capital of China is Beijing.", "数字 123，中文。", "def f(x): return x"]
@@ -154,7 +155,10 @@ def test_similarity_is_the_cosine_of_grpc_vectors(facade: Facade, stub: Any) -> 
 # -- refused routes, /info, /health --
 
 
-@pytest.mark.parametrize("path", ["/embed_all", "/embed_sparse", "/predict"])
+REFUSED_PATHS = ["/embed_all", "/embed_sparse", "/predict"]
+
+
+@pytest.mark.parametrize("path", REFUSED_PATHS)
 def test_routes_the_model_cannot_serve_are_424(facade: Facade, path: str) -> None:
     message = tei_error(post(facade, path, {"inputs": "test"}), 424, "backend")
     assert "not available" in message or "not a" in message or "SPLADE" in message
@@ -265,6 +269,24 @@ def test_huggingface_hub_inference_client(facade: Facade, stub: Any, monkeypatch
     np.testing.assert_allclose(scores, grpc_vectors[1:] @ grpc_vectors[0], atol=1e-5)
 
 
+def test_the_docs_python_block_runs(facade: Facade, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # loopback only (see the test above)
+    [code] = code_blocks(section(CLIENTS, "### TEI"), "python")
+    exec(compile(code.replace("http://localhost:8080", facade.base_url), f"{CLIENTS} (TEI)", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "(2, 32)" and len(printed[1].split(",")) == 2
+
+
+def test_the_docs_table_names_every_tei_route(facade: Facade) -> None:
+    table = section(CLIENTS, "### TEI")
+    for path in ("/embed", "/similarity", "/tokenize", "/decode", "/detokenize", "/rerank", "/info", "/health"):
+        assert f"`POST {path}" in table or f"`GET {path}" in table, path
+    for path in REFUSED_PATHS:
+        assert f"`POST {path}` | | refused" in table
+
+
 # -- auth, body budget, admission and token ids, per route, on a facade with keys and one slot --
 
 KEY = "tei-key-0123456789"
@@ -313,6 +335,17 @@ def test_guarded_limits_like_tei(guarded: Facade) -> None:
     tei_error(post(guarded, "/tokenize", {"inputs": ["a"] * 5}, headers=headers), 413, "validation", "limit of 4")
     ids = post(guarded, "/embed", {"inputs": [1, 2, 3]}, headers=headers)  # token ids are off by default
     tei_error(ids, 413, "validation", "token-id input is turned off")
+
+
+def test_guarded_inference_client_sends_its_key(guarded: Facade, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import InferenceClient, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # loopback only
+    assert InferenceClient(base_url=guarded.base_url, api_key=KEY).feature_extraction("x").shape == (1, 64)
+    with pytest.raises(HfHubHTTPError) as refused:
+        InferenceClient(base_url=guarded.base_url, api_key="wrong").feature_extraction("x")
+    assert refused.value.response.status_code == 401
 
 
 def test_guarded_admission_is_shared(guarded: Facade) -> None:
