@@ -16,10 +16,10 @@ from fastapi.responses import Response
 
 from service import __version__
 from service.api.http import tokenize
-from service.api.http.tei_schemas import Direction, TeiEmbedRequest, TeiSimilarityRequest
-from service.api.http.tei_wire import TeiError, empty, parse_tei, tei_error_response, tei_errors
+from service.api.http.tei_schemas import Direction, TeiEmbedRequest, TeiErrorResponse, TeiSimilarityRequest
+from service.api.http.tei_wire import TEI_ERROR_RESPONSES, TeiError, empty, parse_tei, tei_error_response, tei_errors
 from service.api.http.token_ids import check_token_ids_allowed
-from service.api.http.wire import ERROR_RESPONSES, HttpContext, disconnected, json_response, read_body, request_body
+from service.api.http.wire import HttpContext, disconnected, json_response, read_body, request_body
 from service.contract import ModelKind
 from service.lifecycle import EmbedOutcome
 from service.models import Models
@@ -94,7 +94,7 @@ router.include_router(tokenize.router)
 @router.post(
     "/embed",
     response_model=list[list[float]],
-    responses=ERROR_RESPONSES,
+    responses=TEI_ERROR_RESPONSES,
     openapi_extra=request_body(TeiEmbedRequest),
 )
 async def embed(request: Request) -> Response:
@@ -133,7 +133,7 @@ async def similarity_response(request: Request) -> Response:
 @router.post(
     "/similarity",
     response_model=list[float],
-    responses=ERROR_RESPONSES,
+    responses=TEI_ERROR_RESPONSES,
     openapi_extra=request_body(TeiSimilarityRequest),
 )
 async def similarity(request: Request) -> Response:
@@ -157,14 +157,21 @@ def refused_route(path: str, reason: str) -> None:
 
         return await tei_errors(answer)
 
-    router.add_api_route(path, refuse, methods=["POST"], summary=f"TEI {path}: refused", description=reason)
+    router.add_api_route(
+        path,
+        refuse,
+        methods=["POST"],
+        summary=f"TEI {path}: refused",
+        description=reason,
+        responses={424: {"model": TeiErrorResponse}},
+    )
 
 
 for _path, _reason in REFUSED.items():
     refused_route(_path, _reason)
 
 
-@router.get("/health", responses=ERROR_RESPONSES)
+@router.get("/health", responses=TEI_ERROR_RESPONSES)
 async def health(request: Request) -> Response:
     """TEI's health check: 200 with an empty body when ready, else 503 (TEI's `unhealthy` error)."""
     if request.app.state.ctx.lifecycle.state.ready:

@@ -84,3 +84,10 @@ class VllmDetokenizeRequest(BaseModel):
     model_config = STRICT
     tokens: list[int]
     model: str | None = None
+
+
+class TeiErrorResponse(BaseModel):
+    """TEI's error body (router/src/lib.rs ErrorResponse)."""
+
+    error: str
+    error_type: Literal["unhealthy", "backend", "overloaded", "validation", "tokenizer", "empty"]

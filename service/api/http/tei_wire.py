@@ -10,11 +10,12 @@ and keep the service's shape: TEI answers those without a JSON body at all, so n
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from service.api.http.tei_schemas import TeiErrorResponse
 from service.api.http.wire import MAX_MESSAGE_CHARS, parse_json
 from service.errors import ErrorKind, ServiceError
 
@@ -28,6 +29,10 @@ TEI_STATUS = {
     ErrorKind.DEADLINE_EXCEEDED: (504, "backend"),
     ErrorKind.CANCELLED: (499, "backend"),
     ErrorKind.INTERNAL: (424, "backend"),
+}
+# The OpenAPI description of the TEI routes' errors; 401, 413 and 415 from the gate keep the service's shape.
+TEI_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": TeiErrorResponse} for code in (400, 413, 422, 424, 429, 503)
 }
 # Request fields the pipeline names by the OpenAI route's name, and TEI's name for them.
 TEI_PARAM = {"input": "inputs"}

@@ -25,7 +25,7 @@ from service.api.http.tei_schemas import (
     VllmDetokenizeRequest,
     VllmTokenizeRequest,
 )
-from service.api.http.tei_wire import TeiError, empty, parse_tei, tei_errors
+from service.api.http.tei_wire import TEI_ERROR_RESPONSES, TeiError, empty, parse_tei, tei_errors
 from service.api.http.wire import (
     ERROR_RESPONSES,
     HttpContext,
@@ -174,7 +174,7 @@ async def tei_decode(request: Request) -> Response:
 
 
 @router.post(
-    "/decode", response_model=list[str], responses=ERROR_RESPONSES, openapi_extra=request_body(TeiDecodeRequest)
+    "/decode", response_model=list[str], responses=TEI_ERROR_RESPONSES, openapi_extra=request_body(TeiDecodeRequest)
 )
 async def decode_tei(request: Request) -> Response:
     """TEI decode: ids (one list or a batch of lists) -> texts."""
