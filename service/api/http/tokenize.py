@@ -41,6 +41,7 @@ from service.models import Models
 from service.pipeline.inference import ServedModel, check_unicode
 from service.pipeline.templating import resolve_prefix
 from service.pipeline.token_view import Token, check_ids, decode, token_strings, tokens_of
+from service.pipeline.tokenization import StopFlag, Stopped
 
 router = APIRouter()
 
@@ -80,8 +81,23 @@ async def tokenized(
         prefix = resolve_prefix("", prompt_name, model.info.prompts if model.info.kind is ModelKind.EMBEDDING else {})
         eos = eos_of(model, add_special_tokens)
 
-        def work(_: object) -> list[list[Token]]:
-            return [tokens_of(model.tokenizer, prefix + text, eos) for text in texts]
+        def work(stop: StopFlag | None) -> list[list[Token]]:
+            # The same per-request token cap as the embedding route: the answer (an object per token) stays
+            # bounded, and a request that could not be embedded whole is told so here too.
+            out: list[list[Token]] = []
+            total = 0
+            for text in texts:
+                if stop is not None and stop():
+                    raise Stopped
+                out.append(tokens_of(model.tokenizer, prefix + text, eos))
+                total += len(out[-1])
+                if total > model.max_request_tokens:
+                    raise invalid(
+                        f"the request has more than {model.max_request_tokens} tokens, the limit per request; "
+                        "split it",
+                        "input",
+                    )
+            return out
 
         size = sum(len(t) for t in texts)
         return await model.run_tokenizer(work, size, deadline, "input"), model

@@ -309,6 +309,7 @@ def guarded(model_repository: Path, triton: TritonProcess, logs_dir: Path) -> It
         "QWEN3_EMBED_MAX_IN_FLIGHT": "1",
         "QWEN3_EMBED_MAX_HTTP_BODY_BYTES": "16384",
         "QWEN3_EMBED_MAX_BATCH_INPUTS": "4",
+        "QWEN3_EMBED_MAX_REQUEST_TOKENS": "4096",
     }
     with run_facade(model_repository, triton.grpc_url, logs_dir, env=env) as running:
         yield running
@@ -333,6 +334,10 @@ def test_guarded_limits_like_tei(guarded: Facade) -> None:
     over = post(guarded, "/embed", {"inputs": ["a"] * 5}, headers=headers)  # TEI: batch size error, 413
     tei_error(over, 413, "validation", "inputs", "limit of 4")
     tei_error(post(guarded, "/tokenize", {"inputs": ["a"] * 5}, headers=headers), 413, "validation", "limit of 4")
+    digits = "1" * 5000  # a token per digit: over the 4096 tokens one request may hold
+    tei_error(post(guarded, "/tokenize", {"inputs": digits}, headers=headers), 413, "validation", "4096 tokens")
+    vllm = post(guarded, "/tokenize", {"prompt": digits}, headers=headers)
+    assert vllm.status_code == 400 and "4096 tokens" in vllm.json()["error"]["message"]
     ids = post(guarded, "/embed", {"inputs": [1, 2, 3]}, headers=headers)  # token ids are off by default
     tei_error(ids, 413, "validation", "token-id input is turned off")
 
