@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.api.http.peer_fields import WireFormat, params_from_request, split_model_suffix, wire_format
 from service.api.http.schemas import EmbeddingsRequest, EmbeddingsResponse
+from service.api.http.tei import tei_info_fields
 from service.api.http.token_ids import check_token_ids_allowed
 from service.api.http.wire import (
     ERROR_RESPONSES,
@@ -154,4 +155,6 @@ async def metrics_endpoint(request: Request) -> PlainTextResponse:
 
 @router.get("/info")
 async def info(request: Request) -> dict[str, Any]:
-    return info_fields(request.app.state.ctx.lifecycle.state)
+    """The service's facts, and TEI's Info fields beside them (tei.tei_info_fields: none share a name)."""
+    state = request.app.state.ctx.lifecycle.state
+    return {**tei_info_fields(state), **info_fields(state)}

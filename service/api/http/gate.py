@@ -21,6 +21,18 @@ KNOWN_PATHS = {
     "/health/ready",
     "/metrics",
     "/info",
+    # TEI's and vLLM's routes (tei.py, tokenize.py)
+    "/",
+    "/invocations",
+    "/embed",
+    "/embed_all",
+    "/embed_sparse",
+    "/predict",
+    "/similarity",
+    "/tokenize",
+    "/decode",
+    "/detokenize",
+    "/health",
 }
 
 

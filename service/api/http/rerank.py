@@ -109,7 +109,8 @@ async def rerank_tei(request: Request) -> Response:
     reranked = await rerank_admitted(request, lambda body: params_from_tei(parse_json(TeiRerankRequest, body)))
     params = reranked.params
     out: list[dict[str, Any]] = []
-    for hit in reranked.result.hits:
+    # TEI's order: by score, highest first, tied documents last index first (TEI sorts ascending, then reverses).
+    for hit in sorted(reranked.result.hits, key=lambda h: (h.raw_score, h.index), reverse=True):
         item: dict[str, Any] = {"index": hit.index, "score": hit.raw_score if params.raw_scores else hit.score}
         if params.return_documents:
             item["text"] = params.documents[hit.index]
