@@ -367,7 +367,9 @@ def test_http_shapes_translate_to_the_same_params() -> None:
     assert "$ref" not in str(inline_schema(RerankRequest)) and "$defs" not in str(inline_schema(RerankRequest))
 
 
-def per_document_cap_sequence(tokenizer: TextTokenizer, query: str, document: str, tokens: int, limit: int) -> list[int]:
+def per_document_cap_sequence(
+    tokenizer: TextTokenizer, query: str, document: str, tokens: int, limit: int
+) -> list[int]:
     """Cohere v2's max_tokens_per_doc, spelt on the whole official body: everything before the document's own
     tokens (the head and the `<Document>:` label) plus at most `tokens` of them, then the model's limit."""
     prefix, suffix = ids(tokenizer, RERANK_PREFIX), ids(tokenizer, RERANK_SUFFIX)
@@ -389,7 +391,11 @@ def test_max_tokens_per_doc_cuts_each_document_and_never_refuses(tokenizer: Text
     # A cap over the model's room: the model's limit decides, as `truncate` says.
     err = refused(reranker, RerankParams(query="q", documents=docs, max_tokens_per_doc=4096))
     assert err.param == "documents" and "document 2 " in err.message
-    big = reranker.tokenize_sync(RerankParams(query="q", documents=docs, max_tokens_per_doc=4096, truncate=Truncate.END))
+    big = reranker.tokenize_sync(
+        RerankParams(query="q", documents=docs, max_tokens_per_doc=4096, truncate=Truncate.END)
+    )
     assert big.ids[2] == official_sequence(tokenizer, "", "q", docs[2], 256)
-    assert refused(reranker, RerankParams(query="q", documents=docs, max_tokens_per_doc=-1)).param == "max_tokens_per_doc"
+    assert (
+        refused(reranker, RerankParams(query="q", documents=docs, max_tokens_per_doc=-1)).param == "max_tokens_per_doc"
+    )
     reranker.close()
