@@ -43,7 +43,9 @@ class Chunk:
         return len(self.indices) * self.width
 
 
-def plan_chunks(lengths: Sequence[int], buckets: Sequence[int], token_budget: int, max_rows: int) -> list[Chunk]:
+def plan_chunks(
+    lengths: Sequence[int], buckets: Sequence[int], token_budget: int, max_rows: int
+) -> list[Chunk]:
     """Sort by length, group by bucket, split groups so rows * width <= budget (at least one row)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     groups: dict[int, list[int]] = {}
