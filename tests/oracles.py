@@ -33,9 +33,14 @@ def response_from_result(embedded: EmbedOutcome) -> pb.EmbedResponse:
 
 
 def unpack(data: bytes, encoding: Encoding, dimensions: int) -> np.ndarray:
-    """Inverse of pack() for FLOAT16 (values) and BINARY/UBINARY (0/1 bits)."""
+    """Inverse of pack() for FLOAT16 (values), INT8/UINT8 (bucket centres in [-1, 1]) and BINARY/UBINARY
+    (0/1 bits)."""
     if encoding is Encoding.FLOAT16:
         return np.frombuffer(data, dtype="<f2").astype(np.float32)
+    if encoding in (Encoding.INT8, Encoding.UINT8):
+        dtype, offset = (np.int8, 128) if encoding is Encoding.INT8 else (np.uint8, 0)
+        buckets = np.frombuffer(data, dtype=dtype).astype(np.float32) + offset
+        return (buckets + 0.5) * np.float32(2 / 255) - 1
     if encoding is Encoding.BINARY:
         raw = (np.frombuffer(data, dtype=np.int8).astype(np.int16) + 128).astype(np.uint8)
     else:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.errors import invalid
+from service.pipeline.encoding import check_encoding
 from service.pipeline.inference import ServedModel, Tokenized, check_unicode
 from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.postprocess import check_dimensions, finalize
@@ -146,6 +147,7 @@ class Embedder(ServedModel):
         """`deadline` is a time.monotonic() value; the backend gets the time left."""
         started = time.perf_counter()
         dims = check_dimensions(params.dimensions, self.info.min_dimensions, self.info.hidden_size)
+        check_encoding(params.encoding, params.normalize)
         tokenized = await self.tokenize(params, deadline)
         tokenized_at = time.perf_counter()
         run = await self.run_model(tokenized.ids, deadline)

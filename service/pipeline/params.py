@@ -17,6 +17,8 @@ class Encoding(Enum):
     FLOAT16 = "FLOAT16"
     BINARY = "BINARY"
     UBINARY = "UBINARY"
+    INT8 = "INT8"
+    UINT8 = "UINT8"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ FUZZ = settings(max_examples=60, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 HIDDEN, MIN_DIM = 64, 32
 PACKED_BYTES = {pb.ENCODING_FLOAT16: lambda d: 2 * d, pb.ENCODING_BINARY: lambda d: d // 8,
-                pb.ENCODING_UBINARY: lambda d: d // 8}
+                pb.ENCODING_UBINARY: lambda d: d // 8, pb.ENCODING_INT8: lambda d: d, pb.ENCODING_UINT8: lambda d: d}
 
 # Any text protobuf can carry (no lone surrogates): control characters, CJK, emoji, special-token spellings.
 text = st.one_of(
@@ -46,7 +46,7 @@ requests = st.builds(
                          st.integers(0, 2**32 - 1)),
     normalize=st.one_of(st.none(), st.booleans()),
     truncate=st.one_of(st.integers(0, 2), st.integers(0, 4)),
-    encoding=st.one_of(st.integers(0, 3), st.integers(0, 5)),
+    encoding=st.one_of(st.integers(0, 5), st.integers(0, 7)),
     request_id=st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
 )
 

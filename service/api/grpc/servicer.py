@@ -50,6 +50,8 @@ ENCODING = {
     pb.ENCODING_FLOAT16: Encoding.FLOAT16,
     pb.ENCODING_BINARY: Encoding.BINARY,
     pb.ENCODING_UBINARY: Encoding.UBINARY,
+    pb.ENCODING_INT8: Encoding.INT8,
+    pb.ENCODING_UINT8: Encoding.UINT8,
 }
 ENCODING_PB = {v: k for k, v in ENCODING.items()}
 INPUTS_FIELD = 1  # `repeated string inputs = 1` in EmbedRequest and TokenizeRequest

@@ -19,6 +19,8 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_FLOAT16: _ClassVar[Encoding]
     ENCODING_BINARY: _ClassVar[Encoding]
     ENCODING_UBINARY: _ClassVar[Encoding]
+    ENCODING_INT8: _ClassVar[Encoding]
+    ENCODING_UINT8: _ClassVar[Encoding]
 
 class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,6 +34,8 @@ ENCODING_FLOAT: Encoding
 ENCODING_FLOAT16: Encoding
 ENCODING_BINARY: Encoding
 ENCODING_UBINARY: Encoding
+ENCODING_INT8: Encoding
+ENCODING_UINT8: Encoding
 MODEL_KIND_UNSPECIFIED: ModelKind
 MODEL_KIND_EMBEDDING: ModelKind
 MODEL_KIND_RERANKER: ModelKind
