@@ -20,6 +20,13 @@ KNOWN_PATHS = {
     "/health/ready",
     "/metrics",
     "/info",
+    "/v1/embed",
+    "/v2/embed",
+    "/v2/rerank",
+    "/v1/ranking",
+    "/v1/health/live",
+    "/v1/health/ready",
+    "/v1/metrics",
 }
 
 
