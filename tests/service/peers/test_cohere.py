@@ -369,3 +369,111 @@ def test_auth_body_budget_and_admission(guarded: Facade, model: str, reranker: s
     assert set(statuses) <= {200, 429} and statuses[429] > 0 and statuses[200] > 0, statuses
     limited = next(r for r in replies if r.status_code == 429)
     assert limited.headers["retry-after"] and "overloaded" in limited.json()["message"]
+
+
+# -- cohere-python's own tests of these routes (github.com/cohere-ai/cohere-python: tests/test_client.py
+# test_embed, test_image_embed, test_embed_batch_types, test_embed_batch_v1, test_rerank; and
+# tests/test_embed_streaming_integration.py), run as their calls and assertions are, with this server's URL and
+# model names in place of api.cohere.com's. A failure left is a documented refusal (docs/clients.md, "Cohere").
+
+PNG_DATA_URI = (  # a 1x1 PNG
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8/5+hHgAHggJ/PchI7wAAAABJRU5ErkJggg=="
+)
+PUBLISHED_TYPES = ["float", "int8", "uint8", "binary", "ubinary"]
+
+
+def check_published_types(response: Any) -> None:
+    """The published test's checks of an embeddings_by_type response: each type present holds its Python type."""
+    if response.response_type == "embeddings_by_type":
+        assert response.embeddings.float is not None
+        assert response.embeddings.float_ is not None
+        for name, kind in (("float_", float), ("int8", int), ("uint8", int), ("binary", int), ("ubinary", int)):
+            rows = getattr(response.embeddings, name)
+            if rows is not None:
+                assert type(rows[0][0]) is kind
+
+
+def test_published_embed(v1: Any, model: str) -> None:
+    response = v1.embed(
+        texts=["hello", "goodbye"], model=model, input_type="classification", embedding_types=PUBLISHED_TYPES
+    )
+    check_published_types(response)
+    assert response.response_type == "embeddings_by_type"  # (not in the original: it must not pass vacuously)
+
+
+@pytest.mark.xfail(raises=cohere.BadRequestError, strict=True, reason="refused: images (a text-only model)")
+def test_published_image_embed(v1: Any, model: str) -> None:
+    response = v1.embed(images=[PNG_DATA_URI], model=model, input_type="image", embedding_types=["float"])
+    check_published_types(response)
+
+
+def test_published_embed_batch_types(v1: Any, model: str) -> None:
+    response = v1.embed(
+        texts=["hello"] * 100, model=model, input_type="classification", embedding_types=PUBLISHED_TYPES
+    )
+    assert response.response_type == "embeddings_by_type"
+    for rows in (
+        response.texts,
+        *(getattr(response.embeddings, n) for n in ("float_", "int8", "uint8", "binary", "ubinary")),
+    ):
+        assert len(rows or []) == 100
+
+
+def test_published_embed_batch_v1(v1: Any, model: str) -> None:
+    response = v1.embed(texts=["hello"] * 100, model=model, input_type="classification")
+    assert response.response_type == "embeddings_floats"
+    assert len(response.embeddings) == 100
+
+
+def test_published_rerank(v1: Any, reranker: str) -> None:
+    docs = [
+        "Carson City is the capital city of the American state of Nevada.",
+        "The Commonwealth of the Northern Mariana Islands is a group of islands in the Pacific Ocean. Its capital is "
+        "Saipan.",
+        "Washington, D.C. (also known as simply Washington or D.C., and officially as the District of Columbia) is the "
+        "capital of the United States. It is a federal district.",
+        "Capital punishment (the death penalty) has existed in the United States since beforethe United States was a "
+        "country. As of 2017, capital punishment is legal in 30 of the 50 states.",
+    ]
+    response = v1.rerank(model=reranker, query="What is the capital of the United States?", documents=docs, top_n=3)
+    assert len(response.results) == 3  # (the original prints the response; this checks it too)
+
+
+@pytest.mark.skipif(
+    not hasattr(cohere.ClientV2, "embed_stream"), reason="the installed SDK's ClientV2 has no embed_stream"
+)
+def test_published_streaming_memory_efficient_processing(v2: Any, model: str) -> None:
+    texts = [f"This is test document number {i}" for i in range(20)]
+    count = 0
+    for embedding in v2.embed_stream(
+        model=model, input_type="search_document", texts=texts, batch_size=5, embedding_types=["float"]
+    ):
+        assert isinstance(embedding.embedding, list) and len(embedding.embedding) > 0
+        assert embedding.text == texts[embedding.index]
+        count += 1
+    assert count == len(texts)
+
+
+@pytest.mark.parametrize("client", ["v1", "v2"])
+def test_published_streaming_types(request: pytest.FixtureRequest, model: str, client: str) -> None:
+    """The streaming tests with the v1 Client too: its embed_stream exists in the installed SDK."""
+    sdk = request.getfixturevalue(client)
+    if not hasattr(sdk, "embed_stream"):
+        pytest.skip(f"the installed SDK's {type(sdk).__name__} has no embed_stream")
+    texts = [f"This is test document number {i}" for i in range(20)]
+    seen = [
+        e
+        for e in sdk.embed_stream(
+            model=model, input_type="search_document", texts=texts, batch_size=5, embedding_types=["float"]
+        )
+    ]
+    assert [e.index for e in seen] == list(range(20)) and all(e.text == texts[e.index] and e.embedding for e in seen)
+    both = list(
+        sdk.embed_stream(
+            model=model,
+            input_type="search_document",
+            texts=["Hello world", "Test embedding"],
+            embedding_types=["int8", "float"],
+        )
+    )
+    assert {"int8", "float"} <= {e.embedding_type for e in both}
