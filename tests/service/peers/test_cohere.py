@@ -477,3 +477,27 @@ def test_published_streaming_types(request: pytest.FixtureRequest, model: str, c
         )
     )
     assert {"int8", "float"} <= {e.embedding_type for e in both}
+
+
+# -- docs/clients.md --
+
+
+def test_the_docs_cohere_block_runs(
+    facade: Facade, model: str, reranker: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The "Cohere" section's Python block as written, aimed at the test facade (the dev models stand in for the
+    real checkpoints the page names). Its curl lines run in tests/service/test_doc_commands.py."""
+    from tests.doc_pages import CLIENTS, code_blocks, section
+
+    [code] = code_blocks(section(CLIENTS, "### Cohere"), "python")
+    for text, here in [
+        ("http://localhost:8080", facade.base_url),
+        ("Qwen3-Embedding-0.6B", model),
+        ("Qwen3-Reranker-0.6B", reranker),
+    ]:
+        assert text in code
+        code = code.replace(text, here)
+    exec(compile(code, f"{CLIENTS} (Cohere)", "exec"), {})
+    sizes, ranked = capsys.readouterr().out.splitlines()
+    assert sizes == "64 64 8"  # the dev model's 64 dimensions: 64 floats, 64 int8, 8 bytes of bits
+    assert ranked.startswith("[(0, ") and ", (1, " in ranked
