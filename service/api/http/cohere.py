@@ -15,8 +15,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.http.cohere_wire import (
+    COHERE_ERRORS,
+    GATE_ERRORS,
+    CohereEmbedResponse,
     CohereEmbedV1Request,
     CohereEmbedV2Request,
+    CohereRerankResponse,
     CohereRerankV2Request,
     Embedded,
     cohere_error,
@@ -27,7 +31,7 @@ from service.api.http.cohere_wire import (
     params_from_v2,
 )
 from service.api.http.rerank import rerank_admitted
-from service.api.http.wire import ERROR_RESPONSES, HttpContext, disconnected, json_response, parse_json, read_body
+from service.api.http.wire import HttpContext, disconnected, json_response, parse_json, read_body
 from service.api.http.wire import request_body as described_body
 from service.errors import ServiceError, invalid
 from service.models import Models
@@ -71,7 +75,12 @@ async def embed_admitted(request: Request, params: EmbedParams, model: str, dime
 router = APIRouter()
 
 
-@router.post("/v1/embed", responses=ERROR_RESPONSES, openapi_extra=described_body(CohereEmbedV1Request))
+@router.post(
+    "/v1/embed",
+    response_model=CohereEmbedResponse,
+    responses={**COHERE_ERRORS, **GATE_ERRORS},
+    openapi_extra=described_body(CohereEmbedV1Request),
+)
 @cohere_errors
 async def embed_v1(request: Request) -> Response:
     """Cohere v1 embed: 'embeddings_floats' unless embedding_types is given."""
@@ -81,7 +90,12 @@ async def embed_v1(request: Request) -> Response:
     return json_response(embed_body(embedded, body.embedding_types, "1"))
 
 
-@router.post("/v2/embed", responses=ERROR_RESPONSES, openapi_extra=described_body(CohereEmbedV2Request))
+@router.post(
+    "/v2/embed",
+    response_model=CohereEmbedResponse,
+    responses={**COHERE_ERRORS, **GATE_ERRORS},
+    openapi_extra=described_body(CohereEmbedV2Request),
+)
 @cohere_errors
 async def embed_v2(request: Request) -> Response:
     """Cohere v2 embed: 'embeddings_by_type', one list per embedding type asked (default float)."""
@@ -91,7 +105,12 @@ async def embed_v2(request: Request) -> Response:
     return json_response(embed_body(embedded, body.embedding_types or ["float"], "2"))
 
 
-@router.post("/v2/rerank", responses=ERROR_RESPONSES, openapi_extra=described_body(CohereRerankV2Request))
+@router.post(
+    "/v2/rerank",
+    response_model=CohereRerankResponse,
+    responses={**COHERE_ERRORS, **GATE_ERRORS},
+    openapi_extra=described_body(CohereRerankV2Request),
+)
 @cohere_errors
 async def rerank_v2(request: Request) -> Response:
     """Cohere v2 rerank: documents by relevance_score (sigmoid(yes - no)), highest first."""

@@ -15,6 +15,7 @@ import orjson
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.api.http.schemas import ErrorResponse
 from service.api.http.wire import error_response
 from service.errors import ServiceError, invalid
 from service.pipeline.encoding import float32_base64, pack
@@ -93,6 +94,68 @@ class CohereRerankV2Request(BaseModel):
     relevant_spans: dict[str, Any] | None = Field(None, description="Only {'mode': 'disabled'}: no spans here")
     priority: int | None = Field(None, description="0 only (every request has the same priority here)")
     instruction: str | None = Field(None, description="Qwen3-Reranker task instruction (extension)")
+
+
+class CohereError(BaseModel):
+    """Cohere's error body."""
+
+    message: str
+
+
+COHERE_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": CohereError} for code in (400, 404, 413, 429, 499, 503, 504)
+}
+# The gate's refusals (before any route) keep the service's shape: service/api/http/wire.py ERROR_RESPONSES.
+GATE_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 415)}
+
+
+class ApiVersion(BaseModel):
+    version: str
+
+
+class BilledUnits(BaseModel):
+    input_tokens: int
+
+
+class CohereMeta(BaseModel):
+    api_version: ApiVersion
+    billed_units: BilledUnits
+    tokens: BilledUnits
+
+
+class CohereEmbeddingsByType(BaseModel):
+    float_: list[list[float]] | None = Field(None, alias="float")
+    int8: list[list[int]] | None = None
+    uint8: list[list[int]] | None = None
+    binary: list[list[int]] | None = None
+    ubinary: list[list[int]] | None = None
+    base64: list[str] | None = None
+
+
+class CohereEmbedResponse(BaseModel):
+    id: str
+    response_type: Literal["embeddings_floats", "embeddings_by_type"]
+    embeddings: list[list[float]] | CohereEmbeddingsByType = Field(
+        description="embeddings_floats (v1 without embedding_types): a list of float lists; else one list per type"
+    )
+    texts: list[str]
+    meta: CohereMeta
+
+
+class CohereRerankDocument(BaseModel):
+    text: str
+
+
+class CohereRerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: CohereRerankDocument | None = None
+
+
+class CohereRerankResponse(BaseModel):
+    id: str
+    results: list[CohereRerankResult] = Field(description="By relevance_score, highest first")
+    meta: CohereMeta
 
 
 def refuse(field: str, why: str) -> ServiceError:
