@@ -501,3 +501,18 @@ def test_the_docs_cohere_block_runs(
     sizes, ranked = capsys.readouterr().out.splitlines()
     assert sizes == "64 64 8"  # the dev model's 64 dimensions: 64 floats, 64 int8, 8 bytes of bits
     assert ranked.startswith("[(0, ") and ", (1, " in ranked
+
+
+async def test_async_client_v2(facade: Facade, stub: Any, model: str, reranker: str) -> None:
+    """cohere.AsyncClientV2, as asyncio applications call it: the same answers as the sync client's routes."""
+    client = cohere.AsyncClientV2(base_url=facade.base_url, api_key="EMPTY")
+    reply = await client.embed(
+        model=model, texts=TEXTS, input_type="search_query", embedding_types=["float", "ubinary"]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(reply.embeddings.float_, dtype=np.float32), vectors(embed(stub, TEXTS, prompt_name="query"))
+    )
+    assert as_bytes(reply.embeddings.ubinary, "ubinary") == packed(stub, TEXTS, "ubinary", prompt_name="query")
+    _, query, documents = CASES[0]
+    ranked = await client.rerank(model=reranker, query=query, documents=documents, top_n=2, max_tokens_per_doc=16)
+    assert len(ranked.results) == 2 and ranked.results[0].relevance_score >= ranked.results[1].relevance_score
