@@ -16,7 +16,6 @@ from fastapi.responses import Response
 
 from service.api.http.cohere_wire import (
     COHERE_ERRORS,
-    GATE_ERRORS,
     CohereEmbedResponse,
     CohereEmbedV1Request,
     CohereEmbedV2Request,
@@ -78,7 +77,7 @@ router = APIRouter()
 @router.post(
     "/v1/embed",
     response_model=CohereEmbedResponse,
-    responses={**COHERE_ERRORS, **GATE_ERRORS},
+    responses=COHERE_ERRORS,
     openapi_extra=described_body(CohereEmbedV1Request),
 )
 @cohere_errors
@@ -93,7 +92,7 @@ async def embed_v1(request: Request) -> Response:
 @router.post(
     "/v2/embed",
     response_model=CohereEmbedResponse,
-    responses={**COHERE_ERRORS, **GATE_ERRORS},
+    responses=COHERE_ERRORS,
     openapi_extra=described_body(CohereEmbedV2Request),
 )
 @cohere_errors
@@ -108,7 +107,7 @@ async def embed_v2(request: Request) -> Response:
 @router.post(
     "/v2/rerank",
     response_model=CohereRerankResponse,
-    responses={**COHERE_ERRORS, **GATE_ERRORS},
+    responses=COHERE_ERRORS,
     openapi_extra=described_body(CohereRerankV2Request),
 )
 @cohere_errors

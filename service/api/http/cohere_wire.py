@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import orjson
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.http.schemas import ErrorResponse
+from service.api.http.peer_errors import as_cohere
 from service.api.http.wire import error_response
 from service.errors import ServiceError, invalid
 from service.pipeline.encoding import float32_base64, pack
@@ -102,11 +101,10 @@ class CohereError(BaseModel):
     message: str
 
 
+# The statuses of Cohere's routes, the gate's refusals (401, 413, 415) included: service/api/http/peer_errors.py.
 COHERE_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": CohereError} for code in (400, 404, 413, 429, 499, 503, 504)
+    code: {"model": CohereError} for code in (400, 401, 404, 413, 415, 429, 499, 503, 504)
 }
-# The gate's refusals (before any route) keep the service's shape: service/api/http/wire.py ERROR_RESPONSES.
-GATE_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 415)}
 
 
 class ApiVersion(BaseModel):
@@ -281,7 +279,4 @@ def embed_body(embedded: Embedded, types: Sequence[str] | None, version: str) ->
 def cohere_error(exc: ServiceError) -> JSONResponse:
     """Cohere's error body {"message": ...} with the status (and Retry-After) the service gives the error on
     every route; the message is bounded and made JSON-safe as on the OpenAI routes."""
-    shaped = error_response(exc.kind, exc.message, exc.param)
-    message = orjson.loads(shaped.body)["error"]["message"]
-    headers = {"retry-after": shaped.headers["retry-after"]} if "retry-after" in shaped.headers else None
-    return JSONResponse({"message": message}, status_code=shaped.status_code, headers=headers)
+    return as_cohere(error_response(exc.kind, exc.message, exc.param))

@@ -332,13 +332,20 @@ def route_bodies(model: str, reranker: str, texts: list[str]) -> dict[str, dict[
     }
 
 
+def cohere_refusal(reply: httpx.Response, status: int, fragment: str) -> None:
+    assert reply.status_code == status, reply.text
+    assert set(reply.json()) == {"message"} and fragment in reply.json()["message"], reply.text
+
+
 @pytest.mark.parametrize("path", ["/v1/embed", "/v2/embed", "/v2/rerank"])
 def test_auth_body_budget_and_admission(guarded: Facade, model: str, reranker: str, path: str) -> None:
     url = f"{guarded.base_url}{path}"
     key = {"authorization": f"Bearer {KEY}"}
     body = route_bodies(model, reranker, ["a short text"])[path]
-    assert httpx.post(url, json=body, timeout=30).status_code == 401
-    assert httpx.post(url, json=body, headers={"authorization": "Bearer wrong"}, timeout=30).status_code == 401
+    for headers in ({}, {"authorization": "Bearer wrong"}):  # the gate's refusals, in Cohere's shape too
+        cohere_refusal(httpx.post(url, json=body, headers=headers, timeout=30), 401, "API key")
+    plain = httpx.post(url, content=b"texts=x", headers={**key, "content-type": "text/plain"}, timeout=30)
+    cohere_refusal(plain, 415, "application/json")
     assert httpx.post(url, json=body, headers=key, timeout=60).status_code == 200
     sdk = cohere.ClientV2(base_url=guarded.base_url, api_key="wrong") if path != "/v1/embed" else None
     if sdk is not None:
@@ -346,14 +353,14 @@ def test_auth_body_budget_and_admission(guarded: Facade, model: str, reranker: s
             sdk.embed(model=model, texts=["x"], input_type="search_query")
     # The byte cap (declared and chunked) and the JSON-values budget, as on /v1/embeddings.
     big = route_bodies(model, reranker, ["x" * 70_000])[path]
-    assert httpx.post(url, json=big, headers=key, timeout=30).status_code == 413
+    cohere_refusal(httpx.post(url, json=big, headers=key, timeout=30), 413, "limit")  # declared
 
     def chunks() -> Iterator[bytes]:
         yield b'{"texts": ["' + b"y" * 40_000
         yield b"y" * 40_000 + b'"]}'
 
     chunked = httpx.post(url, content=chunks(), headers={**key, "content-type": "application/json"}, timeout=30)
-    assert chunked.status_code == 413
+    cohere_refusal(chunked, 413, "limit")
     values = route_bodies(model, reranker, ["z"] * 5000)[path]
     over = httpx.post(url, json=values, headers=key, timeout=30)
     assert over.status_code == 400 and "JSON values" in over.json()["message"], over.text
