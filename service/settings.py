@@ -203,6 +203,7 @@ class Settings(BaseSettings):
             "/grpc.reflection.v1alpha.ServerReflection/",
             "/grpc.reflection.v1.ServerReflection/",
             "/health/",
+            "/v1/health/",  # NIM's probe paths
         ]
     )
     tls_cert: Path | None = None

@@ -56,6 +56,9 @@ class RerankParams:
     # document (the official usage); START is refused (the official usage only cuts the end).
     truncate: Truncate = Truncate.NONE
     raw_scores: bool = False  # the logit difference yes - no instead of its sigmoid
+    # Cohere v2's max_tokens_per_doc: each document's own tokens (after `<Document>: `) are cut at their end to
+    # this many, whatever `truncate` says (0 = no such cap; the model's limit still applies as `truncate` says).
+    max_tokens_per_doc: int = 0
     model: str = ""  # empty: the default reranker
     request_id: str = ""
 

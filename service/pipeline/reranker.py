@@ -174,6 +174,8 @@ class Reranker(ServedModel):
             )
         if params.top_n < 0:
             raise invalid("top_n must be 0 (all) or positive", "top_n")
+        if params.max_tokens_per_doc < 0:
+            raise invalid("max_tokens_per_doc must be positive", "max_tokens_per_doc")
 
     def _head_ids(self, head: str, stop: StopFlag | None) -> list[int]:
         """The shared head's ids; refused when it leaves no room for a document, with either truncation
@@ -234,7 +236,15 @@ class Reranker(ServedModel):
             shared, tails = head_ids, [rerank_tail(d) for d in params.documents]
         else:  # whole bodies: correct for any tokenizer
             shared, tails = [], [head + rerank_tail(d) for d in params.documents]
-        bodies = self._tail_ids(tails, self.body_limit - len(shared), params.truncate, stop)
+        cap, truncate = self.body_limit - len(shared), params.truncate
+        if params.max_tokens_per_doc:
+            # The document's own cap: what precedes its tokens in a tail (the label; the head too in whole
+            # bodies) plus max_tokens_per_doc. Under the model's room it is a cut, never a refusal (Cohere's
+            # meaning); over it, the model's limit decides as `truncate` says.
+            own = len(head_ids) * (not self.shares_head) + len(self.label_ids) + params.max_tokens_per_doc
+            if own < cap:
+                cap, truncate = own, Truncate.END
+        bodies = self._tail_ids(tails, cap, truncate, stop)
         ids = [[*self.prefix_ids, *shared, *tail, *self.suffix_ids] for tail, _ in bodies]
         tokenized = Tokenized(ids, [cut for _, cut in bodies])
         if tokenized.token_count > self.max_request_tokens:

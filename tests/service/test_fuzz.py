@@ -127,9 +127,21 @@ SCHEMA_CHECKED = {
     "GET /v1/models",
     "GET /info",
     "GET /health/live",
+    "POST /v1/embed",
+    "POST /v2/embed",
+    "POST /v2/rerank",
+    "POST /v1/ranking",
 }
 # Routes with a JSON body: negative cases (invalid per the schema) must be refused cleanly.
-BODY_ROUTES = {"POST /v1/embeddings", "POST /v1/rerank", "POST /rerank"}
+BODY_ROUTES = {
+    "POST /v1/embeddings",
+    "POST /v1/rerank",
+    "POST /rerank",
+    "POST /v1/embed",
+    "POST /v2/embed",
+    "POST /v2/rerank",
+    "POST /v1/ranking",
+}
 
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])
@@ -159,7 +171,7 @@ def test_schemathesis_openapi(schema: Any, facade: Facade, served_model: dict[st
         @given(case=operation.as_strategy(generation_mode=generation), use_model=st.booleans())
         def check(case: Any, use_model: bool) -> None:
             if use_model and isinstance(case.body, dict) and "model" in case.body:
-                kind = "reranker" if "rerank" in operation.label else "embedding"  # noqa: B023
+                kind = "reranker" if "rank" in operation.label else "embedding"  # noqa: B023
                 case.body["model"] = served_model[kind]
             response = case.call(base_url=facade.base_url, timeout=60)
             statuses[response.status_code] += 1

@@ -22,7 +22,7 @@ from service.client import Client
 from service.contract import RERANK_PREFIX, RERANK_SUFFIX, rerank_body
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
-from tests.doc_pages import CLIENTS, code_blocks, page, section, shell_lines
+from tests.doc_pages import CLIENTS, code_blocks, section, shell_lines
 from tests.helpers import Facade, cosine
 
 TOLERANCE = 1e-5
@@ -459,7 +459,7 @@ def test_cli_rerank(facade: Facade) -> None:
 
 
 def readme_rerank_curls() -> list[str]:
-    return [ln for ln in shell_lines(page(CLIENTS), "curl") if "rerank" in ln]
+    return [ln for ln in shell_lines(section(CLIENTS, "## Rerank"), "curl") if "rerank" in ln]
 
 
 def test_readme_has_both_rerank_curls() -> None:

@@ -365,3 +365,37 @@ def test_http_shapes_translate_to_the_same_params() -> None:
         )
     assert err.value.param == "truncation_direction"
     assert "$ref" not in str(inline_schema(RerankRequest)) and "$defs" not in str(inline_schema(RerankRequest))
+
+
+def per_document_cap_sequence(
+    tokenizer: TextTokenizer, query: str, document: str, tokens: int, limit: int
+) -> list[int]:
+    """Cohere v2's max_tokens_per_doc, spelt on the whole official body: everything before the document's own
+    tokens (the head and the `<Document>:` label) plus at most `tokens` of them, then the model's limit."""
+    prefix, suffix = ids(tokenizer, RERANK_PREFIX), ids(tokenizer, RERANK_SUFFIX)
+    before = len(ids(tokenizer, rerank_head("", query))) + len(ids(tokenizer, "<Document>:"))
+    body = ids(tokenizer, rerank_body("", query, document))[: before + tokens]
+    return prefix + body[: limit - len(prefix) - len(suffix)] + suffix
+
+
+@pytest.mark.parametrize("shares_head", [True, False])
+def test_max_tokens_per_doc_cuts_each_document_and_never_refuses(tokenizer: TextTokenizer, shares_head: bool) -> None:
+    reranker = make(tokenizer)
+    reranker.shares_head = shares_head
+    docs = ("short", "a longer document of several words, " * 3, "too long " * 200)
+    for cap in (1, 5, 40):
+        tokenized = reranker.tokenize_sync(RerankParams(query="q", documents=docs, max_tokens_per_doc=cap))
+        for doc, seq in zip(docs, tokenized.ids, strict=True):
+            assert seq == per_document_cap_sequence(tokenizer, "q", doc, cap, 256)
+        assert tokenized.truncated == [len(ids(tokenizer, " " + d)) > cap for d in docs]
+    # A cap over the model's room: the model's limit decides, as `truncate` says.
+    err = refused(reranker, RerankParams(query="q", documents=docs, max_tokens_per_doc=4096))
+    assert err.param == "documents" and "document 2 " in err.message
+    big = reranker.tokenize_sync(
+        RerankParams(query="q", documents=docs, max_tokens_per_doc=4096, truncate=Truncate.END)
+    )
+    assert big.ids[2] == official_sequence(tokenizer, "", "q", docs[2], 256)
+    assert (
+        refused(reranker, RerankParams(query="q", documents=docs, max_tokens_per_doc=-1)).param == "max_tokens_per_doc"
+    )
+    reranker.close()

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from service import __version__
-from service.api.http import embeddings, rerank, tei
+from service.api.http import cohere, embeddings, nim, rerank, tei
 from service.api.http.gate import HttpGate
 from service.api.http.wire import HttpContext, error_response
 from service.errors import ServiceError
@@ -48,6 +48,8 @@ def build_app(lifecycle: Lifecycle, settings: Settings) -> ASGIApp:
     app.include_router(embeddings.router)
     app.include_router(rerank.router)
     app.include_router(tei.router)  # TEI's routes, and /tokenize, /decode, /detokenize (TEI and vLLM)
+    app.include_router(cohere.router)
+    app.include_router(nim.router)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(ServiceError, on_service_error)
     return HttpGate(app, ctx)

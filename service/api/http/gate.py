@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.auth import KeyChecker
+from service.api.http.peer_errors import shaped
 from service.api.http.wire import BodyTooLarge, HttpContext, error_response, payload_too_large, plain_error
 from service.errors import ErrorKind
 
@@ -33,6 +34,14 @@ KNOWN_PATHS = {
     "/decode",
     "/detokenize",
     "/health",
+    # Cohere's and NIM's routes (cohere.py, nim.py)
+    "/v1/embed",
+    "/v2/embed",
+    "/v2/rerank",
+    "/v1/ranking",
+    "/v1/health/live",
+    "/v1/health/ready",
+    "/v1/metrics",
 }
 
 
@@ -118,11 +127,11 @@ class HttpGate:
         refusal = self.refusal(scope)
         try:
             if refusal is not None:
-                await refusal(scope, receive, recording_send)
+                await shaped(scope["path"], refusal)(scope, receive, recording_send)
             else:
                 await self.app(scope, capped_receive, recording_send)
         except BodyTooLarge:
-            await payload_too_large(self.limit)(scope, receive, recording_send)
+            await shaped(scope["path"], payload_too_large(self.limit))(scope, receive, recording_send)
         finally:
             metrics = self.ctx.lifecycle.state.metrics
             route = route_label(scope["path"])
