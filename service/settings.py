@@ -147,9 +147,7 @@ class Settings(BaseSettings):
         "from 16 to max tokens, multiples of 8)",
     )
     token_budget: int = Field(16384, ge=16, description="Padded tokens per Triton request")
-    max_triton_batch: int = Field(
-        0, ge=0, description="Rows per Triton request; 0 = the model's max_batch_size"
-    )
+    max_triton_batch: int = Field(0, ge=0, description="Rows per Triton request; 0 = the model's max_batch_size")
     tokenizer_threads: int = Field(2, ge=1)
     triton_calls_in_flight: int = Field(
         2,
@@ -204,6 +202,21 @@ class Settings(BaseSettings):
     tls_client_ca: Path | None = None
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line")
+
+    # Tracing (OpenTelemetry, service/tracing.py, docs/configuration.md "Tracing"): off by default. The standard
+    # OTEL_* variables apply too (service name, sampler, exporter headers and certificates, batch delay).
+    tracing: bool = Field(False, description="Export OpenTelemetry spans of each API request over OTLP/gRPC")
+    otlp_endpoint: str = Field(
+        "",
+        description="OTLP/gRPC collector (http://host:4317; https:// for TLS); empty: "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317",
+    )
+    tracing_queue_spans: int = Field(
+        2048, ge=1, description="Finished spans waiting for export; beyond, new spans are dropped (never waited on)"
+    )
+    tracing_export_timeout_s: float = Field(
+        5.0, gt=0, description="One export to the collector, retries included; also bounds the flush at shutdown"
+    )
 
     # Network exposure: what listens where (docs/reliability.md, docs/security.md)
     metrics_port: int = Field(

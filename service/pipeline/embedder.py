@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service import tracing
 from service.errors import invalid
 from service.pipeline.inference import ServedModel, Tokenized, check_unicode
 from service.pipeline.params import EmbedParams, Truncate
@@ -146,9 +147,11 @@ class Embedder(ServedModel):
         """`deadline` is a time.monotonic() value; the backend gets the time left."""
         started = time.perf_counter()
         dims = check_dimensions(params.dimensions, self.info.min_dimensions, self.info.hidden_size)
-        tokenized = await self.tokenize(params, deadline)
+        with tracing.stage("tokenize", **{tracing.INPUTS: params.count}):
+            tokenized = await self.tokenize(params, deadline)
+            tracing.count_tokens(tokenized.token_count)
         tokenized_at = time.perf_counter()
-        run = await self.run_model(tokenized.ids, deadline)
+        run = await self.run_model(tokenized.ids, deadline)  # the queue and inference spans, per chunk
         inferred_at = time.perf_counter()
         vectors = finalize(run.out, dims, params.normalize)
         self.metrics.inputs.observe(len(tokenized.ids))

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service import tracing
 from service.api.http.schemas import EmbeddingsRequest, EmbeddingsResponse
 from service.api.http.token_ids import check_token_ids_allowed
 from service.api.http.wire import (
@@ -100,7 +101,8 @@ async def embeddings(request: Request) -> Response:
 
     embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
     result = embedded.result
-    body = embeddings_json(result.vectors, req.encoding_format, embedded.model, result.prompt_tokens)
+    with tracing.stage("encode", **{tracing.ENCODING: req.encoding_format}):
+        body = embeddings_json(result.vectors, req.encoding_format, embedded.model, result.prompt_tokens)
     return Response(body, media_type=JSON)
 
 
