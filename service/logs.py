@@ -11,6 +11,8 @@ from service import request_id
 
 WINDOW_S = 10.0
 BURST = 5
+# Loggers whose every record is wanted: one line per request, asked for with LOG_LEVEL=DEBUG.
+UNLIMITED = frozenset({"qwen3_embed.access"})
 
 
 class RepeatLimiter(logging.Filter):
@@ -24,6 +26,8 @@ class RepeatLimiter(logging.Filter):
         self._seen: dict[tuple[str, str], tuple[float, int, int]] = {}  # -> (window start, count, dropped)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name in UNLIMITED:
+            return True
         key = (record.name, str(record.msg))
         now = time.monotonic()
         start, count, dropped = self._seen.get(key, (now, 0, 0))

@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from service import request_id, tracing
 from service.admission import Admission
 from service.errors import ServiceError
-from service.logs import TEXT_FORMAT, JsonFormatter, RequestIdFilter
+from service.logs import TEXT_FORMAT, JsonFormatter, RepeatLimiter, RequestIdFilter
 from service.metrics import Metrics
 from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.tokenization import TextTokenizer, load_tokenizer
@@ -77,6 +77,16 @@ def test_logs_carry_the_request_id_in_both_formats() -> None:
     text_inside, text_outside, json_inside, json_outside = stream.getvalue().splitlines()
     assert text_inside.endswith("inside [request_id=req-42]") and "request_id" not in text_outside
     assert json.loads(json_inside)["request_id"] == "req-42" and "request_id" not in json.loads(json_outside)
+
+
+def test_the_access_lines_are_not_rate_limited() -> None:
+    limiter = RepeatLimiter()
+
+    def record(name: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.DEBUG, __file__, 1, "%s %s %d in %.1f ms", ("GET", "/", 200, 1.0), None)
+
+    assert sum(limiter.filter(record("qwen3_embed.access")) for _ in range(100)) == 100
+    assert sum(limiter.filter(record("other")) for _ in range(100)) == 5  # other repeats still are
 
 
 # ------------------------------------------------------------------------------------------------- spans
