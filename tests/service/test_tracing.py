@@ -156,6 +156,7 @@ def test_an_http_request_is_traced_with_its_five_stages(traced: Facade, receiver
     root = check_tree(found, "POST /v1/embeddings", body["model"], 2, body["usage"]["prompt_tokens"])
     attrs = attributes(root)
     assert attrs["http.response.status_code"] == 200 and attrs["qwen3_embed.request_id"] == "trace-test-1"
+
     # The request's log line carries its id (DEBUG access line, JSON format; written once the response is out).
     def logged() -> bool:
         lines = [json.loads(line) for line in traced.log().splitlines() if line.startswith("{")]
@@ -177,6 +178,31 @@ def test_a_grpc_call_is_traced_and_answers_its_request_id(traced: Facade, receiv
     attrs = attributes(root)
     assert attrs["rpc.method"] == "Embed" and attrs["rpc.grpc.status_code"] == 0
     assert attrs["qwen3_embed.request_id"] == "grpc-call-7"
+
+
+def test_each_stream_message_is_a_request_span_of_the_streams_trace(
+    traced: Facade, receiver: tuple[Receiver, int]
+) -> None:
+    trace_id = "2" * 32
+    metadata = (("traceparent", f"00-{trace_id}-{CLIENT_SPAN}-01"), ("x-request-id", "stream-9"))
+    messages = [pb.EmbedRequest(inputs=[f"stream message {i}"] * (i + 1), request_id=f"m{i}") for i in range(2)]
+    with grpc.insecure_channel(traced.target) as channel:
+        call = pb_grpc.EmbeddingServiceStub(channel).EmbedStream(iter(messages), metadata=metadata, timeout=30)
+        replies = list(call)
+        assert dict(call.trailing_metadata())["x-request-id"] == "stream-9"
+    assert sorted(r.request_id for r in replies) == ["m0", "m1"] and not any(r.HasField("error") for r in replies)
+    name = "embedding.v1.EmbeddingService/EmbedStream"
+
+    def both() -> bool:
+        return len([s for s in receiver[0].trace(trace_id) if s.name == name]) == 2
+
+    wait_for(both, 20, "both messages' spans")
+    found = spans_of(receiver[0], trace_id, name)
+    roots = sorted(found[name], key=lambda r: attributes(r)["qwen3_embed.inputs"])
+    assert [attributes(r)["qwen3_embed.inputs"] for r in roots] == [1, 2]
+    for stage in STAGES:  # each message has its own stages, under its own span
+        assert {s.parent_span_id for s in found[stage]} == {r.span_id for r in roots}, stage
+    assert all(r.parent_span_id.hex() == CLIENT_SPAN for r in roots)
 
 
 def test_the_pages_curl_continues_its_trace(traced: Facade, receiver: tuple[Receiver, int]) -> None:
