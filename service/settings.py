@@ -248,6 +248,14 @@ class Settings(BaseSettings):
             raise ValueError("buckets must be positive")
         return sorted({int(v) for v in value})
 
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_url(cls, value: str) -> str:
+        # The exporter reads a bare host:port as a TLS target: say which one is meant instead.
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("otlp_endpoint is a URL: http://host:4317 (plaintext) or https://host:4317 (TLS)")
+        return value
+
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -24,6 +24,7 @@ from service.logs import TEXT_FORMAT, JsonFormatter, RepeatLimiter, RequestIdFil
 from service.metrics import Metrics
 from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.tokenization import TextTokenizer, load_tokenizer
+from service.settings import Settings
 from tests.unit.test_request_path_units import FakeBackend, make_embedder
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -194,3 +195,32 @@ def test_tracing_off_makes_no_spans(tokenizer: TextTokenizer) -> None:
     assert not tracing.enabled() and exporter.get_finished_spans() == ()
     slot = Admission(1, Metrics()).unary()
     assert tracing.acquired("admission", slot) is slot  # the admission slot itself, unwrapped
+
+
+def settings(**values: object) -> Settings:
+    return Settings.model_validate(values)
+
+
+def test_the_otlp_endpoint_is_a_url_and_tracing_is_off_by_default() -> None:
+    assert settings().tracing is False and settings().otlp_endpoint == ""
+    assert settings(otlp_endpoint="https://collector:4317").otlp_endpoint == "https://collector:4317"
+    with pytest.raises(ValueError, match="otlp_endpoint is a URL"):
+        settings(otlp_endpoint="collector:4317")
+
+
+def test_setup_installs_the_otlp_pipeline_and_shutdown_is_bounded() -> None:
+    """An exporter to a port with nothing behind it: spans are taken at once, and shutdown (the flush) returns
+    within its bound."""
+    from service.triton.runtime import free_port
+
+    config = settings(tracing=True, otlp_endpoint=f"http://127.0.0.1:{free_port()}", tracing_export_timeout_s=1.0)
+    assert tracing.setup(config) is not None and tracing.enabled()
+    started = time.monotonic()
+    for _ in range(100):
+        with tracing.request_span("x", None):
+            pass
+    assert time.monotonic() - started < 1.0  # never waits on the exporter
+    started = time.monotonic()
+    tracing.shutdown(2.0)
+    assert time.monotonic() - started < 2.5 and not tracing.enabled()
+    assert tracing.setup(settings()) is None and not tracing.enabled()
