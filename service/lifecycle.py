@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
+from service import tracing
 from service.admission import Admission
 from service.errors import ErrorKind, ServiceError
 from service.models import Models
@@ -63,7 +64,7 @@ class Lifecycle:
         slot = self.admission.stream() if stream else self.admission.unary()
         try:
             async with asyncio.timeout_at(deadline):
-                async with slot:
+                async with tracing.acquired("admission", slot):  # a span over the wait for the slot
                     yield self.state.require_models()
         except TimeoutError:
             raise ServiceError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded") from None
@@ -81,6 +82,8 @@ class Lifecycle:
         is cancelled then, freeing the slot and sending nothing more to Triton."""
         async with self.admitted(deadline, stream) as models:
             params, embedder = await parse(models)
+            # Priority classes (issue 28): pass the request's class as priority= here.
+            tracing.describe_request(embedder.info.served_name, params.count)
             result = await until_abandoned(embedder.embed(params, deadline), abandoned)
         return EmbedOutcome(params, result, embedder.info.served_name)
 
@@ -96,6 +99,7 @@ class Lifecycle:
         async with self.admitted(deadline) as models:
             params = await parse(models)
             reranker: Reranker = models.reranker(params.model)
+            tracing.describe_request(reranker.info.served_name, params.count, "rerank")
             result = await until_abandoned(reranker.rerank(params, deadline), abandoned)
         return RerankOutcome(params, result, reranker.info.served_name)
 

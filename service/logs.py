@@ -7,8 +7,12 @@ import json
 import logging
 import time
 
+from service import request_id
+
 WINDOW_S = 10.0
 BURST = 5
+# Loggers whose every record is wanted: one line per request, asked for with LOG_LEVEL=DEBUG.
+UNLIMITED = frozenset({"qwen3_embed.access"})
 
 
 class RepeatLimiter(logging.Filter):
@@ -22,6 +26,8 @@ class RepeatLimiter(logging.Filter):
         self._seen: dict[tuple[str, str], tuple[float, int, int]] = {}  # -> (window start, count, dropped)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name in UNLIMITED:
+            return True
         key = (record.name, str(record.msg))
         now = time.monotonic()
         start, count, dropped = self._seen.get(key, (now, 0, 0))
@@ -38,6 +44,17 @@ class RepeatLimiter(logging.Filter):
         return True
 
 
+class RequestIdFilter(logging.Filter):
+    """Tags each record with the id of the request being served where it was logged (service/request_id.py):
+    `request_id` ("" outside requests) and `request_tag` (" [request_id=...]" or "") for the text format."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        rid = request_id.current.get()
+        record.request_id = rid
+        record.request_tag = f" [request_id={rid}]" if rid else ""
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log pipelines (Loki, Cloud Logging) that parse structure."""
 
@@ -48,15 +65,23 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        rid = getattr(record, "request_id", "")
+        if rid:
+            entry["request_id"] = rid
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(request_tag)s"
+
+
 def configure_logging(level: str, log_format: str = "text") -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level.upper(), format=TEXT_FORMAT)
     limiter = RepeatLimiter()
+    tagger = RequestIdFilter()
     for handler in logging.getLogger().handlers:
         handler.addFilter(limiter)
+        handler.addFilter(tagger)  # after the limiter: only records that are written are tagged
         if log_format == "json":
             handler.setFormatter(JsonFormatter())

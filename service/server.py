@@ -19,6 +19,7 @@ import grpc
 import uvicorn
 from grpc_health.v1 import health
 
+from service import tracing
 from service.api.grpc.server import build_grpc_server, set_serving
 from service.api.ops_server import OpsServer
 from service.errors import Misconfiguration
@@ -158,6 +159,8 @@ class RunningService:
             await self.supervisor.stop()
         if self.ops is not None:  # last: readiness probes saw 503 throughout the drain
             await self.ops.stop()
+        # The drained requests' spans, flushed within the export timeout (a dead collector cannot hold the exit).
+        await asyncio.to_thread(tracing.shutdown, s.tracing_export_timeout_s)
         log.info("stopped")
 
     async def abort(self) -> None:
@@ -175,6 +178,7 @@ class RunningService:
                 await self.ops.stop()
             await self.state.backend.close()
         self.state.close()
+        tracing.shutdown(0.5)
 
 
 async def start_service(
@@ -184,6 +188,7 @@ async def start_service(
     or TritonGaveUp when start-up cannot succeed; what was started is stopped first, Triton included (also
     when cancelled). `worker`: one process of `serve --workers N` (see WorkerBinding)."""
     metrics = Metrics()
+    tracing.setup(settings)  # per process: each worker of `serve --workers N` exports its own spans
     supervisor = None if settings.triton_url else TritonSupervisor(settings, metrics)
     url = supervisor.grpc_url if supervisor is not None else settings.triton_url
     backend = TritonBackend(url, settings.model_name, settings.max_message_bytes)

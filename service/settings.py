@@ -212,6 +212,21 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line")
 
+    # Tracing (OpenTelemetry, service/tracing.py, docs/configuration.md "Tracing"): off by default. The standard
+    # OTEL_* variables apply too (service name, sampler, exporter headers and certificates, batch delay).
+    tracing: bool = Field(False, description="Export OpenTelemetry spans of each API request over OTLP/gRPC")
+    otlp_endpoint: str = Field(
+        "",
+        description="OTLP/gRPC collector (http://host:4317; https:// for TLS); empty: "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317",
+    )
+    tracing_queue_spans: int = Field(
+        2048, ge=1, description="Finished spans waiting for export; beyond, new spans are dropped (never waited on)"
+    )
+    tracing_export_timeout_s: float = Field(
+        5.0, gt=0, description="One export to the collector, retries included; also bounds the flush at shutdown"
+    )
+
     # Network exposure: what listens where (docs/reliability.md, docs/security.md)
     metrics_port: int = Field(
         0,
@@ -241,6 +256,14 @@ class Settings(BaseSettings):
         if any(int(v) < 1 for v in value):
             raise ValueError("buckets must be positive")
         return sorted({int(v) for v in value})
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_url(cls, value: str) -> str:
+        # The exporter reads a bare host:port as a TLS target: say which one is meant instead.
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("otlp_endpoint is a URL: http://host:4317 (plaintext) or https://host:4317 (TLS)")
+        return value
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

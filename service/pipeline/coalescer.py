@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service import tracing
 from service.errors import ErrorKind, ServiceError
 
 # (width, sequences, seconds left) -> [len(sequences), out] rows
@@ -50,6 +51,9 @@ class _Chunk:
     start: float = 0.0  # fair-queueing start tag (padded tokens of virtual time)
     seq: int = 0  # arrival order: breaks ties between equal start tags
     sent: _Sent | None = None
+    # time.time_ns() when queued and when its call went out: the trace's queue and inference spans
+    queued_ns: int = 0
+    sent_ns: int = 0
 
     @property
     def key(self) -> tuple[float, int]:
@@ -62,6 +66,7 @@ class _Sent:
 
     chunks: list[_Chunk]
     task: asyncio.Task[None] | None = None
+    rows: int = 0  # of all its chunks
 
 
 @dataclass
@@ -125,15 +130,27 @@ class Coalescer:
             raise ServiceError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded before the model was called")
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         chunk = _Chunk(width, rows, deadline, future, owner if owner is not None else object())
+        chunk.queued_ns = time.time_ns()
         self._enqueue(chunk)
         self._pump()
+        error: str | None = "cancelled"
         try:
-            return await chunk.future
+            out = await chunk.future
+            error = None
+            return out
         except asyncio.CancelledError:
             self._abandon(chunk)
             raise
+        except Exception as exc:
+            error = exc.message if isinstance(exc, ServiceError) else type(exc).__name__
+            raise
         finally:
             self._done(chunk)
+            if tracing.enabled():
+                sent = chunk.sent
+                tracing.model_call(
+                    width, len(rows), sent.rows if sent else 0, chunk.queued_ns, chunk.sent_ns, time.time_ns(), error
+                )
 
     def _enqueue(self, chunk: _Chunk) -> None:
         state = self._owners.get(chunk.owner)
@@ -206,9 +223,11 @@ class Coalescer:
     def _start(self, batch: list[_Chunk]) -> None:
         self._in_flight += 1
         self.calls += 1
-        sent = _Sent(batch)
+        sent = _Sent(batch, rows=sum(len(chunk.rows) for chunk in batch))
+        now = time.time_ns()
         for chunk in batch:
             chunk.sent = sent
+            chunk.sent_ns = now
         task = asyncio.get_running_loop().create_task(self._send(batch))
         sent.task = task
         self._tasks.add(task)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from service import tracing
 from service.errors import ErrorKind, ServiceError, invalid
 from service.pipeline.cache import EmbeddingCache, identity_of, model_key
 from service.pipeline.encoding import check_encoding
@@ -186,9 +187,11 @@ class Embedder(ServedModel):
         started = time.perf_counter()
         dims = check_dimensions(params.dimensions, self.info.min_dimensions, self.info.hidden_size)
         check_encoding(params.encoding, params.normalize)
-        tokenized = await self.tokenize(params, deadline)
+        with tracing.stage("tokenize", **{tracing.INPUTS: params.count}):
+            tokenized = await self.tokenize(params, deadline)
+            tracing.count_tokens(tokenized.token_count)
         tokenized_at = time.perf_counter()
-        run = await self.run_model(tokenized.ids, deadline)
+        run = await self.run_model(tokenized.ids, deadline)  # the queue and inference spans, per chunk
         inferred_at = time.perf_counter()
         vectors = finalize(run.out, dims, params.normalize)
         self.metrics.inputs.observe(len(tokenized.ids))

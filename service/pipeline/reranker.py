@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from service import tracing
 from service.contract import DEFAULT_RERANK_INSTRUCTION, RERANK_PREFIX, RERANK_SUFFIX, ModelInfo
 from service.errors import ErrorKind, ServiceError, invalid
 from service.metrics import Metrics
@@ -265,9 +266,11 @@ class Reranker(ServedModel):
     async def rerank(self, params: RerankParams, deadline: float) -> RerankResult:
         """`deadline` is a time.monotonic() value; the backend gets the time left."""
         started = time.perf_counter()
-        tokenized = await self.tokenize(params, deadline)
+        with tracing.stage("tokenize", **{tracing.INPUTS: params.count}):
+            tokenized = await self.tokenize(params, deadline)
+            tracing.count_tokens(tokenized.token_count)
         tokenized_at = time.perf_counter()
-        run = await self.run_model(tokenized.ids, deadline)
+        run = await self.run_model(tokenized.ids, deadline)  # the queue and inference spans, per chunk
         inferred_at = time.perf_counter()
         logits = run.out
         if not np.isfinite(logits).all():

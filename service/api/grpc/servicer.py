@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
+from service import request_id, tracing
 from service.api.grpc.limits import idle_message
 from service.api.grpc.wire import count_field
 from service.api.info import info_fields
@@ -194,6 +195,31 @@ def error_reply(request_id: str, exc: ServiceError) -> pb.EmbedResponse:
     return pb.EmbedResponse(request_id=short(request_id, 256), error=error)
 
 
+def metadata_value(metadata: Any, key: str) -> str | None:
+    """The first value of `key` in a call's invocation metadata (keys arrive lowercased)."""
+    for name, value in metadata:
+        if name == key:
+            return value if isinstance(value, str) else None
+    return None
+
+
+# Status codes that are the server's failure, not the client's (OpenTelemetry's rule for gRPC server spans).
+SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def call_attributes(method: str, rid: str) -> dict[str, Any]:
+    return {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": method, tracing.REQUEST_ID: rid}
+
+
 def short(text: str, limit: int = 64) -> str:
     """Client-chosen strings quoted in errors are cut: an error must not grow with the attacker's input."""
     return text if len(text) <= limit else text[:limit] + "…"
@@ -219,25 +245,43 @@ class GrpcApi:
         return parse
 
     async def _answer(self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
-        """Runs one call: ServiceError -> its status code; anything else -> INTERNAL (a bug), logged."""
+        """Runs one call: ServiceError -> its status code; anything else -> INTERNAL (a bug), logged. The
+        call's request id (the client's valid `x-request-id` metadata, else a new one) goes back in the
+        trailing metadata, whatever the outcome, and is in the logs written meanwhile; the call is traced
+        (service/tracing.py) when tracing is on."""
         code = grpc.StatusCode.OK
-        with self._seconds(method).time():
+        error: str | None = None
+        metadata = context.invocation_metadata() or ()
+        rid = request_id.choose(metadata_value(metadata, request_id.HEADER))
+        trailing: tuple[tuple[str, str], ...] = ((request_id.HEADER, rid),)
+        context.set_trailing_metadata(trailing)
+        token = request_id.current.set(rid)
+        with (
+            self._seconds(method).time(),
+            tracing.request_span(f"{SERVICE_NAME}/{method}", metadata, **call_attributes(method, rid)) as span,
+        ):
             try:
                 return await work()
             except ServiceError as exc:
                 code = STATUS[exc.kind]
+                error = exc.message
                 if exc.kind is ErrorKind.RESOURCE_EXHAUSTED:
-                    context.set_trailing_metadata((("retry-after-ms", "200"),))
+                    context.set_trailing_metadata((*trailing, ("retry-after-ms", "200")))
                 await context.abort(code, exc.message)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL
+                error = "internal error"
                 log.exception("unexpected error in %s", method)
                 await context.abort(code, "internal error; it was logged")
             finally:
                 self._count(method, code.name).inc()
+                tracing.set_outcome(
+                    span, error if code in SERVER_FAULTS else None, **{"rpc.grpc.status_code": code.value[0]}
+                )
+                request_id.current.reset(token)
         raise AssertionError("unreachable")
 
     # The metrics' children per label set, looked up once (labels() takes a lock and walks a dict per call).
@@ -258,7 +302,9 @@ class GrpcApi:
         deadline = self._deadline(context)
 
         async def work() -> bytes:
-            return encode_response(await self.lifecycle.embed(self._parse_embed(raw), deadline))
+            embedded = await self.lifecycle.embed(self._parse_embed(raw), deadline)
+            with tracing.stage("encode", **{tracing.ENCODING: embedded.params.encoding.name.lower()}):
+                return encode_response(embedded)
 
         return await self._answer("Embed", context, work)
 
@@ -272,31 +318,47 @@ class GrpcApi:
         grpc_idle_timeout_s, the stream ends with DEADLINE_EXCEEDED."""
         window = asyncio.Semaphore(self.stream_window)
         done: asyncio.Queue[bytes | pb.EmbedResponse | None] = asyncio.Queue()
+        # One request id for the stream (trailing metadata, logs); each message is traced as a request of
+        # its own under the stream's trace context.
+        metadata = context.invocation_metadata() or ()
+        rid = request_id.choose(metadata_value(metadata, request_id.HEADER))
+        context.set_trailing_metadata(((request_id.HEADER, rid),))
+        request_id.current.set(rid)  # this call's task, and the message tasks it starts
+        parent = tracing.carrier(metadata) if tracing.enabled() else {}
+        span_name = f"{SERVICE_NAME}/EmbedStream"
         tasks: set[asyncio.Task[None]] = set()
         started = 0
         last_read = 0.0
 
         async def one(raw: bytes) -> None:
-            rid = ""
-            response: bytes | pb.EmbedResponse
+            with tracing.request_span(span_name, parent, **call_attributes("EmbedStream", rid)) as span:
+                response = await answer(raw)
+                code = "OK" if isinstance(response, bytes) else response.error.code
+                status = grpc.StatusCode[code]
+                tracing.set_outcome(
+                    span, code if status in SERVER_FAULTS else None, **{"rpc.grpc.status_code": status.value[0]}
+                )
+            self._count("EmbedStream", code).inc()
+            done.put_nowait(response)
+
+        async def answer(raw: bytes) -> bytes | pb.EmbedResponse:
+            message_id = ""
             try:
 
                 async def parse(models: Models) -> tuple[EmbedParams, Embedder]:
-                    nonlocal rid
+                    nonlocal message_id
                     params, embedder = await self._parse_embed(raw)(models)
-                    rid = params.request_id
+                    message_id = params.request_id
                     return params, embedder
 
                 embedded = await self.lifecycle.embed(parse, self._deadline(context), stream=True)
-                response = encode_response(embedded)
+                with tracing.stage("encode", **{tracing.ENCODING: embedded.params.encoding.name.lower()}):
+                    return encode_response(embedded)
             except ServiceError as exc:
-                response = error_reply(rid, exc)
+                return error_reply(message_id, exc)
             except Exception:
                 log.exception("unexpected error in EmbedStream")
-                response = error_reply(rid, ServiceError(ErrorKind.INTERNAL, "internal error; it was logged"))
-            code = "OK" if isinstance(response, bytes) else response.error.code
-            self._count("EmbedStream", code).inc()
-            done.put_nowait(response)
+                return error_reply(message_id, ServiceError(ErrorKind.INTERNAL, "internal error; it was logged"))
 
         async def reader() -> None:
             nonlocal started, last_read

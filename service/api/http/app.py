@@ -12,6 +12,7 @@ from starlette.types import ASGIApp
 from service import __version__
 from service.api.http import cohere, embeddings, nim, rerank, tei
 from service.api.http.gate import HttpGate
+from service.api.http.request_edge import RequestEdge
 from service.api.http.wire import HttpContext, error_response
 from service.errors import ServiceError
 from service.lifecycle import Lifecycle
@@ -52,4 +53,5 @@ def build_app(lifecycle: Lifecycle, settings: Settings) -> ASGIApp:
     app.include_router(nim.router)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(ServiceError, on_service_error)
-    return HttpGate(app, ctx)
+    # The request id and the trace span outermost: the gate's refusals carry them too.
+    return RequestEdge(HttpGate(app, ctx))

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service import tracing
 from service.api.http.peer_fields import WireFormat, params_from_request, split_model_suffix, wire_format
 from service.api.http.schemas import EmbeddingsRequest, EmbeddingsResponse
 from service.api.http.tei import tei_info_fields
@@ -72,7 +73,8 @@ async def embeddings(request: Request) -> Response:
 
     embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
     result = embedded.result
-    body = embeddings_json(result.vectors, wire, embedded.model, result.prompt_tokens)
+    with tracing.stage("encode", **{tracing.ENCODING: wire.label}):
+        body = embeddings_json(result.vectors, wire, embedded.model, result.prompt_tokens)
     return Response(body, media_type=JSON)
 
 

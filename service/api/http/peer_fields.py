@@ -32,6 +32,12 @@ class WireFormat:
     float_dtype: str = "float32"
     byteorder: str = "<"
 
+    @property
+    def label(self) -> str:
+        """What the body holds, for traces: float32, float16, int8, binary, ... and /base64 when base64."""
+        name = self.float_dtype if self.encoding is Encoding.FLOAT else self.encoding.value.lower()
+        return f"{name}/base64" if self.base64 else name
+
 
 def split_model_suffix(name: str, served: Callable[[str], bool]) -> tuple[str, str | None]:
     """NIM's "<model>-query" / "<model>-passage": the model and the input type it implies. Only when no served

@@ -18,6 +18,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service import request_id
 from service.api.http.app import build_app
 from service.lifecycle import Lifecycle
 from service.settings import Settings
@@ -84,10 +85,21 @@ class ConnectionLimits:
     def _refuse_head(self) -> None:
         """431 and close: the request line and headers passed max_head_bytes."""
         message = f"request line and headers over {self.max_head_bytes} bytes"
+        self._refuse(b"431 Request Header Fields Too Large", message)
+
+    def send_400_response(self, msg: str) -> None:
+        """The parser's 400 (a request it cannot read), as uvicorn writes it but with a request id too."""
+        self._refuse(b"400 Bad Request", msg)
+
+    def _refuse(self, status: bytes, message: str) -> None:
+        """A plain-text answer and close, for a request the app never sees: it still carries a request id (a
+        new one: the client's headers were not read, or not trusted)."""
+        body = message.encode()
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            + f"content-length: {len(message)}\r\nconnection: close\r\n\r\n{message}".encode()
-        )
+            b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            + b"x-request-id: " + request_id.new().encode() + b"\r\n"
+            + b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+        )  # fmt: skip
         self.transport.close()
 
     def _evict_one(self) -> bool:
