@@ -51,6 +51,14 @@ KIT: dict[str, str] = {
     "typing-inspection": "0.4.5",
     "typing-extensions": "4.16.0",
     "opentelemetry-api": "1.45.2",
+    # Tracing (service/tracing.py): the facade's own dependencies, imported only when tracing is on.
+    "opentelemetry-sdk": "1.45.2",
+    "opentelemetry-semantic-conventions": "0.66b2",
+    "opentelemetry-exporter-otlp-proto-grpc": "1.45.2",
+    "opentelemetry-exporter-otlp-proto-common": "1.45.2",
+    "opentelemetry-exporter-otlp-common": "0.66b2",
+    "opentelemetry-proto": "1.45.2",
+    "googleapis-common-protos": "1.76.0",
     "importlib-metadata": "8.9.0",
     # onnx imports ml_dtypes; the machine's (jax's) may be a numpy-2-only build, and the kit's numpy is 1.26.
     # 0.5.4 works with numpy >= 1.26 on Python 3.12, and tritonclient asks for <= 0.5.4 anyway.
