@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
+from service import priority
 from service.admission import Admission
 from service.errors import ErrorKind, ServiceError
 from service.models import Models
@@ -60,7 +61,7 @@ class Lifecycle:
     async def admitted(self, deadline: float, stream: bool = False) -> AsyncIterator[Models]:
         """A slot (refused at once for unary calls, awaited for stream messages), the models in force, and
         the deadline as a cancellation of everything inside (asyncio's loop clock is time.monotonic)."""
-        slot = self.admission.stream() if stream else self.admission.unary()
+        slot = self.admission.slot(priority.current(), stream)
         try:
             async with asyncio.timeout_at(deadline):
                 async with slot:

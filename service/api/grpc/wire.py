@@ -44,3 +44,30 @@ def count_field(data: bytes, field_number: int, stop_after: int) -> int:
     except ValueError:
         pass
     return count
+
+
+def last_varint(data: bytes, field_number: int) -> int | None:
+    """The value of a top-level varint field (the last occurrence, as the parser keeps it), without parsing
+    the message; None when absent. A malformed message returns what was found so far: the real parser then
+    reports the error."""
+    pos, found = 0, None
+    try:
+        while pos < len(data):
+            key, pos = _varint(data, pos)
+            wire_type = key & 7
+            if wire_type == 0:
+                value, pos = _varint(data, pos)
+                if key >> 3 == field_number:
+                    found = value
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 2:
+                length, pos = _varint(data, pos)
+                pos += length
+            elif wire_type == 5:
+                pos += 4
+            else:
+                return found
+    except ValueError:
+        pass
+    return found

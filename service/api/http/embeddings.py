@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service.api.http.priority import request_priority
 from service.api.http.schemas import EmbeddingsRequest, EmbeddingsResponse
 from service.api.http.token_ids import check_token_ids_allowed
 from service.api.http.wire import (
@@ -31,6 +32,7 @@ from service.pipeline.encoding import float32_base64
 from service.pipeline.inference import ServedModel
 from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.postprocess import check_dimensions
+from service.priority import applied
 
 
 def params_from_openai(body: EmbeddingsRequest) -> EmbedParams:
@@ -98,7 +100,8 @@ async def embeddings(request: Request) -> Response:
         params = check_token_ids_allowed(params_from_openai(req), ctx.settings)
         return replace(params, model=embedder.info.triton_name), embedder
 
-    embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
+    with applied(request_priority(request, req.priority)):
+        embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
     result = embedded.result
     body = embeddings_json(result.vectors, req.encoding_format, embedded.model, result.prompt_tokens)
     return Response(body, media_type=JSON)

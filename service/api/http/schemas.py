@@ -34,6 +34,11 @@ class EmbeddingsRequest(BaseModel):
         "NONE", description="NONE rejects inputs over the model's limit; END/START cut them"
     )
     normalize: bool = Field(True, description="L2-normalise (after the dimension cut)")
+    priority: int | None = Field(
+        None,
+        description="vLLM's priority (lower = served earlier, default 0): <= 0 runs as interactive, > 0 as bulk; "
+        "the X-Priority header, when sent, wins (docs/configuration.md, 'Priority classes')",
+    )
 
 
 class EmbeddingData(BaseModel):
