@@ -109,6 +109,23 @@ def test_a_bulk_pinned_key_runs_bulk_whatever_it_asks(facade: Facade) -> None:
     assert delta(classes(facade), before) == {"interactive": 0, "bulk": 3}
 
 
+def test_rerank_takes_a_class_too(facade: Facade) -> None:
+    before = classes(facade)
+    with grpc.insecure_channel(facade.target) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        request = pb.RerankRequest(query="q", documents=["a", "b"], priority=pb.PRIORITY_BULK)
+        assert len(stub.Rerank(request, metadata=auth(), timeout=60).results) == 2
+    response = httpx.post(
+        f"{facade.base_url}/v1/rerank",
+        json={"query": "q", "documents": ["a", "b"]},
+        headers={"authorization": f"Bearer {SEARCH}", "x-priority": "BULK"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-priority"] == "bulk"
+    assert delta(classes(facade), before) == {"interactive": 0, "bulk": 2}
+
+
 def test_a_bad_class_is_a_clear_error(facade: Facade) -> None:
     with grpc.insecure_channel(facade.target) as channel:
         stub = pb_grpc.EmbeddingServiceStub(channel)
