@@ -59,8 +59,9 @@ class Lifecycle:
 
     @asynccontextmanager
     async def admitted(self, deadline: float, stream: bool = False) -> AsyncIterator[Models]:
-        """A slot (refused at once for unary calls, awaited for stream messages), the models in force, and
-        the deadline as a cancellation of everything inside (asyncio's loop clock is time.monotonic)."""
+        """A slot (refused at once for interactive unary calls, awaited for stream messages and bulk requests:
+        the class is the request's priority.current()), the models in force, and the deadline as a cancellation
+        of everything inside (asyncio's loop clock is time.monotonic)."""
         slot = self.admission.slot(priority.current(), stream)
         try:
             async with asyncio.timeout_at(deadline):

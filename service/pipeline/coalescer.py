@@ -276,37 +276,40 @@ class Coalescer:
         task = asyncio.get_running_loop().create_task(self._send(sent))
         sent.task = task
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # The call's end is counted when the task ends, not in _send: a task cancelled before it first runs
+        # (its requests all went away at once) never runs _send's code, and its place in flight must not leak.
+        task.add_done_callback(lambda done: self._finished(done, sent))
+
+    def _finished(self, task: asyncio.Task[None], sent: _Sent) -> None:
+        self._tasks.discard(task)
+        self._in_flight[sent.priority] -= 1
+        if sent.priority is Priority.INTERACTIVE:
+            self._interactive_seen = self._clock()
+        self._pump()
 
     async def _send(self, sent: _Sent) -> None:
         batch = sent.chunks
+        rows: list[Sequence[int]] = [r for chunk in batch for r in chunk.rows]
+        timeout = max(chunk.deadline for chunk in batch) - time.monotonic()
         try:
-            rows: list[Sequence[int]] = [r for chunk in batch for r in chunk.rows]
-            timeout = max(chunk.deadline for chunk in batch) - time.monotonic()
-            try:
-                out = await self._call(batch[0].width, rows, timeout, sent.priority)
-            except asyncio.CancelledError:
-                for chunk in batch:
-                    chunk.future.cancel()
-                raise
-            except ServiceError as exc:
-                for chunk in batch:
-                    if not chunk.future.done():
-                        chunk.future.set_exception(ServiceError(exc.kind, exc.message, exc.param))
-                return
-            except Exception as exc:
-                for chunk in batch:
-                    if not chunk.future.done():
-                        chunk.future.set_exception(exc)
-                return
-            start = 0
+            out = await self._call(batch[0].width, rows, timeout, sent.priority)
+        except asyncio.CancelledError:
             for chunk in batch:
-                n = len(chunk.rows)
+                chunk.future.cancel()
+            raise
+        except ServiceError as exc:
+            for chunk in batch:
                 if not chunk.future.done():
-                    chunk.future.set_result(out[start : start + n])
-                start += n
-        finally:
-            self._in_flight[sent.priority] -= 1
-            if sent.priority is Priority.INTERACTIVE:
-                self._interactive_seen = self._clock()
-            self._pump()
+                    chunk.future.set_exception(ServiceError(exc.kind, exc.message, exc.param))
+            return
+        except Exception as exc:
+            for chunk in batch:
+                if not chunk.future.done():
+                    chunk.future.set_exception(exc)
+            return
+        start = 0
+        for chunk in batch:
+            n = len(chunk.rows)
+            if not chunk.future.done():
+                chunk.future.set_result(out[start : start + n])
+            start += n

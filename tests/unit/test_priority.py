@@ -240,3 +240,22 @@ async def test_alone_bulk_runs_as_wide_as_interactive_would() -> None:
         if i < len(backend.gates) and not backend.gates[i].done():
             backend.release(i)
     await asyncio.gather(*tasks)
+
+
+async def test_a_call_cancelled_before_it_runs_frees_its_place() -> None:
+    """Every request of a call went away in the loop turn the call was started in: its task is cancelled
+    before it first runs. Its place in flight must come back, or the class would stall at its limit."""
+    backend = Backend()
+    co = coalescer(backend, max_in_flight=1)
+    for cls in (INTERACTIVE, BULK):
+        request = asyncio.create_task(co.run(16, rows(1, 1), far(), priority=cls))
+        await asyncio.sleep(0)  # the request ran up to its wait; its call's task has not started
+        (call,) = co._tasks
+        request.cancel()
+        call.cancel()  # what _abandon does once every request of the call has gone
+        await settle()
+        assert co.in_flight == 0 and backend.calls == []
+    after = asyncio.create_task(co.run(16, rows(2, 1), far(), priority=BULK))
+    await settle()
+    backend.release(0)
+    assert (await after)[:, 0].tolist() == [200]
