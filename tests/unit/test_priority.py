@@ -4,6 +4,7 @@ coalescer put interactive work first and bound the bulk work that can stand in i
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -63,14 +64,19 @@ def test_the_context_variable_is_scoped() -> None:
 
 def test_the_priority_field_is_read_on_the_wire() -> None:
     raw = pb.EmbedRequest(inputs=["a", "b"], model="m", priority=pb.PRIORITY_BULK).SerializeToString()
-    assert last_varint(raw, 10) == pb.PRIORITY_BULK
-    assert last_varint(pb.EmbedRequest(inputs=["x"]).SerializeToString(), 10) is None
+    assert last_varint(raw, 10, 100) == pb.PRIORITY_BULK
+    assert last_varint(pb.EmbedRequest(inputs=["x"]).SerializeToString(), 10, 100) is None
     raw = pb.RerankRequest(query="q", documents=["d"], priority=pb.PRIORITY_INTERACTIVE).SerializeToString()
-    assert last_varint(raw, 10) == pb.PRIORITY_INTERACTIVE
+    assert last_varint(raw, 10, 100) == pb.PRIORITY_INTERACTIVE
     # The last occurrence wins, as in the parser.
     twice = raw + pb.RerankRequest(priority=pb.PRIORITY_BULK).SerializeToString()
-    assert last_varint(twice, 10) == pb.RerankRequest.FromString(twice).priority == pb.PRIORITY_BULK
-    assert last_varint(b"\x0a\xff", 10) is None  # malformed: the parser reports it
+    assert last_varint(twice, 10, 100) == pb.RerankRequest.FromString(twice).priority == pb.PRIORITY_BULK
+    assert last_varint(b"\x0a\xff", 10, 100) is None  # malformed: the parser reports it
+    # Past max_fields the walk stops: a million tiny inputs cost max_fields steps, not a million.
+    flood = pb.EmbedRequest(inputs=["x"] * 1_000_000, priority=pb.PRIORITY_BULK).SerializeToString()
+    started = time.perf_counter()
+    assert last_varint(flood, 10, 100) is None
+    assert time.perf_counter() - started < 0.5  # wide: the whole walk would take seconds
 
 
 def test_keys_file_pins_a_key_to_bulk() -> None:

@@ -55,15 +55,19 @@ ENCODING = {
 ENCODING_PB = {v: k for k, v in ENCODING.items()}
 INPUTS_FIELD = 1  # `repeated string inputs = 1` in EmbedRequest and TokenizeRequest
 PRIORITY_FIELD = 10  # `Priority priority = 10` in EmbedRequest and RerankRequest
+OTHER_FIELDS = 64  # room for every non-repeated field of EmbedRequest / RerankRequest, repeated or not
 PRIORITY = {pb.PRIORITY_INTERACTIVE: Priority.INTERACTIVE, pb.PRIORITY_BULK: Priority.BULK}
 # An API key's pinned class (KeyChecker.pinned), from the call's `authorization` metadata.
 Pinned = Callable[[str | None], Priority | None]
 
 
-def asked_priority(raw: bytes | None, metadata: dict[str, str]) -> Priority | None:
+def asked_priority(raw: bytes | None, metadata: dict[str, str], max_inputs: int) -> Priority | None:
     """What a call asks for: the message's `priority` field (read on the wire: admission needs it before the
-    message is parsed), else the `x-priority` metadata, else nothing."""
-    value = last_varint(raw, PRIORITY_FIELD) if raw is not None else None
+    message is parsed), else the `x-priority` metadata, else nothing. The walk stops past the fields a valid
+    message can have (`max_inputs` inputs or documents and the other fields): a message of millions of tiny
+    inputs costs no more here, and parse_request refuses it."""
+    fields = max_inputs + OTHER_FIELDS
+    value = last_varint(raw, PRIORITY_FIELD, fields) if raw is not None else None
     if value:
         if value not in PRIORITY:
             raise invalid(f"unknown priority value {value}", "priority")
@@ -230,7 +234,7 @@ class GrpcApi:
     def _priority(self, raw: bytes | None, context: grpc.aio.ServicerContext) -> Priority:
         """The call's class (service/priority.py): its key's pin, else what it asks for, else interactive."""
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        asked = asked_priority(raw, metadata)
+        asked = asked_priority(raw, metadata, self.state.settings.max_batch_inputs)
         pinned = self.pinned(metadata.get("authorization")) if self.pinned is not None else None
         return resolve(asked, pinned, self.state.settings.priority_classes)
 

@@ -46,13 +46,17 @@ def count_field(data: bytes, field_number: int, stop_after: int) -> int:
     return count
 
 
-def last_varint(data: bytes, field_number: int) -> int | None:
+def last_varint(data: bytes, field_number: int, max_fields: int) -> int | None:
     """The value of a top-level varint field (the last occurrence, as the parser keeps it), without parsing
-    the message; None when absent. A malformed message returns what was found so far: the real parser then
-    reports the error."""
-    pos, found = 0, None
+    the message; None when absent. A malformed message returns what was found so far, and one of more than
+    `max_fields` fields returns None without walking further (O(max_fields), however large the message): the
+    real parser or the input count then refuses it."""
+    pos, found, fields = 0, None, 0
     try:
         while pos < len(data):
+            fields += 1
+            if fields > max_fields:
+                return None
             key, pos = _varint(data, pos)
             wire_type = key & 7
             if wire_type == 0:
