@@ -11,7 +11,17 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export.errors import ExportError
 from export.memory import MIB, PeakMemory
-from service.contract import ATTENTION_MASK, INPUT_IDS, INPUT_NAMES, ModelFacts, ModelKind, Precision, default_buckets
+from service.contract import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    INPUT_NAMES,
+    PRIORITY_LEVEL_INTERACTIVE,
+    PRIORITY_LEVELS,
+    ModelFacts,
+    ModelKind,
+    Precision,
+    default_buckets,
+)
 
 BACKENDS = ("python", "onnxruntime", "tensorrt")
 # The Triton model name when none is given (RepoSettings.name ""; `export` without --name).
@@ -189,6 +199,10 @@ def build_config(settings: RepoSettings, facts: ModelFacts) -> mc.ModelConfig:
     policy.timeout_action = mc.ModelQueuePolicy.REJECT
     policy.default_timeout_microseconds = settings.queue_timeout_us
     policy.allow_timeout_override = True
+    # Priority classes (service/priority.py): the facade sends each call's level; interactive calls leave the
+    # queue before bulk ones. The default queue policy applies to every level.
+    batching.priority_levels = PRIORITY_LEVELS
+    batching.default_priority_level = PRIORITY_LEVEL_INTERACTIVE
 
     kind = resolved_kind(settings)
     cfg.instance_group.add(

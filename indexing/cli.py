@@ -36,6 +36,9 @@ def index(
     retries: Annotated[int, typer.Option(help="Attempts per request on overload / unavailability")] = 8,
     rejects: Annotated[Path | None, typer.Option(help="Rejects file (default <output stem>.rejects.jsonl)")] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar")] = True,
+    priority: Annotated[
+        str, typer.Option(help="Priority class of the requests: bulk (search traffic goes first) or interactive")
+    ] = "bulk",
 ) -> None:
     """Embeds a corpus into Parquet (id, vector); rerun the same command to resume after an interruption."""
     from indexing.index import IndexConfig, run_with_progress
@@ -47,6 +50,8 @@ def index(
         raise typer.BadParameter(str(exc)) from exc
     if api not in ("grpc", "http"):
         raise typer.BadParameter("grpc or http", param_hint="--api")
+    if priority not in ("bulk", "interactive"):
+        raise typer.BadParameter("bulk or interactive", param_hint="--priority")
     cfg = IndexConfig(
         input=input,
         output=output,
@@ -64,6 +69,7 @@ def index(
         retry_attempts=max(1, retries),
         rejects=rejects,
         progress=progress,
+        priority=priority,
     )
     try:
         summary = run_with_progress(cfg)
@@ -91,6 +97,9 @@ def eval_command(
     ),
     split: str = "test",
     k: Annotated[str, typer.Option(help="Recall cut-offs, comma-separated")] = "10,100",
+    priority: Annotated[
+        str, typer.Option(help="Priority class of the requests: bulk (search traffic goes first) or interactive")
+    ] = "bulk",
 ) -> None:
     """Retrieval metrics (nDCG@10, Recall@k, MRR via ir-measures) for one or more endpoints: one table and a
     Matryoshka plot."""
@@ -106,12 +115,14 @@ def eval_command(
         ks = [int(x) for x in k.split(",") if x]
         if not ks or min(ks) < 1:
             raise BeirError(f"--k {k!r}: give positive cut-offs, e.g. 10,100")
+        if priority not in ("bulk", "interactive"):
+            raise BeirError(f"--priority {priority!r}: bulk or interactive")
         beir = read_beir(data, split)  # validated whole before any system is called
     except (BeirError, ValueError, OSError) as exc:  # the folder or the options: one message, exit 2
         typer.echo(f"eval: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     try:
-        rows = evaluate(systems, beir, ks)
+        rows = evaluate(systems, beir, ks, priority)
     except (EmbedError, ValueError, OSError) as exc:
         typer.echo(f"eval failed: {exc}", err=True)
         raise typer.Exit(code=1) from exc

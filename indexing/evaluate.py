@@ -113,10 +113,18 @@ def metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], 
     return out
 
 
-def embed_system(system: SystemSpec, data: BeirData, timeout_s: float = 120.0) -> tuple[np.ndarray, np.ndarray, int]:
-    """(query vectors, document vectors, full size) at full size, normalised."""
+def embed_system(
+    system: SystemSpec, data: BeirData, timeout_s: float = 120.0, priority: str | None = "bulk"
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(query vectors, document vectors, full size) at full size, normalised. `priority`: the class every
+    request is sent with (an evaluation is bulk work: it must not slow search traffic)."""
     with Client(
-        system.target, api=system.api, api_key=system.api_key, model=system.model, timeout_s=timeout_s
+        system.target,
+        api=system.api,
+        api_key=system.api_key,
+        model=system.model,
+        timeout_s=timeout_s,
+        priority=priority,
     ) as client:
         docs = client.embed(list(data.corpus.values()), EmbedOptions(prompt_name=system.doc_prompt)).vectors
         query_opts = EmbedOptions(prompt_name=system.query_prompt, instruction=system.query_instruction)
@@ -124,13 +132,15 @@ def embed_system(system: SystemSpec, data: BeirData, timeout_s: float = 120.0) -
     return queries, docs, docs.shape[1]
 
 
-def evaluate(systems: list[SystemSpec], data: BeirData, ks: list[int]) -> list[dict[str, Any]]:
+def evaluate(
+    systems: list[SystemSpec], data: BeirData, ks: list[int], priority: str | None = "bulk"
+) -> list[dict[str, Any]]:
     """One row per (system, precision, dimensions)."""
     rows: list[dict[str, Any]] = []
     doc_ids, query_ids = list(data.corpus), list(data.queries)
     depth = max([*ks, 10, 100])
     for system in systems:
-        queries, docs, full = embed_system(system, data)
+        queries, docs, full = embed_system(system, data, priority=priority)
         for precision in system.precisions:
             for size in sorted({d or full for d in system.dims}):
                 if size > full:

@@ -52,6 +52,7 @@ class IndexConfig:
     retry_attempts: int = 8
     rejects: Path | None = None
     progress: bool = True
+    priority: str | None = "bulk"  # a backfill must not slow search traffic (service/priority.py)
 
     @property
     def parts_dir(self) -> Path:
@@ -193,6 +194,7 @@ async def run_index(cfg: IndexConfig, on_progress: Callable[[int, int, int], Non
         batch_size=cfg.batch_size,
         retry=retry,
         max_concurrency=cfg.concurrency,
+        priority=cfg.priority,
     ) as client:
         await client.limits()
         if on_progress:

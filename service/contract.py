@@ -27,6 +27,11 @@ INPUT_NAMES = (INPUT_IDS, ATTENTION_MASK)
 # A reranker's graph (Qwen3-Reranker, a yes/no judge): float32 [batch, 2], the LM head's logits at the pooled
 # position for the tokens RERANK_LABELS, in that order. The score is sigmoid(yes - no) (the official
 # log_softmax over the two, exp of "yes"); the facade computes it, so raw scores (yes - no) stay exact.
+# Triton priority levels of the dynamic batcher (1 is served first): interactive 1, bulk 2
+# (service/priority.py). Requests that name none (older facades, other clients) get the interactive level.
+PRIORITY_LEVEL_INTERACTIVE = 1
+PRIORITY_LEVEL_BULK = 2
+PRIORITY_LEVELS = 2
 RERANK_LOGITS = "logits"
 RERANK_LABELS = ("no", "yes")
 

@@ -10,6 +10,10 @@
   rename it over the old one (atomic: `mv`, a Kubernetes Secret's symlink swap); an unterminated last line
   is never a key.
 
+A key may carry attributes after it, `name=value` separated by whitespace; the one known is `priority=bulk`
+(or `priority=interactive`): the key's requests run in that class whatever they ask for (service/priority.py).
+Anything else after a key makes the line a problem, never a key.
+
 `parse` never raises: it returns the keys of every well-formed line and the problems, so the caller decides
 what a bad file means (start-up: an error; a reload: see service/api/auth.py).
 """
@@ -74,16 +78,21 @@ def read_text(path: Path) -> str:
         raise KeysFileUnreadable(f"the API keys file {path} is not UTF-8 text") from None
 
 
+PRIORITIES = ("interactive", "bulk")  # service.priority.Priority's values
+
+
 @dataclass
 class Parsed:
     keys: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    pins: dict[str, str] = field(default_factory=dict)  # key -> the priority class it is pinned to
 
 
 def parse(text: str, source: str) -> Parsed:
     """One key per line. Each line is stripped first, so an indented '# revoked: sk-old' stays a comment. A
-    line holding whitespace inside is a problem (two keys, or a key and a note: never one key), and so is an
-    unterminated last line (the file may be half-written): neither gives a key."""
+    line holding whitespace inside is a problem (two keys, or a key and a note: never one key) unless all that
+    follows the key is known attributes (`priority=bulk`), and so is an unterminated last line (the file may
+    be half-written): neither gives a key."""
     out = Parsed()
     lines = text.split("\n")
     if lines[-1].strip():
@@ -95,8 +104,20 @@ def parse(text: str, source: str) -> Parsed:
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
-        if any(c.isspace() for c in entry):
-            out.problems.append(f"line {number} of {source} is not a single key (it contains whitespace)")
+        key, *attributes = entry.split()
+        pin = None
+        for attribute in attributes:
+            name, _, value = attribute.partition("=")
+            if name != "priority" or value not in PRIORITIES:
+                break
+            pin = value
+        else:
+            out.keys.append(key)
+            if pin is not None:
+                out.pins[key] = pin
             continue
-        out.keys.append(entry)
+        out.problems.append(
+            f"line {number} of {source} is not a single key (it contains whitespace); the only attribute a key "
+            f"may carry is priority={'|'.join(PRIORITIES)}"
+        )
     return out

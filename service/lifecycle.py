@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from service import tracing
+from service import priority, tracing
 from service.admission import Admission
 from service.errors import ErrorKind, ServiceError
 from service.models import Models
@@ -59,9 +59,10 @@ class Lifecycle:
 
     @asynccontextmanager
     async def admitted(self, deadline: float, stream: bool = False) -> AsyncIterator[Models]:
-        """A slot (refused at once for unary calls, awaited for stream messages), the models in force, and
-        the deadline as a cancellation of everything inside (asyncio's loop clock is time.monotonic)."""
-        slot = self.admission.stream() if stream else self.admission.unary()
+        """A slot (refused at once for interactive unary calls, awaited for stream messages and bulk requests:
+        the class is the request's priority.current()), the models in force, and the deadline as a cancellation
+        of everything inside (asyncio's loop clock is time.monotonic)."""
+        slot = self.admission.slot(priority.current(), stream)
         try:
             async with asyncio.timeout_at(deadline):
                 async with tracing.acquired("admission", slot):  # a span over the wait for the slot

@@ -80,9 +80,40 @@ class Metrics:
             buckets=COUNT_BUCKETS,
             registry=r,
         )
+        # Priority classes (service/priority.py): what each class gets from admission and Triton.
+        self.priority_requests = Counter(
+            "qwen3_embed_priority_requests", "Requests admitted, by priority class", ["priority"], registry=r
+        )
+        self.priority_request_seconds = Histogram(
+            "qwen3_embed_priority_request_duration_seconds",
+            "Request latency from asking admission for a slot to giving it back, by priority class",
+            ["priority"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.admission_wait_seconds = Histogram(
+            "qwen3_embed_admission_wait_seconds",
+            "Wait for an admission slot (bulk requests and stream messages wait; interactive calls do not)",
+            ["priority"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.priority_triton_calls = Counter(
+            "qwen3_embed_priority_triton_calls",
+            "Triton calls by the priority they were sent with (a call carrying any interactive row is interactive)",
+            ["priority"],
+            registry=r,
+        )
         # Gauge modes say how the values of several worker processes combine (ignored with one process).
         self.in_flight = Gauge(
             "qwen3_embed_in_flight_requests", "Requests being served", registry=r, multiprocess_mode="livesum"
+        )
+        self.priority_in_flight = Gauge(
+            "qwen3_embed_priority_in_flight_requests",
+            "Requests holding an admission slot, by priority class",
+            ["priority"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.triton_up = Gauge(
             "qwen3_embed_triton_up",

@@ -26,11 +26,19 @@ def parse_api_keys(text: str, source: str) -> list[str]:
 def read_api_keys_file(path: Path) -> list[str]:
     """The file's keys, possibly none; raises ApiKeysError when it is not a regular file, cannot be read or
     parsed. Never blocks (a FIFO at the path is refused, not read)."""
+    return read_api_keys(path).keys
+
+
+def read_api_keys(path: Path) -> keys_file.Parsed:
+    """As read_api_keys_file, with the keys' priority pins."""
     try:
         text = keys_file.read_text(path)
     except keys_file.KeysFileUnreadable as exc:
         raise ApiKeysError(str(exc)) from None
-    return parse_api_keys(text, str(path))
+    parsed = keys_file.parse(text, str(path))
+    if parsed.problems:
+        raise ApiKeysError(parsed.problems[0])
+    return parsed
 
 
 class ApiKeys(list[str]):
@@ -38,7 +46,9 @@ class ApiKeys(list[str]):
     (rotation without a restart), every `reload_s` seconds at most."""
 
     def __init__(self, fixed: list[str], file: Path | None, reload_s: float) -> None:
-        from_file = read_api_keys_file(file) if file is not None else []
+        parsed = read_api_keys(file) if file is not None else keys_file.Parsed()
+        from_file = parsed.keys
+        self.pins = dict(parsed.pins)  # key -> priority class name (service/keys_file.py)
         if file is not None and not from_file:
             # Auth must never turn itself off because a file lost its keys.
             raise ApiKeysError(
@@ -163,6 +173,31 @@ class Settings(BaseSettings):
         ge=0,
         description="Memory for cached embedding vectors (text inputs; keyed by model load, template, text and "
         "truncation), least recently used evicted first; per worker process. 0 = off",
+    )
+
+    # Priority classes (service/priority.py, docs/configuration.md "Priority classes")
+    priority_classes: bool = Field(
+        True,
+        description="Honour requests' priority classes (interactive, bulk); off: every request is interactive",
+    )
+    bulk_calls_in_flight: int = Field(
+        1,
+        ge=1,
+        description="Triton calls of bulk rows in flight per model while interactive work is around (below "
+        "Triton's instance count leaves an instance free for interactive calls); otherwise "
+        "triton_calls_in_flight",
+    )
+    bulk_token_budget: int = Field(
+        2048,
+        ge=16,
+        description="Padded tokens per Triton call of bulk rows while interactive work is around: bounds how long "
+        "an interactive call can wait behind one (a Triton execution cannot be preempted); otherwise token_budget",
+    )
+    bulk_window_s: float = Field(
+        2.0,
+        ge=0,
+        description="Interactive work seen within this many seconds holds bulk to bulk_calls_in_flight and "
+        "bulk_token_budget",
     )
 
     # Processes

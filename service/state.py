@@ -93,6 +93,9 @@ class ServiceState:
             "max_triton_batch": s.max_triton_batch,
             "tokenizer_threads": s.tokenizer_threads,
             "max_calls_in_flight": s.triton_calls_in_flight,
+            "bulk_calls_in_flight": s.bulk_calls_in_flight,
+            "bulk_token_budget": s.bulk_token_budget,
+            "bulk_window_s": s.bulk_window_s,
         }
         backend = self.backend.for_model(info)
         try:

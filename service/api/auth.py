@@ -16,6 +16,9 @@ never leave a revoked key valid. So:
   file is refused until the file is good again (fail closed). Keys from QWEN3_EMBED_API_KEYS are not the
   file's and stay.
 Writers should write a new file and rename it over the old one (`mv`; Kubernetes does this for a Secret).
+
+A key of the file may be pinned to a priority class (`<key> priority=bulk`): `pinned` names it for a request
+that passed `check`, and follows the file as the keys do.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 import grpc
 
 from service import keys_file
+from service.priority import Priority, parse_name
 from service.settings import ApiKeys
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ class KeyChecker:
         self._keys = [k.encode() for k in keys if k]
         # The keys in force that came from the file: what a bad file is compared against.
         self._from_file = list(keys)[len(keys.fixed) :] if isinstance(keys, ApiKeys) else []
+        self._pins = _pins(keys.pins if isinstance(keys, ApiKeys) else {})
         self._signature = _signature(self._file) if self._file is not None else None
         self._checked = clock()
 
@@ -88,12 +93,13 @@ class KeyChecker:
             return
         if not parsed.keys:
             log.error("the API keys file %s now holds no key: calls that need one are refused", self._file)
-        self._apply(parsed.keys)
+        self._apply(parsed.keys, parsed.pins)
         log.info("API keys file %s changed: %d keys in force", self._file, len(self._keys))
 
-    def _apply(self, from_file: list[str]) -> None:
+    def _apply(self, from_file: list[str], pins: dict[str, str] | None = None) -> None:
         self._from_file = list(from_file)
         self._keys = [k.encode() for k in (*self._fixed, *from_file)]
+        self._pins = _pins(pins or {})
 
     def _bad_file(self, problem: str, parsed: keys_file.Parsed) -> None:
         """Keeps the keys in force only if the bad file removes none of them; otherwise refuses the file's keys."""
@@ -121,6 +127,17 @@ class KeyChecker:
         for key in self._keys:
             matched |= hmac.compare_digest(given, key)
         return matched
+
+    def pinned(self, authorization: str | None) -> Priority | None:
+        """The priority class the request's key is pinned to, if any. Call it after `check` passed: the key
+        is then known to be in force, so looking it up leaks nothing."""
+        if not self._pins or not authorization or authorization[:7].lower() != "bearer ":
+            return None
+        return self._pins.get(authorization[7:].strip())
+
+
+def _pins(names: dict[str, str]) -> dict[str, Priority]:
+    return {key: parse_name(name) for key, name in names.items()}
 
 
 def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -207,12 +207,17 @@ class _Base:
         timeout_s: float = 60.0,
         batch_size: int | None = None,
         retry: RetryPolicy | None = None,
+        priority: str | None = None,
     ) -> None:
         """`target`: host:port for gRPC, the base URL (".../v1") for HTTP. `model`: the OpenAI `model` field
         (default: the server's from /info or /v1/models). `batch_size` caps inputs per request below the
-        server's limit."""
+        server's limit. `priority`: "interactive" or "bulk" for every request (the `priority` field on gRPC,
+        the X-Priority header on HTTP); None: the server's default (interactive, or the key's pin)."""
         if api not in ("grpc", "http"):
             raise ValueError("api must be 'grpc' or 'http'")
+        if priority not in (None, "interactive", "bulk"):
+            raise ValueError("priority must be 'interactive' or 'bulk'")
+        self.priority = priority
         self.target, self.api, self.api_key, self.model = target, api, api_key, model
         self.timeout_s, self.batch_size = timeout_s, batch_size
         self.retry = retry or RetryPolicy()
@@ -224,7 +229,15 @@ class _Base:
 
     @property
     def _headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.api_key or 'EMPTY'}"}
+        headers = {"authorization": f"Bearer {self.api_key or 'EMPTY'}"}
+        if self.priority:
+            headers["x-priority"] = self.priority
+        return headers
+
+    @property
+    def _priority_pb(self) -> pb.Priority:
+        name = f"PRIORITY_{self.priority.upper()}" if self.priority else "PRIORITY_UNSPECIFIED"
+        return pb.Priority.Value(name)  # type: ignore[return-value]
 
     def _batch(self, limits: Limits) -> int:
         return max(1, min(limits.max_batch_inputs, self.batch_size or limits.max_batch_inputs))
@@ -237,6 +250,7 @@ class _Base:
             dimensions=opts.dimensions,
             truncate=pb.Truncate.Value(f"TRUNCATE_{opts.truncate.upper()}"),
             encoding=pb.Encoding.Value(f"ENCODING_{opts.encoding.upper()}"),
+            priority=self._priority_pb,
         )
         if not opts.normalize:
             request.normalize = False
@@ -285,6 +299,7 @@ class _Base:
                 truncate=pb.Truncate.Value(f"TRUNCATE_{truncate.upper()}"),
                 raw_scores=opts["raw_scores"],
                 model=opts["model"] or "",
+                priority=self._priority_pb,
             )
         if opts["raw_scores"]:
             raise ValueError("raw_scores needs the gRPC API (the Cohere-shaped HTTP API returns probabilities)")

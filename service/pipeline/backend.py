@@ -8,11 +8,20 @@ from typing import Any, Protocol
 import numpy as np
 
 from service.contract import ModelInfo
+from service.priority import Priority
 
 
 class InferenceBackend(Protocol):
-    async def infer(self, ids: np.ndarray, mask: np.ndarray, hidden: int, timeout_s: float) -> np.ndarray:
-        """[rows, width] int64 ids and mask -> [rows, hidden] float32 pooled vectors, or a ServiceError."""
+    async def infer(
+        self,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        hidden: int,
+        timeout_s: float,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> np.ndarray:
+        """[rows, width] int64 ids and mask -> [rows, hidden] float32 pooled vectors, or a ServiceError.
+        `priority`: the class of the rows (the server queues interactive calls before bulk ones)."""
         ...
 
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from service import priority
 from service.contract import ModelInfo, default_buckets, pad
 from service.errors import ErrorKind, ServiceError, invalid
 from service.metrics import Metrics
@@ -20,6 +21,7 @@ from service.pipeline.backend import InferenceBackend
 from service.pipeline.batching import Chunk, plan_chunks
 from service.pipeline.coalescer import Coalescer
 from service.pipeline.tokenization import StopFlag, Stopped, TextTokenizer
+from service.priority import Priority
 
 T = TypeVar("T")
 
@@ -95,6 +97,9 @@ class ServedModel:
         max_triton_batch: int = 0,
         tokenizer_threads: int = 2,
         max_calls_in_flight: int = 2,
+        bulk_calls_in_flight: int = 1,
+        bulk_token_budget: int = 2048,
+        bulk_window_s: float = 2.0,
     ) -> None:
         self.info = info
         self.tokenizer = tokenizer
@@ -112,9 +117,16 @@ class ServedModel:
         # The backend's output row width: the hidden size for an embedder, the reranker's 2 logits.
         self.out_width = info.kind.output_width(info.hidden_size)
         self.coalescer = Coalescer(
-            self._call, max_in_flight=max_calls_in_flight, token_budget=self.token_budget, max_rows=self.max_rows
+            self._call,
+            max_in_flight=max_calls_in_flight,
+            token_budget=self.token_budget,
+            max_rows=self.max_rows,
+            bulk_in_flight=bulk_calls_in_flight,
+            bulk_token_budget=max(bulk_token_budget, self.buckets[0]),
+            bulk_window_s=bulk_window_s,
         )
         self._width_metrics: dict[int, tuple[Any, Any]] = {}
+        self._class_calls = {p: metrics.priority_triton_calls.labels(p.value) for p in Priority}
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -154,10 +166,11 @@ class ServedModel:
         # The request's chunks share one owner: the coalescer's fair share is between requests, so a request
         # of many chunks takes turns with the others instead of going first with all of them.
         owner = object()
+        cls = priority.current()  # the request's class (set by the API layer around the lifecycle call)
         if len(chunks) == 1 and len(chunks[0].indices) == len(ids):
             # One chunk of every row, in order (plan_chunks keeps a bucket's rows in request order).
             chunk = chunks[0]
-            rows = await self.coalescer.run(chunk.width, [ids[i] for i in chunk.indices], deadline, owner)
+            rows = await self.coalescer.run(chunk.width, [ids[i] for i in chunk.indices], deadline, owner, cls)
             if list(chunk.indices) == list(range(len(ids))):
                 return ModelRun(np.ascontiguousarray(rows, dtype=np.float32), chunks)
             out = np.empty((len(ids), self.out_width), dtype=np.float32)
@@ -167,7 +180,7 @@ class ServedModel:
         try:
             async with asyncio.TaskGroup() as group:
                 for chunk in chunks:
-                    group.create_task(self._run_chunk(chunk, ids, out, deadline, owner))
+                    group.create_task(self._run_chunk(chunk, ids, out, deadline, owner, cls))
         except* ServiceError as errors:
             # The first one that is not a side-effect cancellation.
             first = next((e for e in errors.exceptions if isinstance(e, ServiceError)), None)
@@ -175,19 +188,22 @@ class ServedModel:
         return ModelRun(out, chunks)
 
     async def _run_chunk(
-        self, chunk: Chunk, ids: list[list[int]], out: np.ndarray, deadline: float, owner: object
+        self, chunk: Chunk, ids: list[list[int]], out: np.ndarray, deadline: float, owner: object, cls: Priority
     ) -> None:
-        rows = await self.coalescer.run(chunk.width, [ids[i] for i in chunk.indices], deadline, owner)
+        rows = await self.coalescer.run(chunk.width, [ids[i] for i in chunk.indices], deadline, owner, cls)
         out[list(chunk.indices)] = rows
 
-    async def _call(self, width: int, sequences: list[Sequence[int]], timeout_s: float) -> np.ndarray:
+    async def _call(
+        self, width: int, sequences: list[Sequence[int]], timeout_s: float, cls: Priority = Priority.INTERACTIVE
+    ) -> np.ndarray:
         """One backend call (the coalescer's): `sequences` padded to `width`, on the side the exported graph
         wants (the contract's padding_side: right for the fused graph)."""
         if timeout_s <= 0:
             raise ServiceError(ErrorKind.DEADLINE_EXCEEDED, "deadline exceeded before the model was called")
         batch_ids, mask = pad(sequences, width, self.info.pad_id, self.info.padding_side)
         start = time.perf_counter()
-        rows = await self.backend.infer(batch_ids, mask, self.out_width, timeout_s)
+        rows = await self.backend.infer(batch_ids, mask, self.out_width, timeout_s, cls)
+        self._class_calls[cls].inc()
         seconds, requests = self._call_metrics(width)
         seconds.observe(time.perf_counter() - start)
         requests.inc()

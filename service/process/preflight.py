@@ -50,7 +50,9 @@ class NotStarted:
     def for_model(self, info: ModelInfo) -> NotStarted:
         return self
 
-    async def infer(self, ids: np.ndarray, mask: np.ndarray, width: int, timeout_s: float) -> np.ndarray:
+    async def infer(
+        self, ids: np.ndarray, mask: np.ndarray, width: int, timeout_s: float, priority: object = None
+    ) -> np.ndarray:
         raise self._unavailable()
 
     async def close(self) -> None:

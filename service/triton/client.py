@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from service.contract import ATTENTION_MASK, INPUT_IDS, ModelInfo
 from service.errors import ErrorKind, ServiceError
+from service.priority import Priority
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +90,21 @@ class TritonBackend:
         return ModelBackend(self, info.triton_name, info.kind.output)
 
     async def infer_model(
-        self, model: str, output: str, ids: np.ndarray, mask: np.ndarray, width: int, timeout_s: float
+        self,
+        model: str,
+        output: str,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        width: int,
+        timeout_s: float,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> np.ndarray:
         """[rows, seq] int64 -> `output` [rows, width] float32; checks the response's shape and values.
 
         Straight through Triton's generated stub (tritonclient's own service_pb2): the tensors go out as
         raw_input_contents and the output is a view on the response's bytes, without the InferInput /
-        InferResult wrappers' Python work per call."""
+        InferResult wrappers' Python work per call. `priority` goes as Triton's request parameter of that name
+        (its level; exports write the levels into config.pbtxt, and a model without them ignores it)."""
         request = pb.ModelInferRequest(
             model_name=model,
             inputs=[
@@ -105,6 +114,7 @@ class TritonBackend:
             outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=output)],
             raw_input_contents=[_int64_bytes(ids), _int64_bytes(mask)],
         )
+        request.parameters["priority"].uint64_param = priority.triton_level
         try:
             response = await self._model_infer(request, timeout=max(timeout_s, 0.001))
         except grpc.RpcError as exc:
@@ -159,5 +169,12 @@ class ModelBackend:
         self.model = model
         self.output = output
 
-    async def infer(self, ids: np.ndarray, mask: np.ndarray, width: int, timeout_s: float) -> np.ndarray:
-        return await self.triton.infer_model(self.model, self.output, ids, mask, width, timeout_s)
+    async def infer(
+        self,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        width: int,
+        timeout_s: float,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> np.ndarray:
+        return await self.triton.infer_model(self.model, self.output, ids, mask, width, timeout_s, priority)

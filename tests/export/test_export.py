@@ -56,6 +56,8 @@ def test_python_backend_repository_layout(model_repository: Path) -> None:
     assert cfg.output[0].name == "embedding" and list(cfg.output[0].dims) == [64]
     policy = cfg.dynamic_batching.default_queue_policy
     assert policy.max_queue_size > 0 and policy.timeout_action == policy.REJECT
+    # Priority classes: interactive (level 1, also the default) leaves Triton's queue before bulk (level 2).
+    assert cfg.dynamic_batching.priority_levels == 2 and cfg.dynamic_batching.default_priority_level == 1
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params["hidden_size"] == "64" and params["min_dimensions"] == "32"
     assert params["max_input_tokens"] == str(TEST_MAX_TOKENS) and params["embedding_rows"] == "151669"

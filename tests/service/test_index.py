@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -104,15 +105,21 @@ def test_index_retries_against_an_overloaded_facade(
     texts = write_corpus(corpus, 1500)
     env = {"QWEN3_EMBED_MAX_IN_FLIGHT": "1"}
     with run_facade(model_repository, triton.grpc_url, tmp_path, env=env) as overloaded:
+        # Interactive requests are refused at once when the facade is full: index must retry them.
         cfg = IndexConfig(
             corpus, out, "key", "body", target=overloaded.target, concurrency=8, batch_size=16,
-            chunk_rows=300, retry_attempts=30, progress=False,
+            chunk_rows=300, retry_attempts=30, progress=False, priority="interactive",
         )  # fmt: skip
         summary = asyncio.run(run_index(cfg))
+        # Bulk ones (index's default) wait for a slot instead: nothing to retry, the same rows written.
+        bulk_out = tmp_path / "bulk.parquet"
+        bulk = asyncio.run(run_index(replace(cfg, output=bulk_out, priority="bulk")))
     print(summary.line())
+    print(bulk.line())
     assert summary.retries > 0  # RESOURCE_EXHAUSTED came back and was retried
     assert summary.written == len([t for t in texts.values() if t]) - 1 and summary.rejected == 3
     assert summary.duplicate_rows > 0 and summary.embedded_texts < summary.written
+    assert bulk.retries == 0 and (bulk.written, bulk.rejected) == (summary.written, summary.rejected)
 
 
 def test_index_through_the_openai_http_api(facade: Facade, tmp_path: Path) -> None:

@@ -89,7 +89,10 @@ def test_service_imports_have_no_circle() -> None:
 
 # service/ from the bottom up: a module imports only from its own layer or the ones below it.
 LAYERS = (
-    ("the base", ("errors", "contract", "keys_file", "settings", "metrics", "logs", "gen", "request_id", "tracing")),
+    (
+        "the base",
+        ("errors", "contract", "keys_file", "settings", "metrics", "logs", "gen", "request_id", "tracing", "priority"),
+    ),
     ("the request path and Triton", ("pipeline", "repository", "model_identity", "triton")),
     ("the serving state and lifecycle", ("models", "state", "admission", "lifecycle")),
     ("the APIs", ("api",)),

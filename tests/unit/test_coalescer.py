@@ -13,6 +13,7 @@ import pytest
 
 from service.errors import ErrorKind, ServiceError
 from service.pipeline.coalescer import Coalescer
+from service.priority import Priority
 
 
 class Backend:
@@ -20,11 +21,15 @@ class Backend:
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, list[list[int]]]] = []
+        self.priorities: list[Priority] = []
         self.gates: list[asyncio.Future[None]] = []
         self.cancelled = 0
 
-    async def __call__(self, width: int, sequences: list[Sequence[int]], timeout_s: float) -> np.ndarray:
+    async def __call__(
+        self, width: int, sequences: list[Sequence[int]], timeout_s: float, priority: Priority
+    ) -> np.ndarray:
         self.calls.append((width, [list(s) for s in sequences]))
+        self.priorities.append(priority)
         gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.gates.append(gate)
         try:
@@ -214,7 +219,7 @@ async def test_the_deadline_is_checked_before_sending() -> None:
 async def test_the_call_gets_the_latest_deadline_of_its_requests() -> None:
     seen: list[float] = []
 
-    async def call(width: int, sequences: list[Sequence[int]], timeout_s: float) -> np.ndarray:
+    async def call(width: int, sequences: list[Sequence[int]], timeout_s: float, priority: Priority) -> np.ndarray:
         seen.append(timeout_s)
         await asyncio.sleep(0.01)
         return np.zeros((len(sequences), 2), dtype=np.float32)

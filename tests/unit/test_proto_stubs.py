@@ -35,4 +35,5 @@ def test_contract_names() -> None:
         "encoding",
         "request_id",
         "model",
+        "priority",
     }

@@ -37,7 +37,9 @@ class FakeBackend:
         self.calls: list[tuple[int, int]] = []
         self.delay_s = delay_s
 
-    async def infer(self, ids: np.ndarray, mask: np.ndarray, hidden: int, timeout_s: float) -> np.ndarray:
+    async def infer(
+        self, ids: np.ndarray, mask: np.ndarray, hidden: int, timeout_s: float, priority: object = None
+    ) -> np.ndarray:
         self.calls.append(ids.shape)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)

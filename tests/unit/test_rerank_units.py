@@ -51,7 +51,9 @@ class FakeLogits:
         weights = np.linspace(1.0, 2.0, len(seq), dtype=np.float32)[:, None]
         return (self.table[np.asarray(seq)] * weights).sum(axis=0)
 
-    async def infer(self, ids: np.ndarray, mask: np.ndarray, width: int, timeout_s: float) -> np.ndarray:
+    async def infer(
+        self, ids: np.ndarray, mask: np.ndarray, width: int, timeout_s: float, priority: object = None
+    ) -> np.ndarray:
         assert width == 2
         self.calls.append((ids.copy(), mask.copy()))
         out = np.stack([self.logits_of(row[m == 1].tolist()) for row, m in zip(ids, mask, strict=True)])

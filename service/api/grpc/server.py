@@ -118,7 +118,8 @@ def build_grpc_server(
     if worker:
         interceptors.append(WorkerPidInterceptor())
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    server.add_generic_rpc_handlers((method_handlers(GrpcApi(lifecycle, settings.stream_window)),))
+    api = GrpcApi(lifecycle, settings.stream_window, checker.pinned if checker.enabled else None)
+    server.add_generic_rpc_handlers((method_handlers(api),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # Served with json_name filled in, so grpcurl prints the same JSON through reflection as from the .proto.

@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError, Message
 
 from service import request_id, tracing
 from service.api.grpc.limits import idle_message
-from service.api.grpc.wire import count_field
+from service.api.grpc.wire import count_field, last_varint
 from service.api.info import info_fields
 from service.errors import ErrorKind, ServiceError, invalid
 from service.gen.embedding.v1 import embedding_pb2 as pb
@@ -28,6 +28,7 @@ from service.models import Models
 from service.pipeline.embedder import Embedder
 from service.pipeline.encoding import pack
 from service.pipeline.params import EmbedParams, Encoding, RerankParams, Truncate
+from service.priority import HEADER, Priority, applied, parse_name, resolve
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,6 +57,26 @@ ENCODING = {
 }
 ENCODING_PB = {v: k for k, v in ENCODING.items()}
 INPUTS_FIELD = 1  # `repeated string inputs = 1` in EmbedRequest and TokenizeRequest
+PRIORITY_FIELD = 10  # `Priority priority = 10` in EmbedRequest and RerankRequest
+OTHER_FIELDS = 64  # room for every non-repeated field of EmbedRequest / RerankRequest, repeated or not
+PRIORITY = {pb.PRIORITY_INTERACTIVE: Priority.INTERACTIVE, pb.PRIORITY_BULK: Priority.BULK}
+# An API key's pinned class (KeyChecker.pinned), from the call's `authorization` metadata.
+Pinned = Callable[[str | None], Priority | None]
+
+
+def asked_priority(raw: bytes | None, metadata: dict[str, str], max_inputs: int) -> Priority | None:
+    """What a call asks for: the message's `priority` field (read on the wire: admission needs it before the
+    message is parsed), else the `x-priority` metadata, else nothing. The walk stops past the fields a valid
+    message can have (`max_inputs` inputs or documents and the other fields): a message of millions of tiny
+    inputs costs no more here, and parse_request refuses it."""
+    fields = max_inputs + OTHER_FIELDS
+    value = last_varint(raw, PRIORITY_FIELD, fields) if raw is not None else None
+    if value:
+        if value not in PRIORITY:
+            raise invalid(f"unknown priority value {value}", "priority")
+        return PRIORITY[value]  # type: ignore[index]
+    header = metadata.get(HEADER)
+    return parse_name(header) if header is not None else None
 
 
 def parse_request(raw: bytes, message: type[M], max_inputs: int) -> M:
@@ -226,16 +247,24 @@ def short(text: str, limit: int = 64) -> str:
 
 
 class GrpcApi:
-    def __init__(self, lifecycle: Lifecycle, stream_window: int) -> None:
+    def __init__(self, lifecycle: Lifecycle, stream_window: int, pinned: Pinned | None = None) -> None:
         self.lifecycle = lifecycle
         self.state = lifecycle.state
         self.stream_window = stream_window
+        self.pinned = pinned
         self._seconds_children: dict[str, Any] = {}
         self._count_children: dict[tuple[str, str], Any] = {}
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
         return self.lifecycle.deadline(None if remaining is None else float(remaining))
+
+    def _priority(self, raw: bytes | None, context: grpc.aio.ServicerContext) -> Priority:
+        """The call's class (service/priority.py): its key's pin, else what it asks for, else interactive."""
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        asked = asked_priority(raw, metadata, self.state.settings.max_batch_inputs)
+        pinned = self.pinned(metadata.get("authorization")) if self.pinned is not None else None
+        return resolve(asked, pinned, self.state.settings.priority_classes)
 
     def _parse_embed(self, raw: bytes) -> Parse:
         async def parse(models: Models) -> tuple[EmbedParams, Embedder]:
@@ -302,7 +331,8 @@ class GrpcApi:
         deadline = self._deadline(context)
 
         async def work() -> bytes:
-            embedded = await self.lifecycle.embed(self._parse_embed(raw), deadline)
+            with applied(self._priority(raw, context)):
+                embedded = await self.lifecycle.embed(self._parse_embed(raw), deadline)
             with tracing.stage("encode", **{tracing.ENCODING: embedded.params.encoding.name.lower()}):
                 return encode_response(embedded)
 
@@ -351,7 +381,8 @@ class GrpcApi:
                     message_id = params.request_id
                     return params, embedder
 
-                embedded = await self.lifecycle.embed(parse, self._deadline(context), stream=True)
+                with applied(self._priority(raw, context)):
+                    embedded = await self.lifecycle.embed(parse, self._deadline(context), stream=True)
                 with tracing.stage("encode", **{tracing.ENCODING: embedded.params.encoding.name.lower()}):
                     return encode_response(embedded)
             except ServiceError as exc:
@@ -422,7 +453,8 @@ class GrpcApi:
                 )
                 return chosen_embedder(models, params)
 
-            tokenized, embedder = await self.lifecycle.tokenize(parse, deadline)
+            with applied(self._priority(None, context)):
+                tokenized, embedder = await self.lifecycle.tokenize(parse, deadline)
             response = pb.TokenizeResponse(
                 usage=pb.Usage(prompt_tokens=tokenized.token_count, total_tokens=tokenized.token_count)
             )
@@ -453,7 +485,8 @@ class GrpcApi:
             return parse_rerank(raw, self.state.settings.max_batch_inputs)
 
         async def work() -> pb.RerankResponse:
-            return rerank_response(await self.lifecycle.rerank(parse, deadline))
+            with applied(self._priority(raw, context)):
+                return rerank_response(await self.lifecycle.rerank(parse, deadline))
 
         return await self._answer("Rerank", context, work)
 

@@ -44,3 +44,34 @@ def count_field(data: bytes, field_number: int, stop_after: int) -> int:
     except ValueError:
         pass
     return count
+
+
+def last_varint(data: bytes, field_number: int, max_fields: int) -> int | None:
+    """The value of a top-level varint field (the last occurrence, as the parser keeps it), without parsing
+    the message; None when absent. A malformed message returns what was found so far, and one of more than
+    `max_fields` fields returns None without walking further (O(max_fields), however large the message): the
+    real parser or the input count then refuses it."""
+    pos, found, fields = 0, None, 0
+    try:
+        while pos < len(data):
+            fields += 1
+            if fields > max_fields:
+                return None
+            key, pos = _varint(data, pos)
+            wire_type = key & 7
+            if wire_type == 0:
+                value, pos = _varint(data, pos)
+                if key >> 3 == field_number:
+                    found = value
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 2:
+                length, pos = _varint(data, pos)
+                pos += length
+            elif wire_type == 5:
+                pos += 4
+            else:
+                return found
+    except ValueError:
+        pass
+    return found

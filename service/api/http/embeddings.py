@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import tracing
 from service.api.http.peer_fields import WireFormat, params_from_request, split_model_suffix, wire_format
+from service.api.http.priority import request_priority
 from service.api.http.schemas import EmbeddingsRequest, EmbeddingsResponse
 from service.api.http.tei import tei_info_fields
 from service.api.http.token_ids import check_token_ids_allowed
@@ -35,6 +36,7 @@ from service.pipeline.encoding import float_bytes, pack
 from service.pipeline.inference import ServedModel
 from service.pipeline.params import EmbedParams, Encoding
 from service.pipeline.postprocess import check_dimensions
+from service.priority import applied
 
 
 def model_card(model: ServedModel) -> dict[str, Any]:
@@ -71,7 +73,8 @@ async def embeddings(request: Request) -> Response:
         params = check_token_ids_allowed(params_from_request(req, suffix_type), ctx.settings)
         return replace(params, model=embedder.info.triton_name, encoding=wire.encoding), embedder
 
-    embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
+    with applied(request_priority(request, req.priority)):
+        embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
     result = embedded.result
     with tracing.stage("encode", **{tracing.ENCODING: wire.label}):
         body = embeddings_json(result.vectors, wire, embedded.model, result.prompt_tokens)

@@ -9,6 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.auth import KeyChecker
 from service.api.http.peer_errors import shaped
+from service.api.http.priority import applied_header, pin
 from service.api.http.wire import BodyTooLarge, HttpContext, error_response, payload_too_large, plain_error
 from service.errors import ErrorKind
 
@@ -73,16 +74,15 @@ class HttpGate:
             return plain_error(431, f"more than {self.max_headers} header fields", "header_fields_too_large", True)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path, method = scope["path"], scope["method"]
-        if (
-            self.checker.enabled
-            and not self.checker.is_exempt(path)
-            and not self.checker.check(headers.get("authorization"))
-        ):
-            return error_response(
-                ErrorKind.UNAUTHENTICATED,
-                "missing or invalid API key (Authorization: Bearer <key>)",
-                code="invalid_api_key",
-            )
+        if self.checker.enabled and not self.checker.is_exempt(path):
+            if self.checker.check(headers.get("authorization")):
+                pin(scope, self.checker.pinned(headers.get("authorization")))
+            else:
+                return error_response(
+                    ErrorKind.UNAUTHENTICATED,
+                    "missing or invalid API key (Authorization: Bearer <key>)",
+                    code="invalid_api_key",
+                )
         codings = b",".join(v for k, v in scope["headers"] if k.lower() == b"transfer-encoding")
         if codings and [c.strip().lower() for c in codings.split(b",")] != [b"chunked"]:
             # Only chunked is understood: "gzip, chunked" read as chunked would hand the app compressed bytes
@@ -122,6 +122,8 @@ class HttpGate:
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if (echo := applied_header(scope)) is not None:
+                    message = {**message, "headers": [*message.get("headers", ()), echo]}
             await send(message)
 
         refusal = self.refusal(scope)

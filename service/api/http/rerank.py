@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from service.api.http.priority import request_priority
 from service.api.http.schemas import RerankRequest, RerankResponse, TeiRerankRequest, TeiRerankResult
 from service.api.http.wire import (
     ERROR_RESPONSES,
@@ -25,6 +26,7 @@ from service.errors import invalid
 from service.lifecycle import RerankOutcome
 from service.models import Models
 from service.pipeline.params import RerankParams, Truncate
+from service.priority import applied
 
 
 def params_from_cohere(body: RerankRequest) -> RerankParams:
@@ -64,7 +66,8 @@ async def rerank_admitted(request: Request, parse: Callable[[bytes], RerankParam
     async def parse_admitted(models: Models) -> RerankParams:
         return params
 
-    return await ctx.lifecycle.rerank(parse_admitted, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
+    with applied(request_priority(request)):
+        return await ctx.lifecycle.rerank(parse_admitted, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
 
 
 router = APIRouter()

@@ -67,6 +67,11 @@ class EmbeddingsRequest(BaseModel):
     add_special_tokens: bool | None = Field(
         None, description="vLLM: only true (Qwen3-Embedding pools the EOS token it adds)"
     )
+    priority: int | None = Field(
+        None,
+        description="vLLM's priority (lower = served earlier, default 0): <= 0 runs as interactive, > 0 as bulk; "
+        "the X-Priority header, when sent, wins (docs/configuration.md, 'Priority classes')",
+    )
 
 
 class EmbeddingData(BaseModel):

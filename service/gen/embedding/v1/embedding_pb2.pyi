@@ -22,6 +22,12 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_INT8: _ClassVar[Encoding]
     ENCODING_UINT8: _ClassVar[Encoding]
 
+class Priority(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRIORITY_UNSPECIFIED: _ClassVar[Priority]
+    PRIORITY_INTERACTIVE: _ClassVar[Priority]
+    PRIORITY_BULK: _ClassVar[Priority]
+
 class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MODEL_KIND_UNSPECIFIED: _ClassVar[ModelKind]
@@ -36,12 +42,15 @@ ENCODING_BINARY: Encoding
 ENCODING_UBINARY: Encoding
 ENCODING_INT8: Encoding
 ENCODING_UINT8: Encoding
+PRIORITY_UNSPECIFIED: Priority
+PRIORITY_INTERACTIVE: Priority
+PRIORITY_BULK: Priority
 MODEL_KIND_UNSPECIFIED: ModelKind
 MODEL_KIND_EMBEDDING: ModelKind
 MODEL_KIND_RERANKER: ModelKind
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("inputs", "instruction", "prompt_name", "dimensions", "normalize", "truncate", "encoding", "request_id", "model")
+    __slots__ = ("inputs", "instruction", "prompt_name", "dimensions", "normalize", "truncate", "encoding", "request_id", "model", "priority")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +60,7 @@ class EmbedRequest(_message.Message):
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedScalarFieldContainer[str]
     instruction: str
     prompt_name: str
@@ -60,7 +70,8 @@ class EmbedRequest(_message.Message):
     encoding: Encoding
     request_id: str
     model: str
-    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., instruction: _Optional[str] = ..., prompt_name: _Optional[str] = ..., dimensions: _Optional[int] = ..., normalize: _Optional[bool] = ..., truncate: _Optional[_Union[Truncate, str]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    priority: Priority
+    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., instruction: _Optional[str] = ..., prompt_name: _Optional[str] = ..., dimensions: _Optional[int] = ..., normalize: _Optional[bool] = ..., truncate: _Optional[_Union[Truncate, str]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("index", "values", "packed")
@@ -242,7 +253,7 @@ class GetInfoResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., source_model: _Optional[str] = ..., dimensions: _Optional[int] = ..., min_dimensions: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_batch_inputs: _Optional[int] = ..., prompt_names: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ..., service_version: _Optional[str] = ..., length_buckets: _Optional[_Iterable[int]] = ..., models: _Optional[_Iterable[_Union[ModelDescription, _Mapping]]] = ..., source_revision: _Optional[str] = ...) -> None: ...
 
 class RerankRequest(_message.Message):
-    __slots__ = ("query", "documents", "instruction", "top_n", "return_documents", "truncate", "raw_scores", "model", "request_id")
+    __slots__ = ("query", "documents", "instruction", "top_n", "return_documents", "truncate", "raw_scores", "model", "request_id", "priority")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +263,7 @@ class RerankRequest(_message.Message):
     RAW_SCORES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     query: str
     documents: _containers.RepeatedScalarFieldContainer[str]
     instruction: str
@@ -261,7 +273,8 @@ class RerankRequest(_message.Message):
     raw_scores: bool
     model: str
     request_id: str
-    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., instruction: _Optional[str] = ..., top_n: _Optional[int] = ..., return_documents: _Optional[bool] = ..., truncate: _Optional[_Union[Truncate, str]] = ..., raw_scores: _Optional[bool] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    priority: Priority
+    def __init__(self, query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., instruction: _Optional[str] = ..., top_n: _Optional[int] = ..., return_documents: _Optional[bool] = ..., truncate: _Optional[_Union[Truncate, str]] = ..., raw_scores: _Optional[bool] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class RerankResult(_message.Message):
     __slots__ = ("index", "score", "document")
