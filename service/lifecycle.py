@@ -83,8 +83,7 @@ class Lifecycle:
         is cancelled then, freeing the slot and sending nothing more to Triton."""
         async with self.admitted(deadline, stream) as models:
             params, embedder = await parse(models)
-            # Priority classes (issue 28): pass the request's class as priority= here.
-            tracing.describe_request(embedder.info.served_name, params.count)
+            tracing.describe_request(embedder.info.served_name, params.count, priority=priority.current().value)
             result = await until_abandoned(embedder.embed(params, deadline), abandoned)
         return EmbedOutcome(params, result, embedder.info.served_name)
 
@@ -100,7 +99,7 @@ class Lifecycle:
         async with self.admitted(deadline) as models:
             params = await parse(models)
             reranker: Reranker = models.reranker(params.model)
-            tracing.describe_request(reranker.info.served_name, params.count, "rerank")
+            tracing.describe_request(reranker.info.served_name, params.count, "rerank", priority.current().value)
             result = await until_abandoned(reranker.rerank(params, deadline), abandoned)
         return RerankOutcome(params, result, reranker.info.served_name)
 

@@ -133,6 +133,7 @@ def check_tree(found: dict[str, list[Span]], root_name: str, model: str, inputs:
     attrs = attributes(root)
     assert attrs["gen_ai.request.model"] == model and attrs["qwen3_embed.inputs"] == inputs
     assert attrs["gen_ai.usage.input_tokens"] == tokens
+    assert attrs["qwen3_embed.priority"] == "interactive"  # the class it ran as (no header: the default)
     for name in STAGES:
         assert found[name], name
         for span in found[name]:
