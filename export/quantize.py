@@ -107,7 +107,7 @@ def quantize_graph(
             raise ExportError("--quant-method gptq needs calibration texts")
         from export.gptq import quantize_model
 
-        out = quantize_model(model, include, calibration, settings.bits, settings.block_size)
+        out = quantize_model(model, include, calibration, settings.bits, settings.block_size, source=onnx_path)
         return _check_and_save(out, include, onnx_path, settings.compute)
     config: object
     if settings.method == "hqq":
