@@ -84,6 +84,25 @@ def test_only_the_linear_layers_are_quantized(quantized_repository: Path) -> Non
     assert rr_ops.count("MatMulNBits") == 8 and rr_ops.count("MatMul") == 1
 
 
+def test_the_computed_quantized_size_is_the_written_graphs(quantized_repository: Path, dev_model_dir: Path) -> None:
+    """export/memory.py quantized_weight_bytes (what the chart's 4B / 8B int4 / int8 sizes come from) equals the
+    bytes of the embedding table and the MatMulNBits weights, scales and zero points ONNX Runtime's quantizer
+    wrote."""
+    from export.memory import quantized_weight_bytes
+
+    cfg = json.loads((dev_model_dir / "config.json").read_text())
+    model = onnx.load(str(quantized_repository / EMBEDDER / "1" / "model.onnx"))
+    sizes = {t.name: numpy_helper.to_array(t).nbytes for t in model.graph.initializer}
+    written = sizes["embed_tokens.weight"] + sum(
+        sizes[i] for n in model.graph.node if n.op_type == "MatMulNBits" for i in n.input[1:] if i in sizes
+    )
+    computed = quantized_weight_bytes(
+        cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
+        cfg["num_key_value_heads"], cfg["head_dim"], cfg["intermediate_size"], bits=4, block_size=32,
+    )  # fmt: skip
+    assert computed == written
+
+
 def test_config_and_report_record_precision_method_and_agreement(quantized_repository: Path) -> None:
     facts = facts_of(quantized_repository / EMBEDDER)
     assert facts.precision is Precision.INT4
@@ -169,6 +188,35 @@ def test_a_zeroed_scale_is_refused_by_the_export_gate(
     assert result.exit_code == 2, result.output
     assert "verification failed" in result.output and "nothing was written" in result.output
     assert not (tmp_path / EMBEDDER).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--precision", "int4"], 0, "nothing to export"),  # rtn, block 32: the defaults, as published
+        (["--precision", "int4", "--quant-method", "rtn", "--quant-block-size", "32"], 0, "nothing to export"),
+        (["--precision", "int4", "--quant-method", "gptq"], 2, "quantization method rtn (asked: gptq)"),
+        (["--precision", "int4", "--quant-block-size", "128"], 2, "quantization block size 32 (asked: 128)"),
+        (["--precision", "int8"], 2, "precision int4 (asked: int8)"),
+    ],
+)
+def test_skip_if_published_compares_the_quantization(
+    quantized_repository: Path, dev_model_dir: Path, tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    """A published int4 rtn export is skipped only for the same request: an int4 gptq (or another block size)
+    request must not be answered by the rtn weights; it stops with exit 2 and leaves the published one alone."""
+    (tmp_path / EMBEDDER).mkdir()
+    published = (quantized_repository / EMBEDDER / "config.pbtxt").read_text()
+    (tmp_path / EMBEDDER / "config.pbtxt").write_text(published)
+    result = CliRunner().invoke(
+        app,
+        ["export", "--model", str(dev_model_dir), "--output", str(tmp_path), "--name", EMBEDDER,
+         "--skip-if-published", *args],
+    )  # fmt: skip
+    assert result.exit_code == code, result.output
+    assert message in " ".join(result.output.split())
+    assert (tmp_path / EMBEDDER / "config.pbtxt").read_text() == published
+    assert sorted(p.name for p in (tmp_path / EMBEDDER).iterdir()) == ["config.pbtxt"]  # nothing exported
 
 
 @pytest.mark.parametrize(
