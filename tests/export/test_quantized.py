@@ -76,6 +76,9 @@ def test_only_the_linear_layers_are_quantized(quantized_repository: Path) -> Non
     bits = {a.i for n in nbits for a in n.attribute if a.name == "bits"}
     blocks = {a.i for n in nbits for a in n.attribute if a.name == "block_size"}
     assert bits == {4} and blocks == {32}
+    # Integer compute by default (ONNX Runtime's accuracy_level 4): the fast kernels on CPU (docs/export.md).
+    assert {a.i for n in nbits for a in n.attribute if a.name == "accuracy_level"} == {4}
+    assert all(any(a.name == "accuracy_level" for a in n.attribute) for n in nbits)
     embed = next(t for t in model.graph.initializer if t.name == "embed_tokens.weight")
     assert embed.data_type == onnx.TensorProto.FLOAT  # embeddings (and norms) stay float32
     # The reranker keeps its two-row head in float: only [hidden, >= 16] weights are linear layers.
@@ -236,8 +239,8 @@ def test_bad_quantization_options_are_refused(
 
 
 def test_gptq_with_the_users_calibration_file(dev_reranker_dir: Path, tmp_path: Path) -> None:
-    """The data-aware method on the reranker path, calibrated on the user's own texts: it passes the score gate
-    and records its method; the graph it writes is MatMulNBits with the agreement it measured."""
+    """The data-aware method on the reranker path, calibrated on the user's own texts, with float compute: it passes
+    the score gate and records its method; the graph it writes is MatMulNBits with the agreement it measured."""
     texts = tmp_path / "calibration.txt"
     texts.write_text(
         "Which river flows through Vienna?\nThe Danube flows through Vienna.\n\ndef f(x):\\n    return x\n"
@@ -245,10 +248,13 @@ def test_gptq_with_the_users_calibration_file(dev_reranker_dir: Path, tmp_path: 
     out = tmp_path / "repo"
     args = ["export", "--model", str(dev_reranker_dir), "--output", str(out), "--precision", "int8",
             "--quant-method", "gptq", "--calibration-file", str(texts), "--max-tokens", "512",
-            "--verify-long-tokens", "256", "--skip-resource-check"]
+            "--verify-long-tokens", "256", "--skip-resource-check", "--quant-compute", "fp32"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "on 3 calibration texts" in " ".join(result.output.split())
+    nodes = onnx.load(str(out / RERANKER / "1" / "model.onnx")).graph.node
+    # --quant-compute fp32: no accuracy_level (ONNX Runtime's default: float compute).
+    assert not any(a.name == "accuracy_level" for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute)
     facts = facts_of(out / RERANKER)
     assert facts.precision is Precision.INT8 and facts.quantization_method == "gptq"
     assert facts.quantization_agreement["worst_score_diff"] <= 5e-2
