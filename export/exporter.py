@@ -61,7 +61,7 @@ class ExportOptions:
     # --precision int8 / int4 (export/quantize.py): method and block size of the linear layers.
     quant_method: str = "rtn"
     quant_block_size: int = 32
-    quant_compute: str = "fp32"  # quantize.COMPUTE_LEVELS
+    quant_compute: str = "int8"  # quantize.COMPUTE_LEVELS
     calibration_file: Path | None = None  # gptq: one text per line; None = export/quant_texts.py's
     # Gate overrides (0 = the precision's own: verify.THRESHOLDS, SCORE_TOLERANCES, MIN_OVERLAP_AT_10).
     min_cosine: float = 0.0

@@ -12,6 +12,7 @@ quantized row is spread over the rows not yet quantized, in proportion to how th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -24,21 +25,41 @@ PERCDAMP = 0.01
 
 
 def layer_hessians(
-    model: onnx.ModelProto, matmuls: Sequence[str], calibration: Sequence[Sequence[int]]
+    model: onnx.ModelProto,
+    matmuls: Sequence[str],
+    calibration: Sequence[Sequence[int]],
+    source: Path | None = None,
 ) -> dict[str, np.ndarray]:
     """H (float64 [K, K], mean over tokens) of the input of each named MatMul, from one run per calibration text
-    (unpadded, batch 1). The model gets the inputs as extra outputs for the runs and loses them after."""
+    (unpadded, batch 1). The model gets the inputs as extra outputs for the runs and loses them after.
+
+    `source`: the graph's file on disk (with its model.onnx.data beside it). Given, the session is made from a
+    graph-only copy written beside it that points at the same data file: a graph past protobuf's 2 GB (the 0.6B
+    shape and up in fp32) cannot be serialized in one piece, and a second in-memory copy of its weights would
+    double the export's peak."""
     import onnxruntime as ort
 
     nodes = {n.name: n for n in model.graph.node}
     inputs = sorted({nodes[name].input[0] for name in matmuls})
-    original = len(model.graph.output)
-    model.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in inputs)
-    try:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    finally:
-        while len(model.graph.output) > original:
-            model.graph.output.pop()
+    outputs = [helper.make_empty_tensor_value_info(name) for name in inputs]
+    if source is not None:
+        graph_only = onnx.load(str(source), load_external_data=False)
+        graph_only.graph.output.extend(outputs)
+        tap = source.with_name(".hessian-taps.onnx")
+        onnx.save_model(graph_only, str(tap))
+        del graph_only
+        try:
+            session = ort.InferenceSession(str(tap), providers=["CPUExecutionProvider"])
+        finally:
+            tap.unlink()
+    else:
+        original = len(model.graph.output)
+        model.graph.output.extend(outputs)
+        try:
+            session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        finally:
+            while len(model.graph.output) > original:
+                model.graph.output.pop()
     sums: dict[str, np.ndarray] = {}
     tokens = 0
     for seq in calibration:
@@ -142,10 +163,16 @@ def matmul_nbits(
 
 
 def quantize_model(
-    model: onnx.ModelProto, matmuls: Sequence[str], calibration: Sequence[Sequence[int]], bits: int, block_size: int
+    model: onnx.ModelProto,
+    matmuls: Sequence[str],
+    calibration: Sequence[Sequence[int]],
+    bits: int,
+    block_size: int,
+    source: Path | None = None,
 ) -> onnx.ModelProto:
-    """Replaces the named MatMuls of `model` (float32 weight initializers [K, N]) by GPTQ-quantized MatMulNBits."""
-    hessians = layer_hessians(model, matmuls, calibration)
+    """Replaces the named MatMuls of `model` (float32 weight initializers [K, N]) by GPTQ-quantized MatMulNBits.
+    `source`: `model`'s file on disk, if it has one (see layer_hessians)."""
+    hessians = layer_hessians(model, matmuls, calibration, source)
     weights = {t.name: t for t in model.graph.initializer}
     wanted = set(matmuls)
     nodes: list[onnx.NodeProto] = []

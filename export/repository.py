@@ -68,13 +68,23 @@ def published_identity(final: Path) -> ModelFacts | None:
     return ModelFacts.from_parameters(params, final.name)
 
 
-def same_source(published: ModelFacts, model: str, precision: str) -> str:
-    """"" when the published export was made from `model` at `precision`; else what differs. A source that
-    names the same hub id or the same local directory counts as the same (its revision is not known before
-    loading it; a new revision of one id goes to a new version by choice)."""
+def same_source(
+    published: ModelFacts, model: str, precision: str, quant_method: str = "", quant_block_size: int = 0
+) -> str:
+    """"" when the published export was made from `model` at `precision` (and, quantized, with `quant_method` and
+    `quant_block_size`, when given); else what differs. A source that names the same hub id or the same local
+    directory counts as the same (its revision is not known before loading it; a new revision of one id goes to a
+    new version by choice). An int4 rtn export is not an int4 gptq one: other weights, other agreement."""
     differs = []
     if published.source_model.rstrip("/") != model.rstrip("/"):
         differs.append(f"source {published.source_model} (asked: {model})")
     if published.precision is not Precision(precision):
         differs.append(f"precision {published.precision} (asked: {precision})")
+    elif Precision(precision).weight_bits:
+        if quant_method and published.quantization_method != quant_method:
+            differs.append(f"quantization method {published.quantization_method or '?'} (asked: {quant_method})")
+        if quant_block_size and published.quantization_block_size != quant_block_size:
+            differs.append(
+                f"quantization block size {published.quantization_block_size or '?'} (asked: {quant_block_size})"
+            )
     return ", ".join(differs)

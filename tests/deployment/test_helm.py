@@ -117,6 +117,16 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         **preset("8b"),
         "exportJob": {**preset("8b")["exportJob"], "device": "cpu", "precision": "fp16"},
     },
+    "preset-4b-int4-16gb": preset("4b-int4-16gb"),
+    "preset-8b-int4-24gb": preset("8b-int4-24gb"),
+    # Quantized exports: the default model in int4 gptq with blocks of 128, a reranker in int8 rtn, blocks of 32.
+    "quantized": {
+        "exportJob": {"precision": "int4", "quantMethod": "gptq", "quantBlockSize": 128},
+        "extraModels": [
+            {"name": "qwen3_reranker", "export": {"model": "Qwen/Qwen3-Reranker-0.6B", "precision": "int8",
+                                                  "quantMethod": "rtn", "quantBlockSize": 32}},
+        ],
+    },
     "tensorrt-cache": {"exportJob": {"accelerator": "tensorrt"}},
     # The OpenAI HTTP API through an Ingress and a Gateway API HTTPRoute.
     "http-ingress": {
@@ -293,7 +303,7 @@ def test_lint_fails_on_a_broken_values_file() -> None:
     "values",
     [
         {"exportJob": {"backend": "pytorch"}},
-        {"exportJob": {"precision": "int8"}},
+        {"exportJob": {"precision": "int2"}},
         {"autoscaling": {"metric": "memory"}},
         {"exportJob": {"device": "tpu"}},
         {"progressDeadlineSeconds": 10},
@@ -311,7 +321,10 @@ def test_lint_fails_on_a_broken_values_file() -> None:
         {"extraModels": [{"export": {"model": "Qwen/Qwen3-Reranker-0.6B"}}]},
         {"extraModels": [{"name": "qwen3_reranker", "servedName": "x", "export": {"model": "m"}}]},
         {"extraModels": [{"name": "qwen3_reranker", "export": {"precision": "fp16"}}]},
-        {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "m", "precision": "int8"}}]},
+        {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "m", "precision": "int3"}}]},
+        {"exportJob": {"precision": "int4", "quantMethod": "awq"}},
+        {"exportJob": {"precision": "int4", "quantBlockSize": 48}},
+        {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "m", "quantBlockSize": "32"}}]},
         {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "m", "device": "gpu"}}]},
         {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "m", "maxTokens": "4096"}}]},
         {"extraModels": {"name": "qwen3_reranker"}},
@@ -342,6 +355,21 @@ def test_values_schema_rejects(values: dict[str, Any]) -> None:
             "with a ReadWriteOncePod model volume",
         ),
         ({"exportJob": {"precision": "bf16"}}, "bf16 needs exportJob.device=gpu"),
+        # MatMulNBits is ONNX Runtime's; a quantized CPU export builds the fp32 graph first (twice fp16's memory).
+        (
+            {"exportJob": {"precision": "int4", "backend": "tensorrt"}},
+            "exportJob.precision int4 needs backend onnxruntime or python",
+        ),
+        (
+            {"exportJob": {"model": "Qwen/Qwen3-Embedding-4B", "precision": "int4",
+                           "resources": {"limits": {"memory": "32Gi"}}}},
+            "a CPU export of Qwen/Qwen3-Embedding-4B needs resources.limits.memory >= 40Gi",
+        ),
+        (
+            {"exportJob": {"model": "Qwen/Qwen3-Embedding-8B", "precision": "int8",
+                           "resources": {"limits": {"memory": "64Gi"}}}},
+            "a CPU export of Qwen/Qwen3-Embedding-8B needs resources.limits.memory >= 72Gi",
+        ),
         # The 32Gi the chart once defaulted to cannot export 8B on CPU (>= 48 GiB, docs/export.md).
         (
             {"exportJob": {"model": "Qwen/Qwen3-Embedding-8B", "resources": {"limits": {"memory": "32Gi"}}}},
@@ -1164,7 +1192,9 @@ def _quantity_gib(q: str) -> float:
     ("size", "host_mem_gib", "export_mem_gib", "startup_s"),
     # host: the fp16 weights (1.11 / 7.49 / 14.1 GiB) + ~2 GiB while Triton loads; export: 2.5 x weights
     # (the exporter's pre-check), 23.0 GiB measured for 4B, >= 48 GiB for 8B on CPU (docs/export.md).
-    [("0.6b", 3.1, 2.8, 600), ("4b", 9.5, 23.0, 900), ("8b", 16.1, 48, 1200)],
+    # int4: 3.61 / 6.46 GiB of weights + 2 GiB; export: 2.3 x the fp32 weights (estimated, presets' comments).
+    [("0.6b", 3.1, 2.8, 600), ("4b", 9.5, 23.0, 900), ("8b", 16.1, 48, 1200),
+     ("4b-int4-16gb", 5.6, 40, 600), ("8b-int4-24gb", 8.5, 72, 900)],
 )
 def test_presets_size_export_and_server(size: str, host_mem_gib: float, export_mem_gib: float, startup_s: int) -> None:
     """The presets carry the figures they document: the export fits the measured / required peak (4B: 23.0 GiB
@@ -1199,6 +1229,52 @@ def test_presets_size_export_and_server(size: str, host_mem_gib: float, export_m
         assert pairs["--device"] == "cpu" and pairs["--precision"] != "bf16"
     # The CPU sizing of every preset is enough for a CPU export too (8B: >= 48 GiB).
     assert _quantity_gib(values["exportJob"]["resources"]["limits"]["memory"]) >= export_mem_gib
+
+
+@pytest.mark.parametrize(("size", "model", "card_gb"), [("4b-int4-16gb", "4B", 16), ("8b-int4-24gb", "8B", 24)])
+def test_quantized_presets_fit_their_card(size: str, model: str, card_gb: int) -> None:
+    """The 4-bit presets: the export is asked for int4 with its method and block size (the Job's arguments), and
+    export/memory.py's expected peak per instance for the preset's largest batch (fused graph, the quantized
+    graph's weights) fits the card with 1 GiB left for the CUDA context; the Triton host memory covers the
+    weights while they load."""
+    from export.dev_model import REAL_SHAPES
+    from export.memory import PeakMemory, quantized_weight_bytes
+    from service.contract import Precision
+
+    values = preset(size)
+    job = values["exportJob"]
+    [export] = only(render(values), "Job")["spec"]["template"]["spec"]["containers"]
+    pairs = dict(zip(export["args"][::2], export["args"][1::2], strict=True))
+    assert (pairs["--precision"], pairs["--quant-method"], pairs["--quant-block-size"]) == ("int4", "rtn", "32")
+    s = REAL_SHAPES[model]
+    weights = quantized_weight_bytes(
+        s.vocab_size, s.hidden_size, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate_size, 4, 32
+    )
+    config = {"num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads, "head_dim": s.head_dim,
+              "hidden_size": s.hidden_size, "intermediate_size": s.intermediate_size}
+    memory = PeakMemory.for_model(config, 0, Precision.INT4, fused=True, graph_bytes=weights)
+    need = memory.instance_bytes(0, job["maxTokens"], job["maxBatchSize"])  # the onnxruntime backend: no split
+    assert need + 2**30 <= card_gb * 10**9, f"{need / 2**30:.1f} GiB on a {card_gb} GB card"
+    # At fp16 (4B 7.49, 8B 14.1 GiB of weights) the same batch would not fit: 4-bit weights make the preset.
+    fp16_weights = int({"4B": 7.49, "8B": 14.1}[model] * 2**30)
+    fp16 = PeakMemory.for_model(config, 0, Precision.FP16, fused=True, graph_bytes=fp16_weights)
+    assert fp16.instance_bytes(0, job["maxTokens"], job["maxBatchSize"]) > card_gb * 10**9
+    triton = container(pod_spec(render(values)), "triton")
+    assert _quantity_gib(triton["resources"]["limits"]["memory"]) >= weights / 2**30 + 2
+
+
+def test_quantized_exports_carry_their_method_and_block_size() -> None:
+    """int8 / int4 settings reach `qwen3-embed export` for the default model and an extra model (its own
+    method and block size over exportJob's); a float export gets no quantization arguments."""
+    [export] = only(render(SCENARIOS["quantized"]), "Job")["spec"]["template"]["spec"]["containers"]
+    pairs = dict(zip(export["args"][::2], export["args"][1::2], strict=True))
+    assert (pairs["--precision"], pairs["--quant-method"], pairs["--quant-block-size"]) == ("int4", "gptq", "128")
+    job = only(render(SCENARIOS["quantized"]), "Job")["spec"]["template"]["spec"]
+    reranker = next(c for c in job.get("initContainers", []) + job["containers"] if "qwen3_reranker" in c["args"])
+    pairs = dict(zip(reranker["args"][::2], reranker["args"][1::2], strict=True))
+    assert (pairs["--precision"], pairs["--quant-method"], pairs["--quant-block-size"]) == ("int8", "rtn", "32")
+    [plain] = only(render({}), "Job")["spec"]["template"]["spec"]["containers"]
+    assert "--quant-method" not in plain["args"] and "--quant-block-size" not in plain["args"]
 
 
 def test_gpu_export_runs_in_the_server_pod_on_its_own_gpu() -> None:

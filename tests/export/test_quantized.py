@@ -74,12 +74,34 @@ def test_only_the_linear_layers_are_quantized(quantized_repository: Path) -> Non
     bits = {a.i for n in nbits for a in n.attribute if a.name == "bits"}
     blocks = {a.i for n in nbits for a in n.attribute if a.name == "block_size"}
     assert bits == {4} and blocks == {32}
+    # Integer compute by default (ONNX Runtime's accuracy_level 4): the fast kernels on CPU (docs/export.md).
+    assert {a.i for n in nbits for a in n.attribute if a.name == "accuracy_level"} == {4}
+    assert all(any(a.name == "accuracy_level" for a in n.attribute) for n in nbits)
     embed = next(t for t in model.graph.initializer if t.name == "embed_tokens.weight")
     assert embed.data_type == onnx.TensorProto.FLOAT  # embeddings (and norms) stay float32
     # The reranker keeps its two-row head in float: only [hidden, >= 16] weights are linear layers.
     rr = onnx.load(str(quantized_repository / RERANKER / "1" / "model.onnx"))
     rr_ops = [n.op_type for n in rr.graph.node]
     assert rr_ops.count("MatMulNBits") == 8 and rr_ops.count("MatMul") == 1
+
+
+def test_the_computed_quantized_size_is_the_written_graphs(quantized_repository: Path, dev_model_dir: Path) -> None:
+    """export/memory.py quantized_weight_bytes (what the chart's 4B / 8B int4 / int8 sizes come from) equals the
+    bytes of the embedding table and the MatMulNBits weights, scales and zero points ONNX Runtime's quantizer
+    wrote."""
+    from export.memory import quantized_weight_bytes
+
+    cfg = json.loads((dev_model_dir / "config.json").read_text())
+    model = onnx.load(str(quantized_repository / EMBEDDER / "1" / "model.onnx"))
+    sizes = {t.name: numpy_helper.to_array(t).nbytes for t in model.graph.initializer}
+    written = sizes["embed_tokens.weight"] + sum(
+        sizes[i] for n in model.graph.node if n.op_type == "MatMulNBits" for i in n.input[1:] if i in sizes
+    )
+    computed = quantized_weight_bytes(
+        cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
+        cfg["num_key_value_heads"], cfg["head_dim"], cfg["intermediate_size"], bits=4, block_size=32,
+    )  # fmt: skip
+    assert computed == written
 
 
 def test_config_and_report_record_precision_method_and_agreement(quantized_repository: Path) -> None:
@@ -182,6 +204,35 @@ def test_a_zeroed_scale_is_refused_by_the_export_gate(
 
 
 @pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--precision", "int4"], 0, "nothing to export"),  # rtn, block 32: the defaults, as published
+        (["--precision", "int4", "--quant-method", "rtn", "--quant-block-size", "32"], 0, "nothing to export"),
+        (["--precision", "int4", "--quant-method", "gptq"], 2, "quantization method rtn (asked: gptq)"),
+        (["--precision", "int4", "--quant-block-size", "128"], 2, "quantization block size 32 (asked: 128)"),
+        (["--precision", "int8"], 2, "precision int4 (asked: int8)"),
+    ],
+)
+def test_skip_if_published_compares_the_quantization(
+    quantized_repository: Path, dev_model_dir: Path, tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    """A published int4 rtn export is skipped only for the same request: an int4 gptq (or another block size)
+    request must not be answered by the rtn weights; it stops with exit 2 and leaves the published one alone."""
+    (tmp_path / EMBEDDER).mkdir()
+    published = (quantized_repository / EMBEDDER / "config.pbtxt").read_text()
+    (tmp_path / EMBEDDER / "config.pbtxt").write_text(published)
+    result = CliRunner().invoke(
+        app,
+        ["export", "--model", str(dev_model_dir), "--output", str(tmp_path), "--name", EMBEDDER,
+         "--skip-if-published", *args],
+    )  # fmt: skip
+    assert result.exit_code == code, result.output
+    assert message in " ".join(result.output.split())
+    assert (tmp_path / EMBEDDER / "config.pbtxt").read_text() == published
+    assert sorted(p.name for p in (tmp_path / EMBEDDER).iterdir()) == ["config.pbtxt"]  # nothing exported
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--precision", "int8", "--quant-method", "hqq"], "not available for int8"),
@@ -198,34 +249,22 @@ def test_bad_quantization_options_are_refused(
 
 
 def test_gptq_with_the_users_calibration_file(dev_reranker_dir: Path, tmp_path: Path) -> None:
-    """The data-aware method on the reranker path, calibrated on the user's own texts: it passes the score gate
-    and records its method; the graph it writes is MatMulNBits with the agreement it measured."""
+    """The data-aware method on the reranker path, calibrated on the user's own texts, with float compute: it passes
+    the score gate and records its method; the graph it writes is MatMulNBits with the agreement it measured."""
     texts = tmp_path / "calibration.txt"
     texts.write_text(
         "Which river flows through Vienna?\nThe Danube flows through Vienna.\n\ndef f(x):\\n    return x\n"
     )
     out = tmp_path / "repo"
-    args = [
-        "export",
-        "--model",
-        str(dev_reranker_dir),
-        "--output",
-        str(out),
-        "--precision",
-        "int8",
-        "--quant-method",
-        "gptq",
-        "--calibration-file",
-        str(texts),
-        "--max-tokens",
-        "512",
-        "--verify-long-tokens",
-        "256",
-        "--skip-resource-check",
-    ]
+    args = ["export", "--model", str(dev_reranker_dir), "--output", str(out), "--precision", "int8",
+            "--quant-method", "gptq", "--calibration-file", str(texts), "--max-tokens", "512",
+            "--verify-long-tokens", "256", "--skip-resource-check", "--quant-compute", "fp32"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "on 3 calibration texts" in " ".join(result.output.split())
+    nodes = onnx.load(str(out / RERANKER / "1" / "model.onnx")).graph.node
+    # --quant-compute fp32: no accuracy_level (ONNX Runtime's default: float compute).
+    assert not any(a.name == "accuracy_level" for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute)
     facts = facts_of(out / RERANKER)
     assert facts.precision is Precision.INT8 and facts.quantization_method == "gptq"
     assert facts.quantization_agreement["worst_score_diff"] <= 5e-2

@@ -149,7 +149,7 @@ export Job's init container that exports it). Fails on a repeated name or contai
 */}}
 {{- define "qwen3-embedding.models" -}}
 {{- $job := .Values.exportJob }}
-{{- $keys := list "model" "backend" "precision" "accelerator" "maxBatchSize" "maxTokens" "extraArgs" }}
+{{- $keys := list "model" "backend" "precision" "quantMethod" "quantBlockSize" "accelerator" "maxBatchSize" "maxTokens" "extraArgs" }}
 {{- $default := dict }}
 {{- range $keys }}{{ $_ := set $default . (get $job .) }}{{ end }}
 {{- $models := list (dict "name" .Values.model.name "extra" false "export" $default) }}
@@ -195,12 +195,18 @@ export Job's init container that exports it). Fails on a repeated name or contai
 {{/*
 GiB of weights Triton holds for an export setting (fp16/bf16: 0.6B 1.11, 4B 7.49, 8B 14.1 GiB, the figures of
 presets/ and export/memory.py; fp32 twice that); 0 when the size is not in the model id. Rerankers count the
-same: their graph keeps the backbone and two LM-head rows.
+same: their graph keeps the backbone and two LM-head rows. int8 / int4 (block size 32): the float32 embedding
+table + the linear layers at 8 / 4 bits with a float32 scale and a zero point per 32 weights (1.16 / 0.64 bytes
+a weight): 0.6B 1.07 / 0.86 GiB (the measured graphs, docs/export.md), 4B 5.36 / 3.61, 8B 9.79 / 6.46 GiB
+(computed the same way; export/memory.py quantized_weight_bytes). Larger blocks are a little smaller: the
+block-32 figures are the safe side.
 */}}
 {{- define "qwen3-embedding.weightsGiB" -}}
 {{- $gib := 0.0 }}
 {{- $model := toString .model }}
-{{- if regexMatch "(?i)-0[.]6B($|[^0-9])" $model }}{{ $gib = 1.11 }}{{ else if regexMatch "(?i)-4B($|[^0-9])" $model }}{{ $gib = 7.49 }}{{ else if regexMatch "(?i)-8B($|[^0-9])" $model }}{{ $gib = 14.1 }}{{ end }}
+{{- $sizes := dict "fp16" (list 1.11 7.49 14.1) "int8" (list 1.07 5.36 9.79) "int4" (list 0.86 3.61 6.46) }}
+{{- $row := get $sizes (toString .precision) | default (get $sizes "fp16") }}
+{{- if regexMatch "(?i)-0[.]6B($|[^0-9])" $model }}{{ $gib = index $row 0 }}{{ else if regexMatch "(?i)-4B($|[^0-9])" $model }}{{ $gib = index $row 1 }}{{ else if regexMatch "(?i)-8B($|[^0-9])" $model }}{{ $gib = index $row 2 }}{{ end }}
 {{- if eq (toString .precision) "fp32" }}{{ $gib = mulf $gib 2 }}{{ end }}
 {{- $gib }}
 {{- end }}
@@ -338,6 +344,12 @@ from qwen3-embedding.models>).
 - {{ $e.backend | quote }}
 - --precision
 - {{ $e.precision | quote }}
+{{- if has (toString $e.precision) (list "int8" "int4") }}
+- --quant-method
+- {{ $e.quantMethod | default "rtn" | quote }}
+- --quant-block-size
+- {{ $e.quantBlockSize | default 32 | int | quote }}
+{{- end }}
 - --max-batch-size
 - {{ $e.maxBatchSize | int | quote }}
 - --max-tokens
