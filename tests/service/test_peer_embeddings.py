@@ -278,7 +278,7 @@ def test_the_drop_in_python_block_runs(facade: Facade, model_name: str, capsys: 
     """docs/clients.md, "Drop-in for peers' clients": its Python block as it is, aimed at the session's facade."""
     from tests.doc_pages import CLIENTS, code_blocks, section
 
-    [code] = code_blocks(section(CLIENTS, "## Drop-in for peers' clients"), "python")
+    [code] = code_blocks(section(CLIENTS, "### Fields on `/v1/embeddings` (vLLM, NIM, Jina, Infinity)"), "python")
     for text, here in [("http://localhost:8080/v1", f"{facade.base_url}/v1"), ("Qwen3-Embedding-0.6B", model_name)]:
         assert text in code
         code = code.replace(text, here)
