@@ -3,6 +3,8 @@ would build millions of strings before any limit could refuse them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
     value, shift = 0, 0
@@ -17,17 +19,16 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def count_field(data: bytes, field_number: int, stop_after: int) -> int:
-    """Occurrences of a top-level field, walking tags and skipping payloads without copying them. The walk
-    stops once the count passes `stop_after`, so it costs O(stop_after + other fields), not O(size).
-    A malformed message returns the count so far: the real parser then reports the error."""
-    pos, count = 0, 0
+def _fields(data: bytes) -> Iterator[tuple[int, int | None]]:
+    """The top-level fields in order: (field number, the value of a varint field, else None), payloads skipped
+    without copying them. Stops at the first malformed tag or payload: the real parser then reports it."""
+    pos = 0
     try:
         while pos < len(data):
             key, pos = _varint(data, pos)
-            wire_type = key & 7
+            wire_type, value = key & 7, None
             if wire_type == 0:
-                _, pos = _varint(data, pos)
+                value, pos = _varint(data, pos)
             elif wire_type == 1:
                 pos += 8
             elif wire_type == 2:
@@ -36,13 +37,21 @@ def count_field(data: bytes, field_number: int, stop_after: int) -> int:
             elif wire_type == 5:
                 pos += 4
             else:
-                return count
-            if key >> 3 == field_number:
-                count += 1
-                if count > stop_after:
-                    return count
+                return
+            yield key >> 3, value
     except ValueError:
-        pass
+        return
+
+
+def count_field(data: bytes, field_number: int, stop_after: int) -> int:
+    """Occurrences of a top-level field. The walk stops once the count passes `stop_after`, so it costs
+    O(stop_after + other fields), not O(size). A malformed message returns the count so far."""
+    count = 0
+    for number, _ in _fields(data):
+        if number == field_number:
+            count += 1
+            if count > stop_after:
+                break
     return count
 
 
@@ -51,27 +60,10 @@ def last_varint(data: bytes, field_number: int, max_fields: int) -> int | None:
     the message; None when absent. A malformed message returns what was found so far, and one of more than
     `max_fields` fields returns None without walking further (O(max_fields), however large the message): the
     real parser or the input count then refuses it."""
-    pos, found, fields = 0, None, 0
-    try:
-        while pos < len(data):
-            fields += 1
-            if fields > max_fields:
-                return None
-            key, pos = _varint(data, pos)
-            wire_type = key & 7
-            if wire_type == 0:
-                value, pos = _varint(data, pos)
-                if key >> 3 == field_number:
-                    found = value
-            elif wire_type == 1:
-                pos += 8
-            elif wire_type == 2:
-                length, pos = _varint(data, pos)
-                pos += length
-            elif wire_type == 5:
-                pos += 4
-            else:
-                return found
-    except ValueError:
-        pass
+    found = None
+    for seen, (number, value) in enumerate(_fields(data), 1):
+        if seen > max_fields:
+            return None
+        if number == field_number and value is not None:
+            found = value
     return found

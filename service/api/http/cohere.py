@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import wraps
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -29,7 +28,7 @@ from service.api.http.cohere_wire import (
     params_from_v1,
     params_from_v2,
 )
-from service.api.http.rerank import rerank_admitted
+from service.api.http.rerank import cohere_results, rerank_admitted
 from service.api.http.wire import HttpContext, disconnected, json_response, parse_json, read_body
 from service.api.http.wire import request_body as described_body
 from service.errors import ServiceError, invalid
@@ -114,11 +113,6 @@ async def embed_v2(request: Request) -> Response:
 async def rerank_v2(request: Request) -> Response:
     """Cohere v2 rerank: documents by relevance_score (sigmoid(yes - no)), highest first."""
     reranked = await rerank_admitted(request, lambda raw: params_from_rerank_v2(parse_json(CohereRerankV2Request, raw)))
-    params, result = reranked.params, reranked.result
-    results: list[dict[str, Any]] = []
-    for hit in result.hits:
-        item: dict[str, Any] = {"index": hit.index, "relevance_score": hit.score}
-        if params.return_documents:
-            item["document"] = {"text": params.documents[hit.index]}
-        results.append(item)
+    result = reranked.result
+    results = cohere_results(reranked)
     return json_response({"id": str(uuid.uuid4()), "results": results, "meta": meta("2", result.prompt_tokens)})

@@ -59,6 +59,19 @@ def params_from_tei(body: TeiRerankRequest) -> RerankParams:
     )
 
 
+def cohere_results(reranked: RerankOutcome) -> list[dict[str, Any]]:
+    """Cohere's (and Jina's) result list: index and relevance_score, highest first, with the document's text
+    when the request asked for it back."""
+    params = reranked.params
+    results: list[dict[str, Any]] = []
+    for hit in reranked.result.hits:
+        item: dict[str, Any] = {"index": hit.index, "relevance_score": hit.score}
+        if params.return_documents:
+            item["document"] = {"text": params.documents[hit.index]}
+        results.append(item)
+    return results
+
+
 async def rerank_admitted(request: Request, parse: Callable[[bytes], RerankParams]) -> RerankOutcome:
     ctx: HttpContext = request.app.state.ctx
     params = parse(await read_body(request, ctx.settings))  # before admission: slow bodies hold no slot
@@ -82,13 +95,8 @@ router = APIRouter()
 async def rerank(request: Request) -> Response:
     """Cohere / Jina rerank: documents by relevance to the query, highest first."""
     reranked = await rerank_admitted(request, lambda body: params_from_cohere(parse_json(RerankRequest, body)))
-    params, result = reranked.params, reranked.result
-    results: list[dict[str, Any]] = []
-    for hit in result.hits:
-        item: dict[str, Any] = {"index": hit.index, "relevance_score": hit.score}
-        if params.return_documents:
-            item["document"] = {"text": params.documents[hit.index]}
-        results.append(item)
+    result = reranked.result
+    results = cohere_results(reranked)
     tokens = result.prompt_tokens
     return json_response(
         {

@@ -93,8 +93,7 @@ async def tokenized(
                 total += len(out[-1])
                 if total > model.max_request_tokens:
                     raise invalid(
-                        f"the request has more than {model.max_request_tokens} tokens, the limit per request; "
-                        "split it",
+                        f"the request has more than {model.max_request_tokens} tokens, the limit per request; split it",
                         "input",
                     )
             return out
