@@ -405,7 +405,15 @@ def test_local_triton_workers_restart_and_drain(model_repository: Path, referenc
             in_flight = metric(scrape(workers.ops_url), "qwen3_embed_in_flight_requests")
             return in_flight >= len(threads)
 
-        wait_for(busy, 30, "requests in flight", interval=0.02)
+        try:
+            wait_for(busy, 30, "requests in flight", interval=0.02)
+        except AssertionError:  # say what was seen: the gauge's last sum, and the calls that had ended
+            with lock:
+                ended = list(results)
+            outcomes = [o[1] if isinstance(o, tuple) else o for _, o in ended]  # a worker's pid, or a status code
+            raise AssertionError(
+                f"{in_flight} of {len(threads)} in flight; ended: {outcomes}\n{facade.log()[-3000:]}"
+            ) from None
         pids = workers.worker_pids()
         facade.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
