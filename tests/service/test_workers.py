@@ -384,10 +384,12 @@ def test_local_triton_workers_restart_and_drain(model_repository: Path, referenc
         results: list[tuple[int, object]] = []
         lock = threading.Lock()
 
+        # 1,024 inputs each (about 90k tokens): with the tiny dev model a smaller request can end before all
+        # four are in flight at once, and the gauge never shows them together.
         def slow_call(channel: grpc.Channel) -> None:
             try:
                 response, call = workers.facade.stub(channel).Embed.with_call(
-                    pb.EmbedRequest(inputs=LONG * 8), timeout=60
+                    pb.EmbedRequest(inputs=LONG * 64), timeout=60
                 )
                 outcome: object = (vectors(response), int(dict(call.trailing_metadata())[WORKER_PID_KEY]))
             except grpc.RpcError as exc:
@@ -427,7 +429,7 @@ def test_local_triton_workers_restart_and_drain(model_repository: Path, referenc
         assert len(ok) >= in_flight and not failed, (in_flight, failed)
         assert {pid for _, pid in ok} == pids  # both workers drained their own
         for got, _ in ok:
-            check(got, LONG * 8, {LONG[0]: long_vector})
+            check(got, LONG * 64, {LONG[0]: long_vector})
         wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids),
                  10, "every worker gone")  # fmt: skip
         assert_nothing_left(repo, [prefix])
