@@ -48,12 +48,12 @@ def params_from_tei(body: TeiRerankRequest) -> RerankParams:
     )
 
 
-def cohere_results(reranked: RerankOutcome) -> list[dict[str, Any]]:
+def cohere_results(outcome: RerankOutcome) -> list[dict[str, Any]]:
     """Cohere's (and Jina's) result list: index and relevance_score, highest first, with the document's text
     when the request asked for it back."""
-    params = reranked.params
+    params = outcome.params
     results: list[dict[str, Any]] = []
-    for hit in reranked.result.hits:
+    for hit in outcome.result.hits:
         item: dict[str, Any] = {"index": hit.index, "relevance_score": hit.score}
         if params.return_documents:
             item["document"] = {"text": params.documents[hit.index]}
