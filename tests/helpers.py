@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+import httpx
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -17,6 +20,15 @@ from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "embedding.v1.EmbeddingService"
+# The packed embedding types by their HTTP names (OpenAI's peers', Cohere's): the gRPC encoding that gives the
+# same bytes, and the numpy type those bytes are as JSON integers.
+PACKED_ENCODING = {
+    "int8": pb.ENCODING_INT8,
+    "uint8": pb.ENCODING_UINT8,
+    "binary": pb.ENCODING_BINARY,
+    "ubinary": pb.ENCODING_UBINARY,
+}
+PACKED_DTYPE = {"int8": np.int8, "uint8": np.uint8, "binary": np.int8, "ubinary": np.uint8}
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,6 +70,16 @@ def run_facade(
     full_env = {"QWEN3_EMBED_DRAIN_SECONDS": "5", **(env or {})}
     with launch_facade(repository, triton_url, log_dir, env=full_env, wait=wait_serving, timeout=60) as facade:
         yield facade
+
+
+def flooded(call: Callable[[], httpx.Response], calls: int = 16, threads: int = 8) -> list[httpx.Response]:
+    """`calls` requests from `threads` threads at once on a facade with fewer slots than threads: every answer
+    is 200 or 429 and both occur. Returns the answers, in call order."""
+    with ThreadPoolExecutor(threads) as pool:
+        replies = list(pool.map(lambda _: call(), range(calls)))
+    statuses = Counter(r.status_code for r in replies)
+    assert set(statuses) <= {200, 429} and statuses[429] > 0 and statuses[200] > 0, statuses
+    return replies
 
 
 def embed(stub: pb_grpc.EmbeddingServiceStub, inputs: list[str], **kwargs: object) -> pb.EmbedResponse:

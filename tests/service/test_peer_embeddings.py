@@ -16,17 +16,10 @@ from sentence_transformers.quantization import quantize_embeddings
 
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.pipeline.encoding import int8_ranges
-from tests.helpers import Facade, cosine, embed, vectors
+from tests.helpers import PACKED_DTYPE, PACKED_ENCODING, Facade, cosine, embed, vectors
 
 TEXTS = ["How are you today?", "The capital of China is Beijing.", "def f(x): return x * 2"]
 LONG = ["Como o Brasil pode fomentar o desenvolvimento de modelos de IA? " * 6, "word " * 40]
-PACKED = {
-    "int8": pb.ENCODING_INT8,
-    "uint8": pb.ENCODING_UINT8,
-    "binary": pb.ENCODING_BINARY,
-    "ubinary": pb.ENCODING_UBINARY,
-}
-INTS = {"int8": np.int8, "uint8": np.uint8, "binary": np.int8, "ubinary": np.uint8}
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +148,7 @@ def test_vllm_base64_dtypes_are_the_grpc_bytes(
 
 
 @pytest.mark.parametrize("encoding_format", ["float", "base64"])
-@pytest.mark.parametrize("kind", list(PACKED))
+@pytest.mark.parametrize("kind", list(PACKED_ENCODING))
 def test_nim_embedding_type_is_the_grpc_bytes(
     facade: Facade,
     client: openai.OpenAI,
@@ -172,7 +165,7 @@ def test_nim_embedding_type_is_the_grpc_bytes(
         extra_body={"embedding_type": kind, "input_type": "query", "truncate": "END"},
     )
     grpc_packed = embed(
-        stub, TEXTS, dimensions=48, prompt_name="query", truncate=pb.TRUNCATE_END, encoding=PACKED[kind]
+        stub, TEXTS, dimensions=48, prompt_name="query", truncate=pb.TRUNCATE_END, encoding=PACKED_ENCODING[kind]
     )
     floats = vectors(embed(stub, TEXTS, dimensions=48, prompt_name="query"))
     if kind.endswith("int8"):
@@ -184,7 +177,7 @@ def test_nim_embedding_type_is_the_grpc_bytes(
             base64.b64decode(d.embedding)
             if encoding_format == "base64"
             else np.array(  # type: ignore[arg-type]
-                d.embedding, dtype=INTS[kind]
+                d.embedding, dtype=PACKED_DTYPE[kind]
             ).tobytes()
         )
         assert got == e.packed == want.tobytes()
@@ -295,6 +288,6 @@ def test_python_client_int8_over_grpc_and_http_agree(facade: Facade, stub, preci
     with Client(facade.target) as grpc_client, Client(f"{facade.base_url}/v1", api="http") as http_client:
         over_grpc = grpc_client.embed(TEXTS, options).vectors
         over_http = http_client.embed(TEXTS, options).vectors
-    want = embed(stub, TEXTS, prompt_name="query", dimensions=48, encoding=PACKED[precision])
-    assert over_grpc.dtype == over_http.dtype == INTS[precision]
+    want = embed(stub, TEXTS, prompt_name="query", dimensions=48, encoding=PACKED_ENCODING[precision])
+    assert over_grpc.dtype == over_http.dtype == PACKED_DTYPE[precision]
     assert [r.tobytes() for r in over_grpc] == [r.tobytes() for r in over_http] == [e.packed for e in want.embeddings]

@@ -6,13 +6,13 @@ Jina, is service/api/http/rerank.py.)"""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from service.api.http.admitted import embedded, on_embedder, reranked
 from service.api.http.cohere_wire import (
     COHERE_ERRORS,
     CohereEmbedResponse,
@@ -28,14 +28,11 @@ from service.api.http.cohere_wire import (
     params_from_v1,
     params_from_v2,
 )
-from service.api.http.rerank import cohere_results, rerank_admitted
-from service.api.http.wire import HttpContext, disconnected, json_response, parse_json, read_body
+from service.api.http.rerank import cohere_results
+from service.api.http.wire import json_response, parse_json, read_json
 from service.api.http.wire import request_body as described_body
-from service.errors import ServiceError, invalid
-from service.models import Models
-from service.pipeline.embedder import Embedder
+from service.errors import ServiceError
 from service.pipeline.params import EmbedParams
-from service.pipeline.postprocess import check_dimensions
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -53,21 +50,13 @@ def cohere_errors(handler: Handler) -> Handler:
     return shaped
 
 
-async def embed_admitted(request: Request, params: EmbedParams, model: str, dimensions: int | None) -> Embedded:
-    ctx: HttpContext = request.app.state.ctx
-
-    async def parse(models: Models) -> tuple[EmbedParams, Embedder]:
-        embedder = models.embedder(model)
-        if dimensions is not None:
-            info = embedder.info
-            try:
-                check_dimensions(dimensions, info.min_dimensions, info.hidden_size, zero_means_full=False)
-            except ServiceError as exc:
-                raise invalid(exc.message.replace("dimensions", "output_dimension", 1), "output_dimension") from None
-        return replace(params, model=embedder.info.triton_name), embedder
-
-    embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
-    return Embedded(embedded.result.vectors, params.texts, embedded.result.prompt_tokens)
+async def embed_answer(
+    request: Request, params: EmbedParams, model: str, dimensions: int | None, types: Sequence[str] | None, version: str
+) -> Response:
+    """`params` embedded on `model` (Cohere calls the size output_dimension) and answered in Cohere's shape."""
+    outcome = await embedded(request, on_embedder(params, model, dimensions, "output_dimension"))
+    result = outcome.result
+    return json_response(embed_body(Embedded(result.vectors, params.texts, result.prompt_tokens), types, version))
 
 
 router = APIRouter()
@@ -82,10 +71,8 @@ router = APIRouter()
 @cohere_errors
 async def embed_v1(request: Request) -> Response:
     """Cohere v1 embed: 'embeddings_floats' unless embedding_types is given."""
-    ctx: HttpContext = request.app.state.ctx
-    body = parse_json(CohereEmbedV1Request, await read_body(request, ctx.settings))  # before admission
-    embedded = await embed_admitted(request, params_from_v1(body), body.model or "", None)
-    return json_response(embed_body(embedded, body.embedding_types, "1"))
+    body = await read_json(request, CohereEmbedV1Request)
+    return await embed_answer(request, params_from_v1(body), body.model or "", None, body.embedding_types, "1")
 
 
 @router.post(
@@ -97,10 +84,9 @@ async def embed_v1(request: Request) -> Response:
 @cohere_errors
 async def embed_v2(request: Request) -> Response:
     """Cohere v2 embed: 'embeddings_by_type', one list per embedding type asked (default float)."""
-    ctx: HttpContext = request.app.state.ctx
-    body = parse_json(CohereEmbedV2Request, await read_body(request, ctx.settings))
-    embedded = await embed_admitted(request, params_from_v2(body), body.model, body.output_dimension)
-    return json_response(embed_body(embedded, body.embedding_types or ["float"], "2"))
+    body = await read_json(request, CohereEmbedV2Request)
+    types = body.embedding_types or ["float"]
+    return await embed_answer(request, params_from_v2(body), body.model, body.output_dimension, types, "2")
 
 
 @router.post(
@@ -112,7 +98,6 @@ async def embed_v2(request: Request) -> Response:
 @cohere_errors
 async def rerank_v2(request: Request) -> Response:
     """Cohere v2 rerank: documents by relevance_score (sigmoid(yes - no)), highest first."""
-    reranked = await rerank_admitted(request, lambda raw: params_from_rerank_v2(parse_json(CohereRerankV2Request, raw)))
-    result = reranked.result
-    results = cohere_results(reranked)
-    return json_response({"id": str(uuid.uuid4()), "results": results, "meta": meta("2", result.prompt_tokens)})
+    outcome = await reranked(request, lambda raw: params_from_rerank_v2(parse_json(CohereRerankV2Request, raw)))
+    results = cohere_results(outcome)
+    return json_response({"id": str(uuid.uuid4()), "results": results, "meta": meta("2", outcome.result.prompt_tokens)})

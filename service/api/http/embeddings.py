@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import tracing
+from service.api.http.admitted import check_size, embedded
 from service.api.http.peer_fields import WireFormat, params_from_request, split_model_suffix, wire_format
 from service.api.http.priority import request_priority
 from service.api.http.schemas import EmbeddingsRequest, EmbeddingsResponse
@@ -21,10 +22,8 @@ from service.api.http.wire import (
     ERROR_RESPONSES,
     JSON,
     HttpContext,
-    disconnected,
     json_bytes,
-    parse_json,
-    read_body,
+    read_json,
     request_body,
 )
 from service.api.info import info_fields
@@ -35,8 +34,6 @@ from service.pipeline.embedder import Embedder
 from service.pipeline.encoding import float_bytes, pack
 from service.pipeline.inference import ServedModel
 from service.pipeline.params import EmbedParams, Encoding
-from service.pipeline.postprocess import check_dimensions
-from service.priority import applied
 
 
 def model_card(model: ServedModel) -> dict[str, Any]:
@@ -59,25 +56,20 @@ router = APIRouter()
 async def embeddings(request: Request) -> Response:
     """OpenAI's embeddings with the peers' extension fields (peer_fields.py); also Infinity's `/embeddings`."""
     ctx: HttpContext = request.app.state.ctx
-    # The whole body is read and parsed before admission: a client sending slowly holds no slot (its own
-    # bounds are the connection's request deadline and the connection cap, service/api/http/server.py).
-    req = parse_json(EmbeddingsRequest, await read_body(request, ctx.settings))
+    req = await read_json(request, EmbeddingsRequest)  # before admission (wire.read_json)
     wire = wire_format(req)
 
     async def parse(models: Models) -> tuple[EmbedParams, Embedder]:
         name, suffix_type = split_model_suffix(req.model, lambda n: models.find(n) is not None)
         embedder = models.embedder(name)  # OpenAI's model is required: it picks the model
-        if req.dimensions is not None:  # HTTP has no "0 = full" (OpenAI's dimensions is positive)
-            info = embedder.info
-            check_dimensions(req.dimensions, info.min_dimensions, info.hidden_size, zero_means_full=False)
+        check_size(embedder, req.dimensions)
         params = check_token_ids_allowed(params_from_request(req, suffix_type), ctx.settings)
         return replace(params, model=embedder.info.triton_name, encoding=wire.encoding), embedder
 
-    with applied(request_priority(request, req.priority)):
-        embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
-    result = embedded.result
+    outcome = await embedded(request, parse, request_priority(request, req.priority))
+    result = outcome.result
     with tracing.stage("encode", **{tracing.ENCODING: wire.label}):
-        body = embeddings_json(result.vectors, wire, embedded.model, result.prompt_tokens)
+        body = embeddings_json(result.vectors, wire, outcome.model, result.prompt_tokens)
     return Response(body, media_type=JSON)
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.http import embeddings
-from service.api.http.rerank import rerank_admitted
+from service.api.http.admitted import reranked
 from service.api.http.wire import ERROR_RESPONSES, json_response, parse_json, request_body
 from service.pipeline.params import RerankParams, Truncate
 
@@ -63,8 +63,8 @@ router = APIRouter()
 async def ranking(request: Request) -> Response:
     """NIM ranking: every passage's logit, highest first. Qwen3-Reranker's logit is the LM head's yes - no
     difference at the last token: sigmoid(logit) is /v1/rerank's relevance_score."""
-    reranked = await rerank_admitted(request, lambda raw: params_from_nim(parse_json(NimRankingRequest, raw)))
-    return json_response({"rankings": [{"index": h.index, "logit": h.raw_score} for h in reranked.result.hits]})
+    outcome = await reranked(request, lambda raw: params_from_nim(parse_json(NimRankingRequest, raw)))
+    return json_response({"rankings": [{"index": h.index, "logit": h.raw_score} for h in outcome.result.hits]})
 
 
 router.add_api_route("/v1/health/live", embeddings.live, methods=["GET"])

@@ -5,28 +5,17 @@ admission, errors and strictness as `/v1/embeddings` (service/api/http/embedding
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.http.priority import request_priority
+from service.api.http.admitted import reranked
 from service.api.http.schemas import RerankRequest, RerankResponse, TeiRerankRequest, TeiRerankResult
-from service.api.http.wire import (
-    ERROR_RESPONSES,
-    HttpContext,
-    disconnected,
-    json_response,
-    parse_json,
-    read_body,
-    request_body,
-)
+from service.api.http.wire import ERROR_RESPONSES, json_response, parse_json, request_body
 from service.errors import invalid
 from service.lifecycle import RerankOutcome
-from service.models import Models
 from service.pipeline.params import RerankParams, Truncate
-from service.priority import applied
 
 
 def params_from_cohere(body: RerankRequest) -> RerankParams:
@@ -59,28 +48,17 @@ def params_from_tei(body: TeiRerankRequest) -> RerankParams:
     )
 
 
-def cohere_results(reranked: RerankOutcome) -> list[dict[str, Any]]:
+def cohere_results(outcome: RerankOutcome) -> list[dict[str, Any]]:
     """Cohere's (and Jina's) result list: index and relevance_score, highest first, with the document's text
     when the request asked for it back."""
-    params = reranked.params
+    params = outcome.params
     results: list[dict[str, Any]] = []
-    for hit in reranked.result.hits:
+    for hit in outcome.result.hits:
         item: dict[str, Any] = {"index": hit.index, "relevance_score": hit.score}
         if params.return_documents:
             item["document"] = {"text": params.documents[hit.index]}
         results.append(item)
     return results
-
-
-async def rerank_admitted(request: Request, parse: Callable[[bytes], RerankParams]) -> RerankOutcome:
-    ctx: HttpContext = request.app.state.ctx
-    params = parse(await read_body(request, ctx.settings))  # before admission: slow bodies hold no slot
-
-    async def parse_admitted(models: Models) -> RerankParams:
-        return params
-
-    with applied(request_priority(request)):
-        return await ctx.lifecycle.rerank(parse_admitted, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
 
 
 router = APIRouter()
@@ -94,15 +72,13 @@ router = APIRouter()
 )
 async def rerank(request: Request) -> Response:
     """Cohere / Jina rerank: documents by relevance to the query, highest first."""
-    reranked = await rerank_admitted(request, lambda body: params_from_cohere(parse_json(RerankRequest, body)))
-    result = reranked.result
-    results = cohere_results(reranked)
-    tokens = result.prompt_tokens
+    outcome = await reranked(request, lambda body: params_from_cohere(parse_json(RerankRequest, body)))
+    tokens = outcome.result.prompt_tokens
     return json_response(
         {
             "id": str(uuid.uuid4()),
-            "model": reranked.model,
-            "results": results,
+            "model": outcome.model,
+            "results": cohere_results(outcome),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             "meta": {"billed_units": {"input_tokens": tokens}},
         }
@@ -117,11 +93,11 @@ async def rerank(request: Request) -> Response:
 )
 async def rerank_tei(request: Request) -> Response:
     """TEI rerank: [{index, score, text?}] by score, highest first."""
-    reranked = await rerank_admitted(request, lambda body: params_from_tei(parse_json(TeiRerankRequest, body)))
-    params = reranked.params
+    outcome = await reranked(request, lambda body: params_from_tei(parse_json(TeiRerankRequest, body)))
+    params = outcome.params
     out: list[dict[str, Any]] = []
     # TEI's order: by score, highest first, tied documents last index first (TEI sorts ascending, then reverses).
-    for hit in sorted(reranked.result.hits, key=lambda h: (h.raw_score, h.index), reverse=True):
+    for hit in sorted(outcome.result.hits, key=lambda h: (h.raw_score, h.index), reverse=True):
         item: dict[str, Any] = {"index": hit.index, "score": hit.raw_score if params.raw_scores else hit.score}
         if params.return_documents:
             item["text"] = params.documents[hit.index]

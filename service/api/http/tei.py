@@ -7,7 +7,6 @@ are tokenize.py's."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -16,16 +15,14 @@ from fastapi.responses import Response
 
 from service import __version__
 from service.api.http import tokenize
+from service.api.http.admitted import embedded, on_embedder
 from service.api.http.tei_schemas import Direction, TeiEmbedRequest, TeiErrorResponse, TeiSimilarityRequest
 from service.api.http.tei_wire import TEI_ERROR_RESPONSES, TeiError, empty, parse_tei, tei_error_response, tei_errors
 from service.api.http.token_ids import check_token_ids_allowed
-from service.api.http.wire import HttpContext, disconnected, json_response, read_body, request_body
+from service.api.http.wire import HttpContext, json_response, read_json, request_body
 from service.contract import ModelKind
 from service.lifecycle import EmbedOutcome
-from service.models import Models
-from service.pipeline.embedder import Embedder
 from service.pipeline.params import EmbedParams, Truncate
-from service.pipeline.postprocess import check_dimensions
 from service.state import ServiceState
 
 
@@ -64,27 +61,17 @@ def params_from_tei(body: TeiEmbedRequest) -> EmbedParams:
 
 
 async def embed_tei(request: Request, params: EmbedParams, dimensions: int | None) -> EmbedOutcome:
-    """Admitted and run as `/v1/embeddings` runs (same lifecycle, deadline, cancellation), on the default
-    embedding model (TEI serves one model; its requests name none)."""
+    """Admitted and run as `/v1/embeddings` runs (admitted.py), on the default embedding model (TEI serves one
+    model; its requests name none)."""
     ctx: HttpContext = request.app.state.ctx
-    params = check_token_ids_allowed(params, ctx.settings)
-
-    async def parse(models: Models) -> tuple[EmbedParams, Embedder]:
-        embedder = models.embedder()
-        if dimensions is not None:  # as OpenAI's: a positive size, no "0 = full"
-            info = embedder.info
-            check_dimensions(dimensions, info.min_dimensions, info.hidden_size, zero_means_full=False)
-        return replace(params, model=embedder.info.triton_name), embedder
-
-    return await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
+    return await embedded(request, on_embedder(check_token_ids_allowed(params, ctx.settings), "", dimensions))
 
 
 async def embed_response(request: Request) -> Response:
-    ctx: HttpContext = request.app.state.ctx
-    body = parse_tei(TeiEmbedRequest, await read_body(request, ctx.settings))
-    embedded = await embed_tei(request, params_from_tei(body), body.dimensions)
+    body = await read_json(request, TeiEmbedRequest, parse_tei)
+    outcome = await embed_tei(request, params_from_tei(body), body.dimensions)
     # Widened to float64 so the JSON numbers are those of json.dumps(vectors.tolist()) (wire.json_bytes).
-    return json_response(embedded.result.vectors.astype(np.float64))
+    return json_response(outcome.result.vectors.astype(np.float64))
 
 
 router = APIRouter()
@@ -102,21 +89,14 @@ async def embed(request: Request) -> Response:
     return await tei_errors(lambda: embed_response(request))
 
 
-@router.post("/", include_in_schema=False)
-async def root(request: Request) -> Response:
-    """TEI's root route for an embedding model (what huggingface_hub's InferenceClient(base_url=...) posts)."""
-    return await tei_errors(lambda: embed_response(request))
-
-
-@router.post("/invocations", include_in_schema=False)
-async def invocations(request: Request) -> Response:
-    """TEI's SageMaker route: /embed's request and response."""
-    return await tei_errors(lambda: embed_response(request))
+# TEI's root route for an embedding model (what huggingface_hub's InferenceClient(base_url=...) posts) and its
+# SageMaker route: /embed's request and response.
+for _path in ("/", "/invocations"):
+    router.add_api_route(_path, embed, methods=["POST"], include_in_schema=False)
 
 
 async def similarity_response(request: Request) -> Response:
-    ctx: HttpContext = request.app.state.ctx
-    body = parse_tei(TeiSimilarityRequest, await read_body(request, ctx.settings))
+    body = await read_json(request, TeiSimilarityRequest, parse_tei)
     if not body.inputs.sentences:
         raise empty("inputs.sentences")
     options = body.parameters

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from service.api.http.tei_schemas import TeiErrorResponse
-from service.api.http.wire import MAX_MESSAGE_CHARS, parse_json
+from service.api.http.wire import client_message, error_headers, parse_json
 from service.errors import ErrorKind, ServiceError
 
 TEI_STATUS = {
@@ -49,11 +49,8 @@ class TeiError(Exception):
 
 
 def tei_error_response(status: int, error_type: str, message: str) -> JSONResponse:
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[:MAX_MESSAGE_CHARS] + "…"
-    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    headers = {"retry-after": "1"} if status == 429 else None
-    return JSONResponse({"error": message, "error_type": error_type}, status_code=status, headers=headers)
+    body = {"error": client_message(message), "error_type": error_type}
+    return JSONResponse(body, status_code=status, headers=error_headers(status))
 
 
 def from_service_error(exc: ServiceError) -> JSONResponse:

@@ -47,16 +47,24 @@ class HttpContext:
     settings: Settings
 
 
-def error_response(kind: ErrorKind, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    status, error_type = HTTP_STATUS[kind]
-    headers = {"retry-after": "1"} if kind is ErrorKind.RESOURCE_EXHAUSTED else None
-    # Messages may quote the client (a field name, a model name): lone surrogates must not break the JSON,
-    # and however much the client sent, the error stays small (each quoting site bounds its quote too).
+def client_message(message: str) -> str:
+    """An error message as every error body carries it, whatever the API's shape. Messages may quote the client
+    (a field name, a model name): lone surrogates must not break the JSON, and however much the client sent,
+    the error stays small (each quoting site bounds its quote too)."""
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[:MAX_MESSAGE_CHARS] + "…"
-    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    body = {"error": {"message": message, "type": error_type, "param": param, "code": code or kind.value}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def error_headers(status: int) -> dict[str, str] | None:
+    """An overloaded (429) answer tells the client when to try again, in every API's shape."""
+    return {"retry-after": "1"} if status == 429 else None
+
+
+def error_response(kind: ErrorKind, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
+    status, error_type = HTTP_STATUS[kind]
+    error = {"message": client_message(message), "type": error_type, "param": param, "code": code or kind.value}
+    return JSONResponse({"error": error}, status_code=status, headers=error_headers(status))
 
 
 def payload_too_large(limit: int) -> JSONResponse:
@@ -143,6 +151,15 @@ def parse_json(model: type[M], body: bytes) -> M:
         raise validation_error(exc) from None
     except RecursionError:
         raise invalid("the JSON body is nested too deeply") from None
+
+
+async def read_json(request: Request, model: type[M], parse: Callable[[type[M], bytes], M] = parse_json) -> M:
+    """The request's body (read_body) as `model`; `parse` is a route family's own parse_json (TEI's answers
+    what the strict parser refuses with its own status). Read and parsed before admission: a client sending
+    slowly holds no slot (its own bounds are the connection's request deadline and the connection cap,
+    service/api/http/server.py)."""
+    ctx: HttpContext = request.app.state.ctx
+    return parse(model, await read_body(request, ctx.settings))
 
 
 def disconnected(request: Request) -> Callable[[], Awaitable[None]]:

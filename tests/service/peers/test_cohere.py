@@ -6,13 +6,10 @@ Errors in Cohere's shape with the service's statuses; auth, body budget and admi
 from __future__ import annotations
 
 import base64
-from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import numpy as np
 import pytest
@@ -20,44 +17,13 @@ import pytest
 from service.contract import rerank_body
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.pipeline.reranker import rerank_head
-from service.triton.runtime import TritonProcess
-from tests.helpers import Facade, cosine, embed, run_facade, vectors
+from tests.helpers import PACKED_DTYPE, PACKED_ENCODING, Facade, cosine, embed, flooded, vectors
 from tests.service.test_rerank_api import CASES, Reference
 
 cohere = pytest.importorskip("cohere")
 
 TEXTS = ["How are you today?", "The capital of China is Beijing.", "def f(x): return x * 2", "数字 123"]
 ALL_TYPES = ["float", "int8", "uint8", "binary", "ubinary", "base64"]
-GRPC_ENCODING = {
-    "int8": pb.ENCODING_INT8,
-    "uint8": pb.ENCODING_UINT8,
-    "binary": pb.ENCODING_BINARY,
-    "ubinary": pb.ENCODING_UBINARY,
-}
-NUMPY_TYPE = {"int8": np.int8, "uint8": np.uint8, "binary": np.int8, "ubinary": np.uint8}
-KEY = "cohere-key-0123456789"
-
-
-@pytest.fixture(scope="module")
-def stub(facade: Facade) -> Iterator[Any]:
-    with grpc.insecure_channel(facade.target) as channel:
-        yield facade.stub(channel)
-
-
-@pytest.fixture(scope="module")
-def names(stub: Any) -> dict[int, str]:
-    """The default model's name of each kind."""
-    return {m.kind: m.name for m in stub.GetInfo(pb.GetInfoRequest(), timeout=30).models if m.is_default}
-
-
-@pytest.fixture(scope="module")
-def model(names: dict[int, str]) -> str:
-    return names[pb.MODEL_KIND_EMBEDDING]
-
-
-@pytest.fixture(scope="module")
-def reranker(names: dict[int, str]) -> str:
-    return names[pb.MODEL_KIND_RERANKER]
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +37,11 @@ def v1(facade: Facade) -> Any:
 
 
 def packed(stub: Any, texts: list[str], name: str, **kwargs: Any) -> list[bytes]:
-    return [e.packed for e in embed(stub, texts, encoding=GRPC_ENCODING[name], **kwargs).embeddings]
+    return [e.packed for e in embed(stub, texts, encoding=PACKED_ENCODING[name], **kwargs).embeddings]
 
 
 def as_bytes(rows: list[list[int]], name: str) -> list[bytes]:
-    return [np.asarray(row, dtype=NUMPY_TYPE[name]).tobytes() for row in rows]
+    return [np.asarray(row, dtype=PACKED_DTYPE[name]).tobytes() for row in rows]
 
 
 # -- embed --
@@ -97,7 +63,7 @@ def test_v2_embed_every_type_equals_grpc_and_the_reference(
     np.testing.assert_array_equal(floats, grpc_vectors)  # the same float32 values, written as JSON
     decoded = np.stack([np.frombuffer(base64.b64decode(s), dtype="<f4") for s in got.base64])
     np.testing.assert_array_equal(decoded, grpc_vectors)
-    for name in GRPC_ENCODING:
+    for name in PACKED_ENCODING:
         rows = getattr(got, name)
         assert all(isinstance(x, int) for row in rows for x in row)
         assert as_bytes(rows, name) == packed(stub, TEXTS, name, prompt_name=prompt_name), name
@@ -309,21 +275,6 @@ def test_sdk_raises_coheres_exceptions(v2: Any, v1: Any, model: str) -> None:
 # -- the gate: auth, body budget, admission --
 
 
-@pytest.fixture(scope="module")
-def guarded(model_repository: Path, triton: TritonProcess, logs_dir: Path) -> Iterator[Facade]:
-    """A second facade on the session's Triton: an API key, one request at a time, small body limits."""
-    env = {
-        "QWEN3_EMBED_API_KEYS": KEY,
-        "QWEN3_EMBED_MAX_IN_FLIGHT": "1",
-        "QWEN3_EMBED_MAX_HTTP_BODY_BYTES": "65536",
-        # A JSON-values budget of 32 + 4096 + 64 values.
-        "QWEN3_EMBED_MAX_BATCH_INPUTS": "32",
-        "QWEN3_EMBED_MAX_REQUEST_TOKENS": "4096",
-    }
-    with run_facade(model_repository, triton.grpc_url, logs_dir, env=env) as running:
-        yield running
-
-
 def route_bodies(model: str, reranker: str, texts: list[str]) -> dict[str, dict[str, Any]]:
     return {
         "/v1/embed": {"texts": texts, "input_type": "search_document"},
@@ -338,9 +289,9 @@ def cohere_refusal(reply: httpx.Response, status: int, fragment: str) -> None:
 
 
 @pytest.mark.parametrize("path", ["/v1/embed", "/v2/embed", "/v2/rerank"])
-def test_auth_body_budget_and_admission(guarded: Facade, model: str, reranker: str, path: str) -> None:
+def test_auth_body_budget_and_admission(guarded: Facade, guard_key: str, model: str, reranker: str, path: str) -> None:
     url = f"{guarded.base_url}{path}"
-    key = {"authorization": f"Bearer {KEY}"}
+    key = {"authorization": f"Bearer {guard_key}"}
     body = route_bodies(model, reranker, ["a short text"])[path]
     for headers in ({}, {"authorization": "Bearer wrong"}):  # the gate's refusals, in Cohere's shape too
         cohere_refusal(httpx.post(url, json=body, headers=headers, timeout=30), 401, "API key")
@@ -366,14 +317,7 @@ def test_auth_body_budget_and_admission(guarded: Facade, model: str, reranker: s
     assert over.status_code == 400 and "JSON values" in over.json()["message"], over.text
     # Admission: one slot, eight callers at once: every answer is 200 or 429 with Retry-After.
     work = route_bodies(model, reranker, [f"caller text {i} " + "padding words " * 60 for i in range(16)])[path]
-
-    def call(_: int) -> httpx.Response:
-        return httpx.post(url, json=work, headers=key, timeout=60)
-
-    with ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(call, range(16)))
-    statuses = Counter(r.status_code for r in replies)
-    assert set(statuses) <= {200, 429} and statuses[429] > 0 and statuses[200] > 0, statuses
+    replies = flooded(lambda: httpx.post(url, json=work, headers=key, timeout=60))
     limited = next(r for r in replies if r.status_code == 429)
     assert limited.headers["retry-after"] and "overloaded" in limited.json()["message"]
 

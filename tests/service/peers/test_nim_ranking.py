@@ -5,23 +5,17 @@ metrics paths; errors naming the field; auth, body budget and admission as on /v
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import numpy as np
 import pytest
 
 from service.gen.embedding.v1 import embedding_pb2 as pb
-from service.triton.runtime import TritonProcess
-from tests.helpers import Facade, run_facade
+from tests.helpers import Facade, flooded
 from tests.service.test_rerank_api import CASES, Reference
 
-KEY = "nim-key-0123456789abc"
 # NIM's documentation example (docs.nvidia.com, "Use NVIDIA NeMo Retriever Reranking NIM"): a query and four
 # passages, truncate END; here with the served reranker's name.
 NIM_QUERY = "which way should i go?"
@@ -38,28 +32,8 @@ NIM_PASSAGES = [
 
 
 @pytest.fixture(scope="module")
-def stub(facade: Facade) -> Iterator[Any]:
-    with grpc.insecure_channel(facade.target) as channel:
-        yield facade.stub(channel)
-
-
-@pytest.fixture(scope="module")
-def described(stub: Any) -> Any:
-    return next(
-        m
-        for m in stub.GetInfo(pb.GetInfoRequest(), timeout=30).models
-        if m.kind == pb.MODEL_KIND_RERANKER and m.is_default
-    )
-
-
-@pytest.fixture(scope="module")
-def reranker(described: Any) -> str:
-    return str(described.name)
-
-
-@pytest.fixture(scope="module")
-def reference_reranker(dev_reranker_dir: Path, described: Any) -> Reference:
-    return Reference(dev_reranker_dir, int(described.max_input_tokens))
+def reference_reranker(dev_reranker_dir: Path, default_models: dict[int, Any]) -> Reference:
+    return Reference(dev_reranker_dir, int(default_models[pb.MODEL_KIND_RERANKER].max_input_tokens))
 
 
 def ranking(base_url: str, body: dict[str, Any], **kwargs: Any) -> httpx.Response:
@@ -139,22 +113,8 @@ def test_nim_probe_and_metrics_paths(facade: Facade) -> None:
     assert metrics.status_code == 200 and 'method="/v1/ranking"' in metrics.text
 
 
-@pytest.fixture(scope="module")
-def guarded(model_repository: Path, triton: TritonProcess, logs_dir: Path) -> Iterator[Facade]:
-    """A second facade on the session's Triton: an API key, one request at a time, small body limits."""
-    env = {
-        "QWEN3_EMBED_API_KEYS": KEY,
-        "QWEN3_EMBED_MAX_IN_FLIGHT": "1",
-        "QWEN3_EMBED_MAX_HTTP_BODY_BYTES": "65536",
-        "QWEN3_EMBED_MAX_BATCH_INPUTS": "32",
-        "QWEN3_EMBED_MAX_REQUEST_TOKENS": "4096",
-    }
-    with run_facade(model_repository, triton.grpc_url, logs_dir, env=env) as running:
-        yield running
-
-
-def test_auth_body_budget_and_admission(guarded: Facade, reranker: str) -> None:
-    key = {"authorization": f"Bearer {KEY}"}
+def test_auth_body_budget_and_admission(guarded: Facade, guard_key: str, reranker: str) -> None:
+    key = {"authorization": f"Bearer {guard_key}"}
 
     def body(passages: list[str]) -> dict[str, Any]:
         return {"model": reranker, "query": {"text": "q"}, "passages": [{"text": p} for p in passages]}
@@ -169,12 +129,5 @@ def test_auth_body_budget_and_admission(guarded: Facade, reranker: str) -> None:
     over = ranking(guarded.base_url, {"query": {"text": "q"}, "passages": ["p"] * 5000}, headers=key)
     assert over.status_code == 400 and "JSON values" in over.json()["error"]["message"], over.text
     work = body([f"passage {i} " + "padding words " * 60 for i in range(16)])
-
-    def call(_: int) -> httpx.Response:
-        return ranking(guarded.base_url, work, headers=key)
-
-    with ThreadPoolExecutor(8) as pool:
-        replies = list(pool.map(call, range(16)))
-    statuses = Counter(r.status_code for r in replies)
-    assert set(statuses) <= {200, 429} and statuses[429] > 0 and statuses[200] > 0, statuses
+    replies = flooded(lambda: ranking(guarded.base_url, work, headers=key))
     assert next(r for r in replies if r.status_code == 429).headers["retry-after"]

@@ -4,19 +4,16 @@ and the checkpoint's own tokenizer), through plain HTTP and huggingface_hub's In
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import numpy as np
 import pytest
 
 from service.gen.embedding.v1 import embedding_pb2 as pb
-from service.triton.runtime import TritonProcess
 from tests.doc_pages import CLIENTS, code_blocks, section
-from tests.helpers import Facade, cosine, embed, run_facade, vectors
+from tests.helpers import Facade, cosine, embed, vectors
 
 TEXTS = ["What is Deep Learning?", "The capital of China is Beijing.", "数字 123，中文。", "def f(x): return x"]
 LONG = "The capital of China is Beijing, a very large city. " * 120  # well over the test limit of 512 tokens
@@ -24,18 +21,6 @@ LONG = "The capital of China is Beijing, a very large city. " * 120  # well over
 
 def post(facade: Facade, path: str, body: Any, **kwargs: Any) -> httpx.Response:
     return httpx.post(f"{facade.base_url}{path}", json=body, timeout=60, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def stub(facade: Facade) -> Iterator[Any]:
-    with grpc.insecure_channel(facade.target) as channel:
-        yield facade.stub(channel)
-
-
-@pytest.fixture(scope="module")
-def names(facade: Facade) -> dict[str, str]:
-    models = httpx.get(f"{facade.base_url}/info", timeout=30).json()["models"]
-    return {m["kind"]: m["name"] for m in models if m["is_default"]}
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +149,9 @@ def test_routes_the_model_cannot_serve_are_424(facade: Facade, path: str) -> Non
     assert "not available" in message or "not a" in message or "SPLADE" in message
 
 
-def test_info_has_tei_fields_and_health(facade: Facade, names: dict[str, str]) -> None:
+def test_info_has_tei_fields_and_health(facade: Facade, model: str) -> None:
     info = httpx.get(f"{facade.base_url}/info", timeout=30).json()
-    assert info["model"] == names["embedding"]  # the service's own fields are unchanged
+    assert info["model"] == model  # the service's own fields are unchanged
     assert info["max_input_length"] == info["max_input_tokens"] == 512
     assert info["max_client_batch_size"] == info["max_batch_inputs"]
     assert info["model_type"] == {"embedding": {"pooling": "last_token"}} and info["auto_truncate"] is False
@@ -180,7 +165,7 @@ def test_info_has_tei_fields_and_health(facade: Facade, names: dict[str, str]) -
 
 @pytest.mark.parametrize("prompt_name", [None, "query"])
 def test_tei_tokenize_counts_what_the_embedding_route_sends(
-    facade: Facade, names: dict[str, str], hf_tokenizer: Any, prompts: dict[str, str], prompt_name: str | None
+    facade: Facade, model: str, hf_tokenizer: Any, prompts: dict[str, str], prompt_name: str | None
 ) -> None:
     body: dict[str, Any] = {"inputs": TEXTS}
     if prompt_name:
@@ -199,29 +184,29 @@ def test_tei_tokenize_counts_what_the_embedding_route_sends(
         assert b"".join(raw[t["start"] : t["stop"]] for t in content) == raw  # byte offsets, as TEI's
         assert not any(t["special"] for t in content)
         usage = post(
-            facade, "/v1/embeddings", {"model": names["embedding"], "input": text, "prompt_name": prompt_name}
+            facade, "/v1/embeddings", {"model": model, "input": text, "prompt_name": prompt_name}
         ).json()["usage"]
         assert len(tokens) == usage["prompt_tokens"]
     plain = post(facade, "/tokenize", {"inputs": TEXTS[0], "add_special_tokens": False}).json()
     assert [t["id"] for t in plain[0]] == hf_tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]
 
 
-def test_vllm_tokenize_and_detokenize(facade: Facade, names: dict[str, str], hf_tokenizer: Any) -> None:
+def test_vllm_tokenize_and_detokenize(facade: Facade, model: str, reranker: str, hf_tokenizer: Any) -> None:
     text = TEXTS[2]
-    reply = post(facade, "/tokenize", {"model": names["embedding"], "prompt": text, "return_token_strs": True})
+    reply = post(facade, "/tokenize", {"model": model, "prompt": text, "return_token_strs": True})
     assert reply.status_code == 200, reply.text
     got = reply.json()
-    usage = post(facade, "/v1/embeddings", {"model": names["embedding"], "input": text}).json()["usage"]
+    usage = post(facade, "/v1/embeddings", {"model": model, "input": text}).json()["usage"]
     assert got["count"] == len(got["tokens"]) == usage["prompt_tokens"]
     assert got["tokens"] == hf_tokenizer(text)["input_ids"] and got["max_model_len"] == 512
     assert got["token_strs"] == hf_tokenizer.convert_ids_to_tokens(got["tokens"])
     bare = post(facade, "/tokenize", {"prompt": text, "add_special_tokens": False}).json()
     assert bare["tokens"] == got["tokens"][:-1] and bare["token_strs"] is None
-    back = post(facade, "/detokenize", {"model": names["embedding"], "tokens": got["tokens"]}).json()
+    back = post(facade, "/detokenize", {"model": model, "tokens": got["tokens"]}).json()
     assert back == {"prompt": hf_tokenizer.decode(got["tokens"])} and back["prompt"].startswith(text)
     # A reranker: its sequences get no EOS (the template adds none), so the count is the text's tokens.
-    reranker = post(facade, "/tokenize", {"model": names["reranker"], "prompt": text}).json()
-    assert reranker["tokens"] == bare["tokens"]
+    reranked = post(facade, "/tokenize", {"model": reranker, "prompt": text}).json()
+    assert reranked["tokens"] == bare["tokens"]
     missing = post(facade, "/tokenize", {"model": "nope", "prompt": text})
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
     bad = post(facade, "/detokenize", {"tokens": [1, 10**9]})
@@ -289,7 +274,6 @@ def test_the_docs_table_names_every_tei_route(facade: Facade) -> None:
 
 # -- auth, body budget, admission and token ids, per route, on a facade with keys and one slot --
 
-KEY = "tei-key-0123456789"
 ROUTES: list[tuple[str, dict[str, Any], str]] = [
     ("/embed", {"inputs": TEXTS}, "inputs"),
     ("/", {"inputs": TEXTS}, "inputs"),
@@ -303,21 +287,19 @@ BAD: dict[str, Any] = {"inputs": 5, "sentences": "x", "prompt": 5, "ids": "x", "
 
 
 @pytest.fixture(scope="module")
-def guarded(model_repository: Path, triton: TritonProcess, logs_dir: Path) -> Iterator[Facade]:
-    env = {
-        "QWEN3_EMBED_API_KEYS": KEY,
+def guard_limits() -> dict[str, str]:
+    """TEI's guarded facade: one slot, a 16 KiB body, 4 inputs a request (TEI's client batch cap)."""
+    return {
         "QWEN3_EMBED_MAX_IN_FLIGHT": "1",
         "QWEN3_EMBED_MAX_HTTP_BODY_BYTES": "16384",
         "QWEN3_EMBED_MAX_BATCH_INPUTS": "4",
         "QWEN3_EMBED_MAX_REQUEST_TOKENS": "4096",
     }
-    with run_facade(model_repository, triton.grpc_url, logs_dir, env=env) as running:
-        yield running
 
 
 @pytest.mark.parametrize(("path", "body", "field"), ROUTES)
-def test_guarded_routes(guarded: Facade, path: str, body: dict[str, Any], field: str) -> None:
-    headers = {"authorization": f"Bearer {KEY}"}
+def test_guarded_routes(guarded: Facade, guard_key: str, path: str, body: dict[str, Any], field: str) -> None:
+    headers = {"authorization": f"Bearer {guard_key}"}
     assert post(guarded, path, body).status_code == 401
     assert post(guarded, path, body, headers={"authorization": "Bearer wrong"}).status_code == 401
     ok = post(guarded, path, body, headers=headers)
@@ -329,8 +311,8 @@ def test_guarded_routes(guarded: Facade, path: str, body: dict[str, Any], field:
     assert 400 <= bad.status_code < 500 and field in bad.text, bad.text
 
 
-def test_guarded_limits_like_tei(guarded: Facade) -> None:
-    headers = {"authorization": f"Bearer {KEY}"}
+def test_guarded_limits_like_tei(guarded: Facade, guard_key: str) -> None:
+    headers = {"authorization": f"Bearer {guard_key}"}
     over = post(guarded, "/embed", {"inputs": ["a"] * 5}, headers=headers)  # TEI: batch size error, 413
     tei_error(over, 413, "validation", "inputs", "limit of 4")
     tei_error(post(guarded, "/tokenize", {"inputs": ["a"] * 5}, headers=headers), 413, "validation", "limit of 4")
@@ -342,23 +324,25 @@ def test_guarded_limits_like_tei(guarded: Facade) -> None:
     tei_error(ids, 413, "validation", "token-id input is turned off")
 
 
-def test_guarded_inference_client_sends_its_key(guarded: Facade, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_guarded_inference_client_sends_its_key(
+    guarded: Facade, guard_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from huggingface_hub import InferenceClient, constants
     from huggingface_hub.errors import HfHubHTTPError
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # loopback only
-    assert InferenceClient(base_url=guarded.base_url, api_key=KEY).feature_extraction("x").shape == (1, 64)
+    assert InferenceClient(base_url=guarded.base_url, api_key=guard_key).feature_extraction("x").shape == (1, 64)
     with pytest.raises(HfHubHTTPError) as refused:
         InferenceClient(base_url=guarded.base_url, api_key="wrong").feature_extraction("x")
     assert refused.value.response.status_code == 401
 
 
-def test_guarded_admission_is_shared(guarded: Facade) -> None:
+def test_guarded_admission_is_shared(guarded: Facade, guard_key: str) -> None:
     """One slot: while long requests hold it, each route is refused at once with TEI's 429 (`overloaded`),
     or the service's 429 on the vLLM shapes."""
     import threading
 
-    headers = {"authorization": f"Bearer {KEY}"}
+    headers = {"authorization": f"Bearer {guard_key}"}
     stop = threading.Event()
     heavy = {"inputs": [("word " * 480).strip()] * 4}
 

@@ -21,7 +21,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import grpc
 import httpx
 import numpy as np
 import openai
@@ -139,11 +138,9 @@ def hf_model(reference: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def input_tokens(facade: Facade) -> list[int]:
+def input_tokens(stub: Any) -> list[int]:
     """input_text's ids under the served model's tokenizer (EOS included), as vLLM's list is e5's."""
-    with grpc.insecure_channel(facade.target) as channel:
-        response = facade.stub(channel).Tokenize(pb.TokenizeRequest(inputs=[input_text]), timeout=30)
-    return list(response.inputs[0].ids)
+    return list(stub.Tokenize(pb.TokenizeRequest(inputs=[input_text]), timeout=30).inputs[0].ids)
 
 
 # -- vLLM's tests ------------------------------------------------------------------------------------------------
