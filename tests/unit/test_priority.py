@@ -12,6 +12,7 @@ import pytest
 from service import keys_file, priority
 from service.admission import Admission
 from service.api.auth import KeyChecker
+from service.api.grpc.servicer import TOKENIZE_PRIORITY_FIELD, asked_priority
 from service.api.grpc.wire import last_varint
 from service.errors import ErrorKind, ServiceError
 from service.gen.embedding.v1 import embedding_pb2 as pb
@@ -77,6 +78,26 @@ def test_the_priority_field_is_read_on_the_wire() -> None:
     started = time.perf_counter()
     assert last_varint(flood, 10, 100) is None
     assert time.perf_counter() - started < 0.5  # wide: the whole walk would take seconds
+
+
+def test_tokenize_reads_its_own_field_number() -> None:
+    """TokenizeRequest's priority is field 7 (its next free number); the same walk reads it, and a bad
+    number is refused naming the values that exist."""
+    assert pb.TokenizeRequest.DESCRIPTOR.fields_by_name["priority"].number == TOKENIZE_PRIORITY_FIELD == 7
+    raw = pb.TokenizeRequest(inputs=["a"], model="m", priority=pb.PRIORITY_BULK).SerializeToString()
+    assert asked_priority(raw, {}, 100, TOKENIZE_PRIORITY_FIELD) is BULK
+    # Unset: the metadata decides; nothing at all: no ask (the caller resolves to interactive).
+    bare = pb.TokenizeRequest(inputs=["a"]).SerializeToString()
+    assert asked_priority(bare, {"x-priority": "Bulk"}, 100, TOKENIZE_PRIORITY_FIELD) is BULK
+    assert asked_priority(bare, {}, 100, TOKENIZE_PRIORITY_FIELD) is None
+    # The field wins over the metadata, as for Embed.
+    ask = pb.TokenizeRequest(inputs=["a"], priority=pb.PRIORITY_INTERACTIVE).SerializeToString()
+    assert asked_priority(ask, {"x-priority": "bulk"}, 100, TOKENIZE_PRIORITY_FIELD) is INTERACTIVE
+    bad = pb.TokenizeRequest(inputs=["a"], priority=9).SerializeToString()  # type: ignore[arg-type]
+    with pytest.raises(ServiceError) as err:
+        asked_priority(bad, {}, 100, TOKENIZE_PRIORITY_FIELD)
+    assert err.value.param == "priority"
+    assert "PRIORITY_INTERACTIVE (1)" in err.value.message and "PRIORITY_BULK (2)" in err.value.message
 
 
 def test_keys_file_pins_a_key_to_bulk() -> None:

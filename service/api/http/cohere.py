@@ -28,6 +28,7 @@ from service.api.http.cohere_wire import (
     params_from_v1,
     params_from_v2,
 )
+from service.api.http.priority import request_priority
 from service.api.http.rerank import cohere_results, rerank_admitted
 from service.api.http.wire import HttpContext, disconnected, json_response, parse_json, read_body
 from service.api.http.wire import request_body as described_body
@@ -36,6 +37,7 @@ from service.models import Models
 from service.pipeline.embedder import Embedder
 from service.pipeline.params import EmbedParams
 from service.pipeline.postprocess import check_dimensions
+from service.priority import applied
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -66,7 +68,8 @@ async def embed_admitted(request: Request, params: EmbedParams, model: str, dime
                 raise invalid(exc.message.replace("dimensions", "output_dimension", 1), "output_dimension") from None
         return replace(params, model=embedder.info.triton_name), embedder
 
-    embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
+    with applied(request_priority(request)):
+        embedded = await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
     return Embedded(embedded.result.vectors, params.texts, embedded.result.prompt_tokens)
 
 

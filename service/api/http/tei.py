@@ -16,6 +16,7 @@ from fastapi.responses import Response
 
 from service import __version__
 from service.api.http import tokenize
+from service.api.http.priority import request_priority
 from service.api.http.tei_schemas import Direction, TeiEmbedRequest, TeiErrorResponse, TeiSimilarityRequest
 from service.api.http.tei_wire import TEI_ERROR_RESPONSES, TeiError, empty, parse_tei, tei_error_response, tei_errors
 from service.api.http.token_ids import check_token_ids_allowed
@@ -26,6 +27,7 @@ from service.models import Models
 from service.pipeline.embedder import Embedder
 from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.postprocess import check_dimensions
+from service.priority import applied
 from service.state import ServiceState
 
 
@@ -76,7 +78,8 @@ async def embed_tei(request: Request, params: EmbedParams, dimensions: int | Non
             check_dimensions(dimensions, info.min_dimensions, info.hidden_size, zero_means_full=False)
         return replace(params, model=embedder.info.triton_name), embedder
 
-    return await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
+    with applied(request_priority(request)):
+        return await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
 
 
 async def embed_response(request: Request) -> Response:
