@@ -10,6 +10,10 @@ client's W3C `traceparent`, and under it one span per stage, measured where the 
                other requests' rows too is the same call in each of their traces)
     encode     the response body: vectors to JSON/base64 (HTTP) or to protobuf (gRPC)
 
+A Triton call carries the W3C `traceparent` of one inference span in its gRPC metadata, so Triton's own spans
+(its tracing in OpenTelemetry mode) join that trace. A call serving several requests' chunks carries the first
+traced chunk's (the batch's first in fair-queue order); the other chunks' inference spans link to it.
+
 Export never waits on the collector: finished spans go to a bounded queue (settings.tracing_queue_spans;
 when full, new spans are dropped) that a background thread sends in batches, each export bounded by
 settings.tracing_export_timeout_s. With tracing off, every helper here returns at its first test: no tracer,
@@ -22,17 +26,19 @@ worker process). The SDK and the exporter are imported only when tracing is turn
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -246,14 +252,82 @@ def acquired(name: str, inner: AbstractAsyncContextManager[T]) -> AbstractAsyncC
     return _Acquired(tracer, name, inner)
 
 
+def snapshot() -> contextvars.Context | None:
+    """The request's context for a chunk it queues (its trace position, request id and class), when the
+    request is traced: the Triton call that carries the chunk may run its inference span there."""
+    if _tracer is None or not trace.get_current_span().is_recording():
+        return None
+    return contextvars.copy_context()
+
+
+def start_calls(
+    snapshots: Sequence[contextvars.Context | None], rows: Sequence[int], width: int, call_rows: int, start_ns: int
+) -> tuple[list[trace.Span | None], contextvars.Context | None]:
+    """The `inference` spans of one Triton call's chunks (each in its request's trace; None for a chunk
+    whose request is not traced), started when the call goes out and ended by model_call, and the context
+    to make the call in: the first traced chunk's, with its inference span current, so the call's metadata
+    carries that span's traceparent (outgoing_metadata), or one with no span current when no chunk is traced.
+    The other chunks' spans link to the carried one: their traces lead to the trace Triton's spans are in."""
+    tracer = _tracer
+    spans: list[trace.Span | None] = []
+    carrier: tuple[trace.Span, contextvars.Context] | None = None
+    if tracer is None:
+        return [None] * len(snapshots), None
+    for snap, n in zip(snapshots, rows, strict=True):
+        if snap is None:
+            spans.append(None)
+            continue
+        attributes = {WIDTH: width, ROWS: n, CALL_ROWS: call_rows}
+        links = [Link(carrier[0].get_span_context())] if carrier is not None else None
+        span = tracer.start_span(
+            "inference",
+            context=snap.run(otel_context.get_current),
+            start_time=start_ns,
+            attributes=attributes,
+            links=links,
+        )
+        spans.append(span)
+        if carrier is None:
+            call_context = snap.copy()
+            call_context.run(otel_context.attach, trace.set_span_in_context(span))
+            carrier = (span, call_context)
+    if carrier is None:
+        # No traced chunk: the call runs with no span current (not in whichever request's context happened to
+        # start it), so it carries no trace context and Triton's spans, if it traces, start a trace of their own.
+        untraced = contextvars.copy_context()
+        untraced.run(otel_context.attach, otel_context.Context())
+        return spans, untraced
+    return spans, carrier[1]
+
+
+def outgoing_metadata() -> tuple[tuple[str, str], ...] | None:
+    """gRPC metadata with the current span's W3C trace context (`traceparent`, `tracestate`), for a call to
+    Triton; None when tracing is off or no span is current (nothing to continue)."""
+    if _tracer is None:
+        return None
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return tuple(headers.items()) or None
+
+
 def model_call(
-    width: int, rows: int, call_rows: int, queued_ns: int, sent_ns: int, end_ns: int, error: str | None
+    width: int,
+    rows: int,
+    call_rows: int,
+    queued_ns: int,
+    sent_ns: int,
+    end_ns: int,
+    error: str | None,
+    inference: trace.Span | None = None,
 ) -> None:
     """A chunk's `queue` span (queued_ns to sent_ns) and `inference` span (sent_ns to end_ns), written once it
-    is over from the times the coalescer took (time.time_ns()). sent_ns 0: never sent (its deadline passed
-    or its request went away while it waited): a queue span only, until end_ns."""
+    is over from the times the coalescer took (time.time_ns()); `inference`: the span start_calls started
+    when the call went out, ended here. sent_ns 0: never sent (its deadline passed or its request went away
+    while it waited): a queue span only, until end_ns."""
     tracer = _tracer
     if tracer is None or not trace.get_current_span().is_recording():
+        if inference is not None:
+            inference.end(end_time=end_ns)
         return
     attributes = {WIDTH: width, ROWS: rows}
     queue = tracer.start_span("queue", start_time=queued_ns, attributes=attributes)
@@ -262,7 +336,8 @@ def model_call(
         queue.end(end_time=end_ns)
         return
     queue.end(end_time=sent_ns)
-    inference = tracer.start_span("inference", start_time=sent_ns, attributes={**attributes, CALL_ROWS: call_rows})
+    if inference is None:
+        inference = tracer.start_span("inference", start_time=sent_ns, attributes={**attributes, CALL_ROWS: call_rows})
     if error is not None:
         inference.set_status(Status(StatusCode.ERROR, error))
     inference.end(end_time=end_ns)

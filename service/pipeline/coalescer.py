@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import time
 from bisect import insort
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +67,9 @@ class _Chunk:
     # time.time_ns() when queued and when its call went out: the trace's queue and inference spans
     queued_ns: int = 0
     sent_ns: int = 0
+    # Tracing only: the request's context (tracing.snapshot) and its inference span, started when sent.
+    trace: contextvars.Context | None = None
+    inference: Any = None
 
     @property
     def key(self) -> tuple[float, int]:
@@ -173,6 +178,7 @@ class Coalescer:
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         chunk = _Chunk(width, rows, deadline, future, owner if owner is not None else object(), priority)
         chunk.queued_ns = time.time_ns()
+        chunk.trace = tracing.snapshot()
         self._enqueue(chunk)
         self._pump()
         error: str | None = "cancelled"
@@ -191,7 +197,14 @@ class Coalescer:
             if tracing.enabled():
                 sent = chunk.sent
                 tracing.model_call(
-                    width, len(rows), sent.rows if sent else 0, chunk.queued_ns, chunk.sent_ns, time.time_ns(), error
+                    width,
+                    len(rows),
+                    sent.rows if sent else 0,
+                    chunk.queued_ns,
+                    chunk.sent_ns,
+                    time.time_ns(),
+                    error,
+                    chunk.inference,
                 )
 
     def _enqueue(self, chunk: _Chunk) -> None:
@@ -292,7 +305,13 @@ class Coalescer:
         for chunk in batch:
             chunk.sent = sent
             chunk.sent_ns = now
-        task = asyncio.get_running_loop().create_task(self._send(sent))
+        context = None  # traced: the call runs in its first traced chunk's context (tracing.start_calls)
+        if tracing.enabled():
+            snapshots, counts = [c.trace for c in batch], [len(c.rows) for c in batch]
+            spans, context = tracing.start_calls(snapshots, counts, batch[0].width, sent.rows, now)
+            for chunk, span in zip(batch, spans, strict=True):
+                chunk.inference = span
+        task = asyncio.get_running_loop().create_task(self._send(sent), context=context)
         sent.task = task
         self._tasks.add(task)
         # The call's end is counted when the task ends, not in _send: a task cancelled before it first runs

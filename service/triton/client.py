@@ -15,6 +15,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
+from service import tracing
 from service.contract import ATTENTION_MASK, INPUT_IDS, ModelInfo
 from service.errors import ErrorKind, ServiceError
 from service.priority import Priority
@@ -116,7 +117,9 @@ class TritonBackend:
         )
         request.parameters["priority"].uint64_param = priority.triton_level
         try:
-            response = await self._model_infer(request, timeout=max(timeout_s, 0.001))
+            # Traced: the call's inference span's `traceparent` (service/tracing.py), for Triton's own trace.
+            metadata = tracing.outgoing_metadata()
+            response = await self._model_infer(request, timeout=max(timeout_s, 0.001), metadata=metadata)
         except grpc.RpcError as exc:
             raise map_triton_error(rpc_exception(exc)) from exc
         out = output_array(response, output)

@@ -27,7 +27,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -426,9 +426,11 @@ def start_triton(
     wait: bool = True,
     timeout: float = 180.0,
     address: str = LOOPBACK,
+    extra_args: Sequence[str] = (),
 ) -> TritonProcess:
     """tritonserver listens on `address` only (all three ports): by default loopback, since it has no
-    authentication or TLS of its own; the facade in front of it is the only way in."""
+    authentication or TLS of its own; the facade in front of it is the only way in. `extra_args` go last on
+    its command line (e.g. --trace-config)."""
     root = pytriton_root()
     cache_dir = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwen3-embed"
     backends = prepare_backend_dir(cache_dir / "triton-backends")
@@ -451,6 +453,7 @@ def start_triton(
         "--strict-readiness=true",
         # Our own prefix, so the regions of this run can be removed after a crash without touching others'.
         f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+        *extra_args,
     ]
     env = triton_env()
     # The guardian needs only the standard library: -I -S keep its start fast and independent of the env.

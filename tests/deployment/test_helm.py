@@ -104,7 +104,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "service": {"headless": {"enabled": False}},
         "imagePullSecrets": [{"name": "regcred"}],
         "runtimeClassName": "nvidia",
-        "facade": {"logFormat": "json", "settings": {"token_budget": 32768, "buckets": [64, 256, 1024]}},
+        "facade": {
+            "logFormat": "json",
+            "settings": {"token_budget": 32768, "buckets": [64, 256, 1024]},
+            "priority": {"bulkCallsInFlight": 2},
+            "tracing": {"enabled": True, "otlpEndpoint": "http://otel-collector:4317"},
+            "embeddingCacheBytes": 268435456,
+        },
         "ingress": {"enabled": True, "tlsSecretName": "emb-tls"},
         "grpcRoute": {"enabled": True, "parentRefs": [{"name": "gw", "namespace": "gateways"}]},
         "triton": {"resources": {"limits": {"nvidia.com/gpu": 1}}},
@@ -331,6 +337,20 @@ def test_lint_fails_on_a_broken_values_file() -> None:
         {"rerankModel": "../qwen3_reranker"},
         {"facade": {"workers": -1}},
         {"facade": {"workers": "2"}},
+        # The typed facade settings: their types and the facade's own ranges.
+        {"facade": {"priority": {"classes": "false"}}},
+        {"facade": {"priority": {"bulkCallsInFlight": 0}}},
+        {"facade": {"priority": {"bulkCallsInFlight": 1.5}}},
+        {"facade": {"priority": {"bulkTokenBudget": 8}}},
+        {"facade": {"priority": {"bulkWindowSeconds": -1}}},
+        {"facade": {"priority": {"bulkWindowS": 2}}},
+        {"facade": {"tracing": {"enabled": "yes"}}},
+        {"facade": {"tracing": {"otlpEndpoint": "otel-collector:4317"}}},
+        {"facade": {"tracing": {"queueSpans": 0}}},
+        {"facade": {"tracing": {"exportTimeoutSeconds": 0}}},
+        {"facade": {"embeddingCacheBytes": -1}},
+        {"facade": {"embeddingCacheBytes": "256Mi"}},
+        {"facade": {"embeddingCacheBytes": 1.5}},
     ],
     ids=lambda v: str(v)[:60],
 )
@@ -1714,3 +1734,130 @@ def test_readme_several_models_example_renders() -> None:
     by_model = export_containers(only(manifests, "Job"))
     assert by_model["qwen3_reranker"]["args"][1] == "Qwen/Qwen3-Reranker-4B"
     assert _quantity_gib(by_model["qwen3_reranker"]["resources"]["limits"]["memory"]) >= 23.0
+
+# ------------------------------------------------------------------ typed facade settings (priority, tracing, cache)
+
+# (value path under facade, a value other than the default, the variable, its text, the Settings field)
+TYPED = [
+    (("priority", "classes"), False, "QWEN3_EMBED_PRIORITY_CLASSES", "false", "priority_classes"),
+    (("priority", "bulkCallsInFlight"), 3, "QWEN3_EMBED_BULK_CALLS_IN_FLIGHT", "3", "bulk_calls_in_flight"),
+    (("priority", "bulkTokenBudget"), 4096, "QWEN3_EMBED_BULK_TOKEN_BUDGET", "4096", "bulk_token_budget"),
+    (("priority", "bulkWindowSeconds"), 0.5, "QWEN3_EMBED_BULK_WINDOW_S", "0.5", "bulk_window_s"),
+    (("tracing", "enabled"), True, "QWEN3_EMBED_TRACING", "true", "tracing"),
+    (
+        ("tracing", "otlpEndpoint"),
+        "https://otel:4317",
+        "QWEN3_EMBED_OTLP_ENDPOINT",
+        "https://otel:4317",
+        "otlp_endpoint",
+    ),
+    (("tracing", "queueSpans"), 512, "QWEN3_EMBED_TRACING_QUEUE_SPANS", "512", "tracing_queue_spans"),
+    (("tracing", "exportTimeoutSeconds"), 10, "QWEN3_EMBED_TRACING_EXPORT_TIMEOUT_S", "10", "tracing_export_timeout_s"),
+    (("embeddingCacheBytes",), 268435456, "QWEN3_EMBED_EMBEDDING_CACHE_BYTES", "268435456", "embedding_cache_bytes"),
+]
+TYPED_NAMES = {name for _, _, name, _, _ in TYPED}
+
+
+def facade_values(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    for key in reversed(path):
+        value = {key: value}
+    return {"facade": value}
+
+
+def chart_default(path: tuple[str, ...]) -> Any:
+    node: Any = yaml.safe_load((CHART_DIR / "values.yaml").read_text())["facade"]
+    for key in path:
+        node = node[key]
+    return node
+
+
+@pytest.mark.parametrize(("path", "value", "name", "text", "field"), TYPED, ids=[t[2] for t in TYPED])
+def test_a_typed_facade_value_reaches_the_facade(
+    path: tuple[str, ...], value: Any, name: str, text: str, field: str
+) -> None:
+    """Each value set becomes its variable in the facade container (and nowhere else), which the facade reads
+    back as that value; at its default it adds no variable."""
+    manifests = render(facade_values(path, value))
+    spec = pod_spec(manifests)
+    env = env_of(container(spec, "facade"))
+    assert env[name] == text
+    assert TYPED_NAMES & set(env) == {name}
+    assert getattr(Settings(**{field: env[name]}), field) == value
+    for c in all_containers(spec):
+        if c["name"] != "facade":
+            assert name not in env_of(c)
+    at_default = env_of(container(pod_spec(render(facade_values(path, chart_default(path)))), "facade"))
+    assert TYPED_NAMES & set(at_default) == set()
+
+
+@pytest.mark.parametrize(("path", "value", "name", "text", "field"), TYPED, ids=[t[2] for t in TYPED])
+def test_the_typed_defaults_are_the_facades_own(
+    path: tuple[str, ...], value: Any, name: str, text: str, field: str
+) -> None:
+    """values.yaml holds the facade's defaults (service/settings.py), so leaving a value alone and the chart
+    writing no variable for it mean the same."""
+    default = Settings.model_fields[field].default
+    assert chart_default(path) == default and value != default
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "everything"])
+def test_a_render_without_the_typed_values_has_the_env_it_had_before(scenario: str) -> None:
+    """The typed values at their defaults add no variable: every container's env is what it was before they
+    existed (the rest of the env comes from templates this change left alone)."""
+    for _, spec in pod_specs(render(SCENARIOS[scenario])):
+        for c in all_containers(spec):
+            assert TYPED_NAMES & set(env_of(c)) == set(), (scenario, c["name"])
+
+
+def test_a_typed_value_and_the_same_variable_elsewhere_fail() -> None:
+    """One source per setting: a typed value and facade.settings / facade.extraEnv naming the same variable
+    fail the render instead of writing it twice (a duplicate env name breaks server-side apply)."""
+    with pytest.raises(helm_python.HelmError, match=re.escape("facade.tracing.enabled sets QWEN3_EMBED_TRACING")):
+        render_raw({"facade": {"tracing": {"enabled": True}, "settings": {"tracing": True}}})
+    extra = [{"name": "QWEN3_EMBED_EMBEDDING_CACHE_BYTES", "value": "1"}]
+    with pytest.raises(helm_python.HelmError, match=re.escape("facade.embeddingCacheBytes sets")):
+        render_raw({"facade": {"embeddingCacheBytes": 1024, "extraEnv": extra}})
+    # Left at their defaults, the typed values leave extraEnv and settings in charge, as before them.
+    env = env_of(container(pod_spec(render({"facade": {"extraEnv": extra, "settings": {"tracing": True}}})), "facade"))
+    assert env["QWEN3_EMBED_EMBEDDING_CACHE_BYTES"] == "1" and env["QWEN3_EMBED_TRACING"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("facade", "memory"),
+    [
+        ({}, {"requests": "2Gi", "limits": "2Gi"}),  # no cache: the values as given (Guaranteed: request = limit)
+        ({"embeddingCacheBytes": 268435456}, {"requests": "2560Mi", "limits": "2560Mi"}),  # 2 workers x 256 MiB
+        ({"embeddingCacheBytes": 268435456, "workers": 1}, {"requests": "2304Mi", "limits": "2304Mi"}),
+        (
+            {"embeddingCacheBytes": 1000, "workers": 0, "resources": {"limits": {"memory": "3G"}}},
+            {"requests": "2862Mi", "limits": "2862Mi"},
+        ),
+    ],
+    ids=str,
+)
+def test_the_facade_memory_counts_the_cache(facade: dict[str, Any], memory: dict[str, str]) -> None:
+    """The cache is per worker process and on top of what facade.resources were sized for: the chart adds
+    workers x embeddingCacheBytes to the memory request and limit (rounded up to MiB)."""
+    res = container(pod_spec(render({"facade": facade})), "facade")["resources"]
+    assert {side: res[side]["memory"] for side in ("requests", "limits")} == memory
+
+
+def test_the_cache_on_a_cpu_pod_raises_request_and_limit_each() -> None:
+    """Without a GPU the pod keeps its request and limit apart; each grows by the cache (4 auto workers from
+    the 4-CPU limit, x 64 MiB)."""
+    values = merged(SCENARIOS["cpu-only"], {"facade": {"workers": 0, "embeddingCacheBytes": 64 * 2**20}})
+    res = container(pod_spec(render(values)), "facade")["resources"]
+    assert res["requests"]["memory"] == "1280Mi" and res["limits"]["memory"] == "2304Mi"
+
+
+def test_a_memory_quantity_the_chart_cannot_add_to_fails() -> None:
+    values = {"facade": {"embeddingCacheBytes": 1024, "resources": {"limits": {"memory": "2e9"}}}}
+    with pytest.raises(helm_python.HelmError, match=re.escape('facade.resources.limits.memory "2e9"')):
+        render_raw(values)
+
+
+def test_the_readme_documents_the_typed_values() -> None:
+    readme = (CHART_DIR / "README.md").read_text()
+    for path, _, name, _, _ in TYPED:
+        assert f"`.{path[-1]}`" in readme or f"`facade.{'.'.join(path)}`" in readme, path
+        assert name.removeprefix("QWEN3_EMBED_") in readme, name

@@ -220,3 +220,117 @@ def test_a_bulk_flood_does_not_fail_or_starve_interactive_requests(facade: Facad
     assert done > senders  # the flood went on through the interactive queries
     waited = delta(classes(facade, "qwen3_embed_admission_wait_seconds_count"), before)
     assert waited == {"interactive": 15, "bulk": done}
+
+
+def trailing(call: grpc.Call) -> dict[str, str]:
+    return {k: v for k, v in call.trailing_metadata() or () if isinstance(v, str)}
+
+
+def test_tokenize_takes_a_class_and_a_pin_wins(facade: Facade) -> None:
+    """Tokenize is admitted like Embed, so it is classed like Embed: its `priority` field (7), else the
+    `x-priority` metadata; a bulk-pinned key's call is bulk whatever it asks; the class applied comes back
+    in the `x-priority` trailing metadata (as it does for Embed and Rerank)."""
+    before = classes(facade)
+    with grpc.insecure_channel(facade.target) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        asked = pb.TokenizeRequest(inputs=["a b c"], priority=pb.PRIORITY_INTERACTIVE)
+        reply, call = stub.Tokenize.with_call(asked, metadata=auth(BACKFILL), timeout=60)
+        assert reply.inputs[0].count > 0 and trailing(call)["x-priority"] == "bulk"
+        metadata = (*auth(BACKFILL), ("x-priority", "interactive"))
+        _, call = stub.Tokenize.with_call(pb.TokenizeRequest(inputs=["a"]), metadata=metadata, timeout=60)
+        assert trailing(call)["x-priority"] == "bulk"
+        # An unpinned key gets what it asks for: the field, else the metadata, else interactive.
+        by_field = pb.TokenizeRequest(inputs=["a"], priority=pb.PRIORITY_BULK)
+        _, call = stub.Tokenize.with_call(by_field, metadata=auth(), timeout=60)
+        assert trailing(call)["x-priority"] == "bulk"
+        _, call = stub.Tokenize.with_call(pb.TokenizeRequest(inputs=["a"]), metadata=auth(), timeout=60)
+        assert trailing(call)["x-priority"] == "interactive"
+        # Embed and Rerank echo it too.
+        _, call = stub.Embed.with_call(pb.EmbedRequest(inputs=["a"]), metadata=auth(BACKFILL), timeout=60)
+        assert trailing(call)["x-priority"] == "bulk" and "x-request-id" in trailing(call)
+        _, call = stub.Rerank.with_call(pb.RerankRequest(query="q", documents=["d"]), metadata=auth(), timeout=60)
+        assert trailing(call)["x-priority"] == "interactive"
+    # The per-class admission counter is the witness of the class the calls were admitted as.
+    assert delta(classes(facade), before) == {"interactive": 2, "bulk": 4}
+
+
+def test_a_bad_tokenize_class_is_invalid_argument_naming_the_choices(facade: Facade) -> None:
+    with grpc.insecure_channel(facade.target) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Tokenize(pb.TokenizeRequest(inputs=["x"]), metadata=(*auth(), ("x-priority", "urgent")), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'urgent'" in str(err.value.details()) and "['interactive', 'bulk']" in str(err.value.details())
+        bad = pb.TokenizeRequest(inputs=["x"], priority=5)  # type: ignore[arg-type]
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Tokenize(bad, metadata=auth(), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "PRIORITY_INTERACTIVE (1), PRIORITY_BULK (2)" in str(err.value.details())
+
+
+def test_the_http_tokenize_and_tei_cohere_embed_routes_take_the_header(facade: Facade) -> None:
+    """Every HTTP route that is admitted honours `X-Priority` and the key's pin, and echoes the class:
+    /tokenize (TEI's and vLLM's shapes), /decode, /detokenize, TEI's /embed and Cohere's /v1/embed."""
+    calls = [
+        ("/tokenize", {"inputs": "a b"}),
+        ("/tokenize", {"prompt": "a b"}),
+        ("/decode", {"ids": [1, 2]}),
+        ("/detokenize", {"tokens": [1, 2]}),
+        ("/embed", {"inputs": "a b"}),
+        ("/v1/embed", {"texts": ["a b"], "input_type": "search_query"}),
+    ]
+    before = classes(facade)
+    for path, body in calls:
+        for key, header, applied in (
+            (SEARCH, "bulk", "bulk"),
+            (BACKFILL, "interactive", "bulk"),
+            (SEARCH, None, "interactive"),
+        ):
+            headers = {"authorization": f"Bearer {key}", **({"x-priority": header} if header else {})}
+            response = httpx.post(f"{facade.base_url}{path}", json=body, headers=headers, timeout=60)
+            assert response.status_code == 200, (path, response.text)
+            assert response.headers["x-priority"] == applied, (path, key, header)
+    assert delta(classes(facade), before) == {"interactive": len(calls), "bulk": 2 * len(calls)}
+    for path, body in calls:
+        response = httpx.post(
+            f"{facade.base_url}{path}",
+            json=body,
+            headers={"authorization": f"Bearer {SEARCH}", "x-priority": "urgent"},
+            timeout=30,
+        )
+        assert 400 <= response.status_code < 500 and "interactive" in response.text, (path, response.text)
+
+
+def test_every_embedding_route_takes_the_class(facade: Facade) -> None:
+    """The peers' routes (Cohere, TEI, Infinity) run as the X-Priority header or the key's pin says, as
+    /v1/embeddings does: a bulk-pinned key cannot run interactive through another peer's route."""
+    name = model_name(facade)
+    bodies = {
+        "/v1/embed": {"model": name, "texts": ["route"]},
+        "/v2/embed": {"model": name, "texts": ["route"], "input_type": "search_query"},
+        "/embed": {"inputs": "route"},
+        "/": {"inputs": "route"},
+        "/invocations": {"inputs": "route"},
+        "/similarity": {"inputs": {"source_sentence": "route", "sentences": ["other"]}},
+        "/embeddings": {"model": name, "input": "route"},
+    }
+    for path, body in bodies.items():
+        for key, asked in ((SEARCH, "bulk"), (BACKFILL, "interactive")):
+            before = classes(facade)
+            response = httpx.post(
+                f"{facade.base_url}{path}",
+                json=body,
+                headers={"authorization": f"Bearer {key}", "x-priority": asked},
+                timeout=60,
+            )
+            assert response.status_code == 200, (path, response.text)
+            assert response.headers["x-priority"] == "bulk", path
+            assert delta(classes(facade), before) == {"interactive": 0, "bulk": 1}, (path, key)
+        refused = httpx.post(
+            f"{facade.base_url}{path}",
+            json=body,
+            headers={"authorization": f"Bearer {SEARCH}", "x-priority": "urgent"},
+            timeout=60,
+        )
+        # Each route family in its own shape and status (TEI answers a validation error with 413).
+        assert refused.status_code in (400, 413, 422) and "priority" in refused.text, (path, refused.text)

@@ -6,19 +6,23 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import grpc
 import pytest
 
 from service import keys_file, priority
 from service.admission import Admission
 from service.api.auth import KeyChecker
+from service.api.grpc.servicer import TOKENIZE_PRIORITY_FIELD, GrpcApi, asked_priority
 from service.api.grpc.wire import last_varint
 from service.errors import ErrorKind, ServiceError
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.metrics import Metrics
 from service.pipeline.coalescer import Coalescer
 from service.priority import Priority
-from service.settings import ApiKeys
+from service.settings import ApiKeys, Settings
 from tests.unit.test_coalescer import Backend, far, rows, settle
 
 BULK, INTERACTIVE = Priority.BULK, Priority.INTERACTIVE
@@ -77,6 +81,26 @@ def test_the_priority_field_is_read_on_the_wire() -> None:
     started = time.perf_counter()
     assert last_varint(flood, 10, 100) is None
     assert time.perf_counter() - started < 0.5  # wide: the whole walk would take seconds
+
+
+def test_tokenize_reads_its_own_field_number() -> None:
+    """TokenizeRequest's priority is field 7 (its next free number); the same walk reads it, and a bad
+    number is refused naming the values that exist."""
+    assert pb.TokenizeRequest.DESCRIPTOR.fields_by_name["priority"].number == TOKENIZE_PRIORITY_FIELD == 7
+    raw = pb.TokenizeRequest(inputs=["a"], model="m", priority=pb.PRIORITY_BULK).SerializeToString()
+    assert asked_priority(raw, {}, 100, TOKENIZE_PRIORITY_FIELD) is BULK
+    # Unset: the metadata decides; nothing at all: no ask (the caller resolves to interactive).
+    bare = pb.TokenizeRequest(inputs=["a"]).SerializeToString()
+    assert asked_priority(bare, {"x-priority": "Bulk"}, 100, TOKENIZE_PRIORITY_FIELD) is BULK
+    assert asked_priority(bare, {}, 100, TOKENIZE_PRIORITY_FIELD) is None
+    # The field wins over the metadata, as for Embed.
+    ask = pb.TokenizeRequest(inputs=["a"], priority=pb.PRIORITY_INTERACTIVE).SerializeToString()
+    assert asked_priority(ask, {"x-priority": "bulk"}, 100, TOKENIZE_PRIORITY_FIELD) is INTERACTIVE
+    bad = pb.TokenizeRequest(inputs=["a"], priority=9).SerializeToString()  # type: ignore[arg-type]
+    with pytest.raises(ServiceError) as err:
+        asked_priority(bad, {}, 100, TOKENIZE_PRIORITY_FIELD)
+    assert err.value.param == "priority"
+    assert "PRIORITY_INTERACTIVE (1)" in err.value.message and "PRIORITY_BULK (2)" in err.value.message
 
 
 def test_keys_file_pins_a_key_to_bulk() -> None:
@@ -265,3 +289,50 @@ async def test_a_call_cancelled_before_it_runs_frees_its_place() -> None:
     await settle()
     backend.release(0)
     assert (await after)[:, 0].tolist() == [200]
+
+
+class FakeContext:
+    """The parts of a grpc.aio.ServicerContext the servicer uses; abort raises as gRPC's does."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.metadata = metadata
+        self.trailing: tuple[tuple[str, str], ...] = ()
+        self.aborted: tuple[Any, str] | None = None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.trailing = tuple(metadata)
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.trailing
+
+    def time_remaining(self) -> None:
+        return None
+
+    async def abort(self, code: Any, details: str) -> None:
+        self.aborted = (code, details)
+        raise RuntimeError("aborted")
+
+
+def test_a_refused_tokenize_call_answers_its_id_class_and_retry_hint() -> None:
+    """A call refused by admission (RESOURCE_EXHAUSTED) still says, in its trailing metadata, its request id,
+    the class it was refused as (known by then), and the retry hint; the class is the one the call asked for
+    in its field, which the lifecycle saw as priority.current()."""
+    seen: list[Priority] = []
+
+    async def refuse(parse: Any, deadline: float) -> Any:
+        seen.append(priority.current())
+        raise ServiceError(ErrorKind.RESOURCE_EXHAUSTED, "server overloaded")
+
+    state = SimpleNamespace(settings=Settings(), metrics=Metrics())
+    lifecycle = SimpleNamespace(state=state, deadline=lambda timeout: time.monotonic() + 10, tokenize=refuse)
+    api = GrpcApi(lifecycle, stream_window=4)  # type: ignore[arg-type]
+    context = FakeContext((("x-request-id", "tok-1"),))
+    raw = pb.TokenizeRequest(inputs=["a"], priority=pb.PRIORITY_BULK).SerializeToString()
+    with pytest.raises(RuntimeError, match="aborted"):
+        asyncio.run(api.Tokenize(raw, context))  # type: ignore[arg-type]
+    assert seen == [BULK]
+    assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert dict(context.trailing) == {"x-request-id": "tok-1", "x-priority": "bulk", "retry-after-ms": "200"}

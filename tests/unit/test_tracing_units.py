@@ -8,9 +8,10 @@ import io
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -22,9 +23,12 @@ from service.admission import Admission
 from service.errors import ServiceError
 from service.logs import TEXT_FORMAT, JsonFormatter, RepeatLimiter, RequestIdFilter
 from service.metrics import Metrics
+from service.pipeline.coalescer import Coalescer
 from service.pipeline.params import EmbedParams, Truncate
 from service.pipeline.tokenization import TextTokenizer, load_tokenizer
+from service.priority import Priority
 from service.settings import Settings
+from tests.unit.test_coalescer import far, rows, settle
 from tests.unit.test_request_path_units import FakeBackend, make_embedder
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -224,3 +228,73 @@ def test_setup_installs_the_otlp_pipeline_and_shutdown_is_bounded() -> None:
     tracing.shutdown(2.0)
     assert time.monotonic() - started < 2.5 and not tracing.enabled()
     assert tracing.setup(settings()) is None and not tracing.enabled()
+
+
+def test_a_coalesced_triton_call_carries_its_first_traced_chunks_inference_span(spans: InMemorySpanExporter) -> None:
+    """Calls of one slot in turn. The first carries a traced request's chunk: its inference span's W3C
+    traceparent is what the call sends Triton. The second carries three requests' chunks (one not traced,
+    then two traced, in the order the coalescer takes them): it sends the first traced chunk's inference span,
+    and the other traced chunk's inference span, in its own trace, links to that one. The third carries an
+    untraced chunk only and sends nothing, though it is started when a traced request's call ends."""
+    sent: list[tuple[tuple[str, str], ...] | None] = []
+    gates: list[asyncio.Future[None]] = []
+    trace_x, trace_c, trace_d = "e" * 32, "c" * 32, "d" * 32
+
+    async def call(width: int, sequences: list[Sequence[int]], timeout_s: float, cls: Priority) -> np.ndarray:
+        sent.append(tracing.outgoing_metadata())
+        gates.append(asyncio.get_running_loop().create_future())
+        await gates[-1]
+        return np.zeros((len(sequences), 2), dtype=np.float32)
+
+    async def scenario() -> None:
+        co = Coalescer(call, max_in_flight=1, token_budget=1024, max_rows=32)
+
+        async def traced(trace_id: str, tag: int) -> np.ndarray:
+            with tracing.request_span("Embed", {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}):
+                return await co.run(16, rows(tag, 1), far())
+
+        first = asyncio.create_task(traced(trace_x, 1))  # holds the one call in flight
+        await settle()
+        waiting = [asyncio.create_task(co.run(16, rows(2, 1), far()))]
+        await settle()
+        waiting.append(asyncio.create_task(traced(trace_c, 3)))
+        await settle()
+        waiting.append(asyncio.create_task(traced(trace_d, 4)))
+        await settle()
+        gates[0].set_result(None)
+        await first
+        await settle()
+        assert len(gates) == 2  # the three waiting chunks went out together
+        last = asyncio.create_task(co.run(16, rows(5, 1), far()))
+        await settle()
+        gates[1].set_result(None)
+        await asyncio.gather(*waiting)
+        await settle()
+        assert len(gates) == 3
+        gates[2].set_result(None)
+        await last
+
+    asyncio.run(scenario())
+    finished = spans.get_finished_spans()
+    inferences = {f"{s.context.trace_id:032x}": s for s in by_name(finished, "inference")}
+    assert set(inferences) == {trace_x, trace_c, trace_d}  # the untraced requests have none
+    carried, linked = inferences[trace_c], inferences[trace_d]
+    assert sent[0] == (("traceparent", f"00-{trace_x}-{inferences[trace_x].context.span_id:016x}-01"),)
+    assert sent[1] == (("traceparent", f"00-{trace_c}-{carried.context.span_id:016x}-01"),)
+    assert sent[2] is None
+    assert [link.context.span_id for link in linked.links] == [carried.context.span_id]
+    assert not carried.links
+    for span in (carried, linked):
+        assert span.attributes is not None and span.attributes[tracing.CALL_ROWS] == 3
+        assert span.attributes[tracing.ROWS] == 1
+    for trace_id, span in inferences.items():
+        (request,) = [s for s in by_name(finished, "Embed") if f"{s.context.trace_id:032x}" == trace_id]
+        assert span.parent is not None and span.parent.span_id == request.context.span_id
+        assert span.start_time is not None and span.end_time is not None and span.start_time <= span.end_time
+
+
+def test_tracing_off_sends_no_trace_context() -> None:
+    tracing.install(None)
+    assert tracing.outgoing_metadata() is None
+    assert tracing.snapshot() is None
+    assert tracing.start_calls([None, None], [1, 2], 16, 3, 0) == ([None, None], None)  # the task's own context

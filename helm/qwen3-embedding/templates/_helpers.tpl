@@ -381,6 +381,77 @@ from qwen3-embedding.models>).
 {{- end }}
 {{- end }}
 
+{{/* A value as a facade variable's text: lists joined by commas, whole numbers without a decimal point. */}}
+{{- define "qwen3-embedding.envText" -}}
+{{- if kindIs "slice" . -}}
+{{- join "," . -}}
+{{- else if and (kindIs "float64" .) (eq . (float64 (int64 .))) -}}
+{{- int64 . | toString -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+The typed facade values -> QWEN3_EMBED_* variables: [variable, value, the facade's own default, value path].
+A variable is written only when its value differs from the facade's default (tests/deployment/test_helm.py
+checks these defaults against service/settings.py and values.yaml), so a default render has the env it had
+before these values existed, and a value left at its default never shadows the same variable set in
+facade.settings or facade.extraEnv. Set here and there too, the render fails: one source per setting.
+*/}}
+{{- define "qwen3-embedding.facadeTypedEnv" -}}
+{{- $f := .Values.facade -}}
+{{- $p := $f.priority -}}
+{{- $t := $f.tracing -}}
+{{- $rows := list
+  (list "PRIORITY_CLASSES" $p.classes "true" "facade.priority.classes")
+  (list "BULK_CALLS_IN_FLIGHT" $p.bulkCallsInFlight "1" "facade.priority.bulkCallsInFlight")
+  (list "BULK_TOKEN_BUDGET" $p.bulkTokenBudget "2048" "facade.priority.bulkTokenBudget")
+  (list "BULK_WINDOW_S" $p.bulkWindowSeconds "2" "facade.priority.bulkWindowSeconds")
+  (list "TRACING" $t.enabled "false" "facade.tracing.enabled")
+  (list "OTLP_ENDPOINT" $t.otlpEndpoint "" "facade.tracing.otlpEndpoint")
+  (list "TRACING_QUEUE_SPANS" $t.queueSpans "2048" "facade.tracing.queueSpans")
+  (list "TRACING_EXPORT_TIMEOUT_S" $t.exportTimeoutSeconds "5" "facade.tracing.exportTimeoutSeconds")
+  (list "EMBEDDING_CACHE_BYTES" $f.embeddingCacheBytes "0" "facade.embeddingCacheBytes")
+-}}
+{{- $elsewhere := list -}}
+{{- range $key, $_ := ($f.settings | default dict) }}{{ $elsewhere = append $elsewhere (printf "QWEN3_EMBED_%s" (upper $key)) }}{{ end -}}
+{{- range ($f.extraEnv | default list) }}{{ $elsewhere = append $elsewhere .name }}{{ end -}}
+{{- range $rows }}
+{{- $name := printf "QWEN3_EMBED_%s" (index . 0) }}
+{{- $text := include "qwen3-embedding.envText" (index . 1) }}
+{{- if ne $text (index . 2) }}
+{{- if has $name $elsewhere }}
+{{- fail (printf "%s sets %s, and facade.settings or facade.extraEnv sets it too; keep one" (index . 3) $name) }}
+{{- end }}
+- name: {{ $name }}
+  value: {{ $text | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A memory quantity in bytes: a plain number, or one with a binary (Ki, Mi, Gi, Ti, Pi) or decimal (k, M, G, T, P)
+suffix; -1 for any other form.
+*/}}
+{{- define "qwen3-embedding.quantityBytes" -}}
+{{- $q := toString . -}}
+{{- $units := list (list "Ki" 1024.0) (list "Mi" 1048576.0) (list "Gi" 1073741824.0) (list "Ti" 1099511627776.0) (list "Pi" 1125899906842624.0) (list "k" 1000.0) (list "M" 1000000.0) (list "G" 1000000000.0) (list "T" 1000000000000.0) (list "P" 1000000000000000.0) -}}
+{{- $bytes := -1.0 -}}
+{{- $number := "^[0-9]+(\\.[0-9]+)?$" -}}
+{{- if regexMatch $number $q -}}
+{{- $bytes = float64 $q -}}
+{{- else -}}
+{{- range $units -}}
+{{- $digits := trimSuffix (index . 0) $q -}}
+{{- if and (lt $bytes 0.0) (hasSuffix (index . 0) $q) (regexMatch $number $digits) -}}
+{{- $bytes = mulf (float64 $digits) (index . 1) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if lt $bytes 0.0 }}-1{{ else }}{{ ceil $bytes | int64 }}{{ end -}}
+{{- end }}
+
 {{/* A CPU quantity ("4", 4, "1.5", "500m") as a number of cores. */}}
 {{- define "qwen3-embedding.cpuCores" -}}
 {{- $q := toString . -}}
@@ -394,7 +465,8 @@ from qwen3-embedding.models>).
 {{/*
 The facade's resources, with requests.cpu following the worker processes when not set: facade.workers, or
 for 0 (auto: one per CPU of the CPU limit, at most 8) that count, or 1 without a CPU limit. More workers than
-the CPU limit fail the render.
+the CPU limit fail the render. With facade.embeddingCacheBytes, the memory request and limit (where set) grow
+by that many bytes per worker process, rounded up to MiB.
 */}}
 {{- define "qwen3-embedding.facadeResources" -}}
 {{- $res := deepCopy (.Values.facade.resources | default dict) -}}
@@ -408,14 +480,29 @@ the CPU limit fail the render.
 {{- if and $workers $limit (gt (float64 $workers) $limit) -}}
 {{- fail (printf "facade.workers (%d) is more than facade.resources.limits.cpu (%v): each worker process wants a CPU; raise the limit or lower facade.workers" $workers (get $limits "cpu")) -}}
 {{- end -}}
-{{- if not (get $requests "cpu") -}}
+{{- $processes := 1 -}}
 {{- if $workers -}}
-{{- $_ := set $requests "cpu" (toString $workers) -}}
+{{- $processes = $workers -}}
 {{- else if $limit -}}
-{{- $_ := set $requests "cpu" (toString (max 1 (min 8 (int (floor $limit))))) -}}
-{{- else -}}
-{{- $_ := set $requests "cpu" "1" -}}
+{{- $processes = max 1 (min 8 (int (floor $limit))) -}}
 {{- end -}}
+{{- if not (get $requests "cpu") -}}
+{{- $_ := set $requests "cpu" (toString $processes) -}}
+{{- end -}}
+{{- /* The embedding cache is per worker process and on top of what the memory values were sized for. */ -}}
+{{- $cache := .Values.facade.embeddingCacheBytes | default 0 | int64 -}}
+{{- if gt $cache 0 -}}
+{{- range $side, $quantities := dict "requests" $requests "limits" $limits -}}
+{{- with get $quantities "memory" -}}
+{{- $bytes := include "qwen3-embedding.quantityBytes" . | int64 -}}
+{{- if lt $bytes 0 -}}
+{{- fail (printf "facade.resources.%s.memory %q: give it as bytes or with a Ki/Mi/Gi/Ti or k/M/G/T suffix, so the chart can add facade.embeddingCacheBytes to it" $side (toString .)) -}}
+{{- end -}}
+{{- $total := add $bytes (mul $processes $cache) -}}
+{{- $_ := set $quantities "memory" (printf "%dMi" (div (add $total 1048575) 1048576)) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $res "limits" $limits -}}
 {{- end -}}
 {{- $_ := set $res "requests" $requests -}}
 {{- toYaml $res -}}

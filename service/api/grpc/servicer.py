@@ -58,22 +58,26 @@ ENCODING = {
 ENCODING_PB = {v: k for k, v in ENCODING.items()}
 INPUTS_FIELD = 1  # `repeated string inputs = 1` in EmbedRequest and TokenizeRequest
 PRIORITY_FIELD = 10  # `Priority priority = 10` in EmbedRequest and RerankRequest
+TOKENIZE_PRIORITY_FIELD = 7  # `Priority priority = 7` in TokenizeRequest (its next free number)
 OTHER_FIELDS = 64  # room for every non-repeated field of EmbedRequest / RerankRequest, repeated or not
 PRIORITY = {pb.PRIORITY_INTERACTIVE: Priority.INTERACTIVE, pb.PRIORITY_BULK: Priority.BULK}
 # An API key's pinned class (KeyChecker.pinned), from the call's `authorization` metadata.
 Pinned = Callable[[str | None], Priority | None]
 
 
-def asked_priority(raw: bytes | None, metadata: dict[str, str], max_inputs: int) -> Priority | None:
-    """What a call asks for: the message's `priority` field (read on the wire: admission needs it before the
-    message is parsed), else the `x-priority` metadata, else nothing. The walk stops past the fields a valid
-    message can have (`max_inputs` inputs or documents and the other fields): a message of millions of tiny
-    inputs costs no more here, and parse_request refuses it."""
+def asked_priority(
+    raw: bytes | None, metadata: dict[str, str], max_inputs: int, field: int = PRIORITY_FIELD
+) -> Priority | None:
+    """What a call asks for: the message's `priority` field (number `field`, read on the wire: admission needs
+    it before the message is parsed), else the `x-priority` metadata, else nothing. The walk stops past the
+    fields a valid message can have (`max_inputs` inputs or documents and the other fields): a message of
+    millions of tiny inputs costs no more here, and parse_request refuses it."""
     fields = max_inputs + OTHER_FIELDS
-    value = last_varint(raw, PRIORITY_FIELD, fields) if raw is not None else None
+    value = last_varint(raw, field, fields) if raw is not None else None
     if value:
         if value not in PRIORITY:
-            raise invalid(f"unknown priority value {value}", "priority")
+            choices = ", ".join(f"{pb.Priority.Name(n)} ({n})" for n in PRIORITY)
+            raise invalid(f"unknown priority value {value}; use one of {choices}", "priority")
         return PRIORITY[value]  # type: ignore[index]
     header = metadata.get(HEADER)
     return parse_name(header) if header is not None else None
@@ -259,12 +263,19 @@ class GrpcApi:
         remaining = context.time_remaining()
         return self.lifecycle.deadline(None if remaining is None else float(remaining))
 
-    def _priority(self, raw: bytes | None, context: grpc.aio.ServicerContext) -> Priority:
-        """The call's class (service/priority.py): its key's pin, else what it asks for, else interactive."""
+    def _priority(
+        self, raw: bytes | None, context: grpc.aio.ServicerContext, field: int = PRIORITY_FIELD, echo: bool = True
+    ) -> Priority:
+        """The call's class (service/priority.py): its key's pin, else what it asks for, else interactive.
+        With `echo`, the class applied goes back in the `x-priority` trailing metadata (as HTTP's header); a
+        stream's messages may differ in class, so EmbedStream echoes none."""
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        asked = asked_priority(raw, metadata, self.state.settings.max_batch_inputs)
+        asked = asked_priority(raw, metadata, self.state.settings.max_batch_inputs, field)
         pinned = self.pinned(metadata.get("authorization")) if self.pinned is not None else None
-        return resolve(asked, pinned, self.state.settings.priority_classes)
+        chosen = resolve(asked, pinned, self.state.settings.priority_classes)
+        if echo:
+            context.set_trailing_metadata((*(context.trailing_metadata() or ()), (HEADER, chosen.value)))
+        return chosen
 
     def _parse_embed(self, raw: bytes) -> Parse:
         async def parse(models: Models) -> tuple[EmbedParams, Embedder]:
@@ -295,7 +306,9 @@ class GrpcApi:
                 code = STATUS[exc.kind]
                 error = exc.message
                 if exc.kind is ErrorKind.RESOURCE_EXHAUSTED:
-                    context.set_trailing_metadata((*trailing, ("retry-after-ms", "200")))
+                    # Added to what is there: the request id and, once known, the class applied.
+                    sent = context.trailing_metadata() or trailing
+                    context.set_trailing_metadata((*sent, ("retry-after-ms", "200")))
                 await context.abort(code, exc.message)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -381,7 +394,7 @@ class GrpcApi:
                     message_id = params.request_id
                     return params, embedder
 
-                with applied(self._priority(raw, context)):
+                with applied(self._priority(raw, context, echo=False)):
                     embedded = await self.lifecycle.embed(parse, self._deadline(context), stream=True)
                 with tracing.stage("encode", **{tracing.ENCODING: embedded.params.encoding.name.lower()}):
                     return encode_response(embedded)
@@ -453,7 +466,7 @@ class GrpcApi:
                 )
                 return chosen_embedder(models, params)
 
-            with applied(self._priority(None, context)):
+            with applied(self._priority(raw, context, TOKENIZE_PRIORITY_FIELD)):
                 tokenized, embedder = await self.lifecycle.tokenize(parse, deadline)
             response = pb.TokenizeResponse(
                 usage=pb.Usage(prompt_tokens=tokenized.token_count, total_tokens=tokenized.token_count)

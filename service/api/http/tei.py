@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from service import __version__
 from service.api.http import tokenize
 from service.api.http.admitted import embedded, on_embedder
+from service.api.http.priority import request_priority
 from service.api.http.tei_schemas import Direction, TeiEmbedRequest, TeiErrorResponse, TeiSimilarityRequest
 from service.api.http.tei_wire import TEI_ERROR_RESPONSES, TeiError, empty, parse_tei, tei_error_response, tei_errors
 from service.api.http.token_ids import check_token_ids_allowed
@@ -64,7 +65,8 @@ async def embed_tei(request: Request, params: EmbedParams, dimensions: int | Non
     """Admitted and run as `/v1/embeddings` runs (admitted.py), on the default embedding model (TEI serves one
     model; its requests name none)."""
     ctx: HttpContext = request.app.state.ctx
-    return await embedded(request, on_embedder(check_token_ids_allowed(params, ctx.settings), "", dimensions))
+    parse = on_embedder(check_token_ids_allowed(params, ctx.settings), "", dimensions)
+    return await embedded(request, parse, request_priority(request))
 
 
 async def embed_response(request: Request) -> Response:

@@ -7,7 +7,8 @@ token_strs}, errors in the service's OpenAI shape); a body with both or neither 
 
 The tokens are those the embedding route sends for the same text: the named prompt prefixed, the same ids,
 the EOS appended (add_special_tokens, the default), so a count here equals that request's
-usage.prompt_tokens. Admitted like /v1/embeddings (a slot, the deadline), though no model runs."""
+usage.prompt_tokens. Admitted like /v1/embeddings (a slot, the deadline, the `X-Priority` class), though no
+model runs."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.http.json_budget import DuplicateKey, object_keys
+from service.api.http.priority import request_priority
 from service.api.http.tei_schemas import (
     TeiDecodeRequest,
     TeiTokenizeRequest,
@@ -42,6 +44,7 @@ from service.pipeline.inference import ServedModel, check_unicode
 from service.pipeline.templating import resolve_prefix
 from service.pipeline.token_view import Token, check_ids, decode, token_strings, tokens_of
 from service.pipeline.tokenization import StopFlag, Stopped
+from service.priority import applied
 
 router = APIRouter()
 
@@ -69,6 +72,18 @@ async def tokenized(
 ) -> tuple[list[list[Token]], ServedModel]:
     ctx: HttpContext = request.app.state.ctx
     deadline = ctx.lifecycle.deadline(None)
+    with applied(request_priority(request)):
+        return await _tokenized(ctx, deadline, model_name, texts, prompt_name, add_special_tokens)
+
+
+async def _tokenized(
+    ctx: HttpContext,
+    deadline: float,
+    model_name: str | None,
+    texts: Sequence[str],
+    prompt_name: str,
+    add_special_tokens: bool,
+) -> tuple[list[list[Token]], ServedModel]:
     async with ctx.lifecycle.admitted(deadline) as models:
         model = served(models, model_name)
         if len(texts) > model.max_batch_inputs:
@@ -104,12 +119,13 @@ async def tokenized(
 
 async def decoded(request: Request, model_name: str | None, batches: Sequence[Sequence[int]], skip: bool) -> list[str]:
     ctx: HttpContext = request.app.state.ctx
-    async with ctx.lifecycle.admitted(ctx.lifecycle.deadline(None)) as models:
-        model = served(models, model_name)
-        vocabulary = model.tokenizer.tokenizer.get_vocab_size(with_added_tokens=True)
-        for ids in batches:
-            check_ids(ids, vocabulary, "ids")
-        return [decode(model.tokenizer, ids, skip) for ids in batches]
+    with applied(request_priority(request)):
+        async with ctx.lifecycle.admitted(ctx.lifecycle.deadline(None)) as models:
+            model = served(models, model_name)
+            vocabulary = model.tokenizer.tokenizer.get_vocab_size(with_added_tokens=True)
+            for ids in batches:
+                check_ids(ids, vocabulary, "ids")
+            return [decode(model.tokenizer, ids, skip) for ids in batches]
 
 
 def tei_token(token: Token) -> dict[str, Any]:

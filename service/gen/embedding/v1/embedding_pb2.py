@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65mbedding/v1/embedding.proto\x12\x0c\x65mbedding.v1\"\xa3\x02\n\x0c\x45mbedRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\x13\n\x0bprompt_name\x18\x03 \x01(\t\x12\x12\n\ndimensions\x18\x04 \x01(\r\x12\x16\n\tnormalize\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12(\n\x08truncate\x18\x06 \x01(\x0e\x32\x16.embedding.v1.Truncate\x12(\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x16.embedding.v1.Encoding\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\r\n\x05model\x18\t \x01(\t\x12(\n\x08priority\x18\n \x01(\x0e\x32\x16.embedding.v1.PriorityB\x0c\n\n_normalize\":\n\tEmbedding\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12\x0e\n\x06packed\x18\x03 \x01(\x0c\"4\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\r\"F\n\x07Timings\x12\x13\n\x0btokenize_ms\x18\x01 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\x8d\x02\n\rEmbedResponse\x12+\n\nembeddings\x18\x01 \x03(\x0b\x32\x17.embedding.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.embedding.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12&\n\x07timings\x18\x06 \x01(\x0b\x32\x15.embedding.v1.Timings\x12(\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x16.embedding.v1.Encoding\x12\"\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x13.embedding.v1.Error\"5\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05param\x18\x03 \x01(\t\"\x9b\x01\n\x0fTokenizeRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\x13\n\x0bprompt_name\x18\x03 \x01(\t\x12(\n\x08truncate\x18\x04 \x01(\x0e\x32\x16.embedding.v1.Truncate\x12\x15\n\rreturn_tokens\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\"^\n\x0eTokenizedInput\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0b\n\x03ids\x18\x02 \x03(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x0e\n\x06tokens\x18\x04 \x03(\t\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"d\n\x10TokenizeResponse\x12,\n\x06inputs\x18\x01 \x03(\x0b\x32\x1c.embedding.v1.TokenizedInput\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.embedding.v1.Usage\"\x10\n\x0eGetInfoRequest\"\x84\x03\n\x10ModelDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.embedding.v1.ModelKind\x12\x14\n\x0csource_model\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x18\n\x10max_input_tokens\x18\x05 \x01(\r\x12\x18\n\x10max_batch_inputs\x18\x06 \x01(\r\x12\x11\n\tprecision\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x16\n\x0elength_buckets\x18\t \x03(\r\x12\x12\n\ndimensions\x18\n \x01(\r\x12\x16\n\x0emin_dimensions\x18\x0b \x01(\r\x12\x14\n\x0cprompt_names\x18\x0c \x03(\t\x12\x17\n\x0fsource_revision\x18\r \x01(\t\x12\x35\n\x0cquantization\x18\x0e \x01(\x0b\x32\x1a.embedding.v1.QuantizationH\x00\x88\x01\x01\x42\x0f\n\r_quantization\"\xa2\x01\n\x0cQuantization\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x12\n\nblock_size\x18\x02 \x01(\r\x12<\n\tagreement\x18\x03 \x03(\x0b\x32).embedding.v1.Quantization.AgreementEntry\x1a\x30\n\x0e\x41greementEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xca\x02\n\x0fGetInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0csource_model\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12\x16\n\x0emin_dimensions\x18\x04 \x01(\r\x12\x18\n\x10max_input_tokens\x18\x05 \x01(\r\x12\x18\n\x10max_batch_inputs\x18\x06 \x01(\r\x12\x14\n\x0cprompt_names\x18\x07 \x03(\t\x12\x11\n\tprecision\x18\x08 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\t \x01(\t\x12\x17\n\x0fservice_version\x18\n \x01(\t\x12\x16\n\x0elength_buckets\x18\x0b \x03(\r\x12.\n\x06models\x18\x0c \x03(\x0b\x32\x1e.embedding.v1.ModelDescription\x12\x17\n\x0fsource_revision\x18\r \x01(\t\"\xfa\x01\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12\x13\n\x0binstruction\x18\x03 \x01(\t\x12\r\n\x05top_n\x18\x04 \x01(\r\x12\x18\n\x10return_documents\x18\x05 \x01(\x08\x12(\n\x08truncate\x18\x06 \x01(\x0e\x32\x16.embedding.v1.Truncate\x12\x12\n\nraw_scores\x18\x07 \x01(\x08\x12\r\n\x05model\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12(\n\x08priority\x18\n \x01(\x0e\x32\x16.embedding.v1.Priority\">\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\"\xac\x01\n\x0eRerankResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.embedding.v1.RerankResult\x12\r\n\x05model\x18\x02 \x01(\t\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.embedding.v1.Usage\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12&\n\x07timings\x18\x05 \x01(\x0b\x32\x15.embedding.v1.Timings*C\n\x08Truncate\x12\x11\n\rTRUNCATE_NONE\x10\x00\x12\x10\n\x0cTRUNCATE_END\x10\x01\x12\x12\n\x0eTRUNCATE_START\x10\x02*\x86\x01\n\x08\x45ncoding\x12\x12\n\x0e\x45NCODING_FLOAT\x10\x00\x12\x14\n\x10\x45NCODING_FLOAT16\x10\x01\x12\x13\n\x0f\x45NCODING_BINARY\x10\x02\x12\x14\n\x10\x45NCODING_UBINARY\x10\x03\x12\x11\n\rENCODING_INT8\x10\x04\x12\x12\n\x0e\x45NCODING_UINT8\x10\x05*Q\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x11\n\rPRIORITY_BULK\x10\x02*Z\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14MODEL_KIND_EMBEDDING\x10\x01\x12\x17\n\x13MODEL_KIND_RERANKER\x10\x02\x32\xf8\x02\n\x10\x45mbeddingService\x12@\n\x05\x45mbed\x12\x1a.embedding.v1.EmbedRequest\x1a\x1b.embedding.v1.EmbedResponse\x12J\n\x0b\x45mbedStream\x12\x1a.embedding.v1.EmbedRequest\x1a\x1b.embedding.v1.EmbedResponse(\x01\x30\x01\x12I\n\x08Tokenize\x12\x1d.embedding.v1.TokenizeRequest\x1a\x1e.embedding.v1.TokenizeResponse\x12\x46\n\x07GetInfo\x12\x1c.embedding.v1.GetInfoRequest\x1a\x1d.embedding.v1.GetInfoResponse\x12\x43\n\x06Rerank\x12\x1b.embedding.v1.RerankRequest\x1a\x1c.embedding.v1.RerankResponseBS\n\x0c\x65mbedding.v1P\x01ZAgithub.com/qwen3-embedding-service/proto/embedding/v1;embeddingv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65mbedding/v1/embedding.proto\x12\x0c\x65mbedding.v1\"\xa3\x02\n\x0c\x45mbedRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\x13\n\x0bprompt_name\x18\x03 \x01(\t\x12\x12\n\ndimensions\x18\x04 \x01(\r\x12\x16\n\tnormalize\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12(\n\x08truncate\x18\x06 \x01(\x0e\x32\x16.embedding.v1.Truncate\x12(\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x16.embedding.v1.Encoding\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\r\n\x05model\x18\t \x01(\t\x12(\n\x08priority\x18\n \x01(\x0e\x32\x16.embedding.v1.PriorityB\x0c\n\n_normalize\":\n\tEmbedding\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12\x0e\n\x06packed\x18\x03 \x01(\x0c\"4\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\r\"F\n\x07Timings\x12\x13\n\x0btokenize_ms\x18\x01 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\x8d\x02\n\rEmbedResponse\x12+\n\nembeddings\x18\x01 \x03(\x0b\x32\x17.embedding.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.embedding.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12&\n\x07timings\x18\x06 \x01(\x0b\x32\x15.embedding.v1.Timings\x12(\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x16.embedding.v1.Encoding\x12\"\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x13.embedding.v1.Error\"5\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05param\x18\x03 \x01(\t\"\xc5\x01\n\x0fTokenizeRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x13\n\x0binstruction\x18\x02 \x01(\t\x12\x13\n\x0bprompt_name\x18\x03 \x01(\t\x12(\n\x08truncate\x18\x04 \x01(\x0e\x32\x16.embedding.v1.Truncate\x12\x15\n\rreturn_tokens\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12(\n\x08priority\x18\x07 \x01(\x0e\x32\x16.embedding.v1.Priority\"^\n\x0eTokenizedInput\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0b\n\x03ids\x18\x02 \x03(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x0e\n\x06tokens\x18\x04 \x03(\t\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"d\n\x10TokenizeResponse\x12,\n\x06inputs\x18\x01 \x03(\x0b\x32\x1c.embedding.v1.TokenizedInput\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.embedding.v1.Usage\"\x10\n\x0eGetInfoRequest\"\x84\x03\n\x10ModelDescription\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.embedding.v1.ModelKind\x12\x14\n\x0csource_model\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x18\n\x10max_input_tokens\x18\x05 \x01(\r\x12\x18\n\x10max_batch_inputs\x18\x06 \x01(\r\x12\x11\n\tprecision\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x16\n\x0elength_buckets\x18\t \x03(\r\x12\x12\n\ndimensions\x18\n \x01(\r\x12\x16\n\x0emin_dimensions\x18\x0b \x01(\r\x12\x14\n\x0cprompt_names\x18\x0c \x03(\t\x12\x17\n\x0fsource_revision\x18\r \x01(\t\x12\x35\n\x0cquantization\x18\x0e \x01(\x0b\x32\x1a.embedding.v1.QuantizationH\x00\x88\x01\x01\x42\x0f\n\r_quantization\"\xa2\x01\n\x0cQuantization\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x12\n\nblock_size\x18\x02 \x01(\r\x12<\n\tagreement\x18\x03 \x03(\x0b\x32).embedding.v1.Quantization.AgreementEntry\x1a\x30\n\x0e\x41greementEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xca\x02\n\x0fGetInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0csource_model\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12\x16\n\x0emin_dimensions\x18\x04 \x01(\r\x12\x18\n\x10max_input_tokens\x18\x05 \x01(\r\x12\x18\n\x10max_batch_inputs\x18\x06 \x01(\r\x12\x14\n\x0cprompt_names\x18\x07 \x03(\t\x12\x11\n\tprecision\x18\x08 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\t \x01(\t\x12\x17\n\x0fservice_version\x18\n \x01(\t\x12\x16\n\x0elength_buckets\x18\x0b \x03(\r\x12.\n\x06models\x18\x0c \x03(\x0b\x32\x1e.embedding.v1.ModelDescription\x12\x17\n\x0fsource_revision\x18\r \x01(\t\"\xfa\x01\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12\x13\n\x0binstruction\x18\x03 \x01(\t\x12\r\n\x05top_n\x18\x04 \x01(\r\x12\x18\n\x10return_documents\x18\x05 \x01(\x08\x12(\n\x08truncate\x18\x06 \x01(\x0e\x32\x16.embedding.v1.Truncate\x12\x12\n\nraw_scores\x18\x07 \x01(\x08\x12\r\n\x05model\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12(\n\x08priority\x18\n \x01(\x0e\x32\x16.embedding.v1.Priority\">\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\"\xac\x01\n\x0eRerankResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.embedding.v1.RerankResult\x12\r\n\x05model\x18\x02 \x01(\t\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.embedding.v1.Usage\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12&\n\x07timings\x18\x05 \x01(\x0b\x32\x15.embedding.v1.Timings*C\n\x08Truncate\x12\x11\n\rTRUNCATE_NONE\x10\x00\x12\x10\n\x0cTRUNCATE_END\x10\x01\x12\x12\n\x0eTRUNCATE_START\x10\x02*\x86\x01\n\x08\x45ncoding\x12\x12\n\x0e\x45NCODING_FLOAT\x10\x00\x12\x14\n\x10\x45NCODING_FLOAT16\x10\x01\x12\x13\n\x0f\x45NCODING_BINARY\x10\x02\x12\x14\n\x10\x45NCODING_UBINARY\x10\x03\x12\x11\n\rENCODING_INT8\x10\x04\x12\x12\n\x0e\x45NCODING_UINT8\x10\x05*Q\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x11\n\rPRIORITY_BULK\x10\x02*Z\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14MODEL_KIND_EMBEDDING\x10\x01\x12\x17\n\x13MODEL_KIND_RERANKER\x10\x02\x32\xf8\x02\n\x10\x45mbeddingService\x12@\n\x05\x45mbed\x12\x1a.embedding.v1.EmbedRequest\x1a\x1b.embedding.v1.EmbedResponse\x12J\n\x0b\x45mbedStream\x12\x1a.embedding.v1.EmbedRequest\x1a\x1b.embedding.v1.EmbedResponse(\x01\x30\x01\x12I\n\x08Tokenize\x12\x1d.embedding.v1.TokenizeRequest\x1a\x1e.embedding.v1.TokenizeResponse\x12\x46\n\x07GetInfo\x12\x1c.embedding.v1.GetInfoRequest\x1a\x1d.embedding.v1.GetInfoResponse\x12\x43\n\x06Rerank\x12\x1b.embedding.v1.RerankRequest\x1a\x1c.embedding.v1.RerankResponseBS\n\x0c\x65mbedding.v1P\x01ZAgithub.com/qwen3-embedding-service/proto/embedding/v1;embeddingv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,14 +34,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\014embedding.v1P\001ZAgithub.com/qwen3-embedding-service/proto/embedding/v1;embeddingv1'
   _globals['_QUANTIZATION_AGREEMENTENTRY']._loaded_options = None
   _globals['_QUANTIZATION_AGREEMENTENTRY']._serialized_options = b'8\001'
-  _globals['_TRUNCATE']._serialized_start=2608
-  _globals['_TRUNCATE']._serialized_end=2675
-  _globals['_ENCODING']._serialized_start=2678
-  _globals['_ENCODING']._serialized_end=2812
-  _globals['_PRIORITY']._serialized_start=2814
-  _globals['_PRIORITY']._serialized_end=2895
-  _globals['_MODELKIND']._serialized_start=2897
-  _globals['_MODELKIND']._serialized_end=2987
+  _globals['_TRUNCATE']._serialized_start=2650
+  _globals['_TRUNCATE']._serialized_end=2717
+  _globals['_ENCODING']._serialized_start=2720
+  _globals['_ENCODING']._serialized_end=2854
+  _globals['_PRIORITY']._serialized_start=2856
+  _globals['_PRIORITY']._serialized_end=2937
+  _globals['_MODELKIND']._serialized_start=2939
+  _globals['_MODELKIND']._serialized_end=3029
   _globals['_EMBEDREQUEST']._serialized_start=47
   _globals['_EMBEDREQUEST']._serialized_end=338
   _globals['_EMBEDDING']._serialized_start=340
@@ -55,27 +55,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERROR']._serialized_start=798
   _globals['_ERROR']._serialized_end=851
   _globals['_TOKENIZEREQUEST']._serialized_start=854
-  _globals['_TOKENIZEREQUEST']._serialized_end=1009
-  _globals['_TOKENIZEDINPUT']._serialized_start=1011
-  _globals['_TOKENIZEDINPUT']._serialized_end=1105
-  _globals['_TOKENIZERESPONSE']._serialized_start=1107
-  _globals['_TOKENIZERESPONSE']._serialized_end=1207
-  _globals['_GETINFOREQUEST']._serialized_start=1209
-  _globals['_GETINFOREQUEST']._serialized_end=1225
-  _globals['_MODELDESCRIPTION']._serialized_start=1228
-  _globals['_MODELDESCRIPTION']._serialized_end=1616
-  _globals['_QUANTIZATION']._serialized_start=1619
-  _globals['_QUANTIZATION']._serialized_end=1781
-  _globals['_QUANTIZATION_AGREEMENTENTRY']._serialized_start=1733
-  _globals['_QUANTIZATION_AGREEMENTENTRY']._serialized_end=1781
-  _globals['_GETINFORESPONSE']._serialized_start=1784
-  _globals['_GETINFORESPONSE']._serialized_end=2114
-  _globals['_RERANKREQUEST']._serialized_start=2117
-  _globals['_RERANKREQUEST']._serialized_end=2367
-  _globals['_RERANKRESULT']._serialized_start=2369
-  _globals['_RERANKRESULT']._serialized_end=2431
-  _globals['_RERANKRESPONSE']._serialized_start=2434
-  _globals['_RERANKRESPONSE']._serialized_end=2606
-  _globals['_EMBEDDINGSERVICE']._serialized_start=2990
-  _globals['_EMBEDDINGSERVICE']._serialized_end=3366
+  _globals['_TOKENIZEREQUEST']._serialized_end=1051
+  _globals['_TOKENIZEDINPUT']._serialized_start=1053
+  _globals['_TOKENIZEDINPUT']._serialized_end=1147
+  _globals['_TOKENIZERESPONSE']._serialized_start=1149
+  _globals['_TOKENIZERESPONSE']._serialized_end=1249
+  _globals['_GETINFOREQUEST']._serialized_start=1251
+  _globals['_GETINFOREQUEST']._serialized_end=1267
+  _globals['_MODELDESCRIPTION']._serialized_start=1270
+  _globals['_MODELDESCRIPTION']._serialized_end=1658
+  _globals['_QUANTIZATION']._serialized_start=1661
+  _globals['_QUANTIZATION']._serialized_end=1823
+  _globals['_QUANTIZATION_AGREEMENTENTRY']._serialized_start=1775
+  _globals['_QUANTIZATION_AGREEMENTENTRY']._serialized_end=1823
+  _globals['_GETINFORESPONSE']._serialized_start=1826
+  _globals['_GETINFORESPONSE']._serialized_end=2156
+  _globals['_RERANKREQUEST']._serialized_start=2159
+  _globals['_RERANKREQUEST']._serialized_end=2409
+  _globals['_RERANKRESULT']._serialized_start=2411
+  _globals['_RERANKRESULT']._serialized_end=2473
+  _globals['_RERANKRESPONSE']._serialized_start=2476
+  _globals['_RERANKRESPONSE']._serialized_end=2648
+  _globals['_EMBEDDINGSERVICE']._serialized_start=3032
+  _globals['_EMBEDDINGSERVICE']._serialized_end=3408
 # @@protoc_insertion_point(module_scope)

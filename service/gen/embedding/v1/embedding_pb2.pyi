@@ -132,20 +132,22 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., param: _Optional[str] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
-    __slots__ = ("inputs", "instruction", "prompt_name", "truncate", "return_tokens", "model")
+    __slots__ = ("inputs", "instruction", "prompt_name", "truncate", "return_tokens", "model", "priority")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_NAME_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     RETURN_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedScalarFieldContainer[str]
     instruction: str
     prompt_name: str
     truncate: Truncate
     return_tokens: bool
     model: str
-    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., instruction: _Optional[str] = ..., prompt_name: _Optional[str] = ..., truncate: _Optional[_Union[Truncate, str]] = ..., return_tokens: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
+    priority: Priority
+    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., instruction: _Optional[str] = ..., prompt_name: _Optional[str] = ..., truncate: _Optional[_Union[Truncate, str]] = ..., return_tokens: _Optional[bool] = ..., model: _Optional[str] = ..., priority: _Optional[_Union[Priority, str]] = ...) -> None: ...
 
 class TokenizedInput(_message.Message):
     __slots__ = ("index", "ids", "count", "tokens", "truncated")
