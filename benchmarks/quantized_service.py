@@ -6,6 +6,7 @@ backend's stubs, where the weights live) while it serves.
 
     .venv/bin/python -m benchmarks.quantized_service --quick                    # dev model, ~3 min
     .venv/bin/python -m benchmarks.quantized_service --config 0.6B              # the real 0.6B shape, ~40 min here
+    .venv/bin/python -m benchmarks.quantized_service --config 4B --layers 4     # 4 of the 4B shape's 36 layers
 
 Variants as in benchmarks.quantized: PRECISION[-METHOD[-COMPUTE]] (int4-rtn-fp32: --quant-compute fp32). A variant
 the export gate refuses is reported as refused, with the gate's line, and not served. Prints a markdown table and
@@ -170,13 +171,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer texts per workload")
     parser.add_argument("--reuse", action="store_true", help="serve the repositories an earlier run exported")
     parser.add_argument("--work", type=Path, default=WORK)
+    parser.add_argument(
+        "--layers", type=int, default=0, help="keep this many of the shape's layers (0: all; a cut of a shape "
+        "whose whole fp32 export does not fit this machine)"
+    )
     args = parser.parse_args()
+    from dataclasses import replace
+
     from export.dev_model import REAL_SHAPES, DevModelShape, build_dev_model
 
-    work = args.work / args.config
+    shape = REAL_SHAPES[args.config] if args.config != "dev" else DevModelShape()
+    if args.layers:
+        shape = replace(shape, layers=args.layers)
+    config = args.config + (f"-{args.layers}l" if args.layers else "")
+    work = args.work / config
     model = work / "checkpoint"
     if not (model / "config.json").exists():
-        build_dev_model(model, REAL_SHAPES[args.config] if args.config != "dev" else DevModelShape())
+        build_dev_model(model, shape)
     loads = QUICK if args.quick else FULL
     rows = []
     for variant in args.variants.split(","):
@@ -194,7 +205,7 @@ def main() -> None:
         rows.append(row)
         print(f"{variant}: done", file=sys.stderr, flush=True)
     where = f"{platform.machine()}, {os.cpu_count()} CPUs"
-    print(f"\n{args.config}, {where}; facade + Triton (export defaults), gRPC Embed\n")
+    print(f"\n{config}, {where}; facade + Triton (export defaults), gRPC Embed\n")
     names = list(loads)
     print("| variant | disk MiB | export s | export peak RSS MiB | Triton RSS loaded / serving MiB | "
           + " | ".join(f"{n} tok/s" for n in names) + " | agreement (export gate) |")
@@ -215,8 +226,8 @@ def main() -> None:
               f"{speeds} | {agree} |")
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
-    path = results / f"quantized-service-{args.config}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    summary = {"config": args.config, "quick": args.quick, "loads": {k: vars(v) for k, v in loads.items()},
+    path = results / f"quantized-service-{config}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    summary = {"config": config, "quick": args.quick, "loads": {k: vars(v) for k, v in loads.items()},
                "cpus": os.cpu_count(), "rows": rows}
     path.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"\n{path.relative_to(ROOT)}")
