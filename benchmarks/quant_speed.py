@@ -38,7 +38,9 @@ VARIANTS: dict[str, tuple | None] = {
     "int4-rtn-int8": ("int4", "rtn", "int8"),
     "int8-rtn-int8": ("int8", "rtn", "int8"),
     "int4-rtn-int8-fp32emb": ("int4", "rtn", "int8", "fp32"),
+    "int4-rtn-int8-b64": ("int4", "rtn", "int8", "fp16", 64),
     "int4-rtn-int8-b128": ("int4", "rtn", "int8", "fp16", 128),
+    "int4-rtn-int8-b256": ("int4", "rtn", "int8", "fp16", 256),
 }
 # rows x tokens per run
 WORKLOADS = {"query_b1": (1, 20), "query_b32": (32, 20), "doc1k_b1": (1, 1024)}
