@@ -1,7 +1,8 @@
 """Weight-only quantization of an exported fused graph: every linear layer's MatMul (a float weight initializer
 [in, out]) becomes ONNX Runtime's com.microsoft.MatMulNBits with 8- or 4-bit weights in blocks of `block_size`
-input rows, each block with its own scale and zero point. Embeddings (Gather), norms, attention
-(GroupQueryAttention) and the reranker's two-row head stay as they are, in float32.
+input rows, each block with its own scale and zero point. Norms, attention (GroupQueryAttention) and the reranker's
+two-row head stay as they are, in float32; the token embedding table is stored in float16 (its rows cast back to
+float32 after the Gather), and every weight goes to model.onnx.data, which ONNX Runtime maps (save_quantized).
 
 Methods (onnxruntime.quantization.matmul_nbits_quantizer, no other library):
 - rtn: round to nearest per block (no data); int8 and int4.
