@@ -5,12 +5,14 @@ quantizer, each variant run in a fresh process on ONNX Runtime's CPU provider, w
     .venv/bin/python -m benchmarks.quant_speed --config 4B --layers 4            # ~10 min on 2 shared cores
     .venv/bin/python -m benchmarks.quant_speed --config 0.6B --layers 2 --quick  # a minute
 
-Per variant (fp32, int8 rtn, int4 rtn with fp32 compute and with int8 compute): the graph's size on disk and its
-linear-layer bytes, the loaded session's RSS, tokens/s for one 20-token query (batch 1: the latency case, where the
-weights' bytes bound the speed), for a batch of 32 such queries and for one 1,024-token document, and from ONNX
-Runtime's profiler the share of each op type in the batch-32 run. Per-layer cost is what quantization changes: with
-N of the model's L layers, the table also gives the full model's memory computed as embedding table + L/N x the
-measured layers (labelled as computed). Writes benchmarks/results/quant-speed-<config>-<time>.json.
+Per variant (fp32, int8 rtn, int4 rtn with fp32 compute and with int8 compute; -fp32emb: the float32 embedding table
+instead of the export's float16 one; -bN: blocks of N): the graph's size on disk and its linear-layer bytes, the
+loaded session's RSS (after the runs also split into anonymous and file-backed: the mapped table), tokens/s for one
+20-token query (batch 1: the latency case, where the weights' bytes bound the speed), for a batch of 32 such queries
+and for one 1,024-token document, and from ONNX Runtime's profiler the share of each op type in the batch-32 run.
+Per-layer cost is what quantization changes: with N of the model's L layers, the table also gives the full model's
+memory computed as embedding table + L/N x the measured layers (labelled as computed). Writes
+benchmarks/results/quant-speed-<config>-<time>.json.
 """
 
 from __future__ import annotations
