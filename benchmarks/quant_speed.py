@@ -5,12 +5,14 @@ quantizer, each variant run in a fresh process on ONNX Runtime's CPU provider, w
     .venv/bin/python -m benchmarks.quant_speed --config 4B --layers 4            # ~10 min on 2 shared cores
     .venv/bin/python -m benchmarks.quant_speed --config 0.6B --layers 2 --quick  # a minute
 
-Per variant (fp32, int8 rtn, int4 rtn with fp32 compute and with int8 compute): the graph's size on disk and its
-linear-layer bytes, the loaded session's RSS, tokens/s for one 20-token query (batch 1: the latency case, where the
-weights' bytes bound the speed), for a batch of 32 such queries and for one 1,024-token document, and from ONNX
-Runtime's profiler the share of each op type in the batch-32 run. Per-layer cost is what quantization changes: with
-N of the model's L layers, the table also gives the full model's memory computed as embedding table + L/N x the
-measured layers (labelled as computed). Writes benchmarks/results/quant-speed-<config>-<time>.json.
+Per variant (fp32, int8 rtn, int4 rtn with fp32 compute and with int8 compute; -fp32emb: the float32 embedding table
+instead of the export's float16 one; -bN: blocks of N): the graph's size on disk and its linear-layer bytes, the
+loaded session's RSS (after the runs also split into anonymous and file-backed: the mapped table), tokens/s for one
+20-token query (batch 1: the latency case, where the weights' bytes bound the speed), for a batch of 32 such queries
+and for one 1,024-token document, and from ONNX Runtime's profiler the share of each op type in the batch-32 run.
+Per-layer cost is what quantization changes: with N of the model's L layers, the table also gives the full model's
+memory computed as embedding table + L/N x the measured layers (labelled as computed). Writes
+benchmarks/results/quant-speed-<config>-<time>.json.
 """
 
 from __future__ import annotations
@@ -29,13 +31,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".cache" / "quant-speed"
 EOS = 151643
-# name -> (precision, method, compute); fp32 is the baseline.
-VARIANTS = {
+# name -> (precision, method, compute[, embedding table dtype[, block size]]); fp32 is the baseline. The export's
+# defaults: a float16 table, blocks of 32.
+VARIANTS: dict[str, tuple | None] = {
     "fp32": None,
     "int8-rtn": ("int8", "rtn", "fp32"),
     "int4-rtn": ("int4", "rtn", "fp32"),
     "int4-rtn-int8": ("int4", "rtn", "int8"),
     "int8-rtn-int8": ("int8", "rtn", "int8"),
+    "int4-rtn-int8-fp32emb": ("int4", "rtn", "int8", "fp32"),
+    "int4-rtn-int8-b64": ("int4", "rtn", "int8", "fp16", 64),
+    "int4-rtn-int8-b128": ("int4", "rtn", "int8", "fp16", 128),
+    "int4-rtn-int8-b256": ("int4", "rtn", "int8", "fp16", 256),
 }
 # rows x tokens per run
 WORKLOADS = {"query_b1": (1, 20), "query_b32": (32, 20), "doc1k_b1": (1, 1024)}
@@ -63,7 +70,7 @@ def build_fp32(config: str, layers: int, out: Path) -> Path:
     return save_fused_graph(graph, out / "fp32" / "model.onnx")
 
 
-def quantize_copy(fp32: Path, out: Path, name: str, spec: tuple[str, str, str]) -> Path:
+def quantize_copy(fp32: Path, out: Path, name: str, spec: tuple) -> Path:
     from export.quantize import QuantSettings, quantize_graph
     from service.contract import Precision
 
@@ -71,8 +78,12 @@ def quantize_copy(fp32: Path, out: Path, name: str, spec: tuple[str, str, str]) 
     target.parent.mkdir(parents=True, exist_ok=True)
     for f in fp32.parent.glob("model.onnx*"):
         shutil.copy(f, target.parent / f.name)
-    precision, method, compute = spec
-    quantize_graph(target, QuantSettings(Precision(precision), method, compute=compute))
+    precision, method, compute, *rest = spec
+    embedding = rest[0] if rest else "fp16"
+    block = rest[1] if len(rest) > 1 else 32
+    quantize_graph(
+        target, QuantSettings(Precision(precision), method, block_size=block, compute=compute, embedding=embedding)
+    )
     return target
 
 
@@ -95,6 +106,7 @@ def run_variant(graph: Path, threads: int, repeat: int, workloads: dict[str, tup
         return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
     rss0 = psutil.Process().memory_info().rss
+    anon0, file0 = rss_split()
     sess = session(False)
     rng = np.random.default_rng(0)
 
@@ -104,6 +116,8 @@ def run_variant(graph: Path, threads: int, repeat: int, workloads: dict[str, tup
         return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
     out: dict[str, object] = {"loaded_rss": psutil.Process().memory_info().rss - rss0}
+    anon, file = rss_split()
+    out["loaded_rss_anon"], out["loaded_rss_file"] = anon - anon0, file - file0
     for name, (rows, width) in workloads.items():
         f = feed(rows, width)
         sess.run(None, f)
@@ -114,6 +128,8 @@ def run_variant(graph: Path, threads: int, repeat: int, workloads: dict[str, tup
             times.append(time.perf_counter() - start)
         out[f"{name}_tokens_per_s"] = rows * width / min(times)
     out["run_rss"] = psutil.Process().memory_info().rss - rss0
+    anon, file = rss_split()
+    out["run_rss_anon"], out["run_rss_file"] = anon - anon0, file - file0
     out["peak_rss"] = _peak_rss()
     del sess
     prof = session(True)
@@ -161,6 +177,18 @@ def interleaved(graphs: dict[str, Path], threads: int, rounds: int, workloads: d
         for name in graphs:
             out[name][f"{load}_tokens_per_s"] = rows * width / best[name]
     return out
+
+
+def rss_split() -> tuple[int, int]:
+    """(anonymous, file-backed) resident bytes of this process (Linux /proc/self/status): a mapped external-data
+    file's pages are file-backed, clean and shared by every process mapping the file, and the kernel can drop
+    them under pressure; anonymous memory (the heap, packed weights, the arena) it cannot."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            fields[key] = int(value.split()[0]) * 1024
+    return fields.get("RssAnon", 0), fields.get("RssFile", 0)
 
 
 def _peak_rss() -> int:
@@ -261,7 +289,7 @@ def main() -> None:
     print(f"\n{args.config} shape, {args.layers} of {total_layers} layers, random weights; {platform.machine()}, "
           f"{os.cpu_count()} CPUs, {args.threads} threads, {args.level}\n")
     heads = [k for k in workloads]
-    print("| variant | disk GiB | linear GiB | loaded RSS GiB | run RSS GiB | "
+    print("| variant | disk GiB | linear GiB | loaded RSS GiB | run RSS GiB (anon + file) | "
           + " | ".join(f"{h} tok/s" for h in heads) + f" | computed {total_layers}-layer weights GiB |")
     print("|---|---|---|---|---|" + "---|" * len(heads) + "---|")
     for r in rows:
@@ -270,7 +298,8 @@ def main() -> None:
         )
         full = r["embedding_bytes"] + r["linear_bytes"] * total_layers / args.layers
         print(f"| {r['variant']} | {r['disk_bytes'] / gib:.2f} | {r['linear_bytes'] / gib:.2f} | "
-              f"{r['loaded_rss'] / gib:.2f} | {r['run_rss'] / gib:.2f} | {speeds} | {full / gib:.2f} |")
+              f"{r['loaded_rss'] / gib:.2f} | {r['run_rss'] / gib:.2f} ({r['run_rss_anon'] / gib:.2f} + "
+              f"{r['run_rss_file'] / gib:.2f}) | {speeds} | {full / gib:.2f} |")
     print("\nprofile, query_b32, seconds per run by op type (top 5):")
     for r in rows:
         top = list(r["profile_s_per_run_by_op"].items())[:5]

@@ -157,7 +157,7 @@ def export(
     if (
         skip_if_published
         and name
-        and published_elsewhere(output / name, model, precision, quant_method, quant_block_size)
+        and published_elsewhere(output / name, model, precision, quant_method, quant_block_size, quant_compute)
     ):
         return
     from rich.console import Console
@@ -208,11 +208,16 @@ def export(
 
 
 def published_elsewhere(
-    final: Path, model: str, precision: str, quant_method: str = "", quant_block_size: int = 0
+    final: Path,
+    model: str,
+    precision: str,
+    quant_method: str = "",
+    quant_block_size: int = 0,
+    quant_compute: str = "",
 ) -> bool:
-    """True when `final` already holds an export of `model` at `precision` (int8 / int4: with `quant_method` and
-    `quant_block_size`, when given) (nothing to do); False when nothing is published there. Exits 2 with one
-    message when it holds an export of another source, precision or quantization: never
+    """True when `final` already holds an export of `model` at `precision` (int8 / int4: with `quant_method`,
+    `quant_block_size` and `quant_compute`, when given) (nothing to do); False when nothing is published there.
+    Exits 2 with one message when it holds an export of another source, precision or quantization: never
     skip over it (the facade would serve the old weights under the new name) and never replace a version that
     pods may be serving."""
     from export.repository import published_identity, same_source
@@ -225,7 +230,9 @@ def published_elsewhere(
         raise typer.Exit(code=2) from exc
     if published is None:
         return False
-    differs = same_source(published, model, str(parse_precision(str(precision))), quant_method, quant_block_size)
+    differs = same_source(
+        published, model, str(parse_precision(str(precision))), quant_method, quant_block_size, quant_compute
+    )
     if differs:
         typer.echo(
             f"export refused: {final} already holds another model: {differs}. Export into a new version directory "

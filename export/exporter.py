@@ -122,6 +122,13 @@ def validate_options(opts: ExportOptions) -> None:
             raise ExportError(f"{gate} must be within [0, 1] (0 = the precision's default), got {bound}")
 
 
+def quant_accuracy_level(compute: str) -> int:
+    """MatMulNBits' accuracy_level the graph carries for --quant-compute (0: the attribute is left out)."""
+    from export.quantize import COMPUTE_LEVELS
+
+    return COMPUTE_LEVELS[compute]
+
+
 def quant_settings(opts: ExportOptions) -> Any:
     from export.quantize import QuantSettings
 
@@ -335,6 +342,10 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
                     "quantization": {
                         "bits": repo.precision.weight_bits,
                         "compute": opts.quant_compute,
+                        "accuracy_level": quant_accuracy_level(opts.quant_compute),
+                        # The token embedding table's dtype in the graph (export/quantize.py: float16 rows, cast
+                        # to float32 after the Gather).
+                        "embedding": quant_settings(opts).embedding,
                         **quantization_facts(opts, verification),
                     }
                 }
@@ -577,6 +588,7 @@ def quantization_facts(opts: ExportOptions, verification: object) -> dict[str, A
     return {
         "quantization_method": opts.quant_method,
         "quantization_block_size": opts.quant_block_size,
+        "quantization_compute": opts.quant_compute,
         "quantization_agreement": agreement,
     }
 

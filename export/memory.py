@@ -116,9 +116,10 @@ def gib(n: int) -> str:
 
 def quantized_weight_bytes(
     vocab: int, hidden: int, layers: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
-    bits: int, block_size: int = 32,
+    bits: int, block_size: int = 32, embedding_itemsize: int = 2,
 ) -> int:
-    """Bytes of an int8 / int4 fused graph's weights, before it is written: the float32 embedding table, and per
+    """Bytes of an int8 / int4 fused graph's weights, before it is written: the embedding table (float16 as the
+    export writes it; `embedding_itemsize` 4 for a float32 table, as exports before that), and per
     layer the four linear layers (merged q/k/v, o, merged gate/up, down) as MatMulNBits: `bits` per weight, a
     float32 scale and a `bits`-wide zero point (a byte per two for 4 bits) per block of `block_size` input rows.
     Norms and rotary caches are left out (under 0.1 % at 0.6B and up). Used for the chart's sizes of the 4B / 8B
@@ -131,4 +132,4 @@ def quantized_weight_bytes(
         codes = n * blocks * (block_size * bits // 8)
         zero_points = n * (-(-blocks * bits // 8))
         per_layer += codes + n * blocks * 4 + zero_points
-    return vocab * hidden * 4 + layers * per_layer
+    return vocab * hidden * embedding_itemsize + layers * per_layer

@@ -1,7 +1,8 @@
 """Weight-only quantization of an exported fused graph: every linear layer's MatMul (a float weight initializer
 [in, out]) becomes ONNX Runtime's com.microsoft.MatMulNBits with 8- or 4-bit weights in blocks of `block_size`
-input rows, each block with its own scale and zero point. Embeddings (Gather), norms, attention
-(GroupQueryAttention) and the reranker's two-row head stay as they are, in float32.
+input rows, each block with its own scale and zero point. Norms, attention (GroupQueryAttention) and the reranker's
+two-row head stay as they are, in float32; the token embedding table is stored in float16 (its rows cast back to
+float32 after the Gather), and every weight goes to model.onnx.data, which ONNX Runtime maps (save_quantized).
 
 Methods (onnxruntime.quantization.matmul_nbits_quantizer, no other library):
 - rtn: round to nearest per block (no data); int8 and int4.
@@ -37,7 +38,7 @@ DEFAULT_BLOCK_SIZE = 32
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 # --quant-compute -> MatMulNBits' accuracy_level attribute (0: unset, fp32 compute on CPU; 4: int8 compute).
 COMPUTE_LEVELS = {"fp32": 0, "int8": 4}
-TWO_GB = 2**31
+EMBEDDING_DTYPES = ("fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class QuantSettings:
     # 13x fp32's MatMul at 1 token, 2x at 20, 1.25x at 640), while 8-bit weights with fp32 compute have no MLAS
     # kernel and are dequantized whole on every call (0.03x at 1 token). docs/export.md, "Quantized models".
     compute: str = "int8"
+    # The token embedding table's dtype in the quantized graph: float16 by default (half the bytes; the rows are
+    # cast back to float32 after the Gather, each value rounded to float16), or float32 as in the float graph.
+    embedding: str = "fp16"
 
     @property
     def bits(self) -> int:
@@ -69,6 +73,10 @@ def validate(settings: QuantSettings) -> None:
         )
     if settings.compute not in COMPUTE_LEVELS:
         raise ExportError(f"--quant-compute must be one of {', '.join(COMPUTE_LEVELS)}, not {settings.compute!r}")
+    if settings.embedding not in EMBEDDING_DTYPES:
+        raise ExportError(
+            f"the embedding table's dtype must be one of {', '.join(EMBEDDING_DTYPES)}, not {settings.embedding!r}"
+        )
     if settings.block_size not in BLOCK_SIZES:
         raise ExportError(f"--quant-block-size must be one of {', '.join(map(str, BLOCK_SIZES))}")
 
@@ -111,7 +119,7 @@ def quantize_graph(
         from export.gptq import quantize_model
 
         out = quantize_model(model, include, calibration, settings.bits, settings.block_size, source=onnx_path)
-        return _check_and_save(out, include, onnx_path, settings.compute)
+        return _check_and_save(out, include, onnx_path, settings)
     config: object
     if settings.method == "hqq":
         config = HQQWeightOnlyQuantConfig(
@@ -136,11 +144,11 @@ def quantize_graph(
         algo_config=config,  # type: ignore[arg-type]
     )
     quantizer.process()
-    return _check_and_save(quantizer.model.model, include, onnx_path, settings.compute)
+    return _check_and_save(quantizer.model.model, include, onnx_path, settings)
 
 
-def _check_and_save(out: onnx.ModelProto, include: list[str], onnx_path: Path, compute: str) -> int:
-    level = COMPUTE_LEVELS[compute]
+def _check_and_save(out: onnx.ModelProto, include: list[str], onnx_path: Path, settings: QuantSettings) -> int:
+    level = COMPUTE_LEVELS[settings.compute]
     done = 0
     for node in out.graph.node:
         if node.op_type != "MatMulNBits":
@@ -153,18 +161,51 @@ def _check_and_save(out: onnx.ModelProto, include: list[str], onnx_path: Path, c
             node.attribute.append(onnx.helper.make_attribute("accuracy_level", level))
     if done != len(include):
         raise ExportError(f"quantized {done} of {len(include)} linear layers; the graph is not what was expected")
+    if settings.embedding == "fp16" and not half_embedding_table(out):
+        raise ExportError(f"the graph has no float32 {EMBED_TABLE} read only by a Gather to store in float16")
     save_quantized(out, onnx_path)
     return done
 
 
+EMBED_TABLE = "embed_tokens.weight"
+
+
+def half_embedding_table(model: onnx.ModelProto) -> bool:
+    """Stores the token embedding table in float16 and casts the gathered rows back to float32: the Gather reads
+    half the bytes, and the rest of the graph sees float32 as before, each value rounded to float16 (an 11-bit
+    significand; relative error <= 2**-11). Returns False when the graph has no float32 table to convert."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    table = next((t for t in model.graph.initializer if t.name == EMBED_TABLE), None)
+    if table is None or table.data_type != onnx.TensorProto.FLOAT:
+        return False
+    gathers = [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] == EMBED_TABLE]
+    users = [n for n in model.graph.node if EMBED_TABLE in n.input]
+    if not gathers or len(users) != len(gathers):
+        return False  # the table also feeds something else (a tied head): leave it float32
+    half = numpy_helper.from_array(numpy_helper.to_array(table).astype(np.float16), EMBED_TABLE)
+    table.CopyFrom(half)
+    for gather in gathers:
+        rows = gather.output[0]
+        half_rows = rows + "_fp16"
+        gather.output[0] = half_rows
+        cast = onnx.helper.make_node("Cast", [half_rows], [rows], name=gather.name + "_to_fp32",
+                                     to=onnx.TensorProto.FLOAT)
+        position = list(model.graph.node).index(gather)
+        model.graph.node.insert(position + 1, cast)
+    return True
+
+
 def save_quantized(model: onnx.ModelProto, path: Path) -> None:
-    """model.onnx (and model.onnx.data past protobuf's 2 GB), replacing the float graph and its data file."""
+    """model.onnx and its weights in model.onnx.data, replacing the float graph and its data file, whatever the
+    size: ONNX Runtime maps an external data file and copies out only what it must (MatMulNBits' weights are
+    packed at load and the originals released), while a graph in one protobuf is parsed whole into the heap. One
+    2,560 x 19,456 int4 layer with the 4B shape's table: 1,540 MiB of RSS after a run inline, 99 MiB external
+    (`python -m benchmarks.quant_memory`; docs/export.md, "Quantized models")."""
+    from export.onnx_graph import save_with_external_data
+
     data = path.with_name(path.name + ".data")
     if data.exists():
         data.unlink()
-    if sum(len(t.raw_data) for t in model.graph.initializer) > TWO_GB - 64 * 1024**2:
-        onnx.save_model(
-            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name
-        )
-    else:
-        onnx.save_model(model, str(path))
+    save_with_external_data(model, path)

@@ -69,12 +69,19 @@ def published_identity(final: Path) -> ModelFacts | None:
 
 
 def same_source(
-    published: ModelFacts, model: str, precision: str, quant_method: str = "", quant_block_size: int = 0
+    published: ModelFacts,
+    model: str,
+    precision: str,
+    quant_method: str = "",
+    quant_block_size: int = 0,
+    quant_compute: str = "",
 ) -> str:
-    """"" when the published export was made from `model` at `precision` (and, quantized, with `quant_method` and
-    `quant_block_size`, when given); else what differs. A source that names the same hub id or the same local
-    directory counts as the same (its revision is not known before loading it; a new revision of one id goes to a
-    new version by choice). An int4 rtn export is not an int4 gptq one: other weights, other agreement."""
+    """"" when the published export was made from `model` at `precision` (and, quantized, with `quant_method`,
+    `quant_block_size` and `quant_compute`, when given); else what differs. A source that names the same hub id or
+    the same local directory counts as the same (its revision is not known before loading it; a new revision of one
+    id goes to a new version by choice). An int4 rtn export is not an int4 gptq one: other weights, other
+    agreement; nor is one computing in int8 the same as one computing in fp32 (other results, other speed). A
+    published export that does not record its compute mode (written before the key) is not known to be the same."""
     differs = []
     if published.source_model.rstrip("/") != model.rstrip("/"):
         differs.append(f"source {published.source_model} (asked: {model})")
@@ -87,4 +94,6 @@ def same_source(
             differs.append(
                 f"quantization block size {published.quantization_block_size or '?'} (asked: {quant_block_size})"
             )
+        if quant_compute and published.quantization_compute != quant_compute:
+            differs.append(f"quantization compute {published.quantization_compute or '?'} (asked: {quant_compute})")
     return ", ".join(differs)

@@ -115,6 +115,9 @@ class Param(StrEnum):
     QUANTIZATION_METHOD = "quantization_method"
     QUANTIZATION_BLOCK_SIZE = "quantization_block_size"
     QUANTIZATION_AGREEMENT = "quantization_agreement"
+    # What MatMulNBits multiplies in: "int8" (ONNX Runtime's accuracy_level 4) or "fp32" (accuracy_level unset);
+    # absent in quantized exports written before the key.
+    QUANTIZATION_COMPUTE = "quantization_compute"
 
 
 REQUIRED_PARAMS = (Param.HIDDEN_SIZE, Param.MAX_INPUT_TOKENS, Param.EMBEDDING_ROWS)
@@ -244,6 +247,7 @@ class ModelFacts:
     quantization_method: str = ""
     quantization_block_size: int = 0
     quantization_agreement: dict[str, float] = field(default_factory=dict)
+    quantization_compute: str = ""  # "int8" | "fp32" (export/quantize.py COMPUTE_LEVELS); "" = not written
 
     def __post_init__(self) -> None:
         # Callers may pass the plain string ("fp16"); the field is always the enum.
@@ -340,6 +344,7 @@ _FIELD_KEYS: dict[str, Param] = {
     "quantization_method": Param.QUANTIZATION_METHOD,
     "quantization_block_size": Param.QUANTIZATION_BLOCK_SIZE,
     "quantization_agreement": Param.QUANTIZATION_AGREEMENT,
+    "quantization_compute": Param.QUANTIZATION_COMPUTE,
 }
 _OPTIONAL_NUMBERS = {
     Param.MAX_BATCH_TOKENS,
@@ -354,6 +359,7 @@ _OPTIONAL_LISTS = {
     Param.SOURCE_REVISION,
     Param.QUANTIZATION_METHOD,
     Param.QUANTIZATION_AGREEMENT,
+    Param.QUANTIZATION_COMPUTE,
 }
 _STRING_FIELDS = {
     "source_model",
@@ -362,6 +368,7 @@ _STRING_FIELDS = {
     "padding_side",
     "rerank_token_ids",
     "quantization_method",
+    "quantization_compute",
 }
 
 

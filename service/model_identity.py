@@ -61,6 +61,7 @@ def quantization_fields(facts: ModelFacts) -> dict[str, Any]:
         "quantization": {
             "method": facts.quantization_method,
             "block_size": facts.quantization_block_size,
+            "compute": facts.quantization_compute,
             "agreement": dict(facts.quantization_agreement),
         }
     }

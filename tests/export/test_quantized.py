@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from google.protobuf import text_format
 from onnx import numpy_helper
 from sentence_transformers import SentenceTransformer
 from typer.testing import CliRunner
@@ -77,8 +78,16 @@ def test_only_the_linear_layers_are_quantized(quantized_repository: Path) -> Non
     # Integer compute by default (ONNX Runtime's accuracy_level 4): the fast kernels on CPU (docs/export.md).
     assert {a.i for n in nbits for a in n.attribute if a.name == "accuracy_level"} == {4}
     assert all(any(a.name == "accuracy_level" for a in n.attribute) for n in nbits)
+    # Embeddings stay float: the table in float16 (half its bytes), its rows cast to float32 after the Gather;
+    # the norms in float32. The weights are in model.onnx.data, which ONNX Runtime maps (docs/export.md).
     embed = next(t for t in model.graph.initializer if t.name == "embed_tokens.weight")
-    assert embed.data_type == onnx.TensorProto.FLOAT  # embeddings (and norms) stay float32
+    assert embed.data_type == onnx.TensorProto.FLOAT16
+    (gather,) = [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] == "embed_tokens.weight"]
+    (reader,) = [n for n in model.graph.node if gather.output[0] in n.input]
+    assert reader.op_type == "Cast" and reader.attribute[0].i == onnx.TensorProto.FLOAT
+    norms = [t for t in model.graph.initializer if t.name.endswith("norm.weight")]
+    assert norms and all(t.data_type == onnx.TensorProto.FLOAT for t in norms)
+    assert (quantized_repository / EMBEDDER / "1" / "model.onnx.data").is_file()
     # The reranker keeps its two-row head in float: only [hidden, >= 16] weights are linear layers.
     rr = onnx.load(str(quantized_repository / RERANKER / "1" / "model.onnx"))
     rr_ops = [n.op_type for n in rr.graph.node]
@@ -108,11 +117,14 @@ def test_config_and_report_record_precision_method_and_agreement(quantized_repos
     facts = facts_of(quantized_repository / EMBEDDER)
     assert facts.precision is Precision.INT4
     assert facts.quantization_method == "rtn" and facts.quantization_block_size == 32
+    assert facts.quantization_compute == "int8"  # the default --quant-compute, as the graph's accuracy_level 4
     agreement = facts.quantization_agreement
     assert agreement["worst_cosine"] >= THRESHOLDS[Precision.INT4]
     assert 0.8 <= agreement["overlap_at_10"] <= 1.0 and agreement["spearman"] >= 0.9
     report = json.loads((quantized_repository / EMBEDDER / "export_report.json").read_text())
     assert report["precision"] == "int4" and report["quantization"]["bits"] == 4
+    assert report["quantization"]["compute"] == "int8" and report["quantization"]["accuracy_level"] == 4
+    assert report["quantization"]["embedding"] == "fp16"
     assert report["retrieval"]["overlap_at_10"] == pytest.approx(agreement["overlap_at_10"], abs=1e-4)
     rr = facts_of(quantized_repository / RERANKER)
     assert rr.precision is Precision.INT8 and "worst_score_diff" in rr.quantization_agreement
@@ -140,11 +152,13 @@ def test_served_vectors_equal_the_graph_in_process_and_agree_with_fp32(
     assert (embedder.precision, reranker.precision) == ("int4", "int8")
     facts = facts_of(model_dir)
     assert embedder.quantization.method == "rtn" and embedder.quantization.block_size == 32
+    assert embedder.quantization.compute == "int8" and reranker.quantization.compute == "int8"
     assert dict(embedder.quantization.agreement) == pytest.approx(facts.quantization_agreement)
     assert reranker.HasField("quantization") and "worst_score_diff" in reranker.quantization.agreement
     cards = httpx.get(f"{quantized_facade.base_url}/v1/models", timeout=10).json()["data"]
     card = next(c for c in cards if c["kind"] == "embedding")
     assert card["precision"] == "int4" and card["quantization"]["method"] == "rtn"
+    assert card["quantization"]["compute"] == "int8"
     assert card["quantization"]["agreement"] == pytest.approx(facts.quantization_agreement)
 
 
@@ -211,13 +225,16 @@ def test_a_zeroed_scale_is_refused_by_the_export_gate(
         (["--precision", "int4", "--quant-method", "gptq"], 2, "quantization method rtn (asked: gptq)"),
         (["--precision", "int4", "--quant-block-size", "128"], 2, "quantization block size 32 (asked: 128)"),
         (["--precision", "int8"], 2, "precision int4 (asked: int8)"),
+        (["--precision", "int4", "--quant-compute", "int8"], 0, "nothing to export"),
+        (["--precision", "int4", "--quant-compute", "fp32"], 2, "quantization compute int8 (asked: fp32)"),
     ],
 )
 def test_skip_if_published_compares_the_quantization(
     quantized_repository: Path, dev_model_dir: Path, tmp_path: Path, args: list[str], code: int, message: str
 ) -> None:
-    """A published int4 rtn export is skipped only for the same request: an int4 gptq (or another block size)
-    request must not be answered by the rtn weights; it stops with exit 2 and leaves the published one alone."""
+    """A published int4 rtn export is skipped only for the same request: an int4 gptq (or another block size, or
+    fp32 compute instead of int8) request must not be answered by the rtn weights; it stops with exit 2 and
+    leaves the published one alone."""
     (tmp_path / EMBEDDER).mkdir()
     published = (quantized_repository / EMBEDDER / "config.pbtxt").read_text()
     (tmp_path / EMBEDDER / "config.pbtxt").write_text(published)
@@ -230,6 +247,26 @@ def test_skip_if_published_compares_the_quantization(
     assert message in " ".join(result.output.split())
     assert (tmp_path / EMBEDDER / "config.pbtxt").read_text() == published
     assert sorted(p.name for p in (tmp_path / EMBEDDER).iterdir()) == ["config.pbtxt"]  # nothing exported
+
+
+def test_a_published_export_without_its_compute_mode_is_not_the_same(
+    quantized_repository: Path, dev_model_dir: Path, tmp_path: Path
+) -> None:
+    """A quantized config.pbtxt written before quantization_compute existed: which kernels its graph asks for is
+    not recorded, so an int4 request (int8 compute by default) is not known to be answered by it: exit 2."""
+    published = (quantized_repository / EMBEDDER / "config.pbtxt").read_text()
+    config = parse_pbtxt(published)
+    assert config.parameters["quantization_compute"].string_value == "int8"
+    del config.parameters["quantization_compute"]
+    (tmp_path / EMBEDDER).mkdir()
+    (tmp_path / EMBEDDER / "config.pbtxt").write_text(text_format.MessageToString(config))
+    result = CliRunner().invoke(
+        app,
+        ["export", "--model", str(dev_model_dir), "--output", str(tmp_path), "--name", EMBEDDER,
+         "--skip-if-published", "--precision", "int4"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "quantization compute ? (asked: int8)" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize(

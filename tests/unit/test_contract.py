@@ -78,7 +78,12 @@ def facts(**overrides: object) -> ModelFacts:
 def test_parameters_round_trip_and_every_field_has_a_key() -> None:
     original = facts()
     params = original.to_parameters()
-    quantization = {Param.QUANTIZATION_METHOD, Param.QUANTIZATION_BLOCK_SIZE, Param.QUANTIZATION_AGREEMENT}
+    quantization = {
+        Param.QUANTIZATION_METHOD,
+        Param.QUANTIZATION_BLOCK_SIZE,
+        Param.QUANTIZATION_AGREEMENT,
+        Param.QUANTIZATION_COMPUTE,
+    }
     # A float export writes no quantization keys; a quantized one writes them all.
     assert set(params) == {p.value for p in Param} - {p.value for p in quantization}
     assert ModelFacts.from_parameters(params) == original
@@ -87,6 +92,7 @@ def test_parameters_round_trip_and_every_field_has_a_key() -> None:
         quantization_method="hqq",
         quantization_block_size=32,
         quantization_agreement={"worst_cosine": 0.99, "overlap_at_10": 0.9},
+        quantization_compute="int8",
     )
     assert set(quantized.to_parameters()) == {p.value for p in Param}
     assert ModelFacts.from_parameters(quantized.to_parameters()) == quantized
