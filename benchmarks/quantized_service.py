@@ -8,7 +8,8 @@ backend's stubs, where the weights live) while it serves.
     .venv/bin/python -m benchmarks.quantized_service --config 0.6B              # the real 0.6B shape, ~40 min here
     .venv/bin/python -m benchmarks.quantized_service --config 4B --layers 4     # 4 of the 4B shape's 36 layers
 
-Variants as in benchmarks.quantized: PRECISION[-METHOD[-COMPUTE]] (int4-rtn-fp32: --quant-compute fp32). A variant
+Variants as in benchmarks.quantized: PRECISION[-METHOD[-COMPUTE]][-bN] (int4-rtn-fp32: --quant-compute fp32;
+int4-rtn-int8-b256: blocks of 256). A variant
 the export gate refuses is reported as refused, with the gate's line, and not served. Prints a markdown table and
 writes benchmarks/results/quantized-service-<config>-<time>.json. Random weights (docs/export.md, "Quantized
 models").
@@ -54,12 +55,14 @@ QUICK = {"short": Load(64, 20, 8, 4), "doc1k": Load(4, 1024, 1, 2), "doc4k": Loa
 
 def export(model: Path, repo: Path, variant: str) -> dict[str, Any]:
     """`qwen3-embed export` of one variant into its own repository (fresh process); refused -> {"refused": line}."""
-    precision, _, rest = variant.partition("-")
+    base, _, block = variant.partition("-b")  # int4-rtn-int8-b256: blocks of 256
+    precision, _, rest = base.partition("-")
     method, _, compute = rest.partition("-")
     args = ["export", "--model", str(model), "--output", str(repo), "--name", NAME, "--precision", precision,
             "--max-tokens", "4096", "--verify-long-tokens", "1024", "--skip-resource-check", "--no-warmup"]
     args += ["--quant-method", method] if method else []
     args += ["--quant-compute", compute] if compute else []
+    args += ["--quant-block-size", block] if block else []
     code = (
         "import resource, sys\nfrom service.cli import app\n"
         "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
