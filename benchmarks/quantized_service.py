@@ -53,7 +53,7 @@ FULL = {"short": Load(256, 20, 8, 4), "doc1k": Load(8, 1024, 1, 2), "doc4k": Loa
 QUICK = {"short": Load(64, 20, 8, 4), "doc1k": Load(4, 1024, 1, 2), "doc4k": Load(2, 4096, 1, 2)}
 
 
-def export(model: Path, repo: Path, variant: str) -> dict[str, Any]:
+def export(model: Path, repo: Path, variant: str, gate: tuple[str, ...] = ()) -> dict[str, Any]:
     """`qwen3-embed export` of one variant into its own repository (fresh process); refused -> {"refused": line}."""
     base, _, block = variant.partition("-b")  # int4-rtn-int8-b256: blocks of 256
     precision, _, rest = base.partition("-")
@@ -63,6 +63,7 @@ def export(model: Path, repo: Path, variant: str) -> dict[str, Any]:
     args += ["--quant-method", method] if method else []
     args += ["--quant-compute", compute] if compute else []
     args += ["--quant-block-size", block] if block else []
+    args += list(gate) if precision in ("int8", "int4") else []
     code = (
         "import resource, sys\nfrom service.cli import app\n"
         "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
@@ -175,6 +176,13 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="serve the repositories an earlier run exported")
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument(
+        "--gate",
+        default="",
+        help="quantized variants: export gate overrides, e.g. '--min-cosine 0.5 --min-overlap 0.01 --min-spearman "
+        "0.01', to measure the speed and memory of a shape whose random weights the gate refuses (the row still "
+        "shows the agreement measured)",
+    )
+    parser.add_argument(
         "--layers", type=int, default=0, help="keep this many of the shape's layers (0: all; a cut of a shape "
         "whose whole fp32 export does not fit this machine)"
     )
@@ -200,7 +208,9 @@ def main() -> None:
             earlier = json.loads(done.with_name("bench_export.json").read_text())
             row: dict[str, Any] = {"variant": variant, **earlier}
         else:
-            row = {"variant": variant, **export(model, repo, variant)}
+            row = {"variant": variant, **export(model, repo, variant, tuple(args.gate.split()))}
+            if args.gate and "refused" not in row and variant.startswith(("int8", "int4")):
+                row["gate"] = args.gate
             if "refused" not in row:
                 done.with_name("bench_export.json").write_text(json.dumps(row))
         if "refused" not in row:
@@ -224,6 +234,7 @@ def main() -> None:
         speeds = " | ".join(f"{r[f'{n}_tokens_per_s']:.0f} ({r[f'{n}_tokens_per_s'] / base[f'{n}_tokens_per_s']:.2f}x)"
                             for n in names)
         agree = ", ".join(f"{k} {v:.4f}" for k, v in r["agreement"].items())
+        agree += f" (gate lowered: {r['gate']})" if "gate" in r else ""
         print(f"| {r['variant']} | {r['disk_bytes'] / mib:.1f} | {r['export_seconds']:.0f} | "
               f"{r['export_peak_rss'] / mib:.0f} | {r['loaded_rss'] / mib:.0f} / {r['serving_peak_rss'] / mib:.0f} | "
               f"{speeds} | {agree} |")

@@ -140,6 +140,9 @@ def export(
     min_overlap: Annotated[
         float, typer.Option(help="int8 / int4 embeddings: mean overlap@10 vs fp32; 0 = the precision's default")
     ] = 0.0,
+    min_spearman: Annotated[
+        float, typer.Option(help="int8 / int4 embeddings: Spearman of scores vs fp32; 0 = the precision's default")
+    ] = 0.0,
     max_score_diff: Annotated[
         float, typer.Option(help="Rerankers: largest |score diff| vs the reference; 0 = the precision's default")
     ] = 0.0,
@@ -198,6 +201,7 @@ def export(
         calibration_file=calibration_file,
         min_cosine=min_cosine,
         min_overlap=min_overlap,
+        min_spearman=min_spearman,
         max_score_diff=max_score_diff,
     )
     try:

@@ -63,9 +63,11 @@ class ExportOptions:
     quant_block_size: int = 32
     quant_compute: str = "int8"  # quantize.COMPUTE_LEVELS
     calibration_file: Path | None = None  # gptq: one text per line; None = export/quant_texts.py's
-    # Gate overrides (0 = the precision's own: verify.THRESHOLDS, SCORE_TOLERANCES, MIN_OVERLAP_AT_10).
+    # Gate overrides (0 = the precision's own: verify.THRESHOLDS, SCORE_TOLERANCES, MIN_OVERLAP_AT_10,
+    # MIN_SPEARMAN).
     min_cosine: float = 0.0
     min_overlap: float = 0.0
+    min_spearman: float = 0.0
     max_score_diff: float = 0.0
 
 
@@ -116,6 +118,7 @@ def validate_options(opts: ExportOptions) -> None:
     for gate, bound in (
         ("--min-cosine", opts.min_cosine),
         ("--min-overlap", opts.min_overlap),
+        ("--min-spearman", opts.min_spearman),
         ("--max-score-diff", opts.max_score_diff),
     ):
         if not 0.0 <= bound <= 1.0:
@@ -446,7 +449,7 @@ def _embedding_graph(
             ours = graph_vectors(onnx_path, precision, [queries, documents], pad_id, padding_side)
             retrieval = retrieval_agreement(
                 retrieval_ref, (ours[0], ours[1]), opts.min_overlap or MIN_OVERLAP_AT_10[precision],
-                MIN_SPEARMAN[precision],
+                opts.min_spearman or MIN_SPEARMAN[precision],
             )
         console.print(
             f"retrieval ({len(queries)} queries x {len(documents)} documents): overlap@10 {retrieval.overlap_at_10:.3f}"

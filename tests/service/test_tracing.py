@@ -61,8 +61,8 @@ class Receiver(otlp_grpc.TraceServiceServicer):
             return [s for s in self.spans if s.trace_id.hex() == trace_id]
 
 
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[tuple[Receiver, int]]:
+def serve_receiver() -> Iterator[tuple[Receiver, int]]:
+    """A real OTLP/gRPC receiver on a free loopback port, for the life of the generator."""
     found = Receiver()
     server = grpc.server(futures.ThreadPoolExecutor(4))
     otlp_grpc.add_TraceServiceServicer_to_server(found, server)
@@ -70,6 +70,11 @@ def receiver() -> Iterator[tuple[Receiver, int]]:
     server.start()
     yield found, port
     server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[tuple[Receiver, int]]:
+    yield from serve_receiver()
 
 
 def tracing_env(endpoint: str, **extra: str) -> dict[str, str]:

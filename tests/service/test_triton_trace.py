@@ -10,20 +10,18 @@ import http.server
 import json
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
 from service.triton.runtime import TritonProcess, start_triton
 from tests.doc_pages import section, shell_lines
 from tests.helpers import Facade, run_facade, wait_for
-from tests.service.test_tracing import Receiver, tracing_env
+from tests.service.test_tracing import Receiver, serve_receiver, tracing_env
 
 CLIENT_SPAN = "b7ad6b7169203331"
 DOC_COLLECTOR = "http://otel-collector:4318/v1/traces"
@@ -100,13 +98,7 @@ def traced_triton(
 
 @pytest.fixture(scope="module")
 def facade_receiver() -> Iterator[tuple[Receiver, int]]:
-    found = Receiver()
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    otlp_grpc.add_TraceServiceServicer_to_server(found, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield found, port
-    server.stop(0)
+    yield from serve_receiver()
 
 
 @pytest.fixture(scope="module")
