@@ -28,7 +28,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from export.onnx_graph import TWO_GB, save_with_external_data
+from export.onnx_graph import save_with_external_data
 from service.contract import ATTENTION_MASK, EMBEDDING, INPUT_IDS, RERANK_LABELS, RERANK_LOGITS, Precision
 
 MS_DOMAIN = "com.microsoft"
@@ -272,12 +272,9 @@ def build_fused_graph(
 
 
 def save_fused_graph(model: onnx.ModelProto, path: Path) -> Path:
-    """model.onnx, plus one model.onnx.data beside it when the weights pass protobuf's 2 GB limit (the layout
-    Triton's ONNX Runtime backend expects)."""
+    """model.onnx and its weights in one model.onnx.data beside it (the layout Triton's ONNX Runtime backend
+    expects), whatever the size: ONNX Runtime maps an external data file, while a graph in one protobuf is parsed
+    into the heap, embedding table and all, in every instance (`python -m benchmarks.quant_memory`, docs/export.md)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
-    if weight_bytes > TWO_GB - 64 * 1024**2:
-        save_with_external_data(model, path)
-    else:
-        onnx.save_model(model, str(path))
+    save_with_external_data(model, path)
     return path
