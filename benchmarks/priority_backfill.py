@@ -185,20 +185,6 @@ def run(
     return results
 
 
-def prepare(work: Path) -> Path:
-    from rich.console import Console
-
-    from export.dev_model import build_dev_model
-    from export.exporter import ExportOptions, run_export
-    from export.triton_config import RepoSettings
-
-    repo = work / "model_repository"
-    if not (repo / "qwen3_embedding" / "config.pbtxt").exists():
-        model = build_dev_model(work / "dev-model")
-        run_export(ExportOptions(model=str(model), output=repo, repo=RepoSettings()), Console(quiet=True))
-    return repo
-
-
 def table(modes: list[Mode], rows: int, rate: float) -> str:
     lines = [
         f"dev model, interactive: 1 short query at {rate:g}/s; backfill: `qwen3-embed index` defaults over {rows} "
@@ -227,6 +213,8 @@ def main() -> None:
     from service.triton.runtime import start_triton
 
     args.work.mkdir(parents=True, exist_ok=True)
+    from benchmarks.index_throughput import prepare  # the dev model exported with the defaults, once per work dir
+
     repo = prepare(args.work)
     triton = start_triton(repo, args.work / "triton.log")
     try:
