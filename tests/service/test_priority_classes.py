@@ -268,29 +268,39 @@ def test_a_bad_tokenize_class_is_invalid_argument_naming_the_choices(facade: Fac
         assert "PRIORITY_INTERACTIVE (1), PRIORITY_BULK (2)" in str(err.value.details())
 
 
-def test_the_http_tokenize_and_tei_cohere_embed_routes_take_the_header(facade: Facade) -> None:
-    """Every HTTP route that is admitted honours `X-Priority` and the key's pin, and echoes the class:
-    /tokenize (TEI's and vLLM's shapes), /decode, /detokenize, TEI's /embed and Cohere's /v1/embed."""
+def test_every_admitted_http_route_takes_the_class(facade: Facade) -> None:
+    """Every HTTP route that is admitted honours `X-Priority` and the key's pin, counts the request in that
+    class and echoes it: /tokenize (TEI's and vLLM's shapes), /decode, /detokenize, and the peers' embedding routes
+    (Cohere, TEI, Infinity), as /v1/embeddings does: a bulk-pinned key cannot run interactive through any of them.
+    An unknown class is refused in each route family's own error shape."""
+    name = model_name(facade)
     calls = [
         ("/tokenize", {"inputs": "a b"}),
         ("/tokenize", {"prompt": "a b"}),
         ("/decode", {"ids": [1, 2]}),
         ("/detokenize", {"tokens": [1, 2]}),
         ("/embed", {"inputs": "a b"}),
+        ("/", {"inputs": "a b"}),
+        ("/invocations", {"inputs": "a b"}),
+        ("/similarity", {"inputs": {"source_sentence": "a b", "sentences": ["c"]}}),
         ("/v1/embed", {"texts": ["a b"], "input_type": "search_query"}),
+        ("/v1/embed", {"model": name, "texts": ["a b"]}),
+        ("/v2/embed", {"model": name, "texts": ["a b"], "input_type": "search_query"}),
+        ("/embeddings", {"model": name, "input": "a b"}),
     ]
-    before = classes(facade)
     for path, body in calls:
         for key, header, applied in (
             (SEARCH, "bulk", "bulk"),
             (BACKFILL, "interactive", "bulk"),
             (SEARCH, None, "interactive"),
         ):
+            before = classes(facade)
             headers = {"authorization": f"Bearer {key}", **({"x-priority": header} if header else {})}
             response = httpx.post(f"{facade.base_url}{path}", json=body, headers=headers, timeout=60)
             assert response.status_code == 200, (path, response.text)
             assert response.headers["x-priority"] == applied, (path, key, header)
-    assert delta(classes(facade), before) == {"interactive": len(calls), "bulk": 2 * len(calls)}
+            other = "interactive" if applied == "bulk" else "bulk"
+            assert delta(classes(facade), before) == {applied: 1, other: 0}, (path, key, header)
     for path, body in calls:
         response = httpx.post(
             f"{facade.base_url}{path}",
@@ -298,39 +308,6 @@ def test_the_http_tokenize_and_tei_cohere_embed_routes_take_the_header(facade: F
             headers={"authorization": f"Bearer {SEARCH}", "x-priority": "urgent"},
             timeout=30,
         )
-        assert 400 <= response.status_code < 500 and "interactive" in response.text, (path, response.text)
-
-
-def test_every_embedding_route_takes_the_class(facade: Facade) -> None:
-    """The peers' routes (Cohere, TEI, Infinity) run as the X-Priority header or the key's pin says, as
-    /v1/embeddings does: a bulk-pinned key cannot run interactive through another peer's route."""
-    name = model_name(facade)
-    bodies = {
-        "/v1/embed": {"model": name, "texts": ["route"]},
-        "/v2/embed": {"model": name, "texts": ["route"], "input_type": "search_query"},
-        "/embed": {"inputs": "route"},
-        "/": {"inputs": "route"},
-        "/invocations": {"inputs": "route"},
-        "/similarity": {"inputs": {"source_sentence": "route", "sentences": ["other"]}},
-        "/embeddings": {"model": name, "input": "route"},
-    }
-    for path, body in bodies.items():
-        for key, asked in ((SEARCH, "bulk"), (BACKFILL, "interactive")):
-            before = classes(facade)
-            response = httpx.post(
-                f"{facade.base_url}{path}",
-                json=body,
-                headers={"authorization": f"Bearer {key}", "x-priority": asked},
-                timeout=60,
-            )
-            assert response.status_code == 200, (path, response.text)
-            assert response.headers["x-priority"] == "bulk", path
-            assert delta(classes(facade), before) == {"interactive": 0, "bulk": 1}, (path, key)
-        refused = httpx.post(
-            f"{facade.base_url}{path}",
-            json=body,
-            headers={"authorization": f"Bearer {SEARCH}", "x-priority": "urgent"},
-            timeout=60,
-        )
         # Each route family in its own shape and status (TEI answers a validation error with 413).
-        assert refused.status_code in (400, 413, 422) and "priority" in refused.text, (path, refused.text)
+        assert response.status_code in (400, 413, 422), (path, response.text)
+        assert "priority" in response.text and "interactive" in response.text, (path, response.text)
