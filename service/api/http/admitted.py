@@ -6,7 +6,6 @@ routes keep only their own parsing and answers."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import replace
 
 from fastapi import Request
@@ -19,14 +18,15 @@ from service.models import Models
 from service.pipeline.embedder import Embedder
 from service.pipeline.params import EmbedParams, RerankParams
 from service.pipeline.postprocess import check_dimensions
-from service.priority import Priority, applied
+from service.priority import applied
 
 
-async def embedded(request: Request, parse: Parse, priority: Priority | None = None) -> EmbedOutcome:
-    """`parse` (run once admitted, with the served models) admitted and run; as `priority` when given (None:
-    the route applies no class of its own)."""
+async def embedded(request: Request, parse: Parse, body_priority: int | None = None) -> EmbedOutcome:
+    """`parse` (run once admitted, with the served models) admitted and run as the request's priority class:
+    its X-Priority header, else `body_priority` (vLLM's integer field, where the route's body has one), and a
+    key's pin over both. Every embedding route runs here, so none can skip the class."""
     ctx: HttpContext = request.app.state.ctx
-    with applied(priority) if priority is not None else nullcontext():
+    with applied(request_priority(request, body_priority)):
         return await ctx.lifecycle.embed(parse, ctx.lifecycle.deadline(None), abandoned=disconnected(request))
 
 

@@ -28,7 +28,6 @@ from service.api.http.cohere_wire import (
     params_from_v1,
     params_from_v2,
 )
-from service.api.http.priority import request_priority
 from service.api.http.rerank import cohere_results
 from service.api.http.wire import json_response, parse_json, read_json
 from service.api.http.wire import request_body as described_body
@@ -55,9 +54,7 @@ async def embed_answer(
     request: Request, params: EmbedParams, model: str, dimensions: int | None, types: Sequence[str] | None, version: str
 ) -> Response:
     """`params` embedded on `model` (Cohere calls the size output_dimension) and answered in Cohere's shape."""
-    outcome = await embedded(
-        request, on_embedder(params, model, dimensions, "output_dimension"), request_priority(request)
-    )
+    outcome = await embedded(request, on_embedder(params, model, dimensions, "output_dimension"))
     result = outcome.result
     return json_response(embed_body(Embedded(result.vectors, params.texts, result.prompt_tokens), types, version))
 

@@ -14,7 +14,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service import tracing
 from service.api.http.admitted import check_size, embedded
 from service.api.http.peer_fields import WireFormat, params_from_request, split_model_suffix, wire_format
-from service.api.http.priority import request_priority
 from service.api.http.schemas import EmbeddingsRequest, EmbeddingsResponse
 from service.api.http.tei import tei_info_fields
 from service.api.http.token_ids import check_token_ids_allowed
@@ -66,7 +65,7 @@ async def embeddings(request: Request) -> Response:
         params = check_token_ids_allowed(params_from_request(req, suffix_type), ctx.settings)
         return replace(params, model=embedder.info.triton_name, encoding=wire.encoding), embedder
 
-    outcome = await embedded(request, parse, request_priority(request, req.priority))
+    outcome = await embedded(request, parse, req.priority)
     result = outcome.result
     with tracing.stage("encode", **{tracing.ENCODING: wire.label}):
         body = embeddings_json(result.vectors, wire, outcome.model, result.prompt_tokens)

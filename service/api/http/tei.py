@@ -16,7 +16,6 @@ from fastapi.responses import Response
 from service import __version__
 from service.api.http import tokenize
 from service.api.http.admitted import embedded, on_embedder
-from service.api.http.priority import request_priority
 from service.api.http.tei_schemas import Direction, TeiEmbedRequest, TeiErrorResponse, TeiSimilarityRequest
 from service.api.http.tei_wire import TEI_ERROR_RESPONSES, TeiError, empty, parse_tei, tei_error_response, tei_errors
 from service.api.http.token_ids import check_token_ids_allowed
@@ -66,7 +65,7 @@ async def embed_tei(request: Request, params: EmbedParams, dimensions: int | Non
     model; its requests name none)."""
     ctx: HttpContext = request.app.state.ctx
     parse = on_embedder(check_token_ids_allowed(params, ctx.settings), "", dimensions)
-    return await embedded(request, parse, request_priority(request))
+    return await embedded(request, parse)
 
 
 async def embed_response(request: Request) -> Response:
