@@ -116,14 +116,16 @@ def gib(n: int) -> str:
 
 def quantized_weight_bytes(
     vocab: int, hidden: int, layers: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
-    bits: int, block_size: int = 32, embedding_itemsize: int = 2,
+    bits: int, block_size: int = 32, embedding_itemsize: int = 2, positions: int = 0,
 ) -> int:
     """Bytes of an int8 / int4 fused graph's weights, before it is written: the embedding table (float16 as the
-    export writes it; `embedding_itemsize` 4 for a float32 table, as exports before that), and per
-    layer the four linear layers (merged q/k/v, o, merged gate/up, down) as MatMulNBits: `bits` per weight, a
-    float32 scale and a `bits`-wide zero point (a byte per two for 4 bits) per block of `block_size` input rows.
-    Norms and rotary caches are left out (under 0.1 % at 0.6B and up). Used for the chart's sizes of the 4B / 8B
-    quantized graphs (helm/qwen3-embedding/templates/_helpers.tpl weightsGiB), which were not exported here."""
+    export writes it; `embedding_itemsize` 4 for a float32 table, as exports before that), per layer the four
+    linear layers (merged q/k/v, o, merged gate/up, down) as MatMulNBits: `bits` per weight, a float32 scale and a
+    `bits`-wide zero point (a byte per two for 4 bits) per block of `block_size` input rows, and the float32
+    rotary cos / sin caches of `positions` rows (the export writes the config's max_position_embeddings: 16 MiB
+    at 0.6B, 3 % of its int4 graph; 20 MiB at 4B / 8B). Norms are left out (under 0.1 % at 0.6B and up). The
+    chart's int8 / int4 sizes (helm/qwen3-embedding/templates/_helpers.tpl weightsGiB) are this, rounded up to
+    0.01 GiB, for the real 0.6B / 4B / 8B configs (tests/deployment/test_helm.py pins them)."""
     q, kv = heads * head_dim, kv_heads * head_dim
     shapes = [(hidden, q + 2 * kv), (q, hidden), (hidden, 2 * intermediate), (intermediate, hidden)]
     per_layer = 0
@@ -132,4 +134,5 @@ def quantized_weight_bytes(
         codes = n * blocks * (block_size * bits // 8)
         zero_points = n * (-(-blocks * bits // 8))
         per_layer += codes + n * blocks * 4 + zero_points
-    return vocab * hidden * embedding_itemsize + layers * per_layer
+    rotary = 2 * positions * (head_dim // 2) * 4
+    return vocab * hidden * embedding_itemsize + layers * per_layer + rotary

@@ -95,9 +95,10 @@ def test_only_the_linear_layers_are_quantized(quantized_repository: Path) -> Non
 
 
 def test_the_computed_quantized_size_is_the_written_graphs(quantized_repository: Path, dev_model_dir: Path) -> None:
-    """export/memory.py quantized_weight_bytes (what the chart's 4B / 8B int4 / int8 sizes come from) equals the
-    bytes of the embedding table and the MatMulNBits weights, scales and zero points ONNX Runtime's quantizer
-    wrote."""
+    """export/memory.py quantized_weight_bytes (what the chart's int4 / int8 sizes come from, pinned to it by
+    tests/deployment/test_helm.py test_the_charts_quantized_weight_sizes_are_export_memorys) equals the bytes of
+    the float16 embedding table, the MatMulNBits weights, scales and zero points ONNX Runtime's quantizer wrote
+    and the rotary caches of the config's max_position_embeddings."""
     from export.memory import quantized_weight_bytes
 
     cfg = json.loads((dev_model_dir / "config.json").read_text())
@@ -106,11 +107,20 @@ def test_the_computed_quantized_size_is_the_written_graphs(quantized_repository:
     written = sizes["embed_tokens.weight"] + sum(
         sizes[i] for n in model.graph.node if n.op_type == "MatMulNBits" for i in n.input[1:] if i in sizes
     )
+    rotary = sizes["rotary_cos"] + sizes["rotary_sin"]
     computed = quantized_weight_bytes(
         cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
         cfg["num_key_value_heads"], cfg["head_dim"], cfg["intermediate_size"], bits=4, block_size=32,
     )  # fmt: skip
     assert computed == written
+    positions = cfg["max_position_embeddings"]
+    assert rotary > 0 and sizes["rotary_cos"] == positions * cfg["head_dim"] // 2 * 4
+    with_rotary = quantized_weight_bytes(
+        cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
+        cfg["num_key_value_heads"], cfg["head_dim"], cfg["intermediate_size"], bits=4, block_size=32,
+        positions=positions,
+    )  # fmt: skip
+    assert with_rotary == written + rotary
 
 
 def test_config_and_report_record_precision_method_and_agreement(quantized_repository: Path) -> None:
