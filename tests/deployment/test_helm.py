@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 import subprocess
@@ -1212,9 +1213,10 @@ def _quantity_gib(q: str) -> float:
     ("size", "host_mem_gib", "export_mem_gib", "startup_s"),
     # host: the fp16 weights (1.11 / 7.49 / 14.1 GiB) + ~2 GiB while Triton loads; export: 2.5 x weights
     # (the exporter's pre-check), 23.0 GiB measured for 4B, >= 48 GiB for 8B on CPU (docs/export.md).
-    # int4: 3.61 / 6.46 GiB of weights + 2 GiB; export: 2.3 x the fp32 weights (estimated, presets' comments).
+    # int4: 2.92 / 5.33 GiB of weights (float16 table) + 2 GiB; export: 2.3 x the fp32 weights (estimated,
+    # presets' comments).
     [("0.6b", 3.1, 2.8, 600), ("4b", 9.5, 23.0, 900), ("8b", 16.1, 48, 1200),
-     ("4b-int4-16gb", 5.6, 40, 600), ("8b-int4-24gb", 8.5, 72, 900)],
+     ("4b-int4-16gb", 4.92, 40, 600), ("8b-int4-24gb", 7.33, 72, 900)],
 )
 def test_presets_size_export_and_server(size: str, host_mem_gib: float, export_mem_gib: float, startup_s: int) -> None:
     """The presets carry the figures they document: the export fits the measured / required peak (4B: 23.0 GiB
@@ -1268,19 +1270,76 @@ def test_quantized_presets_fit_their_card(size: str, model: str, card_gb: int) -
     assert (pairs["--precision"], pairs["--quant-method"], pairs["--quant-block-size"]) == ("int4", "rtn", "32")
     s = REAL_SHAPES[model]
     weights = quantized_weight_bytes(
-        s.vocab_size, s.hidden_size, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate_size, 4, 32
+        s.vocab_size, s.hidden_size, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate_size, 4, 32,
+        positions=s.max_position_embeddings,
     )
     config = {"num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads, "head_dim": s.head_dim,
               "hidden_size": s.hidden_size, "intermediate_size": s.intermediate_size}
     memory = PeakMemory.for_model(config, 0, Precision.INT4, fused=True, graph_bytes=weights)
     need = memory.instance_bytes(0, job["maxTokens"], job["maxBatchSize"])  # the onnxruntime backend: no split
     assert need + 2**30 <= card_gb * 10**9, f"{need / 2**30:.1f} GiB on a {card_gb} GB card"
+    # The README's presets table and the preset's own comment state that figure.
+    readme = (CHART_DIR / "README.md").read_text()
+    row = re.search(rf"^\| {size} \|[^\n]*?\| ([0-9.]+) GiB \({card_gb} GB GPU\)", readme, re.M)
+    assert row and float(row.group(1)) == round(need / 2**30, 1)
+    assert f"4 x 4,096 tokens = {need / 2**30:.1f} GiB of GPU memory" in " ".join(
+        line.lstrip("# ") for line in (PRESETS_DIR / f"{size}.yaml").read_text().splitlines()
+    )
     # At fp16 (4B 7.49, 8B 14.1 GiB of weights) the same batch would not fit: 4-bit weights make the preset.
     fp16_weights = int({"4B": 7.49, "8B": 14.1}[model] * 2**30)
     fp16 = PeakMemory.for_model(config, 0, Precision.FP16, fused=True, graph_bytes=fp16_weights)
     assert fp16.instance_bytes(0, job["maxTokens"], job["maxBatchSize"]) > card_gb * 10**9
     triton = container(pod_spec(render(values)), "triton")
     assert _quantity_gib(triton["resources"]["limits"]["memory"]) >= weights / 2**30 + 2
+
+
+# A template beside the chart's own that prints weightsGiB for every size, precision and model kind.
+WEIGHTS_PROBE = """{{- $out := dict }}
+{{- range $kind := list "Embedding" "Reranker" }}{{ range $size := list "0.6B" "4B" "8B" }}
+{{- range $precision := list "int8" "int4" }}
+{{- $args := dict "model" (printf "Qwen/Qwen3-%s-%s" $kind $size) "precision" $precision }}
+{{- $_ := set $out (printf "%s %s %s" $kind $size $precision) (include "qwen3-embedding.weightsGiB" $args) }}
+{{- end }}{{ end }}{{ end }}
+{{- toJson $out }}
+"""
+
+
+def test_the_charts_quantized_weight_sizes_are_export_memorys(tmp_path: Path) -> None:
+    """The chart's int8 / int4 weight sizes (weightsGiB, which the several-models memory guard sums) are
+    export/memory.py quantized_weight_bytes for the real 0.6B / 4B / 8B configs at block size 32 with the float16
+    embedding table and the rotary caches (max_position_embeddings) the export writes, rounded up to 0.01 GiB;
+    rerankers count the same. Rendered through the chart's own helper, so a change on either side fails here
+    (tests/export/test_quantized.py ties the function to the bytes the quantizer writes)."""
+    import shutil
+
+    from export.dev_model import REAL_SHAPES
+    from export.memory import quantized_weight_bytes
+
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART_DIR, chart)
+    (chart / "templates" / "weights-probe.txt").write_text(WEIGHTS_PROBE)
+    opts = {"name": RELEASE, "namespace": NAMESPACE, "api_versions": list(CRD_APIS)}
+    loaded = helm_python.Chart.load(chart)  # held while rendering: its native handle is freed with it
+    rendered = json.loads(helm_native.call_string("helm_render", loaded._raw(), "{}", json.dumps(opts)))
+    probe = json.loads(rendered["qwen3-embedding/templates/weights-probe.txt"])
+    charted = {key: float(gib) for key, gib in probe.items()}
+    expected = {}
+    for kind in ("Embedding", "Reranker"):
+        for size, s in REAL_SHAPES.items():
+            for precision, bits in (("int8", 8), ("int4", 4)):
+                n = quantized_weight_bytes(
+                    s.vocab_size, s.hidden_size, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate_size,
+                    bits, block_size=32, embedding_itemsize=2, positions=s.max_position_embeddings,
+                )  # fmt: skip
+                expected[f"{kind} {size} {precision}"] = math.ceil(n / 2**30 * 100) / 100
+    assert charted == expected
+    # The float32 table of the exports before 2026-12-05 is not what the chart counts any more.
+    s = REAL_SHAPES["4B"]
+    old = quantized_weight_bytes(
+        s.vocab_size, s.hidden_size, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate_size, 4,
+        embedding_itemsize=4,
+    )  # fmt: skip
+    assert charted["Embedding 4B int4"] < old / 2**30 - 0.5
 
 
 def test_quantized_exports_carry_their_method_and_block_size() -> None:

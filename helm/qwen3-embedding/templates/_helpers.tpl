@@ -195,16 +195,18 @@ export Job's init container that exports it). Fails on a repeated name or contai
 {{/*
 GiB of weights Triton holds for an export setting (fp16/bf16: 0.6B 1.11, 4B 7.49, 8B 14.1 GiB, the figures of
 presets/ and export/memory.py; fp32 twice that); 0 when the size is not in the model id. Rerankers count the
-same: their graph keeps the backbone and two LM-head rows. int8 / int4 (block size 32): the float32 embedding
-table + the linear layers at 8 / 4 bits with a float32 scale and a zero point per 32 weights (1.16 / 0.64 bytes
-a weight): 0.6B 1.07 / 0.86 GiB (the measured graphs, docs/export.md), 4B 5.36 / 3.61, 8B 9.79 / 6.46 GiB
-(computed the same way; export/memory.py quantized_weight_bytes). Larger blocks are a little smaller: the
-block-32 figures are the safe side.
+same: their graph keeps the backbone and two LM-head rows. int8 / int4 (block size 32), as the export writes
+them: the float16 embedding table + the linear layers at 8 / 4 bits with a float32 scale and a zero point per 32
+weights (1.16 / 0.64 bytes a weight) + the rotary caches: 0.6B 0.78 / 0.57, 4B 4.66 / 2.92, 8B 8.66 / 5.33 GiB,
+all computed (export/memory.py quantized_weight_bytes, rounded up to 0.01 GiB; tests/deployment/test_helm.py
+pins them to it; a 0.6B int4 graph with 8,192 rotary positions measured 0.56 GiB on disk, docs/export.md, as
+computed). Exports before 2026-12-05 kept the table in float32 (0.6B measured 1.07 / 0.86 GiB): for those these figures are low by half the table (0.29 / 0.72 / 1.16
+GiB); re-exporting makes them right. Larger blocks are a little smaller: the block-32 figures are the safe side.
 */}}
 {{- define "qwen3-embedding.weightsGiB" -}}
 {{- $gib := 0.0 }}
 {{- $model := toString .model }}
-{{- $sizes := dict "fp16" (list 1.11 7.49 14.1) "int8" (list 1.07 5.36 9.79) "int4" (list 0.86 3.61 6.46) }}
+{{- $sizes := dict "fp16" (list 1.11 7.49 14.1) "int8" (list 0.78 4.66 8.66) "int4" (list 0.57 2.92 5.33) }}
 {{- $row := get $sizes (toString .precision) | default (get $sizes "fp16") }}
 {{- if regexMatch "(?i)-0[.]6B($|[^0-9])" $model }}{{ $gib = index $row 0 }}{{ else if regexMatch "(?i)-4B($|[^0-9])" $model }}{{ $gib = index $row 1 }}{{ else if regexMatch "(?i)-8B($|[^0-9])" $model }}{{ $gib = index $row 2 }}{{ end }}
 {{- if eq (toString .precision) "fp32" }}{{ $gib = mulf $gib 2 }}{{ end }}
