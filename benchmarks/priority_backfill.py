@@ -12,6 +12,9 @@ classes existed), on the same Triton:
    20-200 words -> rows/s, wall time of the whole command;
 3. both at once: the same index command, with the interactive load running from 3 s after it starts (its
    start-up) until it exits -> interactive p99 and index rows/s beside each other.
+With --direct, the floor under the facade: the same rate of pre-tokenized one-row calls straight to Triton (no
+facade), alone after step 1 and beside the backfill next to the facade's queries (which keep the classes engaged),
+-> Triton's own p99 alone and beside the backfill.
 Acceptance (issue 28): with classes on, interactive p99 beside the backfill <= 1.5x its p99 alone, and the
 backfill keeps >= 70% of its solo rows/s. Prints a markdown table; --json prints the figures as one JSON line.
 """
@@ -27,6 +30,7 @@ import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".cache" / "bench" / "priority-backfill"
 WORDS = ("river", "engine", "garden", "market", "winter", "signal", "harbor", "lantern", "orbit", "canyon")
 INDEX_START_S = 3.0  # the index command's start-up (imports, reading the corpus) before it sends anything
+MODEL = "qwen3_embedding"  # the dev export's model name (the service's default)
 MODES = {"classes on": {}, "classes off": {"QWEN3_EMBED_PRIORITY_CLASSES": "false"}}
 
 
@@ -53,6 +58,9 @@ class Mode:
     interactive_errors: int
     solo_rows_per_s: float
     beside_rows_per_s: float
+    # --direct: one-row calls straight to Triton, same rate (None: not measured)
+    direct_alone_p99_ms: float | None = None
+    direct_beside_p99_ms: float | None = None
 
     @property
     def p99_ratio(self) -> float:
@@ -118,6 +126,40 @@ async def interactive_load(target: str, rate: float, until: Any) -> tuple[list[f
     return latencies, errors
 
 
+# A query as the facade sends it: 32 ids (the query instruction and a short question fill one 32-token bucket).
+DIRECT_IDS = [9707 + i for i in range(31)] + [151643]
+
+
+def direct_load(triton_url: str, model: str, rate: float, until: Any) -> tuple[list[float], int]:
+    """Pre-tokenized one-row calls straight to Triton at `rate` per second (interactive level, Triton's
+    default), paced on schedule, until `until()` is true: latencies (s) and errors. What the facade adds
+    nothing to: the floor of its own latency."""
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+
+    client = triton_grpc.InferenceServerClient(triton_url)
+    ids = np.array([DIRECT_IDS], dtype=np.int64)
+    latencies: list[float] = []
+    errors, sent, start = 0, 0, time.perf_counter()
+    try:
+        while not until():
+            inputs = [triton_grpc.InferInput("input_ids", list(ids.shape), "INT64")]
+            inputs.append(triton_grpc.InferInput("attention_mask", list(ids.shape), "INT64"))
+            inputs[0].set_data_from_numpy(ids)
+            inputs[1].set_data_from_numpy(np.ones_like(ids))
+            started = time.perf_counter()
+            try:
+                client.infer(model, inputs, client_timeout=30)  # seconds; `timeout` is Triton's own, in microseconds
+                latencies.append(time.perf_counter() - started)
+            except triton_grpc.InferenceServerException:
+                errors += 1
+            sent += 1
+            time.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+    finally:
+        client.close()
+    return latencies, errors
+
+
 def start_index(target: str, corpus_path: Path, out: Path) -> subprocess.Popen[bytes]:
     for stale in (out, out.with_name(out.name + ".parts")):
         if stale.is_dir():
@@ -138,19 +180,51 @@ def run_index(target: str, corpus_path: Path, out: Path) -> float:
 
 
 def measure(
-    name: str, target: str, work: Path, rows: int, rate: float, seconds: float, index_start_s: float = INDEX_START_S
+    name: str,
+    target: str,
+    work: Path,
+    rows: int,
+    rate: float,
+    seconds: float,
+    index_start_s: float = INDEX_START_S,
+    direct: tuple[str, str] | None = None,
 ) -> Mode:
+    """One facade's figures; `direct` = (Triton's gRPC address, model name) adds Triton's own p99."""
     corpus_path, out = work / "corpus.jsonl", work / "out.parquet"
     ends = time.perf_counter() + seconds
     alone, errors = asyncio.run(interactive_load(target, rate, lambda: time.perf_counter() >= ends))
+    direct_alone: list[float] = []
+    if direct:
+        ends = time.perf_counter() + seconds
+        direct_alone, direct_errors = direct_load(*direct, rate, lambda: time.perf_counter() >= ends)
+        errors += direct_errors
     solo_s = run_index(target, corpus_path, out)
     started = time.perf_counter()
     process = start_index(target, corpus_path, out)
     time.sleep(index_start_s)
+    direct_beside: dict[str, Any] = {}
+    thread = None
+    if direct:
+        address, model = direct
+
+        def beside_direct() -> None:
+            direct_beside["result"] = direct_load(address, model, rate, lambda: process.poll() is not None)
+
+        thread = threading.Thread(target=beside_direct)
+        thread.start()
     beside, more_errors = asyncio.run(interactive_load(target, rate, lambda: process.poll() is not None))
+    if thread is not None:
+        thread.join()
+        more_errors += direct_beside["result"][1]
     if process.wait() != 0:
         raise RuntimeError(f"qwen3-embed index failed ({process.returncode})")
     beside_s = time.perf_counter() - started
+    direct_figures = {}
+    if direct:
+        direct_figures = {
+            "direct_alone_p99_ms": percentile(direct_alone, 99) * 1000,
+            "direct_beside_p99_ms": percentile(direct_beside["result"][0], 99) * 1000,
+        }
     return Mode(
         name=name,
         alone_p50_ms=percentile(alone, 50) * 1000,
@@ -161,6 +235,7 @@ def measure(
         interactive_errors=errors + more_errors,
         solo_rows_per_s=rows / solo_s,
         beside_rows_per_s=rows / beside_s,
+        **direct_figures,
     )
 
 
@@ -172,8 +247,10 @@ def run(
     rate: float,
     seconds: float,
     index_start_s: float = INDEX_START_S,
+    direct_model: str | None = None,
 ) -> list[Mode]:
-    """Both modes against a running Triton serving `repo` (the smoke test passes the session's)."""
+    """Both modes against a running Triton serving `repo` (the smoke test passes the session's); `direct_model`
+    (the embedding model's name) adds Triton's own p99 (--direct)."""
     from devtools.launch import launch_facade
 
     work.mkdir(parents=True, exist_ok=True)
@@ -181,7 +258,8 @@ def run(
     results = []
     for name, env in MODES.items():
         with launch_facade(repo, triton_url, work, env=env) as facade:
-            results.append(measure(name, facade.target, work, rows, rate, seconds, index_start_s))
+            direct = (triton_url, direct_model) if direct_model else None
+            results.append(measure(name, facade.target, work, rows, rate, seconds, index_start_s, direct))
     return results
 
 
@@ -193,11 +271,17 @@ def table(modes: list[Mode], rows: int, rate: float) -> str:
         "| share |",
         "|---|---|---|---|---|---|---|",
     ]
+    if any(m.direct_beside_p99_ms is not None for m in modes):
+        lines[1] += " Triton direct p99 alone / beside |"
+        lines[2] += "---|"
     for m in modes:
+        direct = ""
+        if m.direct_alone_p99_ms is not None and m.direct_beside_p99_ms is not None:
+            direct = f" {m.direct_alone_p99_ms:.1f} / {m.direct_beside_p99_ms:.1f} ms |"
         lines.append(
             f"| {m.name} | {m.alone_p50_ms:.1f} / {m.alone_p99_ms:.1f} ms | {m.beside_p50_ms:.1f} / "
             f"{m.beside_p99_ms:.1f} ms | {m.p99_ratio:.2f}x | {m.solo_rows_per_s:.0f} rows/s | "
-            f"{m.beside_rows_per_s:.0f} rows/s | {m.backfill_share:.0%} |"
+            f"{m.beside_rows_per_s:.0f} rows/s | {m.backfill_share:.0%} |{direct}"
         )
     return "\n".join(lines)
 
@@ -209,6 +293,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="Interactive load alone, seconds")
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--direct", action="store_true", help="Also the same rate of one-row calls straight to Triton: its own p99"
+    )
     args = parser.parse_args()
     from service.triton.runtime import start_triton
 
@@ -218,7 +305,8 @@ def main() -> None:
     repo = prepare(args.work)
     triton = start_triton(repo, args.work / "triton.log")
     try:
-        modes = run(repo, triton.grpc_url, args.work, args.rows, args.rate, args.seconds)
+        direct_model = MODEL if args.direct else None
+        modes = run(repo, triton.grpc_url, args.work, args.rows, args.rate, args.seconds, direct_model=direct_model)
     finally:
         triton.stop()
     if args.json:
