@@ -39,6 +39,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".cache" / "bench-quantized-service"
 NAME = "qwen3_embedding"
+MAX_TOKENS = 4096  # the exports' --max-tokens: no workload text may be longer (with its EOS)
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,23 @@ def export(model: Path, repo: Path, variant: str, gate: tuple[str, ...] = ()) ->
     base, _, block = variant.partition("-b")  # int4-rtn-int8-b256: blocks of 256
     precision, _, rest = base.partition("-")
     method, _, compute = rest.partition("-")
-    args = ["export", "--model", str(model), "--output", str(repo), "--name", NAME, "--precision", precision,
-            "--max-tokens", "4096", "--verify-long-tokens", "1024", "--skip-resource-check", "--no-warmup"]
+    args = [
+        "export",
+        "--model",
+        str(model),
+        "--output",
+        str(repo),
+        "--name",
+        NAME,
+        "--precision",
+        precision,
+        "--max-tokens",
+        str(MAX_TOKENS),
+        "--verify-long-tokens",
+        "1024",
+        "--skip-resource-check",
+        "--no-warmup",
+    ]
     args += ["--quant-method", method] if method else []
     args += ["--quant-compute", compute] if compute else []
     args += ["--quant-block-size", block] if block else []
@@ -159,7 +175,8 @@ def serve_and_measure(repo: Path, loads: dict[str, Load], logs: Path) -> dict[st
             env = {"QWEN3_EMBED_WORKERS": "1"}
             with launch_facade(repo, triton.grpc_url, logs, env=env, timeout=600) as facade:
                 for name, load in loads.items():
-                    spec = LengthSpec(int(load.tokens * 0.9), int(load.tokens * 1.1) + 1)
+                    # +-10 % around the load's length, never past what the export serves (the 4k documents)
+                    spec = LengthSpec(int(load.tokens * 0.9), min(int(load.tokens * 1.1) + 1, MAX_TOKENS * 95 // 100))
                     texts = make_texts(spec, load.texts, seed=7)
                     out[f"{name}_tokens_per_s"] = asyncio.run(drive(facade.target, texts, load))
         out["serving_peak_rss"] = rss.peak
@@ -183,8 +200,11 @@ def main() -> None:
         "shows the agreement measured)",
     )
     parser.add_argument(
-        "--layers", type=int, default=0, help="keep this many of the shape's layers (0: all; a cut of a shape "
-        "whose whole fp32 export does not fit this machine)"
+        "--layers",
+        type=int,
+        default=0,
+        help="keep this many of the shape's layers (0: all; a cut of a shape "
+        "whose whole fp32 export does not fit this machine)",
     )
     args = parser.parse_args()
     from dataclasses import replace
@@ -220,29 +240,43 @@ def main() -> None:
     where = f"{platform.machine()}, {os.cpu_count()} CPUs"
     print(f"\n{config}, {where}; facade + Triton (export defaults), gRPC Embed\n")
     names = list(loads)
-    print("| variant | disk MiB | export s | export peak RSS MiB | Triton RSS loaded / serving MiB | "
-          + " | ".join(f"{n} tok/s" for n in names) + " | agreement (export gate) |")
+    print(
+        "| variant | disk MiB | export s | export peak RSS MiB | Triton RSS loaded / serving MiB | "
+        + " | ".join(f"{n} tok/s" for n in names)
+        + " | agreement (export gate) |"
+    )
     print("|---|---|---|---|---|" + "---|" * len(names) + "---|")
     base = next((r for r in rows if "refused" not in r), None)
     mib = 2**20
     for r in rows:
         if "refused" in r:
-            print(f"| {r['variant']} | - | {r['export_seconds']:.0f} | - | - | " + " | ".join("-" for _ in names)
-                  + f" | refused: {r['refused'][:90]} |")
+            print(
+                f"| {r['variant']} | - | {r['export_seconds']:.0f} | - | - | "
+                + " | ".join("-" for _ in names)
+                + f" | refused: {r['refused'][:90]} |"
+            )
             continue
         assert base is not None
-        speeds = " | ".join(f"{r[f'{n}_tokens_per_s']:.0f} ({r[f'{n}_tokens_per_s'] / base[f'{n}_tokens_per_s']:.2f}x)"
-                            for n in names)
+        speeds = " | ".join(
+            f"{r[f'{n}_tokens_per_s']:.0f} ({r[f'{n}_tokens_per_s'] / base[f'{n}_tokens_per_s']:.2f}x)" for n in names
+        )
         agree = ", ".join(f"{k} {v:.4f}" for k, v in r["agreement"].items())
         agree += f" (gate lowered: {r['gate']})" if "gate" in r else ""
-        print(f"| {r['variant']} | {r['disk_bytes'] / mib:.1f} | {r['export_seconds']:.0f} | "
-              f"{r['export_peak_rss'] / mib:.0f} | {r['loaded_rss'] / mib:.0f} / {r['serving_peak_rss'] / mib:.0f} | "
-              f"{speeds} | {agree} |")
+        print(
+            f"| {r['variant']} | {r['disk_bytes'] / mib:.1f} | {r['export_seconds']:.0f} | "
+            f"{r['export_peak_rss'] / mib:.0f} | {r['loaded_rss'] / mib:.0f} / {r['serving_peak_rss'] / mib:.0f} | "
+            f"{speeds} | {agree} |"
+        )
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
     path = results / f"quantized-service-{config}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    summary = {"config": config, "quick": args.quick, "loads": {k: vars(v) for k, v in loads.items()},
-               "cpus": os.cpu_count(), "rows": rows}
+    summary = {
+        "config": config,
+        "quick": args.quick,
+        "loads": {k: vars(v) for k, v in loads.items()},
+        "cpus": os.cpu_count(),
+        "rows": rows,
+    }
     path.write_text(json.dumps(summary, indent=1) + "\n")
     print(f"\n{path.relative_to(ROOT)}")
 
