@@ -30,11 +30,14 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from export.triton_config import DEFAULT_NAMES
+from service.contract import ModelKind
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -43,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".cache" / "bench" / "priority-backfill"
 WORDS = ("river", "engine", "garden", "market", "winter", "signal", "harbor", "lantern", "orbit", "canyon")
 INDEX_START_S = 3.0  # the index command's start-up (imports, reading the corpus) before it sends anything
-MODEL = "qwen3_embedding"  # the dev export's model name (the service's default)
+MODEL = DEFAULT_NAMES[ModelKind.EMBEDDING]  # the name the export gives the dev model (the service's default)
 MODES = {"classes on": {}, "classes off": {"QWEN3_EMBED_PRIORITY_CLASSES": "false"}}
 
 
@@ -93,71 +96,78 @@ def percentile(values: list[float], q: float) -> float:
     return pct(values, q)
 
 
+async def paced(
+    send: Callable[[], Awaitable[object]], rate: float, until: Any, errors: tuple[type[BaseException], ...]
+) -> tuple[list[float], int]:
+    """`send()` at `rate` per second, open loop (on schedule whether or not earlier ones have answered), until
+    `until()` is true: latencies (s) of the answered ones and the count of those that raised one of `errors`."""
+    latencies: list[float] = []
+    failed = 0
+
+    async def one() -> None:
+        nonlocal failed
+        started = time.perf_counter()
+        try:
+            await send()
+            latencies.append(time.perf_counter() - started)
+        except errors:
+            failed += 1
+
+    tasks = []
+    start, sent = time.perf_counter(), 0
+    while not until():
+        tasks.append(asyncio.create_task(one()))
+        sent += 1
+        await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+    await asyncio.gather(*tasks)
+    return latencies, failed
+
+
 async def interactive_load(target: str, rate: float, until: Any) -> tuple[list[float], int]:
-    """Short queries at `rate` per second, open loop, until `until()` is true: latencies (s) and errors."""
+    """Short queries through the facade at `rate` per second, open loop, until `until()` is true: latencies (s)
+    and errors."""
     import grpc
 
     from service.gen.embedding.v1 import embedding_pb2 as pb
     from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
 
-    latencies: list[float] = []
-    errors = 0
     rng = random.Random(1)
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.EmbeddingServiceStub(channel)
         await stub.Embed(pb.EmbedRequest(inputs=["warm up"], prompt_name="query"), timeout=30)
 
-        async def one(text: str) -> None:
-            nonlocal errors
-            started = time.perf_counter()
-            try:
-                await stub.Embed(pb.EmbedRequest(inputs=[text], prompt_name="query"), timeout=30)
-                latencies.append(time.perf_counter() - started)
-            except grpc.aio.AioRpcError:
-                errors += 1
+        def query() -> Awaitable[object]:
+            text = f"how does a {rng.choice(WORDS)} {rng.choice(WORDS)} work"
+            return stub.Embed(pb.EmbedRequest(inputs=[text], prompt_name="query"), timeout=30)
 
-        tasks = []
-        start, sent = time.perf_counter(), 0
-        while not until():
-            tasks.append(asyncio.create_task(one(f"how does a {rng.choice(WORDS)} {rng.choice(WORDS)} work")))
-            sent += 1
-            await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
-        await asyncio.gather(*tasks)
-    return latencies, errors
+        return await paced(query, rate, until, (grpc.aio.AioRpcError,))
 
 
 # A query as the facade sends it: 32 ids (the query instruction and a short question fill one 32-token bucket).
 DIRECT_IDS = [9707 + i for i in range(31)] + [151643]
 
 
-def direct_load(triton_url: str, model: str, rate: float, until: Any) -> tuple[list[float], int]:
+async def direct_load(triton_url: str, model: str, rate: float, until: Any) -> tuple[list[float], int]:
     """Pre-tokenized one-row calls straight to Triton at `rate` per second (interactive level, Triton's
-    default), paced on schedule, until `until()` is true: latencies (s) and errors. What the facade adds
-    nothing to: the floor of its own latency."""
+    default), open loop, until `until()` is true: latencies (s) and errors. What the facade adds nothing to:
+    the floor of its own latency."""
     import numpy as np
     import tritonclient.grpc as triton_grpc
+    import tritonclient.grpc.aio as triton_aio
+    from tritonclient.utils import InferenceServerException
 
-    client = triton_grpc.InferenceServerClient(triton_url)
     ids = np.array([DIRECT_IDS], dtype=np.int64)
-    latencies: list[float] = []
-    errors, sent, start = 0, 0, time.perf_counter()
+    inputs = [triton_grpc.InferInput(name, list(ids.shape), "INT64") for name in ("input_ids", "attention_mask")]
+    inputs[0].set_data_from_numpy(ids)
+    inputs[1].set_data_from_numpy(np.ones_like(ids))
+    client = triton_aio.InferenceServerClient(triton_url)
     try:
-        while not until():
-            inputs = [triton_grpc.InferInput("input_ids", list(ids.shape), "INT64")]
-            inputs.append(triton_grpc.InferInput("attention_mask", list(ids.shape), "INT64"))
-            inputs[0].set_data_from_numpy(ids)
-            inputs[1].set_data_from_numpy(np.ones_like(ids))
-            started = time.perf_counter()
-            try:
-                client.infer(model, inputs, client_timeout=30)  # seconds; `timeout` is Triton's own, in microseconds
-                latencies.append(time.perf_counter() - started)
-            except triton_grpc.InferenceServerException:
-                errors += 1
-            sent += 1
-            time.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+        # client_timeout is in seconds; `timeout` would be Triton's own queue timeout, in microseconds
+        return await paced(
+            lambda: client.infer(model, inputs, client_timeout=30), rate, until, (InferenceServerException,)
+        )
     finally:
-        client.close()
-    return latencies, errors
+        await client.close()
 
 
 def start_index(target: str, corpus_path: Path, out: Path) -> subprocess.Popen[bytes]:
@@ -196,34 +206,33 @@ def measure(
     direct_alone: list[float] = []
     if direct:
         ends = time.perf_counter() + seconds
-        direct_alone, direct_errors = direct_load(*direct, rate, lambda: time.perf_counter() >= ends)
+        direct_alone, direct_errors = asyncio.run(direct_load(*direct, rate, lambda: time.perf_counter() >= ends))
         errors += direct_errors
     solo_s = run_index(target, corpus_path, out)
     started = time.perf_counter()
     process = start_index(target, corpus_path, out)
     time.sleep(index_start_s)
-    direct_beside: dict[str, Any] = {}
-    thread = None
-    if direct:
-        address, model = direct
 
-        def beside_direct() -> None:
-            direct_beside["result"] = direct_load(address, model, rate, lambda: process.poll() is not None)
+    def exited() -> bool:
+        return process.poll() is not None
 
-        thread = threading.Thread(target=beside_direct)
-        thread.start()
-    beside, more_errors = asyncio.run(interactive_load(target, rate, lambda: process.poll() is not None))
-    if thread is not None:
-        thread.join()
-        more_errors += direct_beside["result"][1]
+    async def beside_index() -> list[tuple[list[float], int]]:
+        loads = [interactive_load(target, rate, exited)]
+        if direct:
+            loads.append(direct_load(*direct, rate, exited))
+        return await asyncio.gather(*loads)
+
+    (beside, more_errors), *direct_beside = asyncio.run(beside_index())
     if process.wait() != 0:
         raise RuntimeError(f"qwen3-embed index failed ({process.returncode})")
     beside_s = time.perf_counter() - started
     direct_figures = {}
-    if direct:
+    if direct_beside:
+        latencies, direct_errors = direct_beside[0]
+        more_errors += direct_errors
         direct_figures = {
             "direct_alone_p99_ms": percentile(direct_alone, 99) * 1000,
-            "direct_beside_p99_ms": percentile(direct_beside["result"][0], 99) * 1000,
+            "direct_beside_p99_ms": percentile(latencies, 99) * 1000,
         }
     return Mode(
         name=name,
