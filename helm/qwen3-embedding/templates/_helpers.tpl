@@ -200,8 +200,9 @@ them: the float16 embedding table + the linear layers at 8 / 4 bits with a float
 weights (1.16 / 0.64 bytes a weight) + the rotary caches: 0.6B 0.78 / 0.57, 4B 4.66 / 2.92, 8B 8.66 / 5.33 GiB,
 all computed (export/memory.py quantized_weight_bytes, rounded up to 0.01 GiB; tests/deployment/test_helm.py
 pins them to it; a 0.6B int4 graph with 8,192 rotary positions measured 0.56 GiB on disk, docs/export.md, as
-computed). Exports before 2026-12-05 kept the table in float32 (0.6B measured 1.07 / 0.86 GiB): for those these figures are low by half the table (0.29 / 0.72 / 1.16
-GiB); re-exporting makes them right. Larger blocks are a little smaller: the block-32 figures are the safe side.
+computed). Exports before 2026-12-05 kept the table in float32 (0.6B measured 1.07 / 0.86 GiB): for those
+these figures are low by half the table (0.29 / 0.72 / 1.16 GiB); re-exporting makes them right. Larger blocks
+are a little smaller: the block-32 figures are the safe side.
 */}}
 {{- define "qwen3-embedding.weightsGiB" -}}
 {{- $gib := 0.0 }}
