@@ -80,7 +80,7 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy service export devtools indexing
+	$(BIN)/mypy service export devtools indexing benchmarks
 
 clean:
 	rm -rf $(VENV) .cache

@@ -74,7 +74,7 @@ def build(shape: DevModelShape, device: torch.device) -> torch.nn.Module:
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with device:
-        model = Qwen3Model(config).to(torch.bfloat16)
+        model = Qwen3Model(config).bfloat16()
     return model.eval()
 
 

@@ -293,13 +293,13 @@ def main() -> None:
           + " | ".join(f"{h} tok/s" for h in heads) + f" | computed {total_layers}-layer weights GiB |")
     print("|---|---|---|---|---|" + "---|" * len(heads) + "---|")
     for r in rows:
-        speeds = " | ".join(
+        cells = " | ".join(
             f"{r[f'{h}_tokens_per_s']:.0f} ({r[f'{h}_tokens_per_s'] / base[f'{h}_tokens_per_s']:.2f}x)" for h in heads
         )
         full = r["embedding_bytes"] + r["linear_bytes"] * total_layers / args.layers
         print(f"| {r['variant']} | {r['disk_bytes'] / gib:.2f} | {r['linear_bytes'] / gib:.2f} | "
               f"{r['loaded_rss'] / gib:.2f} | {r['run_rss'] / gib:.2f} ({r['run_rss_anon'] / gib:.2f} + "
-              f"{r['run_rss_file'] / gib:.2f}) | {speeds} | {full / gib:.2f} |")
+              f"{r['run_rss_file'] / gib:.2f}) | {cells} | {full / gib:.2f} |")
     print("\nprofile, query_b32, seconds per run by op type (top 5):")
     for r in rows:
         top = list(r["profile_s_per_run_by_op"].items())[:5]

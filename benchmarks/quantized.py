@@ -23,6 +23,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -94,7 +95,7 @@ def speed(graph: Path, threads: int, repeat: int) -> dict[str, float]:
     return out
 
 
-def _timed(session: object, feed: dict[str, object]) -> float:
+def _timed(session: object, feed: Mapping[str, object]) -> float:
     start = time.perf_counter()
     session.run(None, feed)  # type: ignore[attr-defined]
     return time.perf_counter() - start

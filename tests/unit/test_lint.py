@@ -18,5 +18,5 @@ def test_ruff() -> None:
 
 
 def test_mypy() -> None:
-    result = run("mypy", "service", "export", "devtools", "indexing")
+    result = run("mypy", "service", "export", "devtools", "indexing", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
