@@ -54,6 +54,11 @@ FULL = {"short": Load(256, 20, 8, 4), "doc1k": Load(8, 1024, 1, 2), "doc4k": Loa
 QUICK = {"short": Load(64, 20, 8, 4), "doc1k": Load(4, 1024, 1, 2), "doc4k": Load(2, 4096, 1, 2)}
 
 
+def quantized(variant: str) -> bool:
+    """int8 / int4 variants: the ones the export gate's overrides apply to."""
+    return variant.startswith(("int8", "int4"))
+
+
 def export(model: Path, repo: Path, variant: str, gate: tuple[str, ...] = ()) -> dict[str, Any]:
     """`qwen3-embed export` of one variant into its own repository (fresh process); refused -> {"refused": line}."""
     base, _, block = variant.partition("-b")  # int4-rtn-int8-b256: blocks of 256
@@ -79,7 +84,7 @@ def export(model: Path, repo: Path, variant: str, gate: tuple[str, ...] = ()) ->
     args += ["--quant-method", method] if method else []
     args += ["--quant-compute", compute] if compute else []
     args += ["--quant-block-size", block] if block else []
-    args += list(gate) if precision in ("int8", "int4") else []
+    args += list(gate) if quantized(variant) else []
     code = (
         "import resource, sys\nfrom service.cli import app\n"
         "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
@@ -229,7 +234,7 @@ def main() -> None:
             row: dict[str, Any] = {"variant": variant, **earlier}
         else:
             row = {"variant": variant, **export(model, repo, variant, tuple(args.gate.split()))}
-            if args.gate and "refused" not in row and variant.startswith(("int8", "int4")):
+            if args.gate and "refused" not in row and quantized(variant):
                 row["gate"] = args.gate
             if "refused" not in row:
                 done.with_name("bench_export.json").write_text(json.dumps(row))
