@@ -404,8 +404,10 @@ facade.settings or facade.extraEnv. Set here and there too, the render fails: on
 */}}
 {{- define "qwen3-embedding.facadeTypedEnv" -}}
 {{- $f := .Values.facade -}}
-{{- $p := $f.priority -}}
-{{- $t := $f.tracing -}}
+{{- /* Absent under `helm upgrade --reuse-values` from a release of chart 0.2 / 0.3, whose values predate these
+keys (Helm then keeps the old chart's defaults, not this values.yaml): such a row is the facade's default. */ -}}
+{{- $p := $f.priority | default dict -}}
+{{- $t := $f.tracing | default dict -}}
 {{- $rows := list
   (list "PRIORITY_CLASSES" $p.classes "true" "facade.priority.classes")
   (list "BULK_CALLS_IN_FLIGHT" $p.bulkCallsInFlight "1" "facade.priority.bulkCallsInFlight")
@@ -423,7 +425,7 @@ facade.settings or facade.extraEnv. Set here and there too, the render fails: on
 {{- range $rows }}
 {{- $name := printf "QWEN3_EMBED_%s" (index . 0) }}
 {{- $text := include "qwen3-embedding.envText" (index . 1) }}
-{{- if ne $text (index . 2) }}
+{{- if and (not (kindIs "invalid" (index . 1))) (ne $text (index . 2)) }}
 {{- if has $name $elsewhere }}
 {{- fail (printf "%s sets %s, and facade.settings or facade.extraEnv sets it too; keep one" (index . 3) $name) }}
 {{- end }}
@@ -644,4 +646,57 @@ fails the render; the facade refuses it at start too (service/model_identity.py)
 {{- $b := regexFind $re $source | lower }}
 {{- if ne $a $b }}model.servedName {{ $served }} names another model than the export source exportJob.model {{ $source }}{{ end }}
 {{- end }}
+{{- end }}
+
+{{/*
+Refuses values that lack keys the templates read. `helm upgrade --reuse-values` keeps the values of the
+release's own chart, defaults included, not this chart's values.yaml: from a release of chart 0.1 (which had
+none of these keys) a template would stop at a nil pointer. Keys added since 0.2 are read with their defaults
+instead (facadeTypedEnv; exportJob.quantMethod / quantBlockSize), so 0.2 and 0.3 releases upgrade as they are.
+Included first in every template: Helm stops at the first template that fails, whichever it renders first.
+*/}}
+{{- define "qwen3-embedding.valuesFromThisChart" -}}
+{{- $missing := list -}}
+{{- range $path := list
+  "assumeApiVersions"
+  "autoscaling.keda"
+  "clusterState"
+  "exportJob.device"
+  "exportJob.gpu"
+  "exportJob.helmHook"
+  "exportJob.skipIfPresent"
+  "exportJob.version"
+  "exportJob.waitSeconds"
+  "extraModels"
+  "facade.logFormat"
+  "facade.metricsPort"
+  "facade.tls"
+  "facade.workers"
+  "grpcRoute"
+  "httpIngress"
+  "httpRoute"
+  "ingress"
+  "model.version"
+  "modelRepository.allowSingleNodeReplicas"
+  "modelRepository.prepopulated"
+  "networkPolicy"
+  "qosGuaranteed"
+  "rerankModel"
+  "runtimeClassName"
+  "triton.engineCacheOnVolume"
+-}}
+{{- $node := $.Values -}}
+{{- $found := true -}}
+{{- range $key := splitList "." $path -}}
+{{- if and $found (kindIs "map" $node) (hasKey $node $key) -}}
+{{- $node = index $node $key -}}
+{{- else -}}
+{{- $found = false -}}
+{{- end -}}
+{{- end -}}
+{{- if not $found }}{{ $missing = append $missing $path }}{{ end -}}
+{{- end -}}
+{{- if $missing -}}
+{{- fail (printf "the values lack %s: they come from an older chart (0.1.x), whose values and defaults `helm upgrade --reuse-values` keeps. Upgrade with --reset-then-reuse-values (Helm >= 3.14), or with -f your own values and without --reuse-values (chart README, \"Upgrading from an older chart\")" (join ", " $missing)) -}}
+{{- end -}}
 {{- end }}
