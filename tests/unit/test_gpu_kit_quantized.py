@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from devtools.gpu_kit import measure, quantized
+from devtools.gpu_kit import driver, measure, quantized
+from devtools.gpu_kit.parts import split
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 
@@ -136,3 +137,34 @@ def test_the_table_shows_ratios_refusals_and_what_left_the_provider() -> None:
     assert "(project gate would refuse: worst_cosine 0.91 < 0.98)" in text
     assert "| int4 rtn b256 | - | 3 | - | - | - | - | refused: verification failed" in text
     assert "int4 rtn b32: not all on cuda: {'GroupQueryAttention on CPU': 28}" in text
+
+
+def test_the_int4_preset_measures_only_the_quantized_shape_and_the_driver_passes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`driver --preset h200-int4`: the same device runs, with the preset in the background checkpoint build (only
+    0.6B, no 4B competing for the cores) and in measure (0.6B, its quantized section, no service part)."""
+    assert set(driver.PRESETS) == set(measure.PRESETS) - {"cpu-dry"}
+    sizes = measure.PRESETS["h200-int4"]
+    assert (sizes.shapes, sizes.service_shape, sizes.quant_shape) == (("0.6B",), "", "0.6B")
+    assert measure.shape_order(sizes) == ["0.6B"] and measure.shape_order(measure.PRESETS["h200"]) == ["4B", "0.6B"]
+    measure.check_quant_sizes(sizes)
+    # Without a service part, its goals are not judged (None), rather than "not met".
+    met = measure.goals_met({"sizes": {"service_shape": ""}, "cosine_min_all_shapes": 0.9995})
+    assert met == {"ort_vs_torch": None, "cosine": True, "service_vs_ceiling_mixed": None, "short_p50_ms_c1": None,
+                   "card_limits_at_default_workers": None}  # fmt: skip
+    assert measure.goals_met({"sizes": {"service_shape": "4B"}})["service_vs_ceiling_mixed"] is False
+
+    root = tmp_path / "repo"
+    wheel = tmp_path / "dl" / "w-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"\0" * 3000)
+    split([wheel], 1024, root)
+    runs = driver.plan(root, "abc123", "h200-int4")
+    assert len(runs) == 3 and "--prebuild --preset h200-int4 " in runs[0].command
+    assert "--provider cuda --preset h200-int4 --commit abc123 " in runs[-1].command
+    rerun = driver.rerun_measure("abc123", "h200-int4")
+    assert "--preset h200-int4 --commit abc123 --reuse-exports" in rerun.command
+    assert all(len(r.command) <= driver.MAX_COMMAND_CHARS for r in [*runs, rerun])
+    assert driver.main(["--root", str(root), "--commit", "abc123", "--preset", "h200-int4"]) == 0
+    assert capsys.readouterr().out.count("--preset h200-int4") == 3  # runs 1 and 3, and the rerun
