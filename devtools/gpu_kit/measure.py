@@ -5,8 +5,9 @@ workers) against direct Triton and the in-process ceiling. All figures go to one
 On the lent GPU machine (after `devtools.gpu_kit.install`):
 
     python3 -m devtools.gpu_kit.measure --provider cuda --preset h200 --out-dir $OUT
+    python3 -m devtools.gpu_kit.measure --provider cuda --preset h200-int4 --out-dir $OUT   # issue 27 alone
 
-The suite runs the same code on CPU with the dev model and tiny sizes (tests/unit/test_gpu_kit_measure.py):
+The suite runs the same code on CPU with the dev model and tiny sizes (tests/service/test_gpu_kit_measure.py):
 `Device` is the one place where the provider makes a difference. Sizes are all in `Sizes`; `--set key=value`
 changes one. Sections the time budget cannot fit are skipped and named in `skipped` (never silently).
 """

@@ -145,7 +145,8 @@ def test_the_int4_preset_shape_of_run_dry_on_cpu(tmp_path: Path) -> None:
     """What `--preset h200-int4` runs (no service part: the shape's export, the in-process section, then the
     quantized section), on CPU with the dev model: the path issue 27's GPU session takes, with no Triton."""
     out = tmp_path / "out"
-    argv = ["--provider", "cpu", "--preset", "cpu-dry", "--set", "service_shape=", "--set", "quant_block_sizes=256",
+    # docs/gpu-kit.md's command (its section seconds are the doc's CPU figure), with this test's folders.
+    argv = ["--provider", "cpu", "--preset", "cpu-dry", "--set", "service_shape=",
             "--work", str(tmp_path / "work"), "--out-dir", str(out)]  # fmt: skip
     assert measure.main(argv) == 0
     [json_path] = out.glob("gpu-service-*.json")
@@ -153,6 +154,8 @@ def test_the_int4_preset_shape_of_run_dry_on_cpu(tmp_path: Path) -> None:
     assert list(r["section_s"]) == SECTIONS[:3] and r["errors"] == [] and r["skipped"] == []
     assert "short" not in r and "triton" not in r and "quantized dev: int4" in json_path.with_suffix(".txt").read_text()
     assert r["goals_met"]["cosine"] is True and r["goals_met"]["service_vs_ceiling_mixed"] is None
-    [v] = r["quantized"]["variants"]
-    assert v["block_size"] == 256 and v["project_gate"]["passes"] and v["cosine_vs_baseline_min"] >= 0.95
-    assert all(c["vs_baseline"] > 0 for c in v["cells"].values())
+    variants = r["quantized"]["variants"]
+    assert [v["block_size"] for v in variants] == [32, 256]
+    for v in variants:
+        assert v["project_gate"]["passes"] and v["cosine_vs_baseline_min"] >= 0.95
+        assert all(c["vs_baseline"] > 0 for c in v["cells"].values())
