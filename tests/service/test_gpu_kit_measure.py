@@ -132,6 +132,7 @@ def test_measure_dry_run_on_cpu_writes_every_figure(
     # measure (the kit's lowered gate, raised here past what int4 reaches, through the real exporter).
     row, kept = measure.export_quantized(again, "dev", ckpt, 32)  # --reuse-exports takes the int4 export too
     assert row["reused"] is True and row["agreement"] == variants[0]["agreement"] and kept is not None
+    assert 0 < row["export_s"] <= variants[0]["export_s"]  # the export's own time, from its report
     again.reuse_exports = False
     monkeypatch.setattr(quantized, "LOWERED_GATE", {"min_cosine": 0.99999})
     row, none = measure.export_quantized(again, "dev", ckpt, 32)
