@@ -88,8 +88,11 @@ def padded_arrays(plan: Plan) -> list[tuple[np.ndarray, np.ndarray]]:
 # -- (a) the ceiling: model.onnx in this process, same chunks, no server ------------------------------
 
 
-def ort_session(onnx_path: Path, threads: int = 0, providers: Sequence[Any] = ("CPUExecutionProvider",)) -> Any:
-    """`providers` as ONNX Runtime takes them (devtools/gpu_kit/measure.py passes the CUDA provider)."""
+def ort_session(
+    onnx_path: Path, threads: int = 0, providers: Sequence[Any] = ("CPUExecutionProvider",), profile_prefix: str = ""
+) -> Any:
+    """`providers` as ONNX Runtime takes them (devtools/gpu_kit/measure.py passes the CUDA provider).
+    `profile_prefix`: profile the runs until `session.end_profiling()` (where each node ran: the GPU kit)."""
     import onnxruntime as ort
 
     # Same options as the Triton Python-backend model (export/templates/model.py).
@@ -98,6 +101,9 @@ def ort_session(onnx_path: Path, threads: int = 0, providers: Sequence[Any] = ("
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # as export/templates/model.py
     if threads > 0:
         options.intra_op_num_threads = threads
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(str(onnx_path), options, providers=list(providers))
 
 

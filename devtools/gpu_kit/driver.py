@@ -27,6 +27,8 @@ MAX_TIMEOUT_S = 600
 MEASURE_DEADLINE_S = 500
 ENV = "export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH=$PWD/.gpukit/site:$PWD"
 WORK = "/tmp/gpukit-work"
+# measure.PRESETS' GPU presets (measure imports numpy; this module stays on the standard library + the kit's own).
+PRESETS = ("h200", "h200-int4")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ def measure_command(commit: str, preset: str = "h200", extra: str = "") -> str:
     )
 
 
-def plan(root: Path, commit: str) -> list[DeviceRun]:
+def plan(root: Path, commit: str, preset: str = "h200") -> list[DeviceRun]:
     manifest = read_manifest(root)
     n = len(manifest.parts)
     runs = []
@@ -64,7 +66,7 @@ def plan(root: Path, commit: str) -> list[DeviceRun]:
             check = (
                 f"nvidia-smi -L; python3 -V; df -h /tmp | tail -1; mkdir -p {WORK}; "
                 "python3 -m devtools.gpu_kit.install early; PYTHONPATH=$PWD/.gpukit/early:$PWD "
-                f"setsid nohup python3 -m devtools.gpu_kit.measure --prebuild --preset h200 --work {WORK} "
+                f"setsid nohup python3 -m devtools.gpu_kit.measure --prebuild --preset {preset} --work {WORK} "
                 f"> {WORK}/prebuild.log 2>&1 < /dev/null & {check}"
             )
         elif k < n:  # how the background build is doing
@@ -75,16 +77,16 @@ def plan(root: Path, commit: str) -> list[DeviceRun]:
         command = (
             f"set -o pipefail; T0=$(date +%s); {ENV}; {check} && "
             "python3 -m devtools.gpu_kit.install install && python3 -m devtools.gpu_kit.install preflight --cuda && "
-            + measure_command(commit)
+            + measure_command(commit, preset)
         )
         runs.append(DeviceRun(f"run {k}/{n}: carry part {k}, install, measure", command, (part.folder,), 600))
     return runs
 
 
-def rerun_measure(commit: str) -> DeviceRun:
+def rerun_measure(commit: str, preset: str = "h200") -> DeviceRun:
     """Only while the machine is still warm (the install under .gpukit/site survives; a fresh one has none); the
     exports the failed run finished are kept (a 4B export costs minutes)."""
-    command = f"set -o pipefail; T0=$(date +%s); {ENV}; " + measure_command(commit, extra=" --reuse-exports")
+    command = f"set -o pipefail; T0=$(date +%s); {ENV}; " + measure_command(commit, preset, extra=" --reuse-exports")
     return DeviceRun("rerun: measure alone (machine still warm)", command, (), MAX_TIMEOUT_S)
 
 
@@ -97,18 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path.cwd())
     parser.add_argument("--commit", default=None, help="the commit measured (default: HEAD of ROOT)")
+    parser.add_argument("--preset", choices=PRESETS, default="h200",
+                        help="measure's preset: h200 (issue 22, the 4B service first), h200-int4 (issue 27 alone)")
     args = parser.parse_args(argv)
     root = args.root.resolve()
     commit = args.commit or head_commit(root)
-    runs = plan(root, commit)
-    for run in [*runs, rerun_measure(commit)]:
+    runs = plan(root, commit, args.preset)
+    rerun = rerun_measure(commit, args.preset)
+    for run in [*runs, rerun]:
         if len(run.command) > MAX_COMMAND_CHARS:
             raise SystemExit(f"{run.title}: command of {len(run.command)} characters, over {MAX_COMMAND_CHARS}")
     print(f"{len(runs)} device runs, back to back (parts in {KIT_DIR}/; results come back in $OUT):\n")
     for run in runs:
         print(f"# {run.title}\nrun {run.as_call()}\n")
     print("# if measure failed but the machine is still warm (within ~30 s):")
-    print(f"run {rerun_measure(commit).as_call()}")
+    print(f"run {rerun.as_call()}")
     return 0
 
 

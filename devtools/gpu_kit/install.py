@@ -27,6 +27,9 @@ PREFLIGHT_IMPORTS = (
     "tritonclient.grpc", "fastapi", "uvicorn", "httptools", "pydantic", "pydantic_settings", "orjson",
     "grpc_health.v1.health_pb2", "grpc_reflection.v1alpha.reflection", "aiohttp", "httpx", "psutil",
     "service.server", "devtools.bench.clients", "benchmarks.systems", "export.exporter",
+    # The quantized section's int4 exports: ONNX Runtime's quantizer imports onnx_ir (the machine's; undeclared
+    # by the onnxruntime wheels) and ml_dtypes (the kit's) at import time.
+    "export.quantize", "onnxruntime.quantization.matmul_nbits_quantizer",
 )  # fmt: skip
 
 

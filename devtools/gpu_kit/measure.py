@@ -5,8 +5,9 @@ workers) against direct Triton and the in-process ceiling. All figures go to one
 On the lent GPU machine (after `devtools.gpu_kit.install`):
 
     python3 -m devtools.gpu_kit.measure --provider cuda --preset h200 --out-dir $OUT
+    python3 -m devtools.gpu_kit.measure --provider cuda --preset h200-int4 --out-dir $OUT   # issue 27 alone
 
-The suite runs the same code on CPU with the dev model and tiny sizes (tests/unit/test_gpu_kit_measure.py):
+The suite runs the same code on CPU with the dev model and tiny sizes (tests/service/test_gpu_kit_measure.py):
 `Device` is the one place where the provider makes a difference. Sizes are all in `Sizes`; `--set key=value`
 changes one. Sections the time budget cannot fit are skipped and named in `skipped` (never silently).
 """
@@ -33,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from devtools.gpu_kit import quantized
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -51,7 +54,7 @@ class Sizes:
     """Every size the run uses. The default is the H200 run; PRESETS["cpu-dry"] the suite's."""
 
     shapes: tuple[str, ...] = ("4B", "0.6B")  # export.dev_model.REAL_SHAPES names, or "dev" (the dev model)
-    service_shape: str = "4B"  # the shape the service part serves (must be in `shapes`)
+    service_shape: str = "4B"  # the shape the service part serves (must be in `shapes`; "" = no service part)
     precision: str = "fp16"
     max_input_tokens: int = 32768  # the export's --max-tokens
     verify_long_tokens: int = 1024  # the exporter's own long sample; the long cosines are measured here
@@ -71,6 +74,19 @@ class Sizes:
     long_texts: int = 24
     long_tokens: tuple[int, int] = (1024, 4096)
     long_concurrency: int = 2
+    # Issue 27 on this provider: the quantized section, after the in-process section of `quant_shape` ("" = off;
+    # must be in `shapes`: its `precision` export is the baseline). One export per block size (32: the
+    # exporter's default; 256: the CPU speed setting of docs/benchmarks.md), each graph timed against the
+    # baseline's on `quant_cells` (BATCHxTOKENS; the last, the longest, also gives the peak memory).
+    quant_shape: str = "0.6B"
+    quant_precision: str = "int4"
+    quant_method: str = "rtn"
+    quant_block_sizes: tuple[int, ...] = (32, 256)
+    quant_cells: tuple[str, ...] = ("32x32", "8x1024", "1x4096")
+    # "project": the exporter's own gate (a refusal is the variant's result, nothing more is measured);
+    # "lowered": quantized.LOWERED_GATE, for random weights the project's gate refuses at real shapes; the result
+    # records it, the agreement measured and what the project's gate would have said.
+    quant_gate: str = "lowered"
     budget_s: float = 500.0  # the whole run; optional sections are skipped past it
 
 
@@ -96,9 +112,14 @@ PRESETS: dict[str, Sizes] = {
         long_texts=4,
         long_tokens=(48, 64),
         long_concurrency=2,
+        quant_shape="dev",
+        quant_cells=("4x16", "2x64", "1x128"),
         budget_s=600.0,
     ),
 }
+# Issue 27 alone: the 0.6B shape's export and in-process section, then its quantized section; no 4B, no service
+# (the whole 500 s go to int4 vs fp16, which the h200 preset reaches only if the 4B parts leave time).
+PRESETS["h200-int4"] = replace(PRESETS["h200"], shapes=("0.6B",), service_shape="", quant_shape="0.6B")
 
 
 def parse_override(sizes: Sizes, text: str) -> Sizes:
@@ -325,6 +346,12 @@ def checkpoint(work: Path, name: str, dtype: str) -> tuple[Path, str]:
     return ckpt, "built"
 
 
+def shape_order(sizes: Sizes) -> list[str]:
+    """The service shape first (its figures are issue 22's goals), then the others as listed."""
+    first = [sizes.service_shape] if sizes.service_shape else []
+    return [*first, *(n for n in sizes.shapes if n != sizes.service_shape)]
+
+
 def dtype_name(precision: str) -> str:
     return {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[precision]
 
@@ -332,7 +359,7 @@ def dtype_name(precision: str) -> str:
 def prebuild(sizes: Sizes, work: Path) -> None:
     """Every shape's checkpoint, the service shape first: CPU work (torch, transformers, tokenizers; nothing from
     the kit), so a device run can start it before the kit is installed."""
-    for name in [sizes.service_shape, *(n for n in sizes.shapes if n != sizes.service_shape)]:
+    for name in shape_order(sizes):
         t0 = time.monotonic()
         ckpt, how = checkpoint(work, name, dtype_name(sizes.precision))
         print(f"{name}: {ckpt} {how} in {time.monotonic() - t0:.1f} s", flush=True)
@@ -510,6 +537,210 @@ def in_process(run: Run, name: str, engines: Engines) -> dict[str, Any]:
         }
     row["cosine_min"] = min(all_cos) if all_cos else None
     return row
+
+
+# -- 2b. quantized: the shape exported again in int4, against its baseline graph on the same provider -------
+
+
+def quant_need_s(name: str) -> float:
+    """Seconds one quantized variant needs, for the budget (an estimate): the dev model's from the CPU dry run
+    (~12 s an export, a few seconds of cells); a real shape's from the 0.6B int4 export on this project's CPU
+    (89-98 s on 2 cores, docs/benchmarks.md; the exporter quantizes on the host either way) plus its cells."""
+    return 30.0 if name == "dev" else 150.0
+
+
+def graph_bytes(model_dir: Path) -> int:
+    return sum(p.stat().st_size for p in (model_dir / "1").glob("model.onnx*"))
+
+
+def check_quant_sizes(s: Sizes) -> None:
+    """Every quantized setting checked before any device time is spent (the exporter's own checks)."""
+    if not s.quant_shape:
+        return
+    if s.quant_shape not in s.shapes:
+        raise SystemExit(f"quant_shape {s.quant_shape!r} is not among shapes {s.shapes}")
+    from export.errors import ExportError
+    from export.quantize import QuantSettings, validate
+    from service.contract import Precision
+
+    try:
+        for block in s.quant_block_sizes or ():
+            validate(QuantSettings(Precision(s.quant_precision), s.quant_method, block))
+        quantized.gate_options(s.quant_gate)
+        cells = [quantized.parse_cell(c) for c in s.quant_cells]
+    except (ExportError, ValueError) as exc:
+        raise SystemExit(f"quantized section: {exc}") from exc
+    if not s.quant_block_sizes or not cells or max(n for _, n in cells) > s.max_input_tokens:
+        raise SystemExit("quantized section: needs block sizes and cells of at most max_input_tokens tokens")
+
+
+def export_quantized(run: Run, name: str, ckpt: Path, block: int) -> tuple[dict[str, Any], Path | None]:
+    """The shape's checkpoint exported again through the project's exporter (run_export, as export_shape), in
+    quant_precision with blocks of `block`, under the run's gate. Returns (figures, model dir), or (the refusal
+    and the agreement it names, None) when the gate refuses."""
+    from rich.console import Console
+
+    from export.errors import ExportError
+    from export.exporter import ExportOptions, run_export
+    from export.triton_config import RepoSettings
+
+    s = run.sizes
+    gate = quantized.gate_options(s.quant_gate)  # 0 = the precision's own bound
+    row: dict[str, Any] = {"label": f"{s.quant_precision} {s.quant_method} b{block}", "block_size": block}
+    repo = RepoSettings(
+        name=MODEL, backend="python", precision=s.quant_precision,  # type: ignore[arg-type]
+        max_input_tokens=s.max_input_tokens, instance_kind=run.device.instance_kind,
+    )  # fmt: skip
+    opts = ExportOptions(
+        model=str(ckpt), output=run.work / f"repo-{name}-{s.quant_precision}-{s.quant_method}-b{block}", repo=repo,
+        device=run.device.torch_device, verify_long_tokens=s.verify_long_tokens, auto_warmup=True,
+        quant_method=s.quant_method, quant_block_size=block, min_cosine=gate.get("min_cosine", 0.0),
+        min_overlap=gate.get("min_overlap", 0.0), min_spearman=gate.get("min_spearman", 0.0),
+    )  # fmt: skip
+    model_dir = opts.output / MODEL
+    t0 = time.monotonic()
+    reused = run.reuse_exports and (model_dir / "export_report.json").exists()
+    if not reused:
+        try:
+            model_dir = run_export(opts, Console(stderr=True, width=140))
+        except ExportError as exc:
+            refused = quantized.refusal(str(exc))
+            if refused is None:
+                raise
+            print(f"  {row['label']}: {refused['refused']}", flush=True)
+            return {**row, **refused, "export_s": round(time.monotonic() - t0, 1)}, None
+    report = json.loads((model_dir / "export_report.json").read_text())
+    quant = report["quantization"]
+    agreement = quant["quantization_agreement"]
+    row |= {
+        "reused": reused,
+        # A reused export's own time (what the earlier run spent), not the few ms of finding it.
+        "export_s": report.get("export_seconds") if reused else round(time.monotonic() - t0, 1),
+        "verified_on": report.get("provider"),
+        "agreement": agreement,
+        "project_gate": quantized.project_gate(s.quant_precision, agreement),
+        "accuracy_level": quant.get("accuracy_level"),
+        "embedding_table": quant.get("embedding"),
+    }
+    return row, model_dir
+
+
+def graph_figures(
+    run: Run, label: str, model_dir: Path, inputs: dict[str, np.ndarray], torch_ref: dict[str, np.ndarray],
+    baseline: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:  # fmt: skip
+    """One graph in a fresh session on the run's provider: its size, memory after load, the peak over it on the
+    longest cell (its first run, profiled: where each node ran), tokens/s per cell (median of `repeat` after
+    `warmup`, outputs checked finite), the cosines against torch and the baseline graph for the same ids.
+    Returns (figures, each cell's vectors)."""
+    from benchmarks.systems import ort_session
+
+    s, dev = run.sizes, run.device
+    expected = dev.ort_providers[0] if isinstance(dev.ort_providers[0], str) else dev.ort_providers[0][0]
+    size = graph_bytes(model_dir)
+    row: dict[str, Any] = {"onnx_bytes": size, "cells": {}, "errors": []}
+    profiles = run.work / "profiles"
+    profiles.mkdir(parents=True, exist_ok=True)
+    before = dev.used_bytes()
+    session = ort_session(model_dir / "1" / "model.onnx", providers=dev.ort_providers,
+                          profile_prefix=str(profiles / label.replace(" ", "-")))  # fmt: skip
+    grown = dev.used_bytes() - before
+    row["memory_gib_after_load"] = round(grown / 2**30, 3)
+    row["provider"] = session.get_providers()[0]
+    if row["provider"] != expected:  # never a CPU figure under a GPU label
+        raise RuntimeError(f"{label}: ONNX Runtime runs on {session.get_providers()}, not {expected}")
+    dev.check_loaded(f"{label} graph", grown, size)
+
+    def embed(ids: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(["embedding"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0])
+
+    # The peak on the session's first run of the longest cell (ONNX Runtime's arena keeps what a run grew it to).
+    longest = max(inputs, key=lambda k: inputs[k].size)
+    sampler = MemorySampler(dev.used_bytes)
+    with sampler.around():
+        first = embed(inputs[longest])
+    row["peak_gib_at_long"] = round(sampler.gib, 3)
+    where = quantized.placement(Path(session.end_profiling()))
+    row["placement"] = where
+    row["heavy_elsewhere"] = quantized.heavy_elsewhere(where, expected)
+    if not np.isfinite(first).all():
+        row["errors"].append(f"{label}: non-finite output at {inputs[longest].shape}")
+    vectors: dict[str, np.ndarray] = {}
+    for cell, ids in inputs.items():
+        try:
+            seconds, out = timed(embed, ids, s.warmup, s.repeat)
+        except Exception as exc:  # e.g. out of memory: recorded, the other cells still measured
+            row["errors"].append(f"{label} {cell}: {type(exc).__name__}: {exc}")
+            continue
+        vectors[cell] = out
+        figures = {"tokens_per_s": ids.size / seconds, "ms": seconds * 1000,
+                   "cosine_vs_torch_min": min(cosines(out, torch_ref[cell]))}  # fmt: skip
+        if baseline is not None and cell in baseline:
+            figures["cosine_vs_baseline_min"] = min(cosines(out, baseline[cell]))
+        row["cells"][cell] = figures
+    for key in ("cosine_vs_torch_min", "cosine_vs_baseline_min"):
+        found = [c[key] for c in row["cells"].values() if key in c]
+        row[key] = min(found) if found else None
+    return row, vectors  # the session goes with this frame; the caller releases the device's caches
+
+
+def vs_baseline(row: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """A variant's ratios to the baseline graph: bytes on disk, each cell's tokens/s, the peak at the long cell."""
+    for cell, figures in row["cells"].items():
+        if cell in base["cells"]:
+            figures["vs_baseline"] = figures["tokens_per_s"] / base["cells"][cell]["tokens_per_s"]
+    peak = base.get("peak_gib_at_long")
+    return {"bytes_vs_baseline": row["onnx_bytes"] / base["onnx_bytes"],
+            "peak_vs_baseline": row["peak_gib_at_long"] / peak if peak else None}  # fmt: skip
+
+
+def quantized_shape(run: Run, name: str, ckpt: Path, model_dir: Path, engines: Engines) -> dict[str, Any]:
+    """Issue 27's figures on the run's provider: the baseline graph (this shape's `precision` export) and one
+    quant_precision export per block size, each in its own fresh session, on the same random ids; torch (the
+    shape's in-process model, still loaded) gives the reference vectors. A variant the gate refuses, or one that
+    fails, is recorded as such and the next one is still measured."""
+    s = run.sizes
+    vocab = shape_of(name).vocab_size
+    inputs = {}
+    for text in s.quant_cells:
+        batch, tokens = quantized.parse_cell(text)
+        inputs[cell_label(batch, tokens)] = random_ids(vocab, batch, tokens, seed=100_000 + batch * tokens)
+    torch_ref = {cell: engines.torch_run(ids) for cell, ids in inputs.items()}
+    q: dict[str, Any] = {
+        "shape": name, "precision": s.quant_precision, "method": s.quant_method, "provider": run.device.provider,
+        "gate": s.quant_gate, "gate_values": quantized.gate_options(s.quant_gate), "cells": list(inputs),
+        "variants": [],
+    }  # fmt: skip
+    run.result["quantized"] = q
+    base, base_vectors = graph_figures(run, s.precision, model_dir, inputs, torch_ref)
+    run.device.release()
+    export = run.result["export"][name]
+    if export["reused"]:  # the earlier run's time, as for the quantized exports
+        export_s = json.loads((model_dir / "export_report.json").read_text()).get("export_seconds")
+    else:
+        export_s = export["export_s"]
+    q["baseline"] = {"label": s.precision, "precision": s.precision, "export_s": export_s, **base}
+    run.save()
+    for block in s.quant_block_sizes:
+        if not run.fits(f"quantized {name} block {block}", quant_need_s(name)):
+            continue
+        try:
+            row, quant_dir = export_quantized(run, name, ckpt, block)
+            if quant_dir is not None:
+                figures, _ = graph_figures(run, row["label"], quant_dir, inputs, torch_ref, base_vectors)
+                run.device.release()
+                row |= figures
+                row |= vs_baseline(row, base)
+                speeds = ", ".join(f"{c} {f['vs_baseline']:.2f}x" for c, f in row["cells"].items())
+                print(f"  {row['label']}: {speeds} of {s.precision}'s tokens/s, "
+                      f"cosine vs {s.precision} {row['cosine_vs_baseline_min']}", flush=True)  # fmt: skip
+        except Exception as exc:
+            traceback.print_exc()
+            row = {"label": f"{s.quant_precision} {s.quant_method} b{block}", "block_size": block,
+                   "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
+        q["variants"].append(row)
+        run.save()
+    return q
 
 
 # -- 3. the service -------------------------------------------------------------------------------------------
@@ -690,33 +921,39 @@ def git_commit() -> str | None:
 
 def measure(run: Run, commit: str | None, command: str) -> dict[str, Any]:
     s, res = run.sizes, run.result
-    if s.service_shape not in s.shapes:
+    if s.service_shape and s.service_shape not in s.shapes:
         raise SystemExit(f"service_shape {s.service_shape!r} is not among shapes {s.shapes}")
+    check_quant_sizes(s)
     res.update(
         device=run.device.name, provider=run.device.provider, commit=commit, command=command,
         date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), versions=versions(), sizes=asdict(s),
         goals=GOALS, skipped=[],
     )  # fmt: skip
     # The service shape first: its figures are the goals; the others only if the budget allows.
-    order = [s.service_shape, *(n for n in s.shapes if n != s.service_shape)]
+    order = shape_order(s)
     per_shape: dict[str, Any] = {}
     res["in_process"] = per_shape
     errors: list[str] = res.setdefault("errors", [])
     for name in order:
         if name != s.service_shape and not run.fits(f"shape {name}", 90 if name != "dev" else 10):
+            if name == s.quant_shape:
+                res["skipped"].append(f"quantized {name}: its shape was skipped")
             continue
         engines: Engines | None = None
         # One failure costs its own figures only: the GPU run is one shot, so the others are still measured.
         try:
             with run.section(f"export {name}"):
                 ckpt, model_dir = export_shape(run, name)
-            with run.section(f"in process {name}: ONNX Runtime vs torch"):
-                engines = Engines(run.device, ckpt, model_dir, s.precision)
-                try:
+            try:
+                with run.section(f"in process {name}: ONNX Runtime vs torch"):
+                    engines = Engines(run.device, ckpt, model_dir, s.precision)
                     per_shape[name] = in_process(run, name, engines)
-                finally:
+                    errors += [f"{name}: {e}" for e in per_shape[name]["errors"]]
+                if name == s.quant_shape:  # torch still loaded: the quantized graphs' reference
+                    quantized_section(run, name, ckpt, model_dir, engines)
+            finally:
+                if engines is not None:
                     engines.close_torch()
-                errors += [f"{name}: {e}" for e in per_shape[name]["errors"]]
             if name == s.service_shape:
                 head = per_shape[name]
                 res["cosine_min"] = head["cosine_min"]
@@ -739,10 +976,29 @@ def measure(run: Run, commit: str | None, command: str) -> dict[str, Any]:
     return res
 
 
+def quantized_section(run: Run, name: str, ckpt: Path, model_dir: Path, engines: Engines) -> None:
+    """The quantized section within the budget; its failures cost its own figures only (the service still runs)."""
+    s, errors = run.sizes, run.result["errors"]
+    title = f"quantized {name}: {s.quant_precision} vs {s.precision}"
+    if not run.fits(title, quant_need_s(name)):
+        return
+    with run.section(title):
+        try:
+            q = quantized_shape(run, name, ckpt, model_dir, engines)
+        except Exception as exc:
+            traceback.print_exc()
+            errors.append(f"{title}: {type(exc).__name__}: {exc}")
+            return
+    for row in [q["baseline"], *q["variants"]]:
+        errors += [f"{title}: {e}" for e in row.get("errors", [])]
+        if "error" in row:
+            errors.append(f"{title}: {row['label']}: {row['error']}")
+
+
 def goals_met(res: dict[str, Any]) -> dict[str, bool | None]:
     limited, default = res.get("card_limits_from_workers"), res.get("default_workers")
     ratios = res.get("ort_vs_torch") or {}
-    return {
+    met: dict[str, bool | None] = {
         "ort_vs_torch": all(v >= GOALS["ort_vs_torch"] for v in ratios.values()) if ratios else None,
         "cosine": (res.get("cosine_min_all_shapes") or 0.0) >= GOALS["cosine"],
         "service_vs_ceiling_mixed": res.get("service_vs_ceiling_mixed", 0.0) >= GOALS["service_vs_ceiling_mixed"],
@@ -750,6 +1006,9 @@ def goals_met(res: dict[str, Any]) -> dict[str, bool | None]:
         "card_limits_at_default_workers": None if default is None or "workers" not in res
         else limited is not None and limited <= default,
     }
+    if not res.get("sizes", {}).get("service_shape", True):  # no service part (h200-int4): nothing to judge
+        met.update(ort_vs_torch=None, service_vs_ceiling_mixed=None, short_p50_ms_c1=None)
+    return met
 
 
 def _n(value: Any, spec: str) -> str:
@@ -773,6 +1032,8 @@ def text_report(res: dict[str, Any]) -> str:
                      f"vector taken out: {_n(row.get('cosine_min_centered'), '.6f')}")  # fmt: skip
         lines.append(f"peak memory over the loaded model at the long cell (GiB): {row['peak_gib_at_long']}")
         lines.append("")
+    if res.get("quantized", {}).get("baseline"):
+        lines += [*quantized.table(res["quantized"]), ""]
     if res.get("short"):
         lines.append("## The service, short queries (8-32 tokens, batch 1)")
         lines.append("| protocol | concurrency | queries/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
