@@ -497,7 +497,7 @@ def test_the_commands_of_the_docs_section_export_and_pass_the_gate(
     from tests.doc_pages import section, shell_lines
 
     lines = shell_lines(section("docs/export.md", "## Quantized models"), "qwen3-embed")
-    assert len(lines) == 3, lines
+    assert len(lines) == 4, lines
     calibration = tmp_path / "my-texts.txt"
     # A user's file as the docs describe it: one text per line, "\n" for newlines (the built-in texts, written out;
     # two short texts were too few: the dev reranker's int4 gptq then missed the gate, 0.14 > 0.1).
@@ -514,3 +514,5 @@ def test_the_commands_of_the_docs_section_export_and_pass_the_gate(
         assert result.exit_code == 0, f"{line}\n{result.output}"
         (model_dir,) = [p for p in out.iterdir() if p.is_dir()]
         assert str(facts_of(model_dir).precision) == args[args.index("--precision") + 1]
+        activations = args[args.index("--quant-activations") + 1] if "--quant-activations" in args else "fp32"
+        assert facts_of(model_dir).quantization_activations == activations
