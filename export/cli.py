@@ -125,15 +125,24 @@ def export(
         str,
         typer.Option(
             help="int8 / int4: int8 (activations quantized per block, integer dot products; ONNX Runtime's "
-            "accuracy_level 4) | fp32 (weights dequantized to fp32; on CPU int8 weights have no such kernel and "
-            "are dequantized whole on every call: 30x slower). Both verified by the same gate"
+            "accuracy_level 4) | fp32 (weights dequantized to float; on CPU int8 weights have no such kernel and "
+            "are dequantized whole on every call: 30x slower). Both verified by the same gate. Default: int8 with "
+            "--quant-activations fp32, fp32 with fp16 (int8 is refused there: inaccurate on the CPU provider)"
         ),
-    ] = "int8",
+    ] = "",
     calibration_file: Annotated[
         Path | None,
         typer.Option(help="gptq: your calibration texts, one per line (\\n for a newline); default: built-in"),
     ] = None,
     quant_block_size: Annotated[int, typer.Option(help="int8 / int4: input rows per scale and zero point")] = 32,
+    quant_activations: Annotated[
+        str,
+        typer.Option(
+            help="int8 / int4: fp32 (the float32 graph quantized: for ONNX Runtime's CPU provider) | fp16 (the "
+            "float16 graph quantized: float16 attention and MatMulNBits, what ONNX Runtime's CUDA provider runs; "
+            "with fp32 activations its attention falls back to the CPU). Both verified against fp32 by the same gate"
+        ),
+    ] = "fp32",
     min_cosine: Annotated[
         float, typer.Option(help="Verification gate: worst cosine vs the reference; 0 = the precision's default")
     ] = 0.0,
@@ -150,17 +159,22 @@ def export(
         bool,
         typer.Option(
             help="With --name: exit 0 when OUTPUT/NAME already holds an export of this --model at this --precision "
-            "(int8 / int4: and --quant-method, --quant-block-size); fail (exit 2) when it holds another one, instead "
-            "of replacing it (write a new version directory)"
+            "(int8 / int4: and --quant-method, --quant-block-size, --quant-compute, --quant-activations); fail "
+            "(exit 2) when it holds another one, instead of replacing it (write a new version directory)"
         ),
     ] = False,
 ) -> None:
     """Checkpoint -> verified ONNX (and TensorRT) -> Triton model repository with dynamic batching. Embedding
     checkpoints give an `embedding` model, Qwen3-Reranker checkpoints a `logits` (no, yes) one."""
+    from export.exporter import resolved_compute
+
+    quant_compute = resolved_compute(quant_compute, quant_activations)
     if (
         skip_if_published
         and name
-        and published_elsewhere(output / name, model, precision, quant_method, quant_block_size, quant_compute)
+        and published_elsewhere(
+            output / name, model, precision, quant_method, quant_block_size, quant_compute, quant_activations
+        )
     ):
         return
     from rich.console import Console
@@ -198,6 +212,7 @@ def export(
         quant_method=quant_method,
         quant_block_size=quant_block_size,
         quant_compute=quant_compute,
+        quant_activations=quant_activations,
         calibration_file=calibration_file,
         min_cosine=min_cosine,
         min_overlap=min_overlap,
@@ -218,9 +233,11 @@ def published_elsewhere(
     quant_method: str = "",
     quant_block_size: int = 0,
     quant_compute: str = "",
+    quant_activations: str = "",
 ) -> bool:
     """True when `final` already holds an export of `model` at `precision` (int8 / int4: with `quant_method`,
-    `quant_block_size` and `quant_compute`, when given) (nothing to do); False when nothing is published there.
+    `quant_block_size`, `quant_compute` and `quant_activations`, when given) (nothing to do); False when nothing
+    is published there.
     Exits 2 with one message when it holds an export of another source, precision or quantization: never
     skip over it (the facade would serve the old weights under the new name) and never replace a version that
     pods may be serving."""
@@ -235,7 +252,13 @@ def published_elsewhere(
     if published is None:
         return False
     differs = same_source(
-        published, model, str(parse_precision(str(precision))), quant_method, quant_block_size, quant_compute
+        published,
+        model,
+        str(parse_precision(str(precision))),
+        quant_method,
+        quant_block_size,
+        quant_compute,
+        quant_activations,
     )
     if differs:
         typer.echo(

@@ -31,7 +31,7 @@ from export.triton_config import (
     resolved_instances,
     resolved_kind,
 )
-from service.contract import RERANK_LABELS, RERANK_LOGITS, ModelFacts, ModelKind, SpecialIds
+from service.contract import RERANK_LABELS, RERANK_LOGITS, ModelFacts, ModelKind, Precision, SpecialIds
 
 # Which graph an export writes (docs/export.md, "Two graphs"). fused: attention as ONNX Runtime's
 # GroupQueryAttention, memory linear in tokens, right padding (the python and onnxruntime backends).
@@ -61,7 +61,9 @@ class ExportOptions:
     # --precision int8 / int4 (export/quantize.py): method and block size of the linear layers.
     quant_method: str = "rtn"
     quant_block_size: int = 32
-    quant_compute: str = "int8"  # quantize.COMPUTE_LEVELS
+    quant_compute: str = ""  # quantize.COMPUTE_LEVELS; "" = quantize.DEFAULT_COMPUTE of quant_activations
+    # quantize.ACTIVATIONS: "fp32" (the float32 graph quantized; CPU) or "fp16" (the float16 graph; GPU).
+    quant_activations: str = "fp32"
     calibration_file: Path | None = None  # gptq: one text per line; None = export/quant_texts.py's
     # Gate overrides (0 = the precision's own: verify.THRESHOLDS, SCORE_TOLERANCES, MIN_OVERLAP_AT_10,
     # MIN_SPEARMAN).
@@ -115,6 +117,9 @@ def validate_options(opts: ExportOptions) -> None:
                 f"--precision {r.precision} needs the fused graph (ONNX Runtime's MatMulNBits): not --attention eager "
                 "or --backend tensorrt"
             )
+    if not r.precision.weight_bits and opts.quant_activations != "fp32":
+        # A float export's activations are its precision's: --precision fp16 is the float16 graph.
+        raise ExportError(f"--quant-activations applies to --precision int8/int4, not {r.precision}")
     for gate, bound in (
         ("--min-cosine", opts.min_cosine),
         ("--min-overlap", opts.min_overlap),
@@ -135,7 +140,29 @@ def quant_accuracy_level(compute: str) -> int:
 def quant_settings(opts: ExportOptions) -> Any:
     from export.quantize import QuantSettings
 
-    return QuantSettings(opts.repo.precision, opts.quant_method, opts.quant_block_size, opts.quant_compute)
+    return QuantSettings(
+        opts.repo.precision,
+        opts.quant_method,
+        opts.quant_block_size,
+        resolved_compute(opts.quant_compute, opts.quant_activations),
+        activations=opts.quant_activations,
+    )
+
+
+def resolved_compute(compute: str, activations: str) -> str:
+    """--quant-compute as given, or (not given) the default for the activations: int8 with fp32, fp32 with fp16."""
+    from export.quantize import DEFAULT_COMPUTE
+
+    return compute or DEFAULT_COMPUTE.get(activations, "int8")
+
+
+def graph_precision(opts: ExportOptions) -> Precision:
+    """The precision the fused graph is built in: the export's own for float exports; for int8 / int4 the float
+    graph whose linear layers are then quantized, float32 or (--quant-activations fp16) float16. The PyTorch
+    reference stays float32 either way: the gate measures the quantized graph against fp32."""
+    if opts.repo.precision.weight_bits and opts.quant_activations == "fp16":
+        return Precision.FP16
+    return opts.repo.precision
 
 
 def check_resources(ckpt: Checkpoint, opts: ExportOptions) -> None:
@@ -344,11 +371,13 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
                 {
                     "quantization": {
                         "bits": repo.precision.weight_bits,
-                        "compute": opts.quant_compute,
-                        "accuracy_level": quant_accuracy_level(opts.quant_compute),
+                        "compute": quant_settings(opts).compute,
+                        "accuracy_level": quant_accuracy_level(quant_settings(opts).compute),
                         # The token embedding table's dtype in the graph (export/quantize.py: float16 rows, cast
                         # to float32 after the Gather).
                         "embedding": quant_settings(opts).embedding,
+                        # MatMulNBits' and GroupQueryAttention's input dtype (--quant-activations).
+                        "activations": opts.quant_activations,
                         **quantization_facts(opts, verification),
                     }
                 }
@@ -420,7 +449,9 @@ def _embedding_graph(
         from export.fused_graph import build_fused_graph, save_fused_graph
 
         with step(console, "build the fused-attention ONNX graph"):
-            save_fused_graph(build_fused_graph(backbone, opts.repo.precision, ckpt.max_position_embeddings), onnx_path)
+            model = build_fused_graph(backbone, graph_precision(opts), ckpt.max_position_embeddings)
+            save_fused_graph(model, onnx_path)
+            del model
         quantize_step(console, opts, ckpt, onnx_path)
     else:
         from export.onnx_graph import export_onnx
@@ -497,7 +528,7 @@ def _reranker_graph(
         title = f"build the fused-attention ONNX graph (reranker head: rows {token_ids} = {RERANK_LABELS})"
         with step(console, title):
             model = build_fused_graph(
-                backbone, opts.repo.precision, ckpt.max_position_embeddings, head=RerankHead(rows, token_ids)
+                backbone, graph_precision(opts), ckpt.max_position_embeddings, head=RerankHead(rows, token_ids)
             )
             save_fused_graph(model, onnx_path)
             del model
@@ -527,7 +558,7 @@ def _reranker_graph(
 
 
 def quantize_step(console: Console, opts: ExportOptions, ckpt: Checkpoint, onnx_path: Path) -> None:
-    """--precision int8 / int4: the float32 graph's linear layers -> MatMulNBits, in place, before verification."""
+    """--precision int8 / int4: the float graph's linear layers -> MatMulNBits, in place, before verification."""
     if not opts.repo.precision.weight_bits:
         return
     from export.quantize import quantize_graph
@@ -536,7 +567,7 @@ def quantize_step(console: Console, opts: ExportOptions, ckpt: Checkpoint, onnx_
     calibration = calibration_ids(ckpt, opts.calibration_file) if settings.method == "gptq" else []
     title = (
         f"quantize the linear layers ({settings.precision}, {settings.method}, block {settings.block_size}, "
-        f"{settings.compute} compute)"
+        f"{settings.compute} compute, {settings.activations} activations)"
     )
     if calibration:
         title += f" on {len(calibration)} calibration texts"
@@ -591,7 +622,8 @@ def quantization_facts(opts: ExportOptions, verification: object) -> dict[str, A
     return {
         "quantization_method": opts.quant_method,
         "quantization_block_size": opts.quant_block_size,
-        "quantization_compute": opts.quant_compute,
+        "quantization_compute": resolved_compute(opts.quant_compute, opts.quant_activations),
+        "quantization_activations": opts.quant_activations,
         "quantization_agreement": agreement,
     }
 

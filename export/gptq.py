@@ -170,7 +170,8 @@ def quantize_model(
     block_size: int,
     source: Path | None = None,
 ) -> onnx.ModelProto:
-    """Replaces the named MatMuls of `model` (float32 weight initializers [K, N]) by GPTQ-quantized MatMulNBits.
+    """Replaces the named MatMuls of `model` (float32 or float16 weight initializers [K, N]) by GPTQ-quantized
+    MatMulNBits (scales in the weights' type).
     `source`: `model`'s file on disk, if it has one (see layer_hessians)."""
     hessians = layer_hessians(model, matmuls, calibration, source)
     weights = {t.name: t for t in model.graph.initializer}
@@ -184,6 +185,8 @@ def quantize_model(
             continue
         weight = numpy_helper.to_array(weights[node.input[1]])
         codes, scales, zeros = gptq(weight, hessians[node.name], bits, block_size)
+        # MatMulNBits' scales have its activations' type: float16 in a float16 graph (--quant-activations fp16).
+        scales = scales.astype(weight.dtype) if weight.dtype == np.float16 else scales
         new, inits = matmul_nbits(node, codes, scales, zeros, bits, block_size)
         nodes.append(new)
         added.extend(inits)

@@ -17,7 +17,9 @@ intermediate 3072, 2 layers); shapes [16,16] .. [1,8192], up to 16,384 tokens:
 The formula is 10-20 % above the measured peak at long widths and up to 2x above at middle widths (a bound,
 not a prediction). Weights count once at their precision; the stub and ORT libraries add RUNTIME_BYTES (loaded
 RSS minus weights: 78-93 MB for the three configs). fp16/bf16 graphs keep the fp32 factors: the attention
-softmax runs in fp32, and an over-estimate is the safe side.
+softmax runs in fp32, and an over-estimate is the safe side. So do quantized graphs with float16 activations
+(--quant-activations fp16): their activations are counted at 4 bytes like every float16 graph's, their weights at
+the written graph's size.
 
 The fused graph (export/fused_graph.py, GroupQueryAttention) has no score matrix; one run needs about
     FIXED + weights + rows*width * FUSED_TOKEN_FACTOR*(hidden + intermediate + (heads + 2*kv_heads)*head_dim)*4
@@ -116,7 +118,7 @@ def gib(n: int) -> str:
 
 def quantized_weight_bytes(
     vocab: int, hidden: int, layers: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
-    bits: int, block_size: int = 32, embedding_itemsize: int = 2, positions: int = 0,
+    bits: int, block_size: int = 32, embedding_itemsize: int = 2, positions: int = 0, float_itemsize: int = 4,
 ) -> int:
     """Bytes of an int8 / int4 fused graph's weights, before it is written: the embedding table (float16 as the
     export writes it; `embedding_itemsize` 4 for a float32 table, as exports before that), per layer the four
@@ -125,7 +127,10 @@ def quantized_weight_bytes(
     rotary cos / sin caches of `positions` rows (the export writes the config's max_position_embeddings: 16 MiB
     at 0.6B, 3 % of its int4 graph; 20 MiB at 4B / 8B). Norms are left out (under 0.1 % at 0.6B and up). The
     chart's int8 / int4 sizes (helm/qwen3-embedding/templates/_helpers.tpl weightsGiB) are this, rounded up to
-    0.01 GiB, for the real 0.6B / 4B / 8B configs (tests/deployment/test_helm.py pins them)."""
+    0.01 GiB, for the real 0.6B / 4B / 8B configs (tests/deployment/test_helm.py pins them). `float_itemsize`:
+    bytes of a scale and of a rotary cache value, 4 as written here; 2 in a graph with float16 activations
+    (--quant-activations fp16: scales and caches in float16). The chart counts the float32 figure for both: for
+    float16 activations it is high by 4-5 % (int8) and 6-8 % (int4) at 0.6B / 4B / 8B, the safe side."""
     q, kv = heads * head_dim, kv_heads * head_dim
     shapes = [(hidden, q + 2 * kv), (q, hidden), (hidden, 2 * intermediate), (intermediate, hidden)]
     per_layer = 0
@@ -133,6 +138,6 @@ def quantized_weight_bytes(
         blocks = -(-k // block_size)
         codes = n * blocks * (block_size * bits // 8)
         zero_points = n * (-(-blocks * bits // 8))
-        per_layer += codes + n * blocks * 4 + zero_points
-    rotary = 2 * positions * (head_dim // 2) * 4
+        per_layer += codes + n * blocks * float_itemsize + zero_points
+    rotary = 2 * positions * (head_dim // 2) * float_itemsize
     return vocab * hidden * embedding_itemsize + layers * per_layer + rotary

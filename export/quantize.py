@@ -4,6 +4,12 @@ input rows, each block with its own scale and zero point. Norms, attention (Grou
 two-row head stay as they are, in float32; the token embedding table is stored in float16 (its rows cast back to
 float32 after the Gather), and every weight goes to model.onnx.data, which ONNX Runtime maps (save_quantized).
 
+Activations (--quant-activations): fp32 (above; what ONNX Runtime's CPU provider runs fastest) or fp16: the graph
+quantized is the float16 fused graph (--precision fp16's), so MatMulNBits takes float16 inputs with float16 scales
+and GroupQueryAttention runs in float16, the only types ONNX Runtime's CUDA provider has GroupQueryAttention
+kernels for: with float32 activations every layer's attention falls back to the CPU provider on a GPU
+(docs/gpu-kit.md). The float16 graph's table is float16 already; its output is cast to float32 as the fp16 export's.
+
 Methods (onnxruntime.quantization.matmul_nbits_quantizer, no other library):
 - rtn: round to nearest per block (no data); int8 and int4.
 - hqq: half-quadratic quantization (no data): per block, the zero point and scale are optimised to minimise the
@@ -39,6 +45,13 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 # --quant-compute -> MatMulNBits' accuracy_level attribute (0: unset, fp32 compute on CPU; 4: int8 compute).
 COMPUTE_LEVELS = {"fp32": 0, "int8": 4}
 EMBEDDING_DTYPES = ("fp16", "fp32")
+# --quant-activations: the dtype of the graph the linear layers are quantized in (see the module's docstring).
+ACTIVATIONS = ("fp32", "fp16")
+# --quant-compute when it is not given, per activations. fp16: float compute (accuracy_level unset), because
+# MatMulNBits with float16 activations and accuracy_level 4 on ONNX Runtime 1.32's CPU provider, at the basic
+# optimization level the gate verifies at, lost the dev int4 graph's accuracy (worst cosine 0.906 against fp32,
+# 0.995 unset; docs/export.md "Quantized models"): refused in validate. CUDA is what fp16 activations are for.
+DEFAULT_COMPUTE = {"fp32": "int8", "fp16": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,9 @@ class QuantSettings:
     # The token embedding table's dtype in the quantized graph: float16 by default (half the bytes; the rows are
     # cast back to float32 after the Gather, each value rounded to float16), or float32 as in the float graph.
     embedding: str = "fp16"
+    # The activations' dtype (ACTIVATIONS): "fp16" for GPUs (float16 GroupQueryAttention and MatMulNBits), "fp32"
+    # for the CPU provider (float32 everywhere but the quantized weights).
+    activations: str = "fp32"
 
     @property
     def bits(self) -> int:
@@ -79,6 +95,19 @@ def validate(settings: QuantSettings) -> None:
         )
     if settings.block_size not in BLOCK_SIZES:
         raise ExportError(f"--quant-block-size must be one of {', '.join(map(str, BLOCK_SIZES))}")
+    if settings.activations not in ACTIVATIONS:
+        raise ExportError(
+            f"--quant-activations must be one of {', '.join(ACTIVATIONS)}, not {settings.activations!r}"
+        )
+    if settings.activations == "fp16" and settings.compute == "int8":
+        raise ExportError(
+            "--quant-compute int8 is refused with --quant-activations fp16: ONNX Runtime's CPU provider computes "
+            "float16 MatMulNBits with accuracy_level 4 inaccurately (dev int4: worst cosine 0.906 against fp32); "
+            "use --quant-compute fp32 (the default with fp16 activations)"
+        )
+    if settings.activations == "fp16" and settings.embedding != "fp16":
+        # The float16 graph's table is float16 like everything else in it; there is no float32 table to keep.
+        raise ExportError("--quant-activations fp16 keeps the embedding table in float16 (the float16 graph's own)")
 
 
 def linear_matmuls(model: onnx.ModelProto, min_out: int = 16) -> list[str]:
@@ -98,8 +127,9 @@ def linear_matmuls(model: onnx.ModelProto, min_out: int = 16) -> list[str]:
 def quantize_graph(
     onnx_path: Path, settings: QuantSettings, calibration: Sequence[Sequence[int]] = ()
 ) -> int:
-    """Rewrites the float32 graph at `onnx_path` in place with quantized linear layers; returns how many MatMuls
-    it quantized. `calibration`: token ids of the calibration texts (gptq)."""
+    """Rewrites the float graph at `onnx_path` (float32, or float16 for settings.activations "fp16") in place with
+    quantized linear layers; returns how many MatMuls it quantized. `calibration`: token ids of the calibration
+    texts (gptq)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         HQQWeightOnlyQuantConfig,
@@ -113,6 +143,14 @@ def quantize_graph(
     exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in include]
     if not include:
         raise ExportError("the graph has no linear-layer MatMul to quantize")
+    expected = FLOAT_TYPES[settings.activations]
+    weight_types = {t.name: t.data_type for t in model.graph.initializer}
+    wrong = {weight_types[n.input[1]] for n in model.graph.node if n.name in include} - {expected}
+    if wrong:
+        raise ExportError(
+            f"--quant-activations {settings.activations} quantizes a {onnx.TensorProto.DataType.Name(expected)} "
+            f"graph; its linear layers are {', '.join(onnx.TensorProto.DataType.Name(t) for t in sorted(wrong))}"
+        )
     if settings.method == "gptq":
         if not calibration:
             raise ExportError("--quant-method gptq needs calibration texts")
@@ -161,13 +199,71 @@ def _check_and_save(out: onnx.ModelProto, include: list[str], onnx_path: Path, s
             node.attribute.append(onnx.helper.make_attribute("accuracy_level", level))
     if done != len(include):
         raise ExportError(f"quantized {done} of {len(include)} linear layers; the graph is not what was expected")
-    if settings.embedding == "fp16" and not half_embedding_table(out):
+    if settings.activations == "fp16":
+        _check_half_graph(out)
+    elif settings.embedding == "fp16" and not half_embedding_table(out):
         raise ExportError(f"the graph has no float32 {EMBED_TABLE} read only by a Gather to store in float16")
     save_quantized(out, onnx_path)
     return done
 
 
 EMBED_TABLE = "embed_tokens.weight"
+FLOAT_TYPES = {"fp32": onnx.TensorProto.FLOAT, "fp16": onnx.TensorProto.FLOAT16}
+
+
+def value_types(model: onnx.ModelProto) -> dict[str, int]:
+    """The element type of every value of a graph whose nodes are in topological order (as the exporter writes
+    them), without running it: inputs and initializers as declared, a Cast's output its `to`, a Shape's int64, and
+    every other node's outputs its first input's type. That last rule holds for each op the fused graph has (the
+    elementwise ops, Reshape, Gather, Split, the norms, QuickGelu, GroupQueryAttention, MatMulNBits: output type =
+    the data input's type); onnx's own shape inference cannot type it (no schemas for com.microsoft ops)."""
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.input}
+    types.update({t.name: t.data_type for t in model.graph.initializer})
+    for node in model.graph.node:
+        if node.op_type == "Cast":
+            out = next(a.i for a in node.attribute if a.name == "to")
+        elif node.op_type == "Shape":
+            out = onnx.TensorProto.INT64
+        else:
+            out = types.get(node.input[0], onnx.TensorProto.UNDEFINED)
+        for name in node.output:
+            if name:
+                types[name] = out
+    return types
+
+
+def half_placement_errors(model: onnx.ModelProto) -> list[str]:
+    """What keeps a quantized graph from running its layers in float16: each GroupQueryAttention's query, key,
+    value and rotary caches and each MatMulNBits' activations and scales must be float16 (ONNX Runtime's CUDA
+    provider has GroupQueryAttention kernels for float16 / bfloat16 only; MatMulNBits' scales have its activations'
+    type), and the embedding table too. [] when it is all float16."""
+    types = value_types(model)
+    half = onnx.TensorProto.FLOAT16
+    errors = []
+    for node in model.graph.node:
+        if node.op_type == "GroupQueryAttention":
+            checked = [node.input[i] for i in (0, 1, 2, 7, 8)]
+        elif node.op_type == "MatMulNBits":
+            checked = [node.input[0], node.input[2]]
+        else:
+            continue
+        errors += [
+            f"{node.op_type} {node.name} input {name} is {onnx.TensorProto.DataType.Name(types.get(name, 0))}"
+            for name in checked
+            if types.get(name) != half
+        ]
+    if types.get(EMBED_TABLE) != half:
+        errors.append(f"{EMBED_TABLE} is not float16")
+    return errors
+
+
+def _check_half_graph(model: onnx.ModelProto) -> None:
+    """A quantized float16 graph must be float16 where the GPU needs it (half_placement_errors): refused rather
+    than published as a graph whose attention would run on the CPU provider under CUDA, or that ONNX Runtime
+    would reject at load (scales of another type than the activations)."""
+    errors = half_placement_errors(model)
+    if errors:
+        raise ExportError(f"the float16 quantized graph is not float16 throughout: {errors[0]} ({len(errors)} in all)")
 
 
 def half_embedding_table(model: onnx.ModelProto) -> bool:

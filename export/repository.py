@@ -75,13 +75,15 @@ def same_source(
     quant_method: str = "",
     quant_block_size: int = 0,
     quant_compute: str = "",
+    quant_activations: str = "",
 ) -> str:
     """"" when the published export was made from `model` at `precision` (and, quantized, with `quant_method`,
     `quant_block_size` and `quant_compute`, when given); else what differs. A source that names the same hub id or
     the same local directory counts as the same (its revision is not known before loading it; a new revision of one
     id goes to a new version by choice). An int4 rtn export is not an int4 gptq one: other weights, other
     agreement; nor is one computing in int8 the same as one computing in fp32 (other results, other speed). A
-    published export that does not record its compute mode (written before the key) is not known to be the same."""
+    published export that does not record its compute mode (written before the key) is not known to be the same.
+    Nor is a float16-activation graph the float32 one (`quant_activations`; exports before that key are fp32)."""
     differs = []
     if published.source_model.rstrip("/") != model.rstrip("/"):
         differs.append(f"source {published.source_model} (asked: {model})")
@@ -96,4 +98,7 @@ def same_source(
             )
         if quant_compute and published.quantization_compute != quant_compute:
             differs.append(f"quantization compute {published.quantization_compute or '?'} (asked: {quant_compute})")
+        held = published.quantization_activations or "fp32"
+        if quant_activations and held != quant_activations:
+            differs.append(f"quantization activations {held} (asked: {quant_activations})")
     return ", ".join(differs)

@@ -118,6 +118,9 @@ class Param(StrEnum):
     # What MatMulNBits multiplies in: "int8" (ONNX Runtime's accuracy_level 4) or "fp32" (accuracy_level unset);
     # absent in quantized exports written before the key.
     QUANTIZATION_COMPUTE = "quantization_compute"
+    # The quantized graph's activations: "fp32" (CPU) or "fp16" (GPU: float16 GroupQueryAttention and
+    # MatMulNBits); absent in quantized exports written before the key (those are fp32).
+    QUANTIZATION_ACTIVATIONS = "quantization_activations"
 
 
 REQUIRED_PARAMS = (Param.HIDDEN_SIZE, Param.MAX_INPUT_TOKENS, Param.EMBEDDING_ROWS)
@@ -248,6 +251,7 @@ class ModelFacts:
     quantization_block_size: int = 0
     quantization_agreement: dict[str, float] = field(default_factory=dict)
     quantization_compute: str = ""  # "int8" | "fp32" (export/quantize.py COMPUTE_LEVELS); "" = not written
+    quantization_activations: str = ""  # "fp32" | "fp16" (export/quantize.py ACTIVATIONS); "" = not written
 
     def __post_init__(self) -> None:
         # Callers may pass the plain string ("fp16"); the field is always the enum.
@@ -345,6 +349,7 @@ _FIELD_KEYS: dict[str, Param] = {
     "quantization_block_size": Param.QUANTIZATION_BLOCK_SIZE,
     "quantization_agreement": Param.QUANTIZATION_AGREEMENT,
     "quantization_compute": Param.QUANTIZATION_COMPUTE,
+    "quantization_activations": Param.QUANTIZATION_ACTIVATIONS,
 }
 _OPTIONAL_NUMBERS = {
     Param.MAX_BATCH_TOKENS,
@@ -360,6 +365,7 @@ _OPTIONAL_LISTS = {
     Param.QUANTIZATION_METHOD,
     Param.QUANTIZATION_AGREEMENT,
     Param.QUANTIZATION_COMPUTE,
+    Param.QUANTIZATION_ACTIVATIONS,
 }
 _STRING_FIELDS = {
     "source_model",
@@ -369,6 +375,7 @@ _STRING_FIELDS = {
     "rerank_token_ids",
     "quantization_method",
     "quantization_compute",
+    "quantization_activations",
 }
 
 

@@ -62,6 +62,7 @@ def quantization_fields(facts: ModelFacts) -> dict[str, Any]:
             "method": facts.quantization_method,
             "block_size": facts.quantization_block_size,
             "compute": facts.quantization_compute,
+            "activations": facts.quantization_activations,
             "agreement": dict(facts.quantization_agreement),
         }
     }

@@ -81,6 +81,9 @@ class Sizes:
     quant_shape: str = "0.6B"
     quant_precision: str = "int4"
     quant_method: str = "rtn"
+    # The graph the GPU presets serve (--quant-activations fp16: float16 attention and MatMulNBits, which ONNX
+    # Runtime's CUDA provider runs); "fp32" measures the CPU graph, whose attention falls back to the CPU there.
+    quant_activations: str = "fp16"
     quant_block_sizes: tuple[int, ...] = (32, 256)
     quant_cells: tuple[str, ...] = ("32x32", "8x1024", "1x4096")
     # "project": the exporter's own gate (a refusal is the variant's result, nothing more is measured);
@@ -560,12 +563,18 @@ def check_quant_sizes(s: Sizes) -> None:
     if s.quant_shape not in s.shapes:
         raise SystemExit(f"quant_shape {s.quant_shape!r} is not among shapes {s.shapes}")
     from export.errors import ExportError
+    from export.exporter import resolved_compute
     from export.quantize import QuantSettings, validate
     from service.contract import Precision
 
     try:
         for block in s.quant_block_sizes or ():
-            validate(QuantSettings(Precision(s.quant_precision), s.quant_method, block))
+            compute = resolved_compute("", s.quant_activations)
+            validate(
+                QuantSettings(
+                    Precision(s.quant_precision), s.quant_method, block, compute, activations=s.quant_activations
+                )
+            )
         quantized.gate_options(s.quant_gate)
         cells = [quantized.parse_cell(c) for c in s.quant_cells]
     except (ExportError, ValueError) as exc:
@@ -592,9 +601,11 @@ def export_quantized(run: Run, name: str, ckpt: Path, block: int) -> tuple[dict[
         max_input_tokens=s.max_input_tokens, instance_kind=run.device.instance_kind,
     )  # fmt: skip
     opts = ExportOptions(
-        model=str(ckpt), output=run.work / f"repo-{name}-{s.quant_precision}-{s.quant_method}-b{block}", repo=repo,
+        model=str(ckpt), repo=repo,
+        output=run.work / f"repo-{name}-{s.quant_precision}-{s.quant_method}-b{block}-{s.quant_activations}",
         device=run.device.torch_device, verify_long_tokens=s.verify_long_tokens, auto_warmup=True,
-        quant_method=s.quant_method, quant_block_size=block, min_cosine=gate.get("min_cosine", 0.0),
+        quant_method=s.quant_method, quant_block_size=block, quant_activations=s.quant_activations,
+        min_cosine=gate.get("min_cosine", 0.0),
         min_overlap=gate.get("min_overlap", 0.0), min_spearman=gate.get("min_spearman", 0.0),
     )  # fmt: skip
     model_dir = opts.output / MODEL
@@ -621,6 +632,8 @@ def export_quantized(run: Run, name: str, ckpt: Path, block: int) -> tuple[dict[
         "project_gate": quantized.project_gate(s.quant_precision, agreement),
         "accuracy_level": quant.get("accuracy_level"),
         "embedding_table": quant.get("embedding"),
+        "activations": quant.get("activations"),
+        "compute": quant.get("compute"),
     }
     return row, model_dir
 
@@ -708,6 +721,7 @@ def quantized_shape(run: Run, name: str, ckpt: Path, model_dir: Path, engines: E
     torch_ref = {cell: engines.torch_run(ids) for cell, ids in inputs.items()}
     q: dict[str, Any] = {
         "shape": name, "precision": s.quant_precision, "method": s.quant_method, "provider": run.device.provider,
+        "activations": s.quant_activations,
         "gate": s.quant_gate, "gate_values": quantized.gate_options(s.quant_gate), "cells": list(inputs),
         "variants": [],
     }  # fmt: skip

@@ -2,11 +2,13 @@
 each node, the export gate's verdict and refusals, and the section's markdown table. The section itself (exports,
 sessions, timing) is `measure.quantized_shape`, beside the other sections.
 
-Why the placement matters: the exporter's int4 graph keeps float32 activations (export/quantize.py: only the
-linear layers become MatMulNBits). The CUDA provider has MatMulNBits for float32, but its GroupQueryAttention only
-for float16 and bfloat16, so ONNX Runtime puts every attention node on the CPU provider and copies each layer's
-activations across. Such a session still names CUDAExecutionProvider first; only the nodes' placement (read from
-ONNX Runtime's own profile of one run) shows that part of it ran on the CPU, and the report says so.
+Why the placement matters: the exporter's default int4 graph keeps float32 activations (export/quantize.py: only
+the linear layers become MatMulNBits). The CUDA provider has MatMulNBits for float32, but its GroupQueryAttention
+only for float16 and bfloat16, so ONNX Runtime puts every attention node of that graph on the CPU provider and
+copies each layer's activations across. Such a session still names CUDAExecutionProvider first; only the nodes'
+placement (read from ONNX Runtime's own profile of one run) shows that part of it ran on the CPU. The section
+therefore measures the graph the GPU presets serve, --quant-activations fp16 (Sizes.quant_activations): float16
+attention and MatMulNBits, where nothing heavy should run off the GPU; the placement check says whether that held.
 """
 
 from __future__ import annotations
@@ -110,8 +112,8 @@ def table(q: dict[str, Any]) -> list[str]:
     cells: list[str] = q["cells"]
     base = q["baseline"]
     lines = [
-        f"## quantized {q['shape']}: {q['precision']} ({q['method']}) vs {base['precision']}, ONNX Runtime on "
-        f"{q['provider']}, same inputs",
+        f"## quantized {q['shape']}: {q['precision']} ({q['method']}, {q.get('activations', 'fp32')} activations) vs "
+        f"{base['precision']}, ONNX Runtime on {q['provider']}, same inputs",
         f"gate: {q['gate']}" + (f" {q['gate_values']}" if q.get("gate_values") else ""),
         "| graph | MiB on disk | export s | " + " | ".join(f"{c} tokens/s" for c in cells)
         + f" | peak GiB at {cells[-1]} | cosine vs {base['precision']} graph | cosine vs torch | export agreement |",

@@ -331,6 +331,8 @@ def test_lint_fails_on_a_broken_values_file() -> None:
         {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "m", "precision": "int3"}}]},
         {"exportJob": {"precision": "int4", "quantMethod": "awq"}},
         {"exportJob": {"precision": "int4", "quantBlockSize": 48}},
+        {"exportJob": {"precision": "int4", "quantActivations": "bf16"}},
+        {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "m", "quantActivations": "int8"}}]},
         {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "m", "quantBlockSize": "32"}}]},
         {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "m", "device": "gpu"}}]},
         {"extraModels": [{"name": "qwen3_reranker", "export": {"model": "m", "maxTokens": "4096"}}]},
@@ -1268,6 +1270,8 @@ def test_quantized_presets_fit_their_card(size: str, model: str, card_gb: int) -
     [export] = only(render(values), "Job")["spec"]["template"]["spec"]["containers"]
     pairs = dict(zip(export["args"][::2], export["args"][1::2], strict=True))
     assert (pairs["--precision"], pairs["--quant-method"], pairs["--quant-block-size"]) == ("int4", "rtn", "32")
+    # A GPU preset: float16 activations, so that attention and MatMulNBits run on ONNX Runtime's CUDA provider.
+    assert pairs["--quant-activations"] == "fp16"
     s = REAL_SHAPES[model]
     weights = quantized_weight_bytes(
         s.vocab_size, s.hidden_size, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate_size, 4, 32,
@@ -1352,8 +1356,19 @@ def test_quantized_exports_carry_their_method_and_block_size() -> None:
     reranker = next(c for c in job.get("initContainers", []) + job["containers"] if "qwen3_reranker" in c["args"])
     pairs = dict(zip(reranker["args"][::2], reranker["args"][1::2], strict=True))
     assert (pairs["--precision"], pairs["--quant-method"], pairs["--quant-block-size"]) == ("int8", "rtn", "32")
+    assert pairs["--quant-activations"] == "fp32"  # the default: the CPU graph
     [plain] = only(render({}), "Job")["spec"]["template"]["spec"]["containers"]
     assert "--quant-method" not in plain["args"] and "--quant-block-size" not in plain["args"]
+    assert "--quant-activations" not in plain["args"]
+    # An extra model's own activations over exportJob's.
+    values = copy.deepcopy(SCENARIOS["quantized"])
+    values["exportJob"]["quantActivations"] = "fp16"
+    values["extraModels"][0]["export"]["quantActivations"] = "fp32"
+    job = only(render(values), "Job")["spec"]["template"]["spec"]
+    containers = job.get("initContainers", []) + job["containers"]
+    by_name = {c["args"][c["args"].index("--name") + 1]: c["args"] for c in containers}
+    assert by_name["qwen3_embedding"][by_name["qwen3_embedding"].index("--quant-activations") + 1] == "fp16"
+    assert by_name["qwen3_reranker"][by_name["qwen3_reranker"].index("--quant-activations") + 1] == "fp32"
 
 
 def test_gpu_export_runs_in_the_server_pod_on_its_own_gpu() -> None:

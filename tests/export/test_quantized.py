@@ -1,11 +1,13 @@
 """Quantized exports (--precision int8 / int4): the graph keeps its fused attention and float embeddings with the
 linear layers as MatMulNBits, the export gate measures it against the fp32 reference and refuses a broken one,
 and a quantized repository is served by the real Triton and facade with the vectors (and reranker scores) its own
-graph gives in-process."""
+graph gives in-process. --quant-activations fp16 quantizes the float16 graph instead: float16 attention and
+MatMulNBits (what ONNX Runtime's CUDA provider has kernels for), through the same gate, served the same way."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,27 +23,52 @@ from sentence_transformers import SentenceTransformer
 from typer.testing import CliRunner
 
 from export import quantize
+from export.exporter import ExportOptions, run_export
 from export.quant_texts import CALIBRATION_TEXTS
 from export.samples import rerank_ids
-from export.triton_config import parse_pbtxt
+from export.triton_config import RepoSettings, parse_pbtxt
 from export.verify import THRESHOLDS, rerank_score
 from service.cli import app
 from service.contract import ATTENTION_MASK, INPUT_IDS, RERANK_LOGITS, ModelFacts, Precision
 from service.gen.embedding.v1 import embedding_pb2 as pb
 from service.gen.embedding.v1 import embedding_pb2_grpc as pb_grpc
 from service.triton.runtime import TritonProcess, start_triton
-from tests.conftest import export_dev, export_dev_reranker
+from tests.conftest import TEST_MAX_BATCH, TEST_MAX_TOKENS, export_dev, export_dev_reranker
 from tests.export.test_export import DOCS, QUERY_PREFIX, onnx_embed
 from tests.helpers import Facade, run_facade
 
 EMBEDDER, RERANKER = "qwen3_embedding", "qwen3_reranker"
+# The dev model in int4 with float16 activations (--quant-activations fp16), served beside the others.
+HALF = "qwen3_embedding_fp16act"
+
+
+def export_half_activations(model_dir: Path, output: Path) -> Path:
+    """export_dev's settings (the same small limits), int4 rtn with --quant-activations fp16, named HALF."""
+    from rich.console import Console
+
+    from service.contract import default_buckets
+
+    repo = RepoSettings(
+        name=HALF, precision=Precision.INT4, max_input_tokens=TEST_MAX_TOKENS, max_batch_size=TEST_MAX_BATCH,
+        warmup_lengths=tuple(default_buckets(TEST_MAX_TOKENS)), ort_intra_op_threads=1,
+    )  # fmt: skip
+    opts = ExportOptions(
+        model=str(model_dir), output=output, repo=repo, verify_long_tokens=TEST_MAX_TOKENS, quant_activations="fp16"
+    )
+    return run_export(opts, Console(quiet=True))
 
 
 @pytest.fixture(scope="module")
 def quantized_repository(dev_model_dir: Path, dev_reranker_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The dev model in int4 (round to nearest) and the dev reranker in int8, both through the export gate."""
+    """The dev model in int4 (round to nearest), once more in int4 with float16 activations (HALF), and the dev
+    reranker in int8, all through the export gate."""
     out = tmp_path_factory.mktemp("quantized-repo")
     export_dev(dev_model_dir, out, precision=Precision.INT4)
+    # The same checkpoint from a directory of its own name: the facade serves each model under its source's name,
+    # and two models may not share one.
+    half_source = tmp_path_factory.mktemp("half-source") / "dev-model-fp16act"
+    shutil.copytree(dev_model_dir, half_source)
+    export_half_activations(half_source, out)
     return export_dev_reranker(dev_reranker_dir, out, precision=Precision.INT8)
 
 
@@ -135,9 +162,17 @@ def test_config_and_report_record_precision_method_and_agreement(quantized_repos
     assert report["precision"] == "int4" and report["quantization"]["bits"] == 4
     assert report["quantization"]["compute"] == "int8" and report["quantization"]["accuracy_level"] == 4
     assert report["quantization"]["embedding"] == "fp16"
+    assert report["quantization"]["activations"] == "fp32" and facts.quantization_activations == "fp32"
     assert report["retrieval"]["overlap_at_10"] == pytest.approx(agreement["overlap_at_10"], abs=1e-4)
     rr = facts_of(quantized_repository / RERANKER)
     assert rr.precision is Precision.INT8 and "worst_score_diff" in rr.quantization_agreement
+    half = facts_of(quantized_repository / HALF)
+    assert half.precision is Precision.INT4 and half.quantization_activations == "fp16"
+    assert half.quantization_method == "rtn" and half.quantization_compute == "fp32"  # fp16's default compute
+    assert half.quantization_agreement["worst_cosine"] >= THRESHOLDS[Precision.INT4]
+    assert half.quantization_agreement["overlap_at_10"] >= 0.8 and half.quantization_agreement["spearman"] >= 0.9
+    half_report = json.loads((quantized_repository / HALF / "export_report.json").read_text())
+    assert half_report["quantization"]["activations"] == "fp16" and half_report["worst_cosine"] >= 0.98
 
 
 def test_served_vectors_equal_the_graph_in_process_and_agree_with_fp32(
@@ -157,19 +192,111 @@ def test_served_vectors_equal_the_graph_in_process_and_agree_with_fp32(
     cosines = np.sum(served * fp32, axis=1)
     assert cosines.min() >= THRESHOLDS[Precision.INT4], cosines
     assert cosines.max() < 0.99999  # the served graph is the quantized one, not an fp32 graph
-    described = {m.kind: m for m in info.models}
+    # The default embedding model (the fp32-activation one) and the reranker; HALF is the other embedding model.
+    described = {m.kind: m for m in info.models if m.is_default}
     embedder, reranker = described[pb.MODEL_KIND_EMBEDDING], described[pb.MODEL_KIND_RERANKER]
     assert (embedder.precision, reranker.precision) == ("int4", "int8")
     facts = facts_of(model_dir)
     assert embedder.quantization.method == "rtn" and embedder.quantization.block_size == 32
     assert embedder.quantization.compute == "int8" and reranker.quantization.compute == "int8"
+    assert embedder.quantization.activations == "fp32" and reranker.quantization.activations == "fp32"
     assert dict(embedder.quantization.agreement) == pytest.approx(facts.quantization_agreement)
     assert reranker.HasField("quantization") and "worst_score_diff" in reranker.quantization.agreement
     cards = httpx.get(f"{quantized_facade.base_url}/v1/models", timeout=10).json()["data"]
     card = next(c for c in cards if c["kind"] == "embedding")
     assert card["precision"] == "int4" and card["quantization"]["method"] == "rtn"
-    assert card["quantization"]["compute"] == "int8"
+    assert card["quantization"]["compute"] == "int8" and card["quantization"]["activations"] == "fp32"
     assert card["quantization"]["agreement"] == pytest.approx(facts.quantization_agreement)
+
+
+def test_float16_activations_are_served_as_the_graph_gives_them_and_agree_with_fp32(
+    quantized_repository: Path, quantized_facade: Facade, reference: SentenceTransformer
+) -> None:
+    """The int4 graph with float16 activations, asked for by its Triton name: the served vectors are its own graph's
+    in process (ONNX Runtime CPU), within the int4 gate of the fp32 reference, and not the fp32-activation int4
+    graph's; GetInfo and /v1/models say fp16 activations."""
+    texts = [QUERY_PREFIX + "What is the capital of China?", *DOCS]
+    with grpc.insecure_channel(quantized_facade.target) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        response = stub.Embed(pb.EmbedRequest(inputs=texts, model=HALF), timeout=60)
+        info = stub.GetInfo(pb.GetInfoRequest(), timeout=10)
+    served = np.array([list(e.values) for e in response.embeddings], dtype=np.float32)
+    own = graph_embeddings(quantized_repository / HALF, texts)
+    np.testing.assert_allclose(served, own, atol=1e-5)
+    fp32 = reference.encode(texts, normalize_embeddings=True)
+    cosines = np.sum(served * fp32, axis=1)
+    assert cosines.min() >= THRESHOLDS[Precision.INT4], cosines
+    other = graph_embeddings(quantized_repository / EMBEDDER, texts)
+    assert np.abs(served - other).max() > 1e-4  # another graph than the fp32-activation one
+    (half,) = [m for m in info.models if m.kind == pb.MODEL_KIND_EMBEDDING and not m.is_default]
+    assert half.precision == "int4" and half.quantization.activations == "fp16"
+    assert half.quantization.compute == "fp32" and half.quantization.method == "rtn"
+    cards = httpx.get(f"{quantized_facade.base_url}/v1/models", timeout=10).json()["data"]
+    activations = sorted(c["quantization"]["activations"] for c in cards if c["kind"] == "embedding")
+    assert activations == ["fp16", "fp32"]
+
+
+def graph_embeddings(model_dir: Path, texts: list[str]) -> np.ndarray:
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    return np.stack([onnx_embed(session, model_dir / "tokenizer", [t])[0] for t in texts])
+
+
+def test_float16_activations_reach_attention_and_the_quantized_layers(
+    quantized_repository: Path, dev_model_dir: Path
+) -> None:
+    """The GPU placement guarantee that can be checked without a GPU: in the fp16-activation graph every
+    GroupQueryAttention takes float16 query / key / value / rotary caches and every MatMulNBits float16
+    activations and scales (ONNX Runtime's CUDA provider has GroupQueryAttention kernels for float16 / bfloat16
+    only: a float32 one runs on the CPU provider). The types are the ones ONNX Runtime itself produces: those
+    inputs are fetched as extra outputs of one real run. The output stays float32, and the written size is
+    export/memory.py's with float16 scales and caches."""
+    from export.memory import quantized_weight_bytes
+    from export.quantize import half_placement_errors
+
+    path = quantized_repository / HALF / "1" / "model.onnx"
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulNBits") == 8 and "MatMul" not in ops and ops.count("GroupQueryAttention") == 2
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    # Float compute (no accuracy_level): int8 compute is refused with float16 activations (inaccurate on CPU).
+    assert not any(a.name == "accuracy_level" for n in nbits for a in n.attribute)
+    checked = sorted(
+        {n.input[i] for n in model.graph.node if n.op_type == "GroupQueryAttention" for i in (0, 1, 2, 7, 8)}
+        | {n.input[0] for n in nbits}
+    )
+    inits = {t.name: t for t in model.graph.initializer}
+    fetched = [name for name in checked if name not in inits]
+    # Per layer: q, k, v and the inputs of its four MatMulNBits (two norms' outputs, attention's, the MLP product).
+    assert len(fetched) == 2 * 7
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in fetched)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids = np.array([[9707, 11, 1879, 0, 0]], dtype=np.int64)
+    mask = np.array([[1, 1, 1, 0, 0]], dtype=np.int64)
+    outputs = session.run(None, {INPUT_IDS: ids, ATTENTION_MASK: mask})
+    assert outputs[0].dtype == np.float32  # the embedding, as every export's
+    assert {name: out.dtype for name, out in zip(fetched, outputs[1:], strict=True)} == {
+        name: np.dtype(np.float16) for name in fetched
+    }
+    for name in checked:
+        if name in inits:  # the rotary caches
+            assert inits[name].data_type == onnx.TensorProto.FLOAT16, name
+    assert all(inits[n.input[2]].data_type == onnx.TensorProto.FLOAT16 for n in nbits)  # scales
+    assert inits["embed_tokens.weight"].data_type == onnx.TensorProto.FLOAT16
+    # The export's own check agrees, and tells the CPU graph (float32 attention) apart.
+    assert half_placement_errors(model) == []
+    cpu_graph = onnx.load(str(quantized_repository / EMBEDDER / "1" / "model.onnx"))
+    assert any("GroupQueryAttention" in e and "FLOAT" in e for e in half_placement_errors(cpu_graph))
+    cfg = json.loads((dev_model_dir / "config.json").read_text())
+    sizes = {t.name: numpy_helper.to_array(t).nbytes for t in model.graph.initializer}
+    written = sizes["embed_tokens.weight"] + sizes["rotary_cos"] + sizes["rotary_sin"] + sum(
+        sizes[i] for n in nbits for i in n.input[1:] if i in sizes
+    )
+    computed = quantized_weight_bytes(
+        cfg["vocab_size"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
+        cfg["num_key_value_heads"], cfg["head_dim"], cfg["intermediate_size"], bits=4, block_size=32,
+        positions=cfg["max_position_embeddings"], float_itemsize=2,
+    )  # fmt: skip
+    assert computed == written
 
 
 def test_served_reranker_scores_equal_the_graph_in_process(
@@ -237,6 +364,8 @@ def test_a_zeroed_scale_is_refused_by_the_export_gate(
         (["--precision", "int8"], 2, "precision int4 (asked: int8)"),
         (["--precision", "int4", "--quant-compute", "int8"], 0, "nothing to export"),
         (["--precision", "int4", "--quant-compute", "fp32"], 2, "quantization compute int8 (asked: fp32)"),
+        (["--precision", "int4", "--quant-activations", "fp32"], 0, "nothing to export"),
+        (["--precision", "int4", "--quant-activations", "fp16"], 2, "quantization activations fp32 (asked: fp16)"),
     ],
 )
 def test_skip_if_published_compares_the_quantization(
@@ -286,6 +415,12 @@ def test_a_published_export_without_its_compute_mode_is_not_the_same(
         (["--precision", "int4", "--quant-block-size", "48"], "--quant-block-size must be one of"),
         (["--precision", "int4", "--attention", "eager"], "needs the fused graph"),
         (["--min-cosine", "1.5"], "--min-cosine must be within"),
+        (["--quant-activations", "fp16"], "--quant-activations applies to --precision int8/int4, not fp32"),
+        (["--precision", "int4", "--quant-activations", "bf16"], "--quant-activations must be one of fp32, fp16"),
+        (
+            ["--precision", "int4", "--quant-activations", "fp16", "--quant-compute", "int8"],
+            "--quant-compute int8 is refused with --quant-activations fp16",
+        ),
         (["--min-spearman", "-0.5"], "--min-spearman must be within"),
     ],
 )
@@ -362,7 +497,7 @@ def test_the_commands_of_the_docs_section_export_and_pass_the_gate(
     from tests.doc_pages import section, shell_lines
 
     lines = shell_lines(section("docs/export.md", "## Quantized models"), "qwen3-embed")
-    assert len(lines) == 3, lines
+    assert len(lines) == 4, lines
     calibration = tmp_path / "my-texts.txt"
     # A user's file as the docs describe it: one text per line, "\n" for newlines (the built-in texts, written out;
     # two short texts were too few: the dev reranker's int4 gptq then missed the gate, 0.14 > 0.1).
@@ -379,3 +514,5 @@ def test_the_commands_of_the_docs_section_export_and_pass_the_gate(
         assert result.exit_code == 0, f"{line}\n{result.output}"
         (model_dir,) = [p for p in out.iterdir() if p.is_dir()]
         assert str(facts_of(model_dir).precision) == args[args.index("--precision") + 1]
+        activations = args[args.index("--quant-activations") + 1] if "--quant-activations" in args else "fp32"
+        assert facts_of(model_dir).quantization_activations == activations

@@ -46,7 +46,7 @@ def test_measure_dry_run_on_cpu_writes_every_figure(
     r = json.loads(json_path.read_text())
     text = json_path.with_suffix(".txt").read_text()
     assert text.count("| grpc |") == 2
-    assert "## quantized dev: int4 (rtn) vs fp16" in text and text.count("| int4 rtn b") == 2
+    assert "## quantized dev: int4 (rtn, fp16 activations) vs fp16" in text and text.count("| int4 rtn b") == 2
 
     # The keys other tools read, with sane values.
     assert r["provider"] == "cpu" and r["device"].startswith("CPU")
@@ -70,6 +70,8 @@ def test_measure_dry_run_on_cpu_writes_every_figure(
     # figures exist and are sane is checked, not which graph wins.
     q = r["quantized"]
     assert (q["shape"], q["precision"], q["method"], q["provider"]) == ("dev", "int4", "rtn", "cpu")
+    # The GPU presets' graph: float16 activations (float compute, their default), all of it on the run's provider.
+    assert q["activations"] == "fp16"
     assert q["gate"] == "lowered" and q["gate_values"] == quantized.LOWERED_GATE
     assert q["cells"] == ["4x16", "2x64", "1x128"]
     base, variants = q["baseline"], q["variants"]
@@ -88,6 +90,8 @@ def test_measure_dry_run_on_cpu_writes_every_figure(
         assert v["placement"]["CPUExecutionProvider"]["MatMulNBits"] > 0 and "MatMul" not in v["placement"]
         assert v["verified_on"] == "CPUExecutionProvider" and v["reused"] is False and v["export_s"] > 0
         assert 0 < v["bytes_vs_baseline"] < 2 and v["embedding_table"] == "fp16"
+        assert (v["activations"], v["compute"], v["accuracy_level"]) == ("fp16", "fp32", 0)
+        assert v["placement"]["CPUExecutionProvider"]["GroupQueryAttention"] == 2
         for cell in v["cells"].values():
             assert cell["vs_baseline"] > 0 and -1 <= cell["cosine_vs_baseline_min"] <= 1
         # Against the fp16 graph and fp16 torch alike: int4 drifts (the dev model's inputs sit at cosine 0.4-0.9

@@ -83,6 +83,7 @@ def test_parameters_round_trip_and_every_field_has_a_key() -> None:
         Param.QUANTIZATION_BLOCK_SIZE,
         Param.QUANTIZATION_AGREEMENT,
         Param.QUANTIZATION_COMPUTE,
+        Param.QUANTIZATION_ACTIVATIONS,
     }
     # A float export writes no quantization keys; a quantized one writes them all.
     assert set(params) == {p.value for p in Param} - {p.value for p in quantization}
@@ -93,6 +94,7 @@ def test_parameters_round_trip_and_every_field_has_a_key() -> None:
         quantization_block_size=32,
         quantization_agreement={"worst_cosine": 0.99, "overlap_at_10": 0.9},
         quantization_compute="int8",
+        quantization_activations="fp16",
     )
     assert set(quantized.to_parameters()) == {p.value for p in Param}
     assert ModelFacts.from_parameters(quantized.to_parameters()) == quantized

@@ -37,6 +37,8 @@ def test_presets_and_overrides_of_the_quantized_section() -> None:
     assert h200.quant_block_sizes == (32, 256) and h200.quant_shape in h200.shapes and h200.quant_gate == "lowered"
     assert [quantized.parse_cell(c) for c in h200.quant_cells] == [(32, 32), (8, 1024), (1, 4096)]
     assert dry.quant_shape == "dev" and dry.quant_block_sizes == (32, 256)
+    # Both measure the graph the GPU presets serve: float16 activations.
+    assert h200.quant_activations == dry.quant_activations == "fp16"
     for sizes in (h200, dry):
         measure.check_quant_sizes(sizes)  # nothing to fix in either preset
     assert measure.parse_override(h200, "quant_block_sizes=128").quant_block_sizes == (128,)
@@ -56,6 +58,7 @@ def test_presets_and_overrides_of_the_quantized_section() -> None:
         ("quant_cells=32x32,8*1024", "BATCHxTOKENS"),
         ("quant_cells=1x65536", "at most max_input_tokens"),
         ("quant_block_sizes=", "needs block sizes"),
+        ("quant_activations=bf16", "--quant-activations must be one of"),
     ],
 )
 def test_a_wrong_quantized_setting_stops_the_run_before_any_device_time(override: str, message: str) -> None:
@@ -132,7 +135,7 @@ def test_the_table_shows_ratios_refusals_and_what_left_the_provider() -> None:
         ],
     }  # fmt: skip
     text = "\n".join(quantized.table(q))
-    assert "## quantized 0.6B: int4 (rtn) vs fp16, ONNX Runtime on cuda" in text
+    assert "## quantized 0.6B: int4 (rtn, fp32 activations) vs fp16, ONNX Runtime on cuda" in text
     assert "| int4 rtn b32 | 10.0 (0.50x) | 9 | 500 (0.50x) | 1.500 | 0.910000 | 0.990000 |" in text
     assert "(project gate would refuse: worst_cosine 0.91 < 0.98)" in text
     assert "| int4 rtn b256 | - | 3 | - | - | - | - | refused: verification failed" in text

@@ -149,7 +149,7 @@ export Job's init container that exports it). Fails on a repeated name or contai
 */}}
 {{- define "qwen3-embedding.models" -}}
 {{- $job := .Values.exportJob }}
-{{- $keys := list "model" "backend" "precision" "quantMethod" "quantBlockSize" "accelerator" "maxBatchSize" "maxTokens" "extraArgs" }}
+{{- $keys := list "model" "backend" "precision" "quantMethod" "quantBlockSize" "quantActivations" "accelerator" "maxBatchSize" "maxTokens" "extraArgs" }}
 {{- $default := dict }}
 {{- range $keys }}{{ $_ := set $default . (get $job .) }}{{ end }}
 {{- $models := list (dict "name" .Values.model.name "extra" false "export" $default) }}
@@ -352,6 +352,8 @@ from qwen3-embedding.models>).
 - {{ $e.quantMethod | default "rtn" | quote }}
 - --quant-block-size
 - {{ $e.quantBlockSize | default 32 | int | quote }}
+- --quant-activations
+- {{ $e.quantActivations | default "fp32" | quote }}
 {{- end }}
 - --max-batch-size
 - {{ $e.maxBatchSize | int | quote }}
@@ -652,7 +654,8 @@ fails the render; the facade refuses it at start too (service/model_identity.py)
 Refuses values that lack keys the templates read. `helm upgrade --reuse-values` keeps the values of the
 release's own chart, defaults included, not this chart's values.yaml: from a release of chart 0.1 (which had
 none of these keys) a template would stop at a nil pointer. Keys added since 0.2 are read with their defaults
-instead (facadeTypedEnv; exportJob.quantMethod / quantBlockSize), so 0.2 and 0.3 releases upgrade as they are.
+instead (facadeTypedEnv; exportJob.quantMethod / quantBlockSize / quantActivations), so 0.2 and 0.3 releases
+upgrade as they are.
 Included first in every template: Helm stops at the first template that fails, whichever it renders first.
 */}}
 {{- define "qwen3-embedding.valuesFromThisChart" -}}

@@ -208,7 +208,7 @@ class ModelDescription(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., source_model: _Optional[str] = ..., is_default: _Optional[bool] = ..., max_input_tokens: _Optional[int] = ..., max_batch_inputs: _Optional[int] = ..., precision: _Optional[str] = ..., backend: _Optional[str] = ..., length_buckets: _Optional[_Iterable[int]] = ..., dimensions: _Optional[int] = ..., min_dimensions: _Optional[int] = ..., prompt_names: _Optional[_Iterable[str]] = ..., source_revision: _Optional[str] = ..., quantization: _Optional[_Union[Quantization, _Mapping]] = ...) -> None: ...
 
 class Quantization(_message.Message):
-    __slots__ = ("method", "block_size", "agreement", "compute")
+    __slots__ = ("method", "block_size", "agreement", "compute", "activations")
     class AgreementEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -220,11 +220,13 @@ class Quantization(_message.Message):
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
     method: str
     block_size: int
     agreement: _containers.ScalarMap[str, float]
     compute: str
-    def __init__(self, method: _Optional[str] = ..., block_size: _Optional[int] = ..., agreement: _Optional[_Mapping[str, float]] = ..., compute: _Optional[str] = ...) -> None: ...
+    activations: str
+    def __init__(self, method: _Optional[str] = ..., block_size: _Optional[int] = ..., agreement: _Optional[_Mapping[str, float]] = ..., compute: _Optional[str] = ..., activations: _Optional[str] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
     __slots__ = ("model", "source_model", "dimensions", "min_dimensions", "max_input_tokens", "max_batch_inputs", "prompt_names", "precision", "backend", "service_version", "length_buckets", "models", "source_revision")
