@@ -358,6 +358,7 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
             graph_bytes=graph_bytes if repo.precision.weight_bits else 0,
         )
         facts = deployment_facts(repo, facts, memory)
+        settings = quant_settings(opts)
         report = {
             "source_model": ckpt.source,
             "source_revision": facts.source_revision,
@@ -371,11 +372,11 @@ def run_export(opts: ExportOptions, console: Console | None = None) -> Path:
                 {
                     "quantization": {
                         "bits": repo.precision.weight_bits,
-                        "compute": quant_settings(opts).compute,
-                        "accuracy_level": quant_accuracy_level(quant_settings(opts).compute),
+                        "compute": settings.compute,
+                        "accuracy_level": quant_accuracy_level(settings.compute),
                         # The token embedding table's dtype in the graph (export/quantize.py: float16 rows, cast
                         # to float32 after the Gather).
-                        "embedding": quant_settings(opts).embedding,
+                        "embedding": settings.embedding,
                         # MatMulNBits' and GroupQueryAttention's input dtype (--quant-activations).
                         "activations": opts.quant_activations,
                         **quantization_facts(opts, verification),

@@ -212,6 +212,12 @@ class Device:
                        "cpu", ["CPUExecutionProvider"], "CPU")  # fmt: skip
         raise SystemExit(f"--provider must be cuda or cpu, not {provider!r}")
 
+    @property
+    def ort_provider(self) -> str:
+        """The ONNX Runtime provider a session must run on first (its name, without the provider's options)."""
+        first = self.ort_providers[0]
+        return first if isinstance(first, str) else str(first[0])
+
     def sync(self) -> None:
         import torch
 
@@ -368,6 +374,10 @@ def prebuild(sizes: Sizes, work: Path) -> None:
         print(f"{name}: {ckpt} {how} in {time.monotonic() - t0:.1f} s", flush=True)
 
 
+def graph_bytes(model_dir: Path) -> int:
+    return sum(p.stat().st_size for p in (model_dir / "1").glob("model.onnx*"))
+
+
 def export_shape(run: Run, name: str) -> tuple[Path, Path]:
     """Random weights of the shape (the dev model's builder, in the run's precision) -> the fused graph in a
     Triton repository, verified by the exporter. Returns (checkpoint, model dir)."""
@@ -402,7 +412,7 @@ def export_shape(run: Run, name: str) -> tuple[Path, Path]:
         "export_s": round(time.monotonic() - t0, 1),
         "verified_on": report.get("provider"),
         "worst_cosine": report.get("worst_cosine"),
-        "onnx_bytes": sum(p.stat().st_size for p in (model_dir / "1").glob("model.onnx*")),
+        "onnx_bytes": graph_bytes(model_dir),
     }
     return ckpt, model_dir
 
@@ -432,7 +442,7 @@ class Engines:
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
         self.torch_model = load_backbone(str(ckpt), dtype, attention="sdpa").to(device.torch_device)
         self.session = ort_session(model_dir / "1" / "model.onnx", providers=device.ort_providers)
-        expected = device.ort_providers[0] if isinstance(device.ort_providers[0], str) else device.ort_providers[0][0]
+        expected = device.ort_provider
         if self.session.get_providers()[0] != expected:  # never a CPU figure under a GPU label
             raise RuntimeError(f"ONNX Runtime runs on {self.session.get_providers()}, not {expected}")
 
@@ -552,8 +562,8 @@ def quant_need_s(name: str) -> float:
     return 30.0 if name == "dev" else 150.0
 
 
-def graph_bytes(model_dir: Path) -> int:
-    return sum(p.stat().st_size for p in (model_dir / "1").glob("model.onnx*"))
+def variant_label(s: Sizes, block: int) -> str:
+    return f"{s.quant_precision} {s.quant_method} b{block}"
 
 
 def check_quant_sizes(s: Sizes) -> None:
@@ -568,8 +578,8 @@ def check_quant_sizes(s: Sizes) -> None:
     from service.contract import Precision
 
     try:
+        compute = resolved_compute("", s.quant_activations)
         for block in s.quant_block_sizes or ():
-            compute = resolved_compute("", s.quant_activations)
             validate(
                 QuantSettings(
                     Precision(s.quant_precision), s.quant_method, block, compute, activations=s.quant_activations
@@ -595,7 +605,7 @@ def export_quantized(run: Run, name: str, ckpt: Path, block: int) -> tuple[dict[
 
     s = run.sizes
     gate = quantized.gate_options(s.quant_gate)  # 0 = the precision's own bound
-    row: dict[str, Any] = {"label": f"{s.quant_precision} {s.quant_method} b{block}", "block_size": block}
+    row: dict[str, Any] = {"label": variant_label(s, block), "block_size": block}
     repo = RepoSettings(
         name=MODEL, backend="python", precision=s.quant_precision,  # type: ignore[arg-type]
         max_input_tokens=s.max_input_tokens, instance_kind=run.device.instance_kind,
@@ -649,7 +659,7 @@ def graph_figures(
     from benchmarks.systems import ort_session
 
     s, dev = run.sizes, run.device
-    expected = dev.ort_providers[0] if isinstance(dev.ort_providers[0], str) else dev.ort_providers[0][0]
+    expected = dev.ort_provider
     size = graph_bytes(model_dir)
     row: dict[str, Any] = {"onnx_bytes": size, "cells": {}, "errors": []}
     profiles = run.work / "profiles"
@@ -750,8 +760,7 @@ def quantized_shape(run: Run, name: str, ckpt: Path, model_dir: Path, engines: E
                       f"cosine vs {s.precision} {row['cosine_vs_baseline_min']}", flush=True)  # fmt: skip
         except Exception as exc:
             traceback.print_exc()
-            row = {"label": f"{s.quant_precision} {s.quant_method} b{block}", "block_size": block,
-                   "error": f"{type(exc).__name__}: {exc}"}  # fmt: skip
+            row = {"label": variant_label(s, block), "block_size": block, "error": f"{type(exc).__name__}: {exc}"}
         q["variants"].append(row)
         run.save()
     return q

@@ -192,12 +192,18 @@ CRD_APIS = (
 )
 
 
-def render_raw(values: dict[str, Any], api_versions: tuple[str, ...] = CRD_APIS, **options: Any) -> dict[str, str]:
+def render_raw(
+    values: dict[str, Any],
+    api_versions: tuple[str, ...] = CRD_APIS,
+    chart: helm_python.Chart | None = None,
+    **options: Any,
+) -> dict[str, str]:
     """Chart.render with the API versions the cluster serves (helm-python-sdk's native render takes them; its
-    Python wrapper does not pass them on). `options`: revision, is_install, is_upgrade."""
+    Python wrapper does not pass them on). `chart`: another loaded chart than this one (held by the caller while
+    rendering: its native handle is freed with it). `options`: revision, is_install, is_upgrade."""
     opts = {"name": RELEASE, "namespace": NAMESPACE, "api_versions": list(api_versions), **options}
     payload = json.dumps(copy.deepcopy(values))
-    rendered = helm_native.call_string("helm_render", _chart()._raw(), payload, json.dumps(opts))
+    rendered = helm_native.call_string("helm_render", (chart or _chart())._raw(), payload, json.dumps(opts))
     out: dict[str, str] = json.loads(rendered)
     return out
 
@@ -1322,10 +1328,8 @@ def test_the_charts_quantized_weight_sizes_are_export_memorys(tmp_path: Path) ->
     chart = tmp_path / "chart"
     shutil.copytree(CHART_DIR, chart)
     (chart / "templates" / "weights-probe.txt").write_text(WEIGHTS_PROBE)
-    opts = {"name": RELEASE, "namespace": NAMESPACE, "api_versions": list(CRD_APIS)}
     loaded = helm_python.Chart.load(chart)  # held while rendering: its native handle is freed with it
-    rendered = json.loads(helm_native.call_string("helm_render", loaded._raw(), "{}", json.dumps(opts)))
-    probe = json.loads(rendered["qwen3-embedding/templates/weights-probe.txt"])
+    probe = json.loads(render_raw({}, chart=loaded)["qwen3-embedding/templates/weights-probe.txt"])
     charted = {key: float(gib) for key, gib in probe.items()}
     expected = {}
     for kind in ("Embedding", "Reranker"):

@@ -11,17 +11,14 @@ every template reads: the render is refused, naming them and the way out."""
 
 from __future__ import annotations
 
-import copy
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import helm_python
 import pytest
-from helm_python import _native as helm_native
 
-from tests.deployment.test_helm import CHART_DIR, CRD_APIS, NAMESPACE, PRESETS_DIR, RELEASE, merged, preset
+from tests.deployment.test_helm import CHART_DIR, PRESETS_DIR, merged, preset, render_raw
 
 OLDER = Path(__file__).parent / "older_values"
 LAYERS = ["", *sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))]  # "": no -f layer
@@ -35,14 +32,7 @@ def chart_with_values(version: str, root: Path) -> helm_python.Chart:
 
 
 def render_upgrade(chart: helm_python.Chart, values: dict[str, Any]) -> dict[str, str]:
-    opts = {
-        "name": RELEASE, "namespace": NAMESPACE, "api_versions": list(CRD_APIS), "is_upgrade": True,
-        "is_install": False, "revision": 2,
-    }  # fmt: skip
-    out: dict[str, str] = json.loads(
-        helm_native.call_string("helm_render", chart._raw(), json.dumps(copy.deepcopy(values)), json.dumps(opts))
-    )
-    return out
+    return render_raw(values, chart=chart, is_upgrade=True, is_install=False, revision=2)
 
 
 @pytest.fixture(scope="module")

@@ -175,6 +175,12 @@ def test_config_and_report_record_precision_method_and_agreement(quantized_repos
     assert half_report["quantization"]["activations"] == "fp16" and half_report["worst_cosine"] >= 0.98
 
 
+def graph_embeddings(model_dir: Path, texts: list[str]) -> np.ndarray:
+    """A repository's graph run in process (ONNX Runtime CPU), one text per run, as the served parity compares."""
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    return np.stack([onnx_embed(session, model_dir / "tokenizer", [t])[0] for t in texts])
+
+
 def test_served_vectors_equal_the_graph_in_process_and_agree_with_fp32(
     quantized_repository: Path, quantized_facade: Facade, reference: SentenceTransformer
 ) -> None:
@@ -185,8 +191,7 @@ def test_served_vectors_equal_the_graph_in_process_and_agree_with_fp32(
         info = stub.GetInfo(pb.GetInfoRequest(), timeout=10)
     served = np.array([list(e.values) for e in response.embeddings], dtype=np.float32)
     model_dir = quantized_repository / EMBEDDER
-    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-    own = np.stack([onnx_embed(session, model_dir / "tokenizer", [t])[0] for t in texts])
+    own = graph_embeddings(model_dir, texts)
     np.testing.assert_allclose(served, own, atol=1e-5)
     fp32 = reference.encode(texts, normalize_embeddings=True)
     cosines = np.sum(served * fp32, axis=1)
@@ -234,11 +239,6 @@ def test_float16_activations_are_served_as_the_graph_gives_them_and_agree_with_f
     cards = httpx.get(f"{quantized_facade.base_url}/v1/models", timeout=10).json()["data"]
     activations = sorted(c["quantization"]["activations"] for c in cards if c["kind"] == "embedding")
     assert activations == ["fp16", "fp32"]
-
-
-def graph_embeddings(model_dir: Path, texts: list[str]) -> np.ndarray:
-    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-    return np.stack([onnx_embed(session, model_dir / "tokenizer", [t])[0] for t in texts])
 
 
 def test_float16_activations_reach_attention_and_the_quantized_layers(
