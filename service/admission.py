@@ -61,6 +61,11 @@ class Admission:
         self.bulk_in_use += bulk
         self.metrics.in_flight.inc()
 
+    async def idle(self) -> None:
+        """Returns once no slot is held (the drain's wait for the admitted work)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_use == 0)
+
     async def _give(self, stream: bool, bulk: bool) -> None:
         self.in_use -= 1
         self.stream_in_use -= stream

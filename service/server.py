@@ -37,6 +37,10 @@ from service.state import ServiceState
 from service.triton.client import TritonBackend
 from service.triton.supervisor import TritonSupervisor
 
+# After the admitted work ends on SIGTERM, how long its last responses get to leave the kernel's send buffers before
+# the gRPC server closes its connections (RunningService._drain_grpc); within the drain bound.
+FLUSH_S = 1.0
+
 log = logging.getLogger("qwen3_embed")
 
 
@@ -67,11 +71,12 @@ class RunningService:
     metrics_port: int = 0  # the plaintext metrics/health listener, 0 when off
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     fatal: BaseException | None = None  # why a background task ended the facade
+    lifecycle: Lifecycle | None = None
 
     async def start(self, worker: WorkerBinding | None) -> None:
         """The floor's start-up order (service/process/__init__.py) for one process."""
         s, state = self.settings, self.state
-        lifecycle = Lifecycle(state)
+        lifecycle = self.lifecycle = Lifecycle(state)
         check_settings(s)
         self._build_grpc(lifecycle, worker is not None)
         if self.supervisor is not None:
@@ -145,7 +150,7 @@ class RunningService:
         await asyncio.sleep(min(1.0, s.drain_seconds))
         if self.http_server is not None:
             self.http_server.should_exit = True
-        await self.grpc_server.stop(s.drain_seconds)
+        await self._drain_grpc(s.drain_seconds)
         if self.http_task is not None:  # uvicorn finishes its accepted requests (bounded by its graceful timeout)
             await asyncio.wait({self.http_task}, timeout=s.drain_seconds)
         for task in self.tasks:  # the supervisor first of all: no restart from here on
@@ -162,6 +167,22 @@ class RunningService:
         # The drained requests' spans, flushed within the export timeout (a dead collector cannot hold the exit).
         await asyncio.to_thread(tracing.shutdown, s.tracing_export_timeout_s)
         log.info("stopped")
+
+    async def _drain_grpc(self, drain_s: float) -> None:
+        """The admitted work ends (new calls get UNAVAILABLE meanwhile), its responses get a moment to be read,
+        then the server stops, all within `drain_s`. Why not stop() at once: gRPC destroys the server, closing every
+        connection, as soon as its calls are done, and a response a handler has returned may still sit in the
+        kernel's send buffer then; a connection closed with unread input is reset, and the client loses it
+        (seen: UNAVAILABLE "Stream removed ... Connection reset by peer ... Server shutdown" for a call that
+        had completed). Calls still running at the bound are cut (UNAVAILABLE "Cancelling all calls")."""
+        assert self.grpc_server is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_s
+        if self.lifecycle is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.lifecycle.admission.idle(), drain_s)
+            await asyncio.sleep(max(0.0, min(FLUSH_S, deadline - loop.time())))
+        await self.grpc_server.stop(max(0.0, deadline - loop.time()))
 
     async def abort(self) -> None:
         """Undoes a failed or cancelled start-up: Triton first, synchronously, so nothing can skip it."""

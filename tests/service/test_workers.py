@@ -360,9 +360,10 @@ def channel_per_worker(workers: Workers, per_worker: int) -> dict[int, list[grpc
 def test_local_triton_workers_restart_and_drain(model_repository: Path, reference: object, tmp_path: Path) -> None:
     repo = copy_repository(model_repository, tmp_path / "model_repository")
     port = free_port()
-    # The drain bound is several times the four calls' work (5-6 s on a quiet 2-core host): with 8 s, a loaded CI
-    # host ran past it and the last call was cut ("UNAVAILABLE: Cancelling all calls", as a 0.5 s bound shows here):
-    # the bound working, not the drain failing.
+    # The drain bound is several times the four calls' work (5-6 s on a quiet 2-core host; 8 s was too close: a call
+    # still running at the bound is cut, "UNAVAILABLE: Cancelling all calls", as a 0.5 s bound shows). A call that had
+    # completed could also lose its response when the server closed its connections at once after its calls were
+    # done ("Stream removed ... Connection reset by peer"): RunningService._drain_grpc.
     env = workers_env(2, port, QWEN3_EMBED_TRITON_LOG=str(tmp_path / "triton.log"), QWEN3_EMBED_DRAIN_SECONDS="30")
     long_vector = reference.encode(LONG[:1])[0]  # type: ignore[attr-defined]
     with launch_facade(repo, "", tmp_path, env=env, timeout=120) as facade:
